@@ -1,0 +1,231 @@
+// CUDA shell of the quantile family: the same quantile_position / quantile_lerp / mean_std_from_sums
+// as the CPU, around two launches.
+//  * extremes (needed ranks near the ends): one thread per pixel; neighbouring threads own
+//    neighbouring pixels, so for the (S, N) layout each sample row is one coalesced load.
+//  * selection (central ranks of large S): one block per pixel sorts its S values in shared memory
+//    (bitonic), then reads every rank it needs.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/cuda_runtime.h"
+#include "quantile/quantile.h"
+#include "quantile/quantile_kernel.h"
+
+namespace pyinv {
+namespace {
+
+constexpr int kMaxAxes = 32;
+constexpr int kMaxExtremesCuda = 32;  // per end, per thread (local memory)
+
+struct DeviceLayout {
+  int64_t shape[kMaxAxes];
+  int64_t strides[kMaxAxes];
+  int ndim;
+  int64_t sample_stride;
+  int64_t num_samples;
+  int64_t pixels;
+};
+
+__device__ int64_t pixel_offset(const DeviceLayout& layout, int64_t pixel) {
+  int64_t offset = 0;
+  for (int axis = layout.ndim - 1; axis >= 0; --axis) {
+    offset += (pixel % layout.shape[axis]) * layout.strides[axis];
+    pixel /= layout.shape[axis];
+  }
+  return offset;
+}
+
+template <typename T>
+__device__ void write_results(const double* q, int num_q, int method, int ddof, int64_t pixels, int64_t pixel,
+                              int64_t n_valid, bool poisoned, double shift, double sum, double sum_squares,
+                              T* quantiles_out, T* mean_out, T* std_out, const T* low, const T* high,
+                              int64_t k_low, const T* sorted) {
+  for (int qi = 0; quantiles_out && qi < num_q; ++qi) {
+    T result = NAN;
+    if (!poisoned && n_valid > 0) {
+      const QuantilePosition pos = quantile_position(method, n_valid, q[qi]);
+      T a, b;
+      if (sorted) {
+        a = sorted[pos.lower_rank];
+        b = sorted[pos.upper_rank];
+      } else {
+        a = pos.lower_rank < k_low ? low[pos.lower_rank] : high[n_valid - 1 - pos.lower_rank];
+        b = pos.upper_rank < k_low ? low[pos.upper_rank] : high[n_valid - 1 - pos.upper_rank];
+      }
+      result = quantile_lerp<T>(a, b, pos.weight);
+    }
+    quantiles_out[qi * pixels + pixel] = result;
+  }
+  if (mean_out || std_out) {
+    MeanStd stats = mean_std_from_sums(shift, sum, sum_squares, n_valid, ddof);
+    if (poisoned) stats = {NAN, NAN};
+    if (mean_out) mean_out[pixel] = static_cast<T>(stats.mean);
+    if (std_out) std_out[pixel] = static_cast<T>(stats.std);
+  }
+}
+
+template <typename T, bool kOmitNan>
+__global__ void extremes_kernel(const T* data, DeviceLayout layout, const double* q, int num_q, int method,
+                                int ddof, int k_low, int k_high, T* quantiles_out, T* mean_out, T* std_out) {
+  const int64_t pixel = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (pixel >= layout.pixels) return;
+  T low[kMaxExtremesCuda], high[kMaxExtremesCuda];
+  const T inf = INFINITY;
+  for (int j = 0; j < k_low; ++j) low[j] = inf;
+  for (int j = 0; j < k_high; ++j) high[j] = -inf;
+  const T* base = data + pixel_offset(layout, pixel);
+  int64_t n_valid = 0;
+  bool has_nan = false;
+  double shift = 0.0, sum = 0.0, sum_squares = 0.0;
+  for (int64_t k = 0; k < layout.num_samples; ++k) {
+    const T v = base[k * layout.sample_stride];
+    if (k == 0) shift = stats_shift(v);
+    const bool is_nan = v != v;
+    has_nan |= is_nan;
+    n_valid += is_nan ? 0 : 1;
+    if (!(kOmitNan && is_nan)) {
+      const double d = static_cast<double>(v) - shift;
+      sum += d;
+      sum_squares += d * d;
+    }
+    T up = (kOmitNan && is_nan) ? inf : v;
+    for (int j = 0; j < k_low; ++j) {
+      const T kept = low[j];
+      low[j] = up < kept ? up : kept;
+      up = up < kept ? kept : up;
+    }
+    T down = (kOmitNan && is_nan) ? -inf : v;
+    for (int j = 0; j < k_high; ++j) {
+      const T kept = high[j];
+      high[j] = down > kept ? down : kept;
+      down = down > kept ? kept : down;
+    }
+  }
+  if (!kOmitNan) n_valid = layout.num_samples;
+  write_results<T>(q, num_q, method, ddof, layout.pixels, pixel, n_valid, !kOmitNan && has_nan, shift, sum,
+                   sum_squares, quantiles_out, mean_out, std_out, low, high, k_low, nullptr);
+}
+
+template <typename T>
+__global__ void selection_kernel(const T* data, DeviceLayout layout, const double* q, int num_q, int method,
+                                 int ddof, bool omit_nan, int padded, T* quantiles_out, T* mean_out, T* std_out) {
+  extern __shared__ unsigned char shared_bytes[];
+  T* values = reinterpret_cast<T*>(shared_bytes);
+  __shared__ int nan_count;
+  const int64_t pixel = blockIdx.x;
+  const T* base = data + pixel_offset(layout, pixel);
+  if (threadIdx.x == 0) nan_count = 0;
+  __syncthreads();
+  for (int k = threadIdx.x; k < padded; k += blockDim.x) {
+    T v = k < layout.num_samples ? base[k * layout.sample_stride] : T(INFINITY);
+    if (v != v) {
+      atomicAdd(&nan_count, 1);
+      v = INFINITY;  // NaNs sort last (and are dropped with omit_nan)
+    }
+    values[k] = v;
+  }
+  __syncthreads();
+  for (int size = 2; size <= padded; size <<= 1) {  // bitonic sort, ascending
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < padded; i += blockDim.x) {
+        const int partner = i ^ stride;
+        if (partner > i) {
+          const bool ascending = (i & size) == 0;
+          const T a = values[i], b = values[partner];
+          if ((a > b) == ascending) {
+            values[i] = b;
+            values[partner] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (threadIdx.x != 0) return;
+  const int64_t n_valid = omit_nan ? layout.num_samples - nan_count : layout.num_samples;
+  double shift = n_valid > 0 ? stats_shift(values[0]) : 0.0, sum = 0.0, sum_squares = 0.0;
+  for (int64_t k = 0; k < n_valid; ++k) {
+    const double d = static_cast<double>(values[k]) - shift;
+    sum += d;
+    sum_squares += d * d;
+  }
+  write_results<T>(q, num_q, method, ddof, layout.pixels, pixel, n_valid, !omit_nan && nan_count > 0, shift, sum,
+                   sum_squares, quantiles_out, mean_out, std_out, nullptr, nullptr, 0, values);
+}
+
+template <typename T>
+void launch(const QuantileProblem& problem, const T* data, T* quantiles_out, T* mean_out, T* std_out,
+            cudaStream_t stream) {
+  const char* op = "quantile (cuda)";
+  const int64_t pixels = problem.batch.numel();
+  if (pixels == 0) return;
+  DeviceLayout layout{};
+  layout.ndim = static_cast<int>(problem.batch.shape.size());
+  PYINV_CHECK(layout.ndim <= kMaxAxes, op, "too many batch axes");
+  for (int axis = 0; axis < layout.ndim; ++axis) {
+    layout.shape[axis] = problem.batch.shape[axis];
+    layout.strides[axis] = problem.batch.strides[axis];
+  }
+  layout.sample_stride = problem.sample_stride;
+  layout.num_samples = problem.num_samples;
+  layout.pixels = pixels;
+
+  const int num_q = static_cast<int>(problem.q.size());
+  double* q_device = nullptr;
+  if (num_q > 0) {
+    cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&q_device), num_q * sizeof(double), stream), op,
+               "cudaMallocAsync");
+    cuda_check(cudaMemcpyAsync(q_device, problem.q.data(), num_q * sizeof(double), cudaMemcpyHostToDevice, stream),
+               op, "cudaMemcpyAsync");
+  }
+  const ExtremePlan plan = plan_extremes(problem);
+  const int method = static_cast<int>(problem.method);
+  if (plan.k_low <= kMaxExtremesCuda && plan.k_high <= kMaxExtremesCuda) {
+    const int threads = 256;
+    const int64_t blocks = (pixels + threads - 1) / threads;
+    if (problem.omit_nan) {
+      extremes_kernel<T, true><<<blocks, threads, 0, stream>>>(data, layout, q_device, num_q, method, problem.ddof,
+                                                               plan.k_low, plan.k_high, quantiles_out, mean_out,
+                                                               std_out);
+    } else {
+      extremes_kernel<T, false><<<blocks, threads, 0, stream>>>(data, layout, q_device, num_q, method, problem.ddof,
+                                                                plan.k_low, plan.k_high, quantiles_out, mean_out,
+                                                                std_out);
+    }
+  } else {
+    int padded = 1;
+    while (padded < problem.num_samples) padded <<= 1;
+    const size_t shared = static_cast<size_t>(padded) * sizeof(T);
+    if (shared > 48 * 1024) {
+      if (q_device) cudaFreeAsync(q_device, stream);
+      throw ValueError(std::string(op) + ": central quantiles of more than " + std::to_string(48 * 1024 / sizeof(T)) +
+                       " samples per pixel do not fit the shared-memory selection; use the CPU");
+    }
+    PYINV_CHECK(pixels <= 2147483647LL, op, "too many pixels for one launch");
+    selection_kernel<T><<<static_cast<unsigned>(pixels), 256, shared, stream>>>(
+        data, layout, q_device, num_q, method, problem.ddof, problem.omit_nan, padded, quantiles_out, mean_out,
+        std_out);
+  }
+  cuda_check(cudaGetLastError(), op, "kernel launch");
+  if (q_device) cuda_check(cudaFreeAsync(q_device, stream), op, "cudaFreeAsync");
+}
+
+}  // namespace
+
+void quantile_cuda(const QuantileProblem& problem, const void* data, void* quantiles_out, void* mean_out,
+                   void* std_out, uintptr_t stream) {
+  problem.validate();
+  auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (problem.dtype == DType::Float32) {
+    launch<float>(problem, static_cast<const float*>(data), static_cast<float*>(quantiles_out),
+                  static_cast<float*>(mean_out), static_cast<float*>(std_out), cuda_stream);
+  } else {
+    launch<double>(problem, static_cast<const double*>(data), static_cast<double*>(quantiles_out),
+                   static_cast<double*>(mean_out), static_cast<double*>(std_out), cuda_stream);
+  }
+}
+
+}  // namespace pyinv

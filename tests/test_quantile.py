@@ -1,0 +1,372 @@
+"""pyinverse.quantile / sample_stats against numpy (the reference: numpy's quantile and
+nanquantile, float64 mean/std), on fresh seeded random inputs and the hard cases."""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import pyinverse
+from pyinverse import QUANTILE_METHODS, quantile, sample_stats
+from pyinverse._backend import ArrayInfo, check_device_available
+
+LEVELS = [0.0, 0.01, 0.05, 0.25, 0.3, 0.5, 0.75, 0.95, 0.99, 1.0]
+# S = 1, 2 and 3 are edge cases, 50 uses the extremes path for every q, 257 and 1000 also the
+# selection path for central q.
+SAMPLE_COUNTS = [1, 2, 3, 10, 50, 257, 1000]
+
+
+def numpy_quantile(a, q, axis=0, method="linear", omit=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices, inf arithmetic
+        fn = np.nanquantile if omit else np.quantile
+        return fn(a, q, axis=axis, method=method)
+
+
+def assert_same(actual, expected):
+    """Bitwise equality up to the sign of zero, NaN equal to NaN."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("method", QUANTILE_METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_samples", SAMPLE_COUNTS)
+def test_scalar_q_matches_numpy_bitwise(rng, method, dtype, num_samples):
+    a = rng.standard_normal((num_samples, 3, 17)).astype(dtype)
+    for q in LEVELS:
+        result = quantile(a, q, method=method)
+        assert result.dtype == dtype
+        assert_same(result, numpy_quantile(a, q, method=method))
+
+
+@pytest.mark.parametrize("method", QUANTILE_METHODS)
+@pytest.mark.parametrize("num_samples", [2, 50, 1000])
+def test_vector_q(rng, method, num_samples):
+    a64 = rng.uniform(-3, 3, (num_samples, 40))
+    assert_same(quantile(a64, LEVELS, method=method), numpy_quantile(a64, LEVELS, method=method))
+    # float32 with a 1-D q: numpy promotes to float64; we give numpy's float32 (scalar-q) results.
+    # float32 interpolation rounds three times: within 2 float32 ulps of the pixel's largest |value|.
+    a32 = a64.astype(np.float32)
+    result = quantile(a32, LEVELS, method=method)
+    assert result.dtype == np.float32
+    assert_same(result, np.stack([numpy_quantile(a32, q, method=method) for q in LEVELS]))
+    promoted = numpy_quantile(a32, LEVELS, method=method)
+    ulp = np.spacing(np.abs(a32).max(axis=0))
+    assert np.all(np.abs(result.astype(np.float64) - promoted) <= 2 * ulp)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("num_samples", [5, 64, 300])
+def test_any_axis(rng, axis, num_samples):
+    shape = [4, 6, 5]
+    shape[axis] = num_samples
+    a = rng.standard_normal(shape)
+    assert_same(quantile(a, [0.1, 0.5, 0.9], axis=axis), numpy_quantile(a, [0.1, 0.5, 0.9], axis=axis))
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda x: x[:, ::2, 1:],  # sliced
+        lambda x: x[::-1, :, ::-1],  # negative strides
+        lambda x: x.transpose(2, 0, 1),  # sample axis with stride 1
+        lambda x: np.broadcast_to(x[:, :1, :], x.shape),  # zero stride
+        lambda x: np.asfortranarray(x),
+    ],
+    ids=["sliced", "negative", "transposed", "broadcast", "fortran"],
+)
+@pytest.mark.parametrize("num_samples", [7, 40, 400])
+def test_strided_inputs_need_no_copy(rng, view, num_samples):
+    base = rng.standard_normal((num_samples, 9, 70)).astype(np.float32)
+    a = view(base)
+    for q in (0.05, 0.5, 0.95):
+        assert_same(quantile(a, q), numpy_quantile(np.array(a), q))
+
+
+def sprinkle(rng, a, fraction, value):
+    a = a.copy()
+    a[rng.random(a.shape) < fraction] = value
+    return a
+
+
+@pytest.mark.parametrize("method", ["linear", "lower", "nearest", "hazen", "inverted_cdf", "midpoint"])
+@pytest.mark.parametrize("num_samples", [1, 3, 30, 500])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_policies(rng, method, num_samples, dtype):
+    a = sprinkle(rng, rng.standard_normal((num_samples, 50)).astype(dtype), 0.2, np.nan)
+    a[:, 0] = np.nan  # an all-NaN pixel
+    a[:, 1] = 1.0  # no NaN at all
+    for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert_same(quantile(a, q, method=method), numpy_quantile(a, q, method=method))
+        assert_same(quantile(a, q, method=method, nan_policy="omit"),
+                    numpy_quantile(a, q, method=method, omit=True))
+
+
+@pytest.mark.parametrize("num_samples", [2, 5, 40, 300])
+def test_infinities(rng, num_samples):
+    a = rng.standard_normal((num_samples, 200))
+    a = sprinkle(rng, sprinkle(rng, a, 0.15, np.inf), 0.15, -np.inf)
+    for q in (0.0, 0.05, 0.3, 0.5, 0.7, 0.95, 1.0):
+        ours, theirs = quantile(a, q), numpy_quantile(a, q)
+        # Where numpy's lerp stays a number we agree bitwise; numpy also turns some well-defined
+        # order statistics into NaN (inf - inf inside its lerp), where we return the statistic.
+        agree = ~np.isnan(theirs)
+        assert_same(ours[agree], theirs[agree])
+        lower = numpy_quantile(a, q, method="lower")
+        higher = numpy_quantile(a, q, method="higher")
+        defined = np.isnan(theirs) & (lower == higher)
+        assert_same(ours[defined], lower[defined])
+    # Closed forms: the max of data holding +inf is +inf (numpy returns NaN), the min -inf.
+    assert quantile(np.array([1.0, np.inf, np.inf]), 1.0) == np.inf
+    assert quantile(np.array([-np.inf, -np.inf, 2.0]), 0.0) == -np.inf
+    assert np.isnan(quantile(np.array([-np.inf, np.inf]), 0.5))
+    assert quantile(np.array([0.0, 1.0, np.inf]), 0.75) == np.inf
+
+
+def test_ties_and_constant_pixels(rng):
+    a = rng.integers(0, 3, (60, 300)).astype(np.float32)
+    a[:, :10] = 7.0
+    for method in QUANTILE_METHODS:
+        assert_same(quantile(a, [0.05, 0.5, 0.95], method=method),
+                    np.stack([numpy_quantile(a, q, method=method) for q in (0.05, 0.5, 0.95)]))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16])
+@pytest.mark.parametrize("method", ["linear", "lower", "nearest", "median_unbiased", "inverted_cdf"])
+def test_integers_like_numpy(rng, dtype, method):
+    a = rng.integers(0, 100, (25, 30)).astype(dtype)
+    result, expected = quantile(a, [0.2, 0.5], method=method), numpy_quantile(a, [0.2, 0.5], method=method)
+    assert result.dtype == expected.dtype
+    assert_same(result, expected)
+
+
+def test_scalar_results_and_shapes(rng):
+    a = rng.standard_normal(30)
+    assert isinstance(quantile(a, 0.5), np.float64)
+    assert quantile(a, [0.5]).shape == (1,)
+    assert quantile(rng.standard_normal((5, 0, 3)), [0.1, 0.9]).shape == (2, 0, 3)
+    assert quantile(rng.standard_normal((5, 3)), []).shape == (0, 3)
+    assert_same(quantile(a.tolist(), 0.3), np.quantile(a, 0.3))
+
+
+def test_out_argument(rng):
+    a = rng.standard_normal((20, 4, 5)).astype(np.float32)
+    out = np.empty((2, 4, 5), np.float32)
+    assert quantile(a, [0.1, 0.9], out=out) is out
+    assert_same(out, np.stack([numpy_quantile(a, q) for q in (0.1, 0.9)]))
+    with pytest.raises(ValueError, match="'out' must have shape"):
+        quantile(a, [0.1, 0.9], out=np.empty((2, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="'out' must have dtype float32"):
+        quantile(a, [0.1, 0.9], out=np.empty((2, 4, 5), np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        quantile(a, [0.1, 0.9], out=np.empty((2, 5, 4), np.float32).transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("num_samples", [1, 2, 9, 100, 700])
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_stats_matches_float64_reference(rng, num_samples, ddof, dtype):
+    a = (rng.standard_normal((num_samples, 6, 33)) * 3 + 100).astype(dtype)
+    stats = sample_stats(a, q=(0.05, 0.5, 0.95), ddof=ddof)
+    a64 = a.astype(np.float64)
+    tolerance = {np.float32: 2e-7, np.float64: 1e-13}[dtype]
+    np.testing.assert_allclose(stats.mean, a64.mean(axis=0), rtol=tolerance)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected_std = a64.std(axis=0, ddof=ddof)
+    np.testing.assert_allclose(stats.std, expected_std, rtol=tolerance * 100, atol=tolerance * 100)
+    assert_same(stats.quantiles, quantile(a, (0.05, 0.5, 0.95)))
+    assert stats.mean.dtype == stats.std.dtype == dtype
+
+
+@pytest.mark.parametrize("num_samples", [4, 300])
+def test_sample_stats_nan_policies(rng, num_samples):
+    a = sprinkle(rng, rng.standard_normal((num_samples, 40)), 0.3, np.nan)
+    a[:, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        omitted = sample_stats(a, q=0.5, ddof=1, nan_policy="omit")
+        np.testing.assert_allclose(omitted.mean, np.nanmean(a, axis=0), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(omitted.std, np.nanstd(a, axis=0, ddof=1), rtol=1e-10)
+        assert_same(omitted.quantiles, np.nanquantile(a, 0.5, axis=0))
+        propagated = sample_stats(a, q=None)
+        assert_same(np.isnan(propagated.mean), np.isnan(a).any(axis=0))
+        assert propagated.quantiles is None
+
+
+def test_sample_stats_infinities():
+    a = np.array([[np.inf, 1.0, -np.inf, 2.0], [1.0, 2.0, np.inf, 3.0]])
+    stats = sample_stats(a, q=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert_same(stats.mean, a.mean(axis=0))
+        assert_same(stats.std, a.std(axis=0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9),
+        elements=st.one_of(st.floats(-10, 10), st.sampled_from([0.0, -0.0, 1.0, np.nan])),
+    ),
+    q=st.lists(st.floats(0, 1), min_size=1, max_size=4),
+    method=st.sampled_from(QUANTILE_METHODS),
+    omit=st.booleans(),
+    axis_seed=st.integers(0, 10),
+)
+def test_property_matches_numpy(data, q, method, omit, axis_seed):
+    axis = axis_seed % data.ndim
+    expected = numpy_quantile(data, q, axis=axis, method=method, omit=omit)
+    assert_same(quantile(data, q, axis=axis, method=method, nan_policy="omit" if omit else "propagate"), expected)
+
+
+def test_thread_count_does_not_change_results(rng):
+    a = rng.standard_normal((50, 3000)).astype(np.float32)
+    default = quantile(a, [0.05, 0.5, 0.95])
+    try:
+        pyinverse.set_num_threads(1)
+        assert pyinverse.get_num_threads() == 1
+        assert_same(quantile(a, [0.05, 0.5, 0.95]), default)
+        pyinverse.set_num_threads(3)
+        assert_same(quantile(a, [0.05, 0.5, 0.95]), default)
+    finally:
+        pyinverse.set_num_threads(None)
+    with pytest.raises(ValueError, match="set_num_threads"):
+        pyinverse.set_num_threads(-2)
+
+
+def test_concurrent_python_threads(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = [rng.standard_normal((40, 5000)) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: quantile(x, [0.1, 0.9]), arrays))
+    for a, result in zip(arrays, results):
+        assert_same(result, numpy_quantile(a, [0.1, 0.9]))
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(a=np.zeros((0, 3)), q=0.5), ValueError, "sample axis .* is empty"),
+        (dict(a=np.zeros((3, 3)), q=1.5), ValueError, r"q must lie in \[0, 1\]"),
+        (dict(a=np.zeros((3, 3)), q=-0.1), ValueError, r"q must lie in \[0, 1\]"),
+        (dict(a=np.zeros((3, 3)), q=np.nan), ValueError, "not be NaN"),
+        (dict(a=np.zeros((3, 3)), q=[[0.5]]), ValueError, "scalar or 1-D"),
+        (dict(a=np.zeros((3, 3)), q="half"), TypeError, "'q' must be a number"),
+        (dict(a=np.zeros((3, 3)), q=0.5, axis=2), ValueError, "'axis' 2 is out of range"),
+        (dict(a=np.zeros((3, 3)), q=0.5, axis=0.0), TypeError, "'axis' must be an int"),
+        (dict(a=np.float64(3.0), q=0.5), ValueError, "0-d"),
+        (dict(a=np.zeros((3, 3), np.float16), q=0.5), TypeError, "float32, float64 or integer"),
+        (dict(a=np.zeros((3, 3), np.complex64), q=0.5), TypeError, "float32, float64 or integer"),
+        (dict(a=np.zeros((3, 3), bool), q=0.5), TypeError, "float32, float64 or integer"),
+        (dict(a=np.array([["a"]], dtype=object), q=0.5), TypeError, "float32, float64 or integer"),
+        (dict(a=[[1.0], [1.0, 2.0]], q=0.5), TypeError, "could not be read as an array"),
+        (dict(a=np.zeros((3, 3)), q=0.5, method="nearest_rank"), ValueError, "'method' must be one of"),
+        (dict(a=np.zeros((3, 3)), q=0.5, nan_policy="raise"), ValueError, "'nan_policy' must be one of"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        quantile(**kwargs)
+
+
+def test_bad_sample_stats_arguments():
+    with pytest.raises(ValueError, match="'ddof' must be a non-negative int"):
+        sample_stats(np.zeros((3, 2)), ddof=-1)
+    with pytest.raises(ValueError, match="empty"):
+        sample_stats(np.zeros((0, 2)))
+
+
+def test_cuda_input_without_cuda_build_is_refused():
+    if pyinverse._C.built_with_cuda() and pyinverse._C.cuda_device_count() > 0:
+        pytest.skip("a CUDA device is present")
+    fake = ArrayInfo(None, "torch", "cuda", 0, 0, (3, 3), (3, 1), np.dtype(np.float32))
+    expected = "built without CUDA" if not pyinverse._C.built_with_cuda() else "sees 0 device"
+    with pytest.raises(RuntimeError, match=f"quantile: 'a' is a CUDA tensor.*{expected}|{expected}"):
+        check_device_available(fake, "a", "quantile")
+
+
+def test_kernel_validates_before_touching_memory():
+    # The raw binding re-checks what the wrapper checked: a bad call never reaches the pointer.
+    with pytest.raises(ValueError, match="empty"):
+        pyinverse._C.quantile(device="cpu", device_index=0, data=0, dtype="float32", num_samples=0,
+                              sample_stride=1, batch_shape=[3], batch_strides=[1], q=[0.5], method=6,
+                              omit_nan=False, quantiles_out=0, mean_out=0, std_out=0, ddof=0, stream=0)
+    with pytest.raises(ValueError, match="q must lie"):
+        pyinverse._C.quantile(device="cpu", device_index=0, data=0, dtype="float64", num_samples=2,
+                              sample_stride=1, batch_shape=[3], batch_strides=[1], q=[2.0], method=6,
+                              omit_nan=False, quantiles_out=0, mean_out=0, std_out=0, ddof=0, stream=0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        pyinverse._C.quantile(device="cpu", device_index=0, data=0, dtype="int8", num_samples=2,
+                              sample_stride=1, batch_shape=[3], batch_strides=[1], q=[0.5], method=6,
+                              omit_nan=False, quantiles_out=0, mean_out=0, std_out=0, ddof=0, stream=0)
+
+
+# --- array types and devices ---------------------------------------------------------------------
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_cpu_round_trip(rng, dtype):
+    a = torch.from_numpy(rng.standard_normal((30, 4, 9))).to(dtype)
+    result = quantile(a, [0.05, 0.5, 0.95])
+    assert isinstance(result, torch.Tensor) and result.dtype == dtype and result.device == a.device
+    assert_same(result.numpy(), np.stack([numpy_quantile(a.numpy(), q) for q in (0.05, 0.5, 0.95)]))
+    # torch.quantile (linear) agrees to rounding; it interpolates with its own formula.
+    torch.testing.assert_close(result, torch.quantile(a, torch.tensor([0.05, 0.5, 0.95], dtype=dtype), dim=0))
+    # A non-contiguous view is read in place.
+    view = a.transpose(0, 2)
+    assert_same(quantile(view, 0.5, axis=2).numpy(), numpy_quantile(view.numpy(), 0.5, axis=2))
+    stats = sample_stats(a, q=0.9, ddof=1)
+    assert all(isinstance(x, torch.Tensor) for x in stats)
+    torch.testing.assert_close(stats.std, a.std(dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_integer_and_unsupported_tensors():
+    a = torch.arange(24).reshape(6, 4)
+    assert_same(quantile(a, 0.5).numpy(), np.quantile(a.numpy(), 0.5, axis=0))
+    with pytest.raises(TypeError, match="bfloat16"):
+        quantile(torch.zeros(3, 3, dtype=torch.bfloat16), 0.5)
+    with pytest.raises(TypeError, match="device 'meta'"):
+        quantile(torch.zeros(3, 3, device="meta"), 0.5)
+    with pytest.raises(TypeError, match="strided"):
+        quantile(torch.zeros(3, 3).to_sparse(), 0.5)
+
+
+def test_cupy_round_trip(rng):
+    cupy = pytest.importorskip("cupy")
+    if pyinverse._C.cuda_device_count() == 0:
+        pytest.skip("no CUDA device")
+    a = rng.standard_normal((40, 300)).astype(np.float32)
+    result = quantile(cupy.asarray(a), [0.1, 0.5, 0.9], nan_policy="omit")
+    assert isinstance(result, cupy.ndarray)
+    assert_same(cupy.asnumpy(result), np.stack([numpy_quantile(a, q) for q in (0.1, 0.5, 0.9)]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_samples", [1, 7, 50, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("omit", [False, True])
+def test_cuda_matches_numpy(rng, num_samples, dtype, omit):
+    host = sprinkle(rng, rng.standard_normal((num_samples, 3, 41)), 0.1, np.nan)
+    a = torch.from_numpy(host).to(dtype).cuda()
+    levels = [0.0, 0.05, 0.5, 0.95, 1.0]
+    policy = "omit" if omit else "propagate"
+    for method in QUANTILE_METHODS:
+        result = quantile(a, levels, method=method, nan_policy=policy)
+        assert result.is_cuda
+        expected = np.stack([numpy_quantile(a.cpu().numpy(), q, method=method, omit=omit) for q in levels])
+        assert_same(result.cpu().numpy(), expected)
+    stats = sample_stats(a.transpose(0, 2), q=0.5, axis=2, ddof=1, nan_policy=policy)
+    cpu_stats = sample_stats(a.cpu().transpose(0, 2), q=0.5, axis=2, ddof=1, nan_policy=policy)
+    for ours, reference in zip(stats, cpu_stats):
+        torch.testing.assert_close(ours.cpu(), reference, equal_nan=True, rtol=1e-6, atol=1e-6)
