@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} already holds results; choose another folder or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    results = run_uq_demo(out, quick=args.quick, seed=args.seed)
+    results = run_uq_demo(out, quick=args.quick, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps(results, indent=2, default=str))
     print(f"results written to {out}")
     return 0

@@ -1,0 +1,141 @@
+"""Input checks and the few array operations the UQ code needs on numpy arrays and torch tensors.
+
+Intervals are computed in the caller's library (so torch tensors stay on their device); only
+small per-pixel results are moved to numpy float64 for calibration.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+_FLOAT_NAMES = ("float32", "float64")
+
+
+def is_torch(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def as_array(x: Any, name: str, op: str) -> Any:
+    """numpy arrays and torch tensors pass; lists and scalars become numpy; float32/64 only."""
+    if not is_torch(x) and not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged nested lists, objects
+            raise TypeError(f"{op}: '{name}' must be a numpy array or a torch tensor: {exc}") from None
+    dtype_name = str(x.dtype).replace("torch.", "")
+    if dtype_name not in _FLOAT_NAMES:
+        raise TypeError(f"{op}: '{name}' must be float32 or float64, got {dtype_name}")
+    return x
+
+
+def like(value: Any, reference: Any) -> Any:
+    """``value`` (numpy, torch or a number) in ``reference``'s library, dtype and device."""
+    if is_torch(reference):
+        import torch
+
+        if is_torch(value):
+            return value.to(dtype=reference.dtype, device=reference.device)
+        return torch.as_tensor(np.asarray(value), dtype=reference.dtype, device=reference.device)
+    if is_torch(value):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=reference.dtype)
+
+
+def to_numpy64(x: Any) -> np.ndarray:
+    if is_torch(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def where(condition: Any, a: Any, b: Any) -> Any:
+    if is_torch(condition):
+        import torch
+
+        return torch.where(condition, a, b)
+    return np.where(condition, a, b)
+
+
+def clamp_min_zero(x: Any) -> Any:
+    return x.clamp(min=0) if is_torch(x) else np.maximum(x, 0)
+
+
+def all_finite(x: Any) -> bool:
+    if is_torch(x):
+        import torch
+
+        return bool(torch.isfinite(x).all())
+    return bool(np.isfinite(x).all())
+
+
+def check_open_unit(value: Any, name: str, op: str) -> float:
+    """A probability strictly between 0 and 1 (alpha, delta)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: '{name}' must be a number in (0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{op}: '{name}' must lie strictly between 0 and 1, got {value!r}")
+    return value
+
+
+def check_levels(q: Any, op: str) -> tuple[float, float]:
+    """Two quantile levels 0 <= q_lo < q_hi <= 1."""
+    try:
+        levels = tuple(float(v) for v in q)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: 'q' must be a pair (q_lo, q_hi), got {q!r}") from None
+    if len(levels) != 2 or not all(math.isfinite(v) for v in levels):
+        raise ValueError(f"{op}: 'q' must be a pair of finite levels (q_lo, q_hi), got {q!r}")
+    low, high = levels
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"{op}: 'q' must satisfy 0 <= q_lo < q_hi <= 1, got {q!r}")
+    return low, high
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...], op: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{op}: '{name}' must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
+    """``samples (N, S, C, H, W)`` with S >= 2 and ``truth (N, C, H, W)``, finite, one library.
+
+    ``truth`` is moved into ``samples``' library and device when they differ.
+    """
+    samples = check_samples(samples, op)
+    truth = as_array(truth, "truth", op)
+    if tuple(truth.shape) != (samples.shape[0], *samples.shape[2:]):
+        raise ValueError(f"{op}: 'truth' must have shape (N, C, H, W) = "
+                         f"{(samples.shape[0], *tuple(samples.shape[2:]))} to match 'samples' "
+                         f"{tuple(samples.shape)}, got {tuple(truth.shape)}")
+    if not all_finite(truth):
+        raise ValueError(f"{op}: 'truth' contains NaN or inf")
+    if is_torch(samples) != is_torch(truth) or (is_torch(truth) and truth.device != samples.device):
+        truth = like(truth, samples)
+    return samples, truth
+
+
+def check_samples(samples: Any, op: str) -> Any:
+    samples = as_array(samples, "samples", op)
+    if samples.ndim != 5:
+        raise ValueError(f"{op}: 'samples' must have shape (N, S, C, H, W), got {tuple(samples.shape)}")
+    if samples.shape[0] < 1 or min(samples.shape[2:]) < 1:
+        raise ValueError(f"{op}: 'samples' must hold at least one image with at least one pixel, "
+                         f"got shape {tuple(samples.shape)}")
+    if samples.shape[1] < 2:
+        raise ValueError(f"{op}: 'samples' must hold S >= 2 samples per image on axis 1 (intervals "
+                         f"need spread), got S={samples.shape[1]}")
+    return samples
+
+
+def check_finite_samples(mean: Any, op: str) -> None:
+    """Refuse NaN / inf samples, checked on the sample mean: NaN or inf exactly where a sample is
+    (the kernel accumulates in float64), so no second read of the samples."""
+    values = to_numpy64(mean)
+    if not np.isfinite(values).all():
+        bad = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(f"{op}: 'samples' contains NaN or inf (first at image {bad[0]}, pixel {tuple(bad[1:])})")
