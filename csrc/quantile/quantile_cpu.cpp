@@ -121,6 +121,7 @@ PYINV_ALWAYS_INLINE void write_stats(const QuantileProblem& problem, const Outpu
 // ---- extremes path ----------------------------------------------------------------------------
 
 constexpr int64_t kMaxExtremes = 64;  // K_low and K_high each; above, selection is faster
+constexpr int64_t kMaxRegisterExtremes = 8;  // up to here the kept extremes stay in registers
 
 // 32-byte GCC/Clang vector types: explicit selects on whole vectors (vcmpps + vblendvps under AVX2,
 // two SSE halves in the baseline clone) instead of loops the compiler turns into masked stores.
@@ -133,8 +134,11 @@ struct Simd {
 // Pixels per tile for the extremes path: wide tiles make each sample row a long contiguous run
 // (S rows are S concurrent streams; short runs defeat the hardware prefetcher), while the kept
 // extremes of the tile, (K_low + K_high) x tile values, stay within ~32 KiB (L1).
+// The register path (few extremes) takes 256 pixels per tile: its next tile, S rows of 1 KiB, is
+// prefetched while the current one is processed and stays in L2.
 template <typename T>
 int64_t extremes_tile_pixels(const ExtremePlan& plan) {
+  if (std::max(plan.k_low, plan.k_high) <= kMaxRegisterExtremes) return 256;
   const int64_t vectors = (32 * 1024) / ((plan.k_low + plan.k_high + 1) * 32);
   return Simd<T>::kWidth * std::max<int64_t>(2, std::min<int64_t>(128, vectors));
 }
@@ -254,6 +258,110 @@ PYINV_ALWAYS_INLINE void extremes_tile(const QuantileProblem& problem, const Ext
   }
 }
 
+// Few extremes (K_low, K_high <= 8): the kept values of one vector of pixels live in registers
+// while its S samples stream by (loop over samples innermost), so each sample costs 2K min/max
+// operations and no loads or stores besides the sample itself.
+template <typename T, int K, bool kOmitNan, bool kStats>
+PYINV_ALWAYS_INLINE void extremes_tile_registers(const QuantileProblem& problem, const ExtremePlan& plan,
+                                                 const T* data, const TileGrid& grid, const TileSpan& span,
+                                                 const Outputs<T>& out) {
+  using Vec = typename Simd<T>::Vec;
+  constexpr int64_t W = Simd<T>::kWidth;
+  const int64_t S = problem.num_samples;
+  const bool use_low = plan.k_low > 0, use_high = plan.k_high > 0;
+  const T inf = std::numeric_limits<T>::infinity();
+  const Vec pos_inf = Vec{} + inf, neg_inf = Vec{} - inf;
+  alignas(64) T lanes_value[W];
+  alignas(64) double shift[W], sum[W], sum_squares[W];
+  for (int64_t first = 0; first < span.count; first += W) {
+    const int64_t lanes = std::min<int64_t>(W, span.count - first);
+    const bool direct = grid.inner_stride == 1 && lanes == W;
+    const T* column = data + span.input_offset + first * grid.inner_stride;
+    Vec low[K], high[K];
+    for (int j = 0; j < K; ++j) {
+      low[j] = pos_inf;
+      high[j] = neg_inf;
+    }
+    Vec nan_count{};
+    if (kStats) {
+      for (int64_t t = 0; t < W; ++t) sum[t] = sum_squares[t] = shift[t] = 0.0;
+    }
+    for (int64_t k = 0; k < S; ++k) {
+      const T* row = column + k * problem.sample_stride;
+      Vec v;
+      if (direct) {
+        __builtin_prefetch(row + grid.tile);  // this row of the next tile: S streams defeat hardware prefetch
+        std::memcpy(&v, row, sizeof(Vec));
+      } else {
+        for (int64_t t = 0; t < W; ++t) lanes_value[t] = t < lanes ? row[t * grid.inner_stride] : T(0);
+        std::memcpy(&v, lanes_value, sizeof(Vec));
+      }
+      if (kStats) {
+        std::memcpy(lanes_value, &v, sizeof(Vec));
+        if (k == 0) {
+          for (int64_t t = 0; t < W; ++t) shift[t] = stats_shift(lanes_value[t]);
+        }
+        for (int64_t t = 0; t < W; ++t) {
+          const T x = lanes_value[t];
+          const double d = (kOmitNan && x != x) ? 0.0 : static_cast<double>(x) - shift[t];
+          sum[t] += d;
+          sum_squares[t] += d * d;
+        }
+      }
+      const auto is_nan = v != v;
+      nan_count = is_nan ? nan_count + T(1) : nan_count;
+      if (use_low) {
+        Vec up = kOmitNan ? (is_nan ? pos_inf : v) : v;
+        for (int j = 0; j < K; ++j) {
+          const Vec kept = low[j];
+          low[j] = up < kept ? up : kept;
+          up = up < kept ? kept : up;
+        }
+      }
+      if (use_high) {
+        Vec down = kOmitNan ? (is_nan ? neg_inf : v) : v;
+        for (int j = 0; j < K; ++j) {
+          const Vec kept = high[j];
+          high[j] = down > kept ? down : kept;
+          down = down > kept ? kept : down;
+        }
+      }
+    }
+    for (int64_t t = 0; t < lanes; ++t) {
+      const int64_t nans = static_cast<int64_t>(nan_count[t]);
+      const int64_t n_valid = kOmitNan ? S - nans : S;
+      const bool poisoned = !kOmitNan && nans > 0;
+      auto value_at_rank = [&](int64_t rank) -> T {
+        if (rank < plan.k_low) return low[rank][t];
+        return high[n_valid - 1 - rank][t];  // plan_extremes guarantees this is < k_high
+      };
+      write_quantiles<T>(problem, out, span.pixel + first + t, n_valid, poisoned, value_at_rank);
+      if (kStats) {
+        write_stats<T>(problem, out, span.pixel + first + t, shift[t], sum[t], sum_squares[t], n_valid, poisoned);
+      }
+    }
+  }
+}
+
+template <typename T, bool kOmitNan, bool kStats>
+PYINV_ALWAYS_INLINE void extremes_items_registers(const QuantileProblem& problem, const ExtremePlan& plan,
+                                                  const T* data, const TileGrid& grid, const Outputs<T>& out,
+                                                  int64_t begin, int64_t end) {
+  const int64_t k = std::max(plan.k_low, plan.k_high);
+  for (int64_t item = begin; item < end; ++item) {
+    const TileSpan span = grid.span(item);
+    if (k <= 1) {
+      extremes_tile_registers<T, 1, kOmitNan, kStats>(problem, plan, data, grid, span, out);
+    } else if (k <= 2) {
+      extremes_tile_registers<T, 2, kOmitNan, kStats>(problem, plan, data, grid, span, out);
+    } else if (k <= 4) {
+      extremes_tile_registers<T, 4, kOmitNan, kStats>(problem, plan, data, grid, span, out);
+    } else {
+      extremes_tile_registers<T, 8, kOmitNan, kStats>(problem, plan, data, grid, span, out);
+    }
+  }
+}
+
 template <typename T, bool kOmitNan, bool kStats>
 PYINV_ALWAYS_INLINE void extremes_items(const QuantileProblem& problem, const ExtremePlan& plan, const T* data,
                                         const TileGrid& grid, const Outputs<T>& out, int64_t begin, int64_t end) {
@@ -267,7 +375,11 @@ PYINV_ALWAYS_INLINE void extremes_items(const QuantileProblem& problem, const Ex
 #define PYINV_DEFINE_EXTREMES(NAME, T, OMIT, STATS)                                                          \
   PYINV_TARGET_CLONES void NAME(const QuantileProblem& problem, const ExtremePlan& plan, const T* data,      \
                                 const TileGrid& grid, const Outputs<T>& out, int64_t begin, int64_t end) { \
-    extremes_items<T, OMIT, STATS>(problem, plan, data, grid, out, begin, end);                               \
+    if (std::max(plan.k_low, plan.k_high) <= kMaxRegisterExtremes) {                                         \
+      extremes_items_registers<T, OMIT, STATS>(problem, plan, data, grid, out, begin, end);                   \
+    } else {                                                                                                   \
+      extremes_items<T, OMIT, STATS>(problem, plan, data, grid, out, begin, end);                             \
+    }                                                                                                          \
   }
 PYINV_DEFINE_EXTREMES(extremes_f32, float, false, false)
 PYINV_DEFINE_EXTREMES(extremes_f32_omit, float, true, false)
