@@ -81,7 +81,7 @@ class GaussianMixtureDenoisingPosterior:
 
     Example:
         >>> posterior = GaussianMixtureDenoisingPosterior.fit(train, sigma=0.1, num_components=4)
-        >>> samples = posterior.sample(noisy, 32, np.random.default_rng(0))   # (N, 32, C, H, W)
+        >>> samples = posterior.sample(noisy, 32, np.random.default_rng(0))   # (32, N, C, H, W)
     """
 
     def __init__(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
@@ -166,7 +166,8 @@ class GaussianMixtureDenoisingPosterior:
         return mean.reshape(y.shape[0], *self.image_shape)
 
     def sample(self, observed: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-        """``num_samples`` exact posterior samples per image: float32 ``(N, S, C, H, W)``."""
+        """``num_samples`` exact posterior samples per image: float32 ``(S, N, C, H, W)``, samples
+        first as :mod:`pyinverse.uq` takes them."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError("GaussianMixtureDenoisingPosterior.sample: 'num_samples' must be a positive int, "
                              f"got {num_samples!r}")
@@ -177,7 +178,7 @@ class GaussianMixtureDenoisingPosterior:
         draws = rng.random((num_images, num_samples, 1))
         components = np.minimum((draws > np.cumsum(probabilities, axis=1)[:, None, :]).sum(axis=2),
                                 self.weights.size - 1)
-        samples = np.empty((num_images, num_samples, d))
+        samples = np.empty((num_samples, num_images, d))  # written sample-first: no transpose later
         for k in range(self.weights.size):
             image_index, sample_index = np.nonzero(components == k)
             if image_index.size == 0:
@@ -185,8 +186,8 @@ class GaussianMixtureDenoisingPosterior:
             mean = self._component_mean(y[image_index], k)
             noise = rng.standard_normal((image_index.size, d))
             # (M, d) x (d, d) in one BLAS call.
-            samples[image_index, sample_index] = mean + (noise * self._posterior_std[k]) @ self.eigenvectors[k].T
-        return samples.reshape(num_images, num_samples, *self.image_shape).astype(np.float32)
+            samples[sample_index, image_index] = mean + (noise * self._posterior_std[k]) @ self.eigenvectors[k].T
+        return samples.reshape(num_samples, num_images, *self.image_shape).astype(np.float32)
 
 
 def _write_json_atomic(path: Path, payload: dict, overwrite: bool) -> None:
@@ -281,10 +282,10 @@ def run_uq_demo(out_dir: str | os.PathLike, quick: bool = True, seed: int = 0, *
     calibration, test = order[: len(order) // 2], order[len(order) // 2:]
 
     rcps = RCPS(alpha=alpha, delta=delta, scaling="multiplicative", center="mean").fit(
-        held_samples[calibration], held_out[calibration])
-    lower, upper = rcps.predict(held_samples[test])
+        held_samples[:, calibration], held_out[calibration])
+    lower, upper = rcps.predict(held_samples[:, test])
     held_report = coverage_report(lower, upper, held_out[test], alpha=alpha)
-    raw_lower, _, raw_upper = sample_intervals(held_samples[test], q=rcps.q, axis=1)  # lambda = 1
+    raw_lower, _, raw_upper = sample_intervals(held_samples[:, test], q=rcps.q, axis=0)  # lambda = 1
     uncalibrated_risk = float(per_image_miscoverage(raw_lower, raw_upper, held_out[test]).mean())
 
     # Re-splits: the per-pixel smallest covering scales are computed once; each split is then an
@@ -308,7 +309,7 @@ def run_uq_demo(out_dir: str | os.PathLike, quick: bool = True, seed: int = 0, *
     tiles, grid = _tile(photo, size)
     noisy_tiles, tile_samples = observe_and_sample(tiles)
     tile_lower, tile_upper = rcps.predict(tile_samples)
-    mean_image = np.clip(_untile(tile_samples.mean(axis=1), grid), 0.0, 1.0)
+    mean_image = np.clip(_untile(tile_samples.mean(axis=0), grid), 0.0, 1.0)
     width_image = _untile(tile_upper - tile_lower, grid)
     photo_report = coverage_report(tile_lower, tile_upper, tiles, alpha=alpha)
     save_uncertainty_figure(

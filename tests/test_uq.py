@@ -26,7 +26,8 @@ SEEDS = [0, 1, 2]
 
 
 def synthetic_problem(rng, num_images, num_samples=10, shape=(1, 4, 4), overconfidence=0.8):
-    """Truth and posterior-like samples with per-pixel spread and per-image difficulty.
+    """Samples ``(S, N, C, H, W)`` (sample axis first) and truth ``(N, C, H, W)`` with per-pixel
+    spread and per-image difficulty.
 
     truth = mu + d_i s_p z, samples = mu + overconfidence * s_p z' (the sampler is too narrow, so
     calibration must widen the intervals; d_i ~ U(0.5, 1.5) makes per-image losses differ).
@@ -35,7 +36,7 @@ def synthetic_problem(rng, num_images, num_samples=10, shape=(1, 4, 4), overconf
     spread = rng.uniform(0.5, 1.5, size=shape)
     difficulty = rng.uniform(0.5, 1.5, size=(num_images, 1, 1, 1))
     truth = mu + difficulty * spread * rng.normal(size=mu.shape)
-    samples = mu[:, None] + overconfidence * spread * rng.normal(size=(num_images, num_samples, *shape))
+    samples = mu[None] + overconfidence * spread * rng.normal(size=(num_samples, num_images, *shape))
     return samples, truth
 
 
@@ -51,12 +52,15 @@ def as_kind(x, kind, dtype):
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("center", ["mean", "median"])
-def test_sample_intervals_match_float64_numpy(seed, kind, dtype, center):
+@pytest.mark.parametrize("axis", [0, 1])
+def test_sample_intervals_match_float64_numpy(seed, kind, dtype, center, axis):
     rng = np.random.default_rng(seed)
-    samples = rng.normal(size=(3, 7, 2, 4, 5)).astype(dtype)
+    shape = [3, 2, 4, 5]
+    shape.insert(axis, 7)  # (S, N, C, H, W) for axis 0, the project's layout; any axis works
+    samples = rng.normal(size=shape).astype(dtype)
     q = (0.1, 0.8)
-    lower, middle, upper = sample_intervals(as_kind(samples, kind, dtype), q=q, axis=1, center=center)
-    ref = uq_sample_intervals(samples, q, 1, center)
+    lower, middle, upper = sample_intervals(as_kind(samples, kind, dtype), q=q, axis=axis, center=center)
+    ref = uq_sample_intervals(samples, q, axis, center)
     tolerance = 2e-6 if dtype == np.float32 else 1e-14
     for got, want in zip((lower, middle, upper), ref):
         assert (type(got) is torch.Tensor) == (kind == "torch")
@@ -66,8 +70,8 @@ def test_sample_intervals_match_float64_numpy(seed, kind, dtype, center):
 
 
 def test_sample_intervals_single_pixel_and_ties():
-    samples = np.array([[1.0, 1.0, 1.0, 2.0]])[:, :, None]  # (N=1, S=4, 1): ties
-    lower, middle, upper = sample_intervals(samples, q=(0.0, 1.0), axis=1)
+    samples = np.array([1.0, 1.0, 1.0, 2.0])[:, None, None]  # (S=4, N=1, 1): ties
+    lower, middle, upper = sample_intervals(samples, q=(0.0, 1.0), axis=0)
     assert lower[0, 0] == 1.0 and upper[0, 0] == 2.0 and middle[0, 0] == 1.25
 
 
@@ -146,7 +150,7 @@ def test_smallest_covering_lambda_edge_cases():
 def test_miscoverage_curves_equal_bruteforce_loop(seed, scaling):
     rng = np.random.default_rng(seed)
     samples, truth = synthetic_problem(rng, num_images=20, shape=(2, 5, 5))
-    lower, center, upper = uq_sample_intervals(samples, (0.05, 0.95), 1, "mean")
+    lower, center, upper = uq_sample_intervals(samples, (0.05, 0.95), 0, "mean")
     lam_star = smallest_covering_lambda(lower, center, upper, truth, scaling)
     grid = np.sort(rng.uniform(-1 if scaling == "additive" else 0, 4, size=300))
     grid = rng.permutation(grid)  # any order
@@ -208,7 +212,7 @@ def test_minimum_calibration_size_is_the_first_n_that_can_succeed():
 def test_exact_lambda_hat_equals_scan_over_all_breakpoints(seed, scaling):
     rng = np.random.default_rng(seed)
     samples, truth = synthetic_problem(rng, num_images=60, shape=(1, 3, 3))
-    lower, center, upper = uq_sample_intervals(samples, (0.05, 0.95), 1, "mean")
+    lower, center, upper = uq_sample_intervals(samples, (0.05, 0.95), 0, "mean")
     lam_star = smallest_covering_lambda(lower, center, upper, truth, scaling)
     floor = 0.0 if scaling == "multiplicative" else -np.inf
     lambda_hat, risk = exact_lambda_hat(lam_star, 0.2, 0.1, lower_limit=floor)
@@ -245,7 +249,7 @@ def test_rcps_fit_numpy_torch_and_reference_agree(seed, center, scaling):
     rng = np.random.default_rng(seed)
     samples, truth = synthetic_problem(rng, num_images=120)
     rcps = RCPS(alpha=0.15, delta=0.1, scaling=scaling, center=center).fit(samples, truth)
-    lower, middle, upper = uq_sample_intervals(samples, (0.05, 0.95), 1, center)
+    lower, middle, upper = uq_sample_intervals(samples, (0.05, 0.95), 0, center)
     lam_star = smallest_covering_lambda(lower, middle, upper, truth, scaling)
     want, want_risk = exact_lambda_hat(lam_star, 0.15, 0.1, 0.0 if scaling == "multiplicative" else -np.inf)
     assert rcps.lambda_ == want and rcps.calibration_risk_ == want_risk and rcps.n_calibration_ == 120
@@ -272,6 +276,33 @@ def test_rcps_float32_samples_and_truth_of_another_library():
     assert lower.dtype == torch.float32 and tuple(lower.shape) == truth.shape
     reference = RCPS(alpha=0.2).fit(samples, truth)
     assert rcps.lambda_ == pytest.approx(reference.lambda_, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_sample_first_views_of_image_first_stacks_agree_with_contiguous(seed, kind):
+    """A sampler that stores (N, S, ...) hands over a transposed view, not a copy: RCPS and the
+    conformal scales read it through its strides and agree with the contiguous (S, N, ...)."""
+    rng = np.random.default_rng(seed)
+    samples, truth = synthetic_problem(rng, num_images=40, shape=(2, 3, 3))
+    image_first = np.ascontiguousarray(samples.swapaxes(0, 1))  # (N, S, C, H, W) in memory
+    if kind == "torch":
+        view = torch.from_numpy(image_first).transpose(0, 1)
+        assert not view.is_contiguous()
+    else:
+        view = image_first.swapaxes(0, 1)
+        assert not view.flags.c_contiguous
+    contiguous = RCPS(alpha=0.2, delta=0.1).fit(samples, truth)
+    strided = RCPS(alpha=0.2, delta=0.1).fit(view, truth)
+    assert strided.lambda_ == contiguous.lambda_
+    for got, want in zip(strided.predict(view), contiguous.predict(samples)):
+        got = got.numpy() if kind == "torch" else got
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(PixelwiseConformal(alpha=0.2).fit(view, truth).lambda_,
+                                  PixelwiseConformal(alpha=0.2).fit(samples, truth).lambda_)
+    # The old image-first layout is refused (its truth does not match) rather than misread.
+    with pytest.raises(ValueError, match=r"RCPS.fit: 'truth' must have shape \(N, C, H, W\) = \(10, 2, 3, 3\)"):
+        RCPS().fit(image_first, truth)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -301,8 +332,8 @@ def test_rcps_guarantee_over_random_splits(seed):
 def test_rcps_end_to_end_held_out_risk_below_alpha():
     rng = np.random.default_rng(11)
     samples, truth = synthetic_problem(rng, num_images=1200, shape=(1, 6, 6))
-    rcps = RCPS(alpha=0.1, delta=0.1).fit(samples[:400], truth[:400])
-    held_out = rcps.risk(samples[400:], truth[400:])
+    rcps = RCPS(alpha=0.1, delta=0.1).fit(samples[:, :400], truth[:400])
+    held_out = rcps.risk(samples[:, 400:], truth[400:])
     assert held_out.shape == (800,) and held_out.dtype == np.float64
     assert held_out.mean() <= 0.1 and rcps.lambda_ > 1.0  # the overconfident sampler is widened
 
@@ -313,7 +344,7 @@ def test_rcps_too_few_images_and_zero_width_intervals():
     with pytest.raises(ValueError, match="need at least 22"):
         RCPS(alpha=0.1, delta=0.1).fit(samples, truth)
     samples, truth = synthetic_problem(rng, num_images=60)
-    samples[:] = samples[:, :1]  # every sample equal: zero-width intervals, truth off-centre
+    samples[:] = samples[:1]  # every sample equal: zero-width intervals, truth off-centre
     with pytest.raises(ValueError, match="zero-width"):
         RCPS().fit(samples, truth)
     assert np.isfinite(RCPS(scaling="additive").fit(samples, truth).lambda_)
@@ -331,7 +362,7 @@ def test_pixelwise_conformal_scale_is_the_kth_smallest_score(seed, num_images):
     samples, truth = synthetic_problem(rng, num_images=num_images, shape=(2, 3, 4))
     alpha = 0.5 if num_images == 1 else 0.1
     conformal = PixelwiseConformal(alpha=alpha).fit(samples, truth)
-    lower, center, upper = sample_intervals(samples, axis=1)  # checked against numpy above
+    lower, center, upper = sample_intervals(samples, axis=0)  # checked against numpy above
     scores = smallest_covering_lambda(lower, center, upper, truth)
     k = math.ceil((num_images + 1) * (1 - alpha) - 1e-9)
     assert conformal.rank_ == k
@@ -355,9 +386,9 @@ def test_pixelwise_conformal_marginal_coverage(seed, scaling):
     shape = (1, reps, pixels)
     mu = rng.normal(size=(n + 1, *shape))
     truth = mu + spread * rng.standard_t(df=4, size=mu.shape)  # heavy-tailed, unlike the sampler
-    samples = mu[:, None] + 0.5 * spread * rng.normal(size=(n + 1, 8, *shape))
-    conformal = PixelwiseConformal(alpha=alpha, scaling=scaling).fit(samples[:n], truth[:n])
-    lower, upper = conformal.predict(samples[n:])
+    samples = mu[None] + 0.5 * spread * rng.normal(size=(8, n + 1, *shape))  # (S, N, C, H, W)
+    conformal = PixelwiseConformal(alpha=alpha, scaling=scaling).fit(samples[:, :n], truth[:n])
+    lower, upper = conformal.predict(samples[:, n:])
     covered = ((lower <= truth[n:]) & (truth[n:] <= upper))[0, 0]  # (reps, pixels)
     per_pixel = covered.mean(axis=0)
     standard_error = math.sqrt(0.1 * 0.9 / reps)
@@ -415,15 +446,18 @@ def test_bad_inputs_get_clear_errors():
         RCPS().fit(samples, truth[:, :, :3])
     with pytest.raises(ValueError, match="RCPS.fit: 'truth' must have shape"):
         RCPS().fit(samples, truth[:29])
-    with pytest.raises(ValueError, match="RCPS.fit: 'samples' must hold S >= 2 samples"):
-        RCPS().fit(samples[:, :1], truth)
-    with pytest.raises(ValueError, match=r"RCPS.fit: 'samples' must have shape \(N, S, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"RCPS.fit: 'samples' \(S, N, C, H, W\) must hold S >= 2 samples "
+                                         r"per image on axis 0 .*got S=1"):
+        RCPS().fit(samples[:1], truth)
+    with pytest.raises(ValueError, match=r"RCPS.fit: 'samples' must have shape \(S, N, C, H, W\)"):
         RCPS().fit(samples[:, :, 0], truth[:, 0])
+    with pytest.raises(ValueError, match=r"RCPS.predict: 'samples' \(S, N, C, H, W\) must hold at least one image"):
+        RCPS(alpha=0.2).fit(samples, truth).predict(samples[:, :0])
     bad = samples.copy()
-    bad[3, 2, 0, 1, 1] = np.nan
+    bad[2, 3, 0, 1, 1] = np.nan  # sample 2 of image 3
     with pytest.raises(ValueError, match=r"RCPS.fit: 'samples' contains NaN or inf \(first at image 3"):
         RCPS().fit(bad, truth)
-    bad[3, 2, 0, 1, 1] = np.inf
+    bad[2, 3, 0, 1, 1] = np.inf
     with pytest.raises(ValueError, match="'samples' contains NaN or inf"):
         PixelwiseConformal().fit(bad, truth)
     bad_truth = truth.copy()

@@ -6,8 +6,10 @@
 * per-pixel split conformal: marginal coverage ``1 - alpha`` at every pixel (:mod:`.split_conformal`);
 * coverage reports (:mod:`.coverage`).
 
-Samples are ``(N, S, C, H, W)`` (N images, S samples each), truth ``(N, C, H, W)``; numpy arrays
-and torch tensors are accepted and intervals come back in the caller's library.
+Samples are ``(S, N, C, H, W)`` (S posterior samples of each of N images, sample axis first, as
+:func:`pyinverse.quantile` and :func:`pyinverse.metrics.validity` take them), truth
+``(N, C, H, W)``; numpy arrays and torch tensors are accepted and intervals come back in the
+caller's library.
 """
 from .bounds import hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound
 from .coverage import coverage_report, per_image_miscoverage

@@ -102,16 +102,16 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...], op: str) -> st
 
 
 def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
-    """``samples (N, S, C, H, W)`` with S >= 2 and ``truth (N, C, H, W)``, finite, one library.
+    """``samples (S, N, C, H, W)`` with S >= 2 and ``truth (N, C, H, W)``, finite, one library.
 
     ``truth`` is moved into ``samples``' library and device when they differ.
     """
     samples = check_samples(samples, op)
     truth = as_array(truth, "truth", op)
-    if tuple(truth.shape) != (samples.shape[0], *samples.shape[2:]):
-        raise ValueError(f"{op}: 'truth' must have shape (N, C, H, W) = "
-                         f"{(samples.shape[0], *tuple(samples.shape[2:]))} to match 'samples' "
-                         f"{tuple(samples.shape)}, got {tuple(truth.shape)}")
+    expected = tuple(samples.shape[1:])
+    if tuple(truth.shape) != expected:
+        raise ValueError(f"{op}: 'truth' must have shape (N, C, H, W) = {expected} to match 'samples' "
+                         f"(S, N, C, H, W) = {tuple(samples.shape)}, got {tuple(truth.shape)}")
     if not all_finite(truth):
         raise ValueError(f"{op}: 'truth' contains NaN or inf")
     if is_torch(samples) != is_torch(truth) or (is_torch(truth) and truth.device != samples.device):
@@ -120,15 +120,16 @@ def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
 
 
 def check_samples(samples: Any, op: str) -> Any:
+    """``samples (S, N, C, H, W)``: S >= 2 posterior samples (axis 0) of N images, float32/64."""
     samples = as_array(samples, "samples", op)
     if samples.ndim != 5:
-        raise ValueError(f"{op}: 'samples' must have shape (N, S, C, H, W), got {tuple(samples.shape)}")
-    if samples.shape[0] < 1 or min(samples.shape[2:]) < 1:
-        raise ValueError(f"{op}: 'samples' must hold at least one image with at least one pixel, "
-                         f"got shape {tuple(samples.shape)}")
-    if samples.shape[1] < 2:
-        raise ValueError(f"{op}: 'samples' must hold S >= 2 samples per image on axis 1 (intervals "
-                         f"need spread), got S={samples.shape[1]}")
+        raise ValueError(f"{op}: 'samples' must have shape (S, N, C, H, W), got {tuple(samples.shape)}")
+    if samples.shape[1] < 1 or min(samples.shape[2:]) < 1:
+        raise ValueError(f"{op}: 'samples' (S, N, C, H, W) must hold at least one image with at least one "
+                         f"pixel, got shape {tuple(samples.shape)}")
+    if samples.shape[0] < 2:
+        raise ValueError(f"{op}: 'samples' (S, N, C, H, W) must hold S >= 2 samples per image on axis 0 "
+                         f"(intervals need spread), got S={samples.shape[0]}")
     return samples
 
 

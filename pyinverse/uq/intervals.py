@@ -50,8 +50,8 @@ def sample_intervals(samples: Any, q: tuple[float, float] = (0.05, 0.95), axis: 
         the caller's library, dtype and device. NaN samples give NaN at their pixel.
 
     Example:
-        >>> samples = np.random.rand(8, 20, 1, 16, 16)            # (N, S, C, H, W)
-        >>> lower, center, upper = sample_intervals(samples, axis=1)
+        >>> samples = np.random.rand(20, 8, 1, 16, 16)            # (S, N, C, H, W)
+        >>> lower, center, upper = sample_intervals(samples, axis=0)
         >>> lower.shape
         (8, 1, 16, 16)
     """

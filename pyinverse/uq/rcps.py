@@ -209,7 +209,7 @@ class RCPS:
         calibration_ucb_: its HB upper confidence bound (< alpha). n_calibration_: N.
 
     Example:
-        >>> rcps = RCPS(alpha=0.1, delta=0.1).fit(cal_samples, cal_truth)  # (N,S,C,H,W), (N,C,H,W)
+        >>> rcps = RCPS(alpha=0.1, delta=0.1).fit(cal_samples, cal_truth)  # (S,N,C,H,W), (N,C,H,W)
         >>> lower, upper = rcps.predict(test_samples)
         >>> rcps.risk(test_samples, test_truth).mean()                    # about <= alpha
     """
@@ -232,12 +232,14 @@ class RCPS:
         self.lambdas = lambdas
 
     def _intervals(self, samples: Any, op: str):
-        (lower, center, upper), mean = sample_intervals_and_mean(samples, self.q, 1, self.center, op)
+        # The kernel reads the sample axis 0 through its stride: no transposed copy.
+        (lower, center, upper), mean = sample_intervals_and_mean(samples, self.q, 0, self.center, op)
         check_finite_samples(mean, op)
         return lower, center, upper
 
     def smallest_covering_lambda(self, samples: Any, truth: Any) -> Any:
-        """Per-pixel smallest covering scales ``(N, C, H, W)`` float64 (caller's library)."""
+        """Per-pixel smallest covering scales ``(N, C, H, W)`` float64 (caller's library), from
+        ``samples (S, N, C, H, W)`` and ``truth (N, C, H, W)``."""
         op = "RCPS.smallest_covering_lambda"
         samples, truth = check_samples_truth(samples, truth, op)
         lower, center, upper = self._intervals(samples, op)
@@ -247,7 +249,8 @@ class RCPS:
         """Choose ``lambda_`` on calibration images.
 
         Args:
-            samples: ``(N, S, C, H, W)`` float32/float64 posterior samples, S >= 2, finite.
+            samples: ``(S, N, C, H, W)`` float32/float64 posterior samples (S >= 2 per image on
+                axis 0), finite.
             truth: ``(N, C, H, W)`` the true images.
         """
         op = "RCPS.fit"
@@ -267,7 +270,8 @@ class RCPS:
         return self
 
     def predict(self, samples: Any) -> tuple[Any, Any]:
-        """Calibrated intervals ``(lower, upper)``, each ``(N, C, H, W)``, caller's library and dtype."""
+        """Calibrated intervals ``(lower, upper)`` for ``samples (S, N, C, H, W)``: each
+        ``(N, C, H, W)``, in the caller's library and dtype."""
         op = "RCPS.predict"
         if not hasattr(self, "lambda_"):
             raise RuntimeError(f"{op}: call fit(samples, truth) on calibration data first")
@@ -276,7 +280,8 @@ class RCPS:
         return scale_intervals(lower, center, upper, self.lambda_, self.scaling)
 
     def risk(self, samples: Any, truth: Any) -> np.ndarray:
-        """Per-image miscoverage of ``predict``'s intervals: float64 numpy ``(N,)`` in [0, 1]."""
+        """Per-image miscoverage of ``predict``'s intervals for ``samples (S, N, C, H, W)`` and
+        ``truth (N, C, H, W)``: float64 numpy ``(N,)`` in [0, 1]."""
         op = "RCPS.risk"
         samples, truth = check_samples_truth(samples, truth, op)
         lower, upper = self.predict(samples)

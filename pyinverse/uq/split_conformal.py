@@ -50,7 +50,7 @@ class PixelwiseConformal:
         has zero width on the side of too many truths). n_calibration_: N. rank_: k.
 
     Example:
-        >>> conformal = PixelwiseConformal(alpha=0.1).fit(cal_samples, cal_truth)
+        >>> conformal = PixelwiseConformal(alpha=0.1).fit(cal_samples, cal_truth)  # (S,N,C,H,W), (N,C,H,W)
         >>> lower, upper = conformal.predict(test_samples)      # each (N, C, H, W)
     """
 
@@ -63,15 +63,16 @@ class PixelwiseConformal:
         self.q = check_levels(q, op)
 
     def _intervals(self, samples: Any, op: str):
-        (lower, center, upper), mean = sample_intervals_and_mean(samples, self.q, 1, self.center, op)
+        # The kernel reads the sample axis 0 through its stride: no transposed copy.
+        (lower, center, upper), mean = sample_intervals_and_mean(samples, self.q, 0, self.center, op)
         check_finite_samples(mean, op)
         return lower, center, upper
 
     def fit(self, samples: Any, truth: Any) -> "PixelwiseConformal":
-        """Per-pixel scales from calibration ``samples (N, S, C, H, W)`` and ``truth (N, C, H, W)``."""
+        """Per-pixel scales from calibration ``samples (S, N, C, H, W)`` and ``truth (N, C, H, W)``."""
         op = "PixelwiseConformal.fit"
         samples, truth = check_samples_truth(samples, truth, op)
-        num_images = samples.shape[0]
+        num_images = samples.shape[1]
         rank = conformal_rank(num_images, self.alpha)
         if rank > num_images:
             needed = next(n for n in range(num_images, 10**9) if conformal_rank(n, self.alpha) <= n)
@@ -90,7 +91,8 @@ class PixelwiseConformal:
         return self
 
     def predict(self, samples: Any) -> tuple[Any, Any]:
-        """Calibrated intervals ``(lower, upper)``, each ``(N, C, H, W)``, caller's library and dtype."""
+        """Calibrated intervals ``(lower, upper)`` for ``samples (S, N, C, H, W)``: each
+        ``(N, C, H, W)``, in the caller's library and dtype."""
         op = "PixelwiseConformal.predict"
         if not hasattr(self, "lambda_"):
             raise RuntimeError(f"{op}: call fit(samples, truth) on calibration data first")
@@ -102,7 +104,8 @@ class PixelwiseConformal:
         return scale_intervals(lower, center, upper, self.lambda_, self.scaling)
 
     def risk(self, samples: Any, truth: Any) -> np.ndarray:
-        """Per-image miscoverage of ``predict``'s intervals: float64 numpy ``(N,)``."""
+        """Per-image miscoverage of ``predict``'s intervals for ``samples (S, N, C, H, W)`` and
+        ``truth (N, C, H, W)``: float64 numpy ``(N,)``."""
         samples, truth = check_samples_truth(samples, truth, "PixelwiseConformal.risk")
         lower, upper = self.predict(samples)
         return per_image_miscoverage(lower, upper, truth)
