@@ -233,3 +233,300 @@ def lpips_alex_reference(x, y, backbone: dict, heads: dict):
 
     weights = [heads[f"lin{k}.model.1.weight"].double().numpy().reshape(-1) for k in range(5)]
     return unit_feature_distance_reference(taps(x), taps(y), weights)
+
+
+# =================================================================================================
+# sqrtm: matrix functions of symmetric PSD matrices one matrix at a time with scipy.linalg.eigh
+# (LAPACK dsyevr) in float64, and the Fréchet cross term tr (S1 S2)^1/2 through sample space.
+# =================================================================================================
+
+def spectral_function_reference(a, kind: str = "sqrt", eps: float = 0.0, pseudo: bool = False):
+    """V f(lambda) V^T for each matrix of a (..., n, n), symmetrised, in float64.
+
+    kind "sqrt": f = sqrt(max(lambda, 0)); "inv_sqrt": f = 1 / sqrt(max(lambda, eps * lambda_max)),
+    or 0 where lambda <= eps * lambda_max when pseudo.
+    """
+    import numpy as np
+    import scipy.linalg
+
+    a = np.asarray(a, dtype=np.float64)
+    flat = a.reshape(-1, a.shape[-2], a.shape[-1])
+    out = np.empty_like(flat)
+    for index, matrix in enumerate(flat):
+        values, vectors = scipy.linalg.eigh(0.5 * (matrix + matrix.T))
+        if kind == "sqrt":
+            f = np.sqrt(np.clip(values, 0.0, None))
+        else:
+            floor = eps * values.max()
+            with np.errstate(divide="ignore"):
+                f = 1.0 / np.sqrt(np.maximum(values, floor))
+            if pseudo:
+                f = np.where(values > floor, f, 0.0)
+        out[index] = (vectors * f) @ vectors.T
+    return out.reshape(a.shape)
+
+
+def trace_sqrt_product_sample_space_reference(samples, sigma2) -> float:
+    """tr (S1 S2)^1/2 for S1 = np.cov(samples) with N samples of dimension d (any N vs d).
+
+    With H (N - 1, N) the Helmert contrasts (orthonormal rows orthogonal to the ones vector) and
+    Z = H X, S1 = Z^T Z / (N - 1), so the nonzero eigenvalues of S1 S2 are those of the
+    (N - 1) x (N - 1) matrix Z S2 Z^T / (N - 1), which has full rank when N - 1 <= d and
+    positive definite S2: an independent route with no noise eigenvalues to clamp.
+    """
+    import numpy as np
+    import scipy.linalg
+
+    x = np.asarray(samples, dtype=np.float64)
+    z = scipy.linalg.helmert(x.shape[0]) @ x
+    small = z @ np.asarray(sigma2, dtype=np.float64) @ z.T / (x.shape[0] - 1)
+    values = np.linalg.eigvalsh(0.5 * (small + small.T))
+    return float(np.sqrt(np.clip(values, 0.0, None)).sum())
+
+
+# =================================================================================================
+# flows and solvers: the coupling arithmetic, squeeze with explicit loops, and the closed forms of
+# the linear Gaussian model x = M z, z ~ N(0, I) (Asim et al.'s theorem), all numpy float64
+# =================================================================================================
+
+
+def flows_coupling_reference(x_b, h, t, clamp: float, scale: str, inverse: bool = False):
+    """Affine coupling from its formulas: (y_b, logdet per sample) (or the inverse map)."""
+    import numpy as np
+
+    x_b, h, t = (np.asarray(v, dtype=np.float64) for v in (x_b, h, t))
+    if scale == "tanh":
+        s = clamp * np.tanh(h / clamp)
+    elif scale == "atan":
+        s = clamp * 0.636 * np.arctan(h / clamp)
+    elif scale == "sigmoid":
+        s = -np.logaddexp(0.0, -(h + 2.0))  # log sigmoid(h + 2)
+    elif scale == "exp":
+        s = h
+    else:
+        raise ValueError(scale)
+    logdet = s.reshape(s.shape[0], -1).sum(1)
+    if inverse:
+        return (x_b - t) * np.exp(-s), -logdet
+    return x_b * np.exp(s) + t, logdet
+
+
+def flows_squeeze_reference(x):
+    """Space-to-depth by 2 with explicit loops: out[b, 4c + 2i + j, r, q] = x[b, c, 2r + i, 2q + j]."""
+    import numpy as np
+
+    x = np.asarray(x)
+    b, c, h, w = x.shape
+    out = np.empty((b, 4 * c, h // 2, w // 2), dtype=x.dtype)
+    for ch in range(c):
+        for i in range(2):
+            for j in range(2):
+                for r in range(h // 2):
+                    for q in range(w // 2):
+                        out[:, 4 * ch + 2 * i + j, r, q] = x[:, ch, 2 * r + i, 2 * q + j]
+    return out
+
+
+def flows_linear_mle_reference(matrix, a, y):
+    """argmax_x p_G(x) s.t. A x = y for G(z) = M z: x = M z with z the min-norm solution of A M z = y."""
+    import numpy as np
+
+    am = np.asarray(a, dtype=np.float64) @ np.asarray(matrix, dtype=np.float64)
+    z, *_ = np.linalg.lstsq(am, np.asarray(y, dtype=np.float64).T, rcond=None)
+    return (np.asarray(matrix, dtype=np.float64) @ z).T
+
+
+def flows_linear_mle_expected_error(matrix, a) -> float:
+    """E_{z0 ~ N(0, I)} ||x_hat - x0||^2 for one A: ||M (I - (AM)^+ AM)||_F^2."""
+    import numpy as np
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    am = np.asarray(a, dtype=np.float64) @ matrix
+    residual = np.eye(matrix.shape[0]) - np.linalg.pinv(am) @ am
+    return float(np.sum((matrix @ residual) ** 2))
+
+
+def flows_theorem_bounds(singular_values, m: int) -> tuple[float, float]:
+    """Asim et al.'s bounds on E_A E_x0 ||x_hat - x0||^2 (slides, 'Theory for linear invertible model'):
+    sum_{i > m} sigma_i^2 <= E <= m sum_{i > m - 2} sigma_i^2 (1-based i, sigma sorted decreasing)."""
+    import numpy as np
+
+    s2 = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1] ** 2
+    return float(s2[m:].sum()), float(m * s2[max(m - 2, 0):].sum())
+
+
+def flows_gaussian_latent_posterior(matrix, a, y, sigma: float):
+    """Posterior of z ~ N(0, I) given y = A M z + sigma n: (mean (B, D), covariance (D, D))."""
+    import numpy as np
+
+    am = np.asarray(a, dtype=np.float64) @ np.asarray(matrix, dtype=np.float64)
+    precision = am.T @ am / sigma**2 + np.eye(am.shape[1])
+    covariance = np.linalg.inv(precision)
+    mean = (covariance @ am.T @ np.asarray(y, dtype=np.float64).T / sigma**2).T
+    return mean, covariance
+
+
+# =================================================================================================
+# knn: brute-force k nearest neighbours in float64 (one query at a time, stable order: ties go to
+# the smaller index) and a tie-aware comparison of two knn results (after faiss's
+# check_ref_knn_with_draws).
+# =================================================================================================
+import numpy as _knn_np
+
+
+def knn_brute_force_reference(x, q, k: int):
+    """Squared L2 ``(Q, k)`` and indices ``(Q, k)`` of the k nearest rows of ``x`` to each row of ``q``."""
+    x = _knn_np.asarray(x, dtype=_knn_np.float64)
+    q = _knn_np.asarray(q, dtype=_knn_np.float64)
+    distances = _knn_np.empty((len(q), k))
+    indices = _knn_np.empty((len(q), k), dtype=_knn_np.int64)
+    for row, point in enumerate(q):
+        d = ((x - point) ** 2).sum(axis=1)
+        order = _knn_np.lexsort((_knn_np.arange(len(x)), d))[:k]  # by distance, then by index
+        distances[row], indices[row] = d[order], order
+    return distances, indices
+
+
+def knn_assert_same_with_ties(x, q, ref_distances, ref_indices, distances, indices, rtol: float):
+    """Results agree up to the order of equal distances: distances match (rtol), every returned index
+    is at its returned distance from the query, and each group of tied distances below the k-th
+    holds the same indices (the group at the k-th distance may be cut differently)."""
+    x = _knn_np.asarray(x, dtype=_knn_np.float64)
+    q = _knn_np.asarray(q, dtype=_knn_np.float64)
+    distances = _knn_np.asarray(distances, dtype=_knn_np.float64)
+    indices = _knn_np.asarray(indices)
+    _knn_np.testing.assert_allclose(distances, ref_distances, rtol=rtol, atol=0)
+    for row in range(len(q)):
+        assert len(set(indices[row].tolist())) == indices.shape[1], f"row {row}: repeated indices"
+        true = ((x[indices[row]] - q[row]) ** 2).sum(axis=1)
+        _knn_np.testing.assert_allclose(distances[row], true, rtol=rtol, atol=0)
+        last = ref_distances[row, -1]
+        for value in _knn_np.unique(ref_distances[row]):
+            if value == last:
+                continue
+            mask = ref_distances[row] == value
+            assert set(ref_indices[row, mask].tolist()) == set(indices[row, mask].tolist()), f"row {row}"
+
+
+# =================================================================================================
+# coupling: the affine coupling of RealNVP / Glow from its formulas in float64 numpy (log-scale,
+# forward, inverse, and the closed-form gradients), independent of pyinverse code.
+# =================================================================================================
+import numpy as _coupling_np
+
+
+def coupling_log_scale_reference(h, clamp: float, scale: str):
+    """s(h) and ds/dh in float64 for the scale functions of pyinverse.ops.coupling."""
+    h = _coupling_np.asarray(h, dtype=_coupling_np.float64)
+    with _coupling_np.errstate(all="ignore"):
+        if scale == "tanh":
+            s = clamp * _coupling_np.tanh(h / clamp)
+            ds = 1.0 / _coupling_np.cosh(h / clamp) ** 2
+        elif scale == "atan":
+            s = (clamp * 0.636) * _coupling_np.arctan(h / clamp)
+            ds = 0.636 / (1.0 + (h / clamp) ** 2)
+        elif scale == "sigmoid":
+            u = h + 2.0
+            s = -_coupling_np.logaddexp(0.0, -u)  # log sigmoid(u)
+            ds = 1.0 / (1.0 + _coupling_np.exp(u))  # sigmoid(-u)
+        elif scale == "exp":
+            s, ds = h.copy(), _coupling_np.ones_like(h)
+        else:
+            raise ValueError(scale)
+    return s, ds
+
+
+def affine_coupling_reference(source, h, t, clamp: float, scale: str, inverse: bool = False):
+    """(output, logdet) of y = x e^s + t (or x = (y - t) e^-s), logdet = +-sum(s) per sample."""
+    source = _coupling_np.asarray(source, dtype=_coupling_np.float64)
+    t = _coupling_np.asarray(t, dtype=_coupling_np.float64)
+    s, _ = coupling_log_scale_reference(h, clamp, scale)
+    with _coupling_np.errstate(all="ignore"):
+        logdet = s.reshape(len(s), -1).sum(axis=1)
+        if inverse:
+            return (source - t) * _coupling_np.exp(-s), -logdet
+        return source * _coupling_np.exp(s) + t, logdet
+
+
+def affine_coupling_vjp_reference(grad_out, grad_logdet, x_b, h, t, clamp: float, scale: str, inverse: bool = False):
+    """(grad_input, grad_h, grad_t) of the forward coupling (input x_b) or the inverse coupling
+    (input y_b = x_b e^s + t, output x_b), from the chain rule written out by hand."""
+    grad_out = _coupling_np.asarray(grad_out, dtype=_coupling_np.float64)
+    x_b = _coupling_np.asarray(x_b, dtype=_coupling_np.float64)
+    s, ds = coupling_log_scale_reference(h, clamp, scale)
+    gl = _coupling_np.zeros(len(s)) if grad_logdet is None else _coupling_np.asarray(grad_logdet, dtype=_coupling_np.float64)
+    gl = gl.reshape((-1,) + (1,) * (s.ndim - 1))
+    with _coupling_np.errstate(all="ignore"):
+        if inverse:  # x = (y - t) e^-s, logdet = -sum s
+            grad_in = grad_out * _coupling_np.exp(-s)
+            return grad_in, -(grad_out * x_b + gl) * ds, -grad_in
+        return grad_out * _coupling_np.exp(s), (grad_out * x_b * _coupling_np.exp(s) + gl) * ds, grad_out.copy()
+
+
+# =================================================================================================
+# ot / tradeoffs: the Gaussian OT map through the target-side formula with scipy.linalg.sqrtm, the
+# Rényi divergence between Gaussians in information (precision) form, and a 1-d quadrature of it.
+# =================================================================================================
+
+def gaussian_ot_matrix_reference(cov_source, cov_target):
+    """A = S_t^1/2 (S_t^1/2 S_s S_t^1/2)^-1/2 S_t^1/2 (equal to the source-side formula for PD
+    covariances), with scipy.linalg.sqrtm and an explicit inverse, float64."""
+    import numpy as np
+    import scipy.linalg
+
+    s_s, s_t = np.asarray(cov_source, np.float64), np.asarray(cov_target, np.float64)
+    root_t = np.real(scipy.linalg.sqrtm(s_t))
+    middle = np.real(scipy.linalg.sqrtm(root_t @ s_s @ root_t))
+    matrix = root_t @ np.linalg.inv(middle) @ root_t
+    return 0.5 * (matrix + matrix.T)
+
+
+def renyi_gaussian_information_form_reference(mu1, cov1, mu2, cov2, order: float) -> float:
+    """D_a(N1 || N2) = log(integral p1^a p2^(1-a)) / (a - 1) with the integral of the unnormalised
+    Gaussian exp(-x^T J x / 2 + h^T x - k / 2) done in precision form (J = a L1 + (1 - a) L2);
+    positive definite covariances, a != 1; +inf if J is not positive definite."""
+    import math
+
+    import numpy as np
+
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    p1, p2 = np.linalg.inv(np.asarray(cov1, np.float64)), np.linalg.inv(np.asarray(cov2, np.float64))
+    d = mu1.shape[0]
+    j = order * p1 + (1 - order) * p2
+    if np.linalg.eigvalsh(0.5 * (j + j.T)).min() <= 0:
+        return math.inf
+    h = order * p1 @ mu1 + (1 - order) * p2 @ mu2
+    k = order * mu1 @ p1 @ mu1 + (1 - order) * mu2 @ p2 @ mu2
+    _, log_det1 = np.linalg.slogdet(cov1)
+    _, log_det2 = np.linalg.slogdet(cov2)
+    _, log_det_j = np.linalg.slogdet(j)
+    log_norm = -0.5 * d * math.log(2 * math.pi) - 0.5 * (order * log_det1 + (1 - order) * log_det2)
+    log_integral = log_norm + 0.5 * h @ np.linalg.solve(j, h) - 0.5 * k + 0.5 * d * math.log(2 * math.pi) \
+        - 0.5 * log_det_j
+    return float(log_integral / (order - 1))
+
+
+def renyi_gaussian_1d_quadrature_reference(mu1, var1, mu2, var2, order: float) -> float:
+    """D_a between two 1-d Gaussians by adaptive quadrature of p1^a p2^(1-a) (a != 1) or of
+    p1 log(p1 / p2) (a = 1), with scipy.integrate.quad on log-densities."""
+    import math
+
+    import numpy as np
+    import scipy.integrate
+
+    def log_pdf(x, mu, var):
+        return -0.5 * math.log(2 * math.pi * var) - 0.5 * (x - mu) ** 2 / var
+
+    lo = min(mu1 - 40 * math.sqrt(var1), mu2 - 40 * math.sqrt(var2))
+    hi = max(mu1 + 40 * math.sqrt(var1), mu2 + 40 * math.sqrt(var2))
+    points = sorted({mu1, mu2})
+    if order > 1.0 and order / var1 + (1 - order) / var2 <= 0:
+        return math.inf  # log(p1^a p2^(1-a)) is a convex quadratic: the integral diverges
+    if order == 1.0:
+        value, _ = scipy.integrate.quad(lambda x: math.exp(log_pdf(x, mu1, var1)) * (
+            log_pdf(x, mu1, var1) - log_pdf(x, mu2, var2)), lo, hi, points=points, limit=500, epsabs=1e-13)
+        return float(value)
+    value, _ = scipy.integrate.quad(lambda x: math.exp(order * log_pdf(x, mu1, var1) + (1 - order)
+                                                       * log_pdf(x, mu2, var2)), lo, hi, points=points,
+                                    limit=500, epsabs=1e-300, epsrel=1e-12)
+    return float(np.log(value) / (order - 1))

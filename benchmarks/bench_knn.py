@@ -1,0 +1,184 @@
+"""k-nearest neighbours: Prioritized DCI and exact search vs faiss, numpy and torch, side by side.
+
+Run (about 3 minutes on 2 cores; tables in markdown on stdout):
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_knn.py   # --quick: a small smoke run
+(PYTHONPATH=. is not needed after `pip install -e .`.)
+
+Datasets (fixed seeds, nothing downloaded):
+  * blobs:   100,000 x 64 float32 Gaussian blobs (1000 unit-normal centres, spread 0.1), 1000
+             queries from the same blobs. Full intrinsic dimension inside each blob: hard for DCI.
+  * patches: 100,000 8x8 RGB patches (192-d, [0, 1]) of scikit-image photos (astronaut, coffee,
+             rocket, hubble), 1000 queries from a held-out photo (chelsea).
+  * digits:  scikit-learn's 8x8 digits (64-d), 1597 indexed, 200 held-out queries.
+Recall is tie-aware (a returned point counts if its true float64 distance is within the true k-th
+distance): recall@10 of a 10-NN search and recall@1 of its first column, against exact_knn (which
+the tests check against a float64 brute force). Times: median of the rounds (min-max in brackets),
+build = index construction, query = all queries in one batched call.
+
+batched_nearest: (B, m, d) candidates vs (B, d) targets (cIMLE: m samples per input), against the
+torch expression ((c - t[:, None]) ** 2).sum(-1).argmin(1).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from pyinverse.knn import DCIIndex, batched_nearest, exact_knn, knn_recall
+
+try:
+    import faiss
+except ImportError:  # optional peer (pip install faiss-cpu)
+    faiss = None
+
+
+def timed(fn, rounds: int):
+    """(median seconds, min, max, last result) over `rounds` runs after one warm-up run."""
+    result = fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times), max(times), result
+
+
+def fmt(median: float, low: float, high: float) -> str:
+    if median >= 1.0:
+        return f"{median:.2f} s [{low:.2f}-{high:.2f}]"
+    return f"{median * 1e3:.1f} ms [{low * 1e3:.1f}-{high * 1e3:.1f}]"
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def blobs(n: int, num_queries: int, d: int = 64, clusters: int = 1000, spread: float = 0.1):
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((clusters, d))
+    labels = rng.integers(0, clusters, n + num_queries)
+    points = (centers[labels] + spread * rng.standard_normal((n + num_queries, d))).astype(np.float32)
+    return points[:n], points[n:]
+
+
+def photo_patches(n: int, num_queries: int, size: int = 8):
+    from skimage import data
+    from skimage.util import img_as_float32
+
+    def patches(image, count, rng):
+        image = img_as_float32(image)
+        h, w = image.shape[:2]
+        rows = rng.integers(0, h - size + 1, count)
+        cols = rng.integers(0, w - size + 1, count)
+        offsets = np.arange(size)
+        block = image[rows[:, None, None] + offsets[None, :, None], cols[:, None, None] + offsets[None, None, :]]
+        return block.reshape(count, -1)
+
+    rng = np.random.default_rng(0)
+    train = [data.astronaut(), data.coffee(), data.rocket(), data.hubble_deep_field()]
+    counts = np.diff(np.linspace(0, n, len(train) + 1).astype(int))
+    x = np.concatenate([patches(image, count, rng) for image, count in zip(train, counts)])
+    return np.ascontiguousarray(x), np.ascontiguousarray(patches(data.chelsea(), num_queries, rng))
+
+
+def digits(num_queries: int = 200):
+    from sklearn.datasets import load_digits
+
+    features = load_digits().data.astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(features))
+    return np.ascontiguousarray(features[order[num_queries:]]), np.ascontiguousarray(features[order[:num_queries]])
+
+
+# --- peers ----------------------------------------------------------------------------------------
+
+def numpy_brute_force(x, q, k):
+    scores = (x ** 2).sum(1)[None, :] - 2.0 * (q @ x.T)  # + ||q||^2 does not change the order
+    top = np.argpartition(scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1)
+
+
+def torch_brute_force(xt, qt, k):
+    return torch.topk(torch.cdist(qt, xt), k, dim=1, largest=False).indices
+
+
+def true_distances(x, q, indices):
+    """float64 squared distances of the returned points (peers report float32 expansions)."""
+    indices = np.asarray(indices)
+    return ((x[indices].astype(np.float64) - q[:, None, :].astype(np.float64)) ** 2).sum(-1)
+
+
+def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_settings, hnsw: bool) -> None:
+    n, d = x.shape
+    print(f"\n### {name}: {n} x {d} float32, {len(q)} queries, k = {k}\n")
+    print("| method | build | query (all) | recall@1 | recall@10 |")
+    print("|---|---|---|---|---|")
+    ref_d, _ = exact_knn(x, q, k)
+
+    def row(method, build, query, indices):
+        found = true_distances(x, q, indices)
+        print(f"| {method} | {build} | {fmt(*query)} | {knn_recall(found[:, :1], ref_d[:, :1], rtol=1e-6):.3f} | "
+              f"{knn_recall(found, ref_d, rtol=1e-6):.3f} |", flush=True)
+
+    row("numpy brute force (matmul + argpartition)", "-", timed(lambda: numpy_brute_force(x, q, k), rounds)[:3],
+        numpy_brute_force(x, q, k))
+    xt, qt = torch.from_numpy(x), torch.from_numpy(q)
+    *t, idx = timed(lambda: torch_brute_force(xt, qt, k), rounds)
+    row("torch brute force (cdist + topk)", "-", t, idx.numpy())
+    *t, (_, idx) = timed(lambda: exact_knn(x, q, k), rounds)
+    row("pyinverse exact_knn (float64 exact)", "-", t, idx)
+    if faiss is not None:
+        flat = faiss.IndexFlatL2(d)
+        build = timed(lambda: (flat.reset(), flat.add(x)), rounds)
+        *t, (_, idx) = timed(lambda: flat.search(q, k), rounds)
+        row("faiss IndexFlatL2", fmt(*build[:3]), t, idx)
+        if hnsw:
+            start = time.perf_counter()
+            graph = faiss.IndexHNSWFlat(d, 32)
+            graph.add(x)
+            build_time = time.perf_counter() - start
+            for ef in (16, 64):
+                graph.hnsw.efSearch = ef
+                *t, (_, idx) = timed(lambda: graph.search(q, k), rounds)
+                row(f"faiss IndexHNSWFlat M=32 efSearch={ef}", fmt(build_time, build_time, build_time), t, idx)
+    for num_simple, budgets in dci_settings:
+        index = DCIIndex(d, num_composite=2, num_simple=num_simple, seed=0)
+        build = timed(lambda: (index.reset(), index.add(x)), rounds)
+        visits, candidates = budgets if budgets else index.default_budgets(k)
+        *t, (_, idx) = timed(lambda: index.search(q, k, max_visits=visits, max_candidates=candidates), 1)
+        label = "defaults" if budgets is None else f"visits {visits}, candidates {candidates}"
+        row(f"pyinverse DCIIndex 2x{num_simple} ({label})", fmt(*build[:3]), t, idx)
+
+
+def batched_table(rounds: int, cases) -> None:
+    print("\n### batched_nearest: B targets, each against its own m candidates\n")
+    print("| B x m x d (float32) | pyinverse batched_nearest | torch expression | speed-up | same indices |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for b, m, d in cases:
+        c = torch.from_numpy(rng.random((b, m, d), dtype=np.float32))
+        t = torch.from_numpy(rng.random((b, d), dtype=np.float32))
+        ours = timed(lambda: batched_nearest(c, t), rounds)
+        peer = timed(lambda: ((c - t[:, None]) ** 2).sum(-1).argmin(1), rounds)
+        same = bool(torch.equal(ours[3][0], peer[3]))
+        print(f"| {b} x {m} x {d} | {fmt(*ours[:3])} | {fmt(*peer[:3])} | {peer[0] / ours[0]:.1f}x | {same} |",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    args = parser.parse_args()
+    n, num_queries, rounds = (10000, 100, 1) if args.quick else (100000, 1000, 3)
+    print(f"torch threads {torch.get_num_threads()}, faiss {'%s' % faiss.__version__ if faiss else 'not installed'}")
+    dci = [(6, None), (10, None)]
+    cheap = [(6, (6 * n, 100))]  # fewer candidates: faster, lower recall
+    knn_table("blobs", *blobs(n, num_queries), 10, rounds, dci + cheap, hnsw=True)
+    knn_table("patches", *photo_patches(n, num_queries), 10, rounds, dci + cheap, hnsw=True)
+    knn_table("digits", *digits(), 10, rounds, dci, hnsw=True)
+    batched_table(rounds, [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+// CPU shell of the knn family: threads over points (projections), simple indices (sort + merge),
+// queries (the DCI traversal, with per-worker scratch reused across queries) and batch rows
+// (batched_nearest). The arithmetic lives in knn_kernel.h.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "core/parallel.h"
+#include "knn/knn.h"
+#include "knn/knn_kernel.h"
+
+namespace pyinv {
+
+void DciShape::validate(const char* op) const {
+  PYINV_CHECK(n >= 0, op, "the number of indexed points is negative");
+  PYINV_CHECK(n <= std::numeric_limits<int32_t>::max(), op, "at most 2^31 - 1 points can be indexed");
+  PYINV_CHECK(dim >= 1, op, "dim must be >= 1");
+  PYINV_CHECK(num_composite >= 1, op, "num_composite must be >= 1");
+  PYINV_CHECK(num_simple >= 1 && num_simple <= kDciMaxSimple, op,
+              "num_simple must lie in [1, " + std::to_string(kDciMaxSimple) + "]");
+}
+
+namespace {
+
+// Work items of roughly `target` scalar operations each, so that threads share the load evenly
+// without paying the dispatch cost per item.
+int64_t grain_for(int64_t items, int64_t cost_per_item, int64_t target = 1 << 16) {
+  const int64_t threads = std::max(1, get_num_threads());
+  const int64_t by_cost = std::max<int64_t>(1, target / std::max<int64_t>(1, cost_per_item));
+  const int64_t by_balance = std::max<int64_t>(1, items / (8 * threads));
+  return std::min(by_cost, by_balance);
+}
+
+template <typename T>
+void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys, const int32_t* old_ids,
+                  const T* new_data, int64_t n_new, T* out_keys, int32_t* out_ids) {
+  const int64_t P = shape.num_directions();
+  const int64_t dim = shape.dim;
+  const int64_t n_old = shape.n;
+  const int64_t n_total = n_old + n_new;
+  using Entry = std::pair<T, int32_t>;
+  std::vector<Entry> fresh(static_cast<size_t>(P * n_new));
+  // Point-major: the P directions stay in cache while each new point is read once.
+  parallel_for(n_new, grain_for(n_new, P * dim), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* point = new_data + i * dim;
+      for (int64_t p = 0; p < P; ++p) {
+        fresh[p * n_new + i] = Entry(dci_key(directions + p * dim, point, dim), static_cast<int32_t>(n_old + i));
+      }
+    }
+  });
+  parallel_for(P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      Entry* row = fresh.data() + p * n_new;
+      std::sort(row, row + n_new);  // (key, id): equal keys keep ascending ids
+      // Merge: on equal keys the old entry goes first, its id being smaller than every new id.
+      const T* keys = old_keys + p * n_old;
+      const int32_t* ids = old_ids + p * n_old;
+      T* keys_out = out_keys + p * n_total;
+      int32_t* ids_out = out_ids + p * n_total;
+      int64_t a = 0, b = 0, o = 0;
+      while (a < n_old && b < n_new) {
+        if (!(row[b].first < keys[a])) {
+          keys_out[o] = keys[a];
+          ids_out[o++] = ids[a++];
+        } else {
+          keys_out[o] = row[b].first;
+          ids_out[o++] = row[b++].second;
+        }
+      }
+      for (; a < n_old; ++a, ++o) {
+        keys_out[o] = keys[a];
+        ids_out[o] = ids[a];
+      }
+      for (; b < n_new; ++b, ++o) {
+        keys_out[o] = row[b].first;
+        ids_out[o] = row[b].second;
+      }
+    }
+  });
+}
+
+// Scratch of one worker, reused by its successive queries through the stamps.
+struct DciWorkerScratch {
+  explicit DciWorkerScratch(size_t bytes) : buffer((bytes + 7) / 8, 0) {}
+  std::vector<uint64_t> buffer;  // zeroed: counts and seen start with stamp 0
+  uint32_t stamp = 0;
+  unsigned char* base() { return reinterpret_cast<unsigned char*>(buffer.data()); }
+};
+
+class DciScratchPool {
+ public:
+  explicit DciScratchPool(size_t bytes) : bytes_(bytes) {}
+  std::unique_ptr<DciWorkerScratch> acquire() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        auto scratch = std::move(free_.back());
+        free_.pop_back();
+        return scratch;
+      }
+    }
+    return std::make_unique<DciWorkerScratch>(bytes_);
+  }
+  void release(std::unique_ptr<DciWorkerScratch> scratch) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(scratch));
+  }
+
+ private:
+  size_t bytes_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<DciWorkerScratch>> free_;
+};
+
+template <typename T>
+void dci_search_impl(const DciShape& shape, const DciIndexPointers& index, const T* queries, int64_t num_queries,
+                     const DciQueryBudget& budget, T* out_distances, int64_t* out_indices) {
+  const DciQueryConfig config = dci_query_config<T>(
+      shape.n, shape.dim, shape.num_composite, shape.num_simple, budget.k, budget.max_visits, budget.max_candidates,
+      index.data_norm_max,
+      dci_direction_norm_max(static_cast<const T*>(index.directions), shape.num_directions(), shape.dim));
+  const DciScratchLayout layout = dci_scratch_layout(shape.n, shape.num_composite, shape.num_simple, budget.k);
+  DciScratchPool pool(layout.bytes);
+  const T* data = static_cast<const T*>(index.data);
+  const T* directions = static_cast<const T*>(index.directions);
+  const T* keys = static_cast<const T*>(index.keys);
+  const int64_t k = budget.k;
+  // Cost of a query: at least the projections; chunks are small so threads balance uneven queries.
+  const int64_t grain = grain_for(num_queries, shape.num_directions() * shape.dim * 16);
+  parallel_for(num_queries, grain, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<DciWorkerScratch> worker = pool.acquire();
+    const DciQueryScratch scratch = dci_scratch_at(worker->base(), layout);
+    for (int64_t q = begin; q < end; ++q) {
+      worker->stamp = dci_next_stamp(worker->base(), layout, worker->stamp);
+      dci_query<T>(config, data, directions, keys, index.ids, queries + q * shape.dim, worker->stamp, scratch,
+                   out_distances + q * k, out_indices + q * k);
+    }
+    pool.release(std::move(worker));
+  });
+}
+
+template <typename T>
+void batched_nearest_impl(const T* candidates, const T* targets, int64_t batch, int64_t m, int64_t dim,
+                          int64_t* out_indices, T* out_distances) {
+  parallel_for(batch, grain_for(batch, m * dim), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      double distance;
+      out_indices[b] = knn_nearest_of(candidates + b * m * dim, targets + b * dim, m, dim, &distance);
+      out_distances[b] = static_cast<T>(distance);
+    }
+  });
+}
+
+}  // namespace
+
+void validate_dci_search(const DciShape& shape, const DciQueryBudget& budget, int64_t num_queries, const char* op) {
+  shape.validate(op);
+  PYINV_CHECK(shape.n >= 1, op, "the index is empty; add points before searching");
+  PYINV_CHECK(budget.k >= 1 && budget.k <= shape.n, op,
+              "k must lie in [1, ntotal=" + std::to_string(shape.n) + "], got " + std::to_string(budget.k));
+  PYINV_CHECK(budget.max_visits >= 1, op, "max_visits must be >= 1");
+  PYINV_CHECK(budget.max_candidates >= 1, op, "max_candidates must be >= 1");
+  PYINV_CHECK(num_queries >= 0, op, "negative number of queries");
+}
+
+void validate_batched_nearest(int64_t batch, int64_t num_candidates, int64_t dim, const char* op) {
+  PYINV_CHECK(batch >= 0, op, "negative batch size");
+  PYINV_CHECK(num_candidates >= 1, op, "each target needs at least one candidate");
+  PYINV_CHECK(dim >= 1, op, "dim must be >= 1");
+}
+
+void dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
+                 const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids) {
+  const char* op = "DCIIndex.add";
+  old_shape.validate(op);
+  PYINV_CHECK(n_new >= 0, op, "negative number of new points");
+  PYINV_CHECK(old_shape.n + n_new <= std::numeric_limits<int32_t>::max(), op, "at most 2^31 - 1 points can be indexed");
+  if (old_shape.dtype == DType::Float32) {
+    dci_add_impl<float>(old_shape, static_cast<const float*>(directions), static_cast<const float*>(old_keys), old_ids,
+                        static_cast<const float*>(new_data), n_new, static_cast<float*>(out_keys), out_ids);
+  } else {
+    dci_add_impl<double>(old_shape, static_cast<const double*>(directions), static_cast<const double*>(old_keys),
+                         old_ids, static_cast<const double*>(new_data), n_new, static_cast<double*>(out_keys), out_ids);
+  }
+}
+
+void dci_search_cpu(const DciShape& shape, const DciIndexPointers& index, const void* queries, int64_t num_queries,
+                    const DciQueryBudget& budget, void* out_distances, int64_t* out_indices) {
+  const char* op = "DCIIndex.search";
+  validate_dci_search(shape, budget, num_queries, op);
+  if (shape.dtype == DType::Float32) {
+    dci_search_impl<float>(shape, index, static_cast<const float*>(queries), num_queries, budget,
+                           static_cast<float*>(out_distances), out_indices);
+  } else {
+    dci_search_impl<double>(shape, index, static_cast<const double*>(queries), num_queries, budget,
+                            static_cast<double*>(out_distances), out_indices);
+  }
+}
+
+void batched_nearest_cpu(DType dtype, const void* candidates, const void* targets, int64_t batch,
+                         int64_t num_candidates, int64_t dim, int64_t* out_indices, void* out_distances) {
+  const char* op = "batched_nearest";
+  validate_batched_nearest(batch, num_candidates, dim, op);
+  if (dtype == DType::Float32) {
+    batched_nearest_impl<float>(static_cast<const float*>(candidates), static_cast<const float*>(targets), batch,
+                                num_candidates, dim, out_indices, static_cast<float*>(out_distances));
+  } else {
+    batched_nearest_impl<double>(static_cast<const double*>(candidates), static_cast<const double*>(targets), batch,
+                                 num_candidates, dim, out_indices, static_cast<double*>(out_distances));
+  }
+}
+
+}  // namespace pyinv

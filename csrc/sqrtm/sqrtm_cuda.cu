@@ -1,0 +1,168 @@
+// CUDA shell of the sqrtm family: one thread per matrix, running the same symmetric_eigh /
+// spectral_values / compose_spectral as the CPU (sqrtm_kernel.h) with one lane per thread. The
+// per-matrix work arrays live in a global workspace laid out structure-of-arrays with the chunk of
+// matrices as lane stride, so when a warp's threads touch element (i, j) of their matrices the
+// loads coalesce. Large batches are processed in chunks so the workspace stays within a quarter
+// of the free device memory (64 MiB .. 2 GiB).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "core/cuda_runtime.h"
+#include "sqrtm/sqrtm.h"
+#include "sqrtm/sqrtm_kernel.h"
+
+namespace pyinv {
+namespace {
+
+constexpr int kMaxAxes = 32;
+constexpr int kThreads = 128;
+constexpr int64_t kMinWorkspaceBytes = int64_t(64) << 20;
+constexpr int64_t kMaxWorkspaceBytes = int64_t(2) << 30;
+
+struct DeviceLayout {
+  int64_t shape[kMaxAxes];
+  int64_t strides[kMaxAxes];
+  int ndim;
+};
+
+__device__ int64_t matrix_offset(const DeviceLayout& layout, int64_t index) {
+  int64_t offset = 0;
+  for (int axis = layout.ndim - 1; axis >= 0; --axis) {
+    offset += (index % layout.shape[axis]) * layout.strides[axis];
+    index /= layout.shape[axis];
+  }
+  return offset;
+}
+
+struct DeviceOutputs {
+  void* sqrt_out;
+  void* inv_sqrt_out;
+  void* eigenvalues_out;
+  void* eigenvectors_out;
+};
+
+// Doubles of workspace per matrix: a and zt (n x n each), lambda (n), the solver's 4 n-vectors.
+__host__ __device__ int64_t workspace_per_matrix(int n) { return 2 * int64_t(n) * n + 5 * int64_t(n); }
+
+// status[0]: first matrix holding NaN/inf, status[1]: first asymmetric one (all ones: none).
+template <typename T>
+__global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row_stride, int64_t col_stride,
+                             int64_t first, int64_t chunk, double* workspace, DeviceOutputs out, double eps,
+                             int inverse_kind, bool check, double symmetry_rtol, unsigned long long* status) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= chunk) return;
+  const int64_t index = first + t;
+  const int64_t ls = chunk;  // lane stride: thread t is lane t of one big lane block
+  const int64_t nn = int64_t(n) * n;
+  double* m = workspace + t;
+  double* zt = m + nn * ls;
+  double* lambda = zt + nn * ls;
+  double* work = lambda + n * ls;
+
+  const sqrtm::LoadStats stats =
+      sqrtm::load_symmetrised(a + matrix_offset(layout, index), row_stride, col_stride, n, m, ls);
+  if (check) {
+    if (!stats.finite) {
+      atomicMin(&status[0], static_cast<unsigned long long>(index));
+    } else if (stats.max_asymmetry > symmetry_rtol * stats.max_abs) {
+      atomicMin(&status[1], static_cast<unsigned long long>(index));
+    }
+  }
+  sqrtm::symmetric_eigh<1>(m, lambda, zt, work, n, ls);
+  // `m` and `work` are free again: spectral values go to work, the composed matrix to m.
+  void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
+  for (int which = 0; which < 2; ++which) {
+    if (!targets[which]) continue;
+    sqrtm::spectral_values<1>(lambda, n, ls, which == 0 ? 0 : inverse_kind, eps, work);
+    sqrtm::compose_spectral<1>(zt, work, n, ls, m);
+    sqrtm::store_symmetric(m, n, ls, static_cast<T*>(targets[which]) + index * nn);
+  }
+  if (out.eigenvalues_out) {
+    T* values = static_cast<T*>(out.eigenvalues_out) + index * n;
+    for (int k = 0; k < n; ++k) values[k] = static_cast<T>(lambda[k * ls]);
+  }
+  if (out.eigenvectors_out) {
+    T* vectors = static_cast<T*>(out.eigenvectors_out) + index * nn;
+    for (int k = 0; k < n; ++k)
+      for (int i = 0; i < n; ++i) vectors[i * n + k] = static_cast<T>(zt[sqrtm::at(k, i, n, ls)]);
+  }
+}
+
+template <typename T>
+void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cudaStream_t stream) {
+  const std::string op_name = problem.op + " (cuda)";
+  const char* op = op_name.c_str();
+  const int64_t count = problem.batch.numel();
+  if (count == 0) return;
+  DeviceLayout layout{};
+  layout.ndim = static_cast<int>(problem.batch.shape.size());
+  PYINV_CHECK(layout.ndim <= kMaxAxes, op, "too many batch axes");
+  for (int axis = 0; axis < layout.ndim; ++axis) {
+    layout.shape[axis] = problem.batch.shape[axis];
+    layout.strides[axis] = problem.batch.strides[axis];
+  }
+  const int n = static_cast<int>(problem.n);
+  const int64_t per_matrix = workspace_per_matrix(n);
+  size_t free_bytes = 0, total_bytes = 0;
+  cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), op, "cudaMemGetInfo");
+  const int64_t budget =
+      std::min(kMaxWorkspaceBytes, std::max(kMinWorkspaceBytes, static_cast<int64_t>(free_bytes / 4)));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(count, budget / (8 * per_matrix)));
+  const DeviceOutputs device_out{out.sqrt_out, out.inv_sqrt_out, out.eigenvalues_out, out.eigenvectors_out};
+  const int inverse_kind = problem.pseudo_inverse ? 2 : 1;
+
+  double* workspace = nullptr;
+  unsigned long long* status = nullptr;
+  cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&workspace), chunk * per_matrix * sizeof(double), stream), op,
+             "cudaMallocAsync");
+  auto release = [&] {
+    if (workspace) cudaFreeAsync(workspace, stream);
+    if (status) cudaFreeAsync(status, stream);
+  };
+  try {
+    cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&status), 2 * sizeof(unsigned long long), stream), op,
+               "cudaMallocAsync");
+    cuda_check(cudaMemsetAsync(status, 0xFF, 2 * sizeof(unsigned long long), stream), op, "cudaMemsetAsync");
+    for (int64_t first = 0; first < count; first += chunk) {
+      const int64_t this_chunk = std::min(chunk, count - first);
+      const int64_t blocks = (this_chunk + kThreads - 1) / kThreads;
+      sqrtm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          a, layout, n, problem.row_stride, problem.col_stride, first, this_chunk, workspace, device_out,
+          problem.eps, inverse_kind, problem.check, problem.symmetry_rtol, status);
+      cuda_check(cudaGetLastError(), op, "kernel launch");
+    }
+    sqrtm::CheckReport report;
+    if (problem.check) {
+      unsigned long long found[2];
+      cuda_check(cudaMemcpyAsync(found, status, sizeof(found), cudaMemcpyDeviceToHost, stream), op,
+                 "cudaMemcpyAsync");
+      cuda_check(cudaStreamSynchronize(stream), op, "cudaStreamSynchronize");
+      if (found[0] != ~0ULL) report.note_nonfinite(static_cast<int64_t>(found[0]));
+      if (found[1] != ~0ULL) report.note_asymmetric(static_cast<int64_t>(found[1]), -1.0);
+    }
+    release();
+    workspace = nullptr;
+    status = nullptr;
+    sqrtm::raise_if_invalid(problem, report);
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+}  // namespace
+
+void sqrtm_cuda(const SqrtmProblem& problem, const void* a, const SqrtmOutputs& out, uintptr_t stream) {
+  problem.validate();
+  auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (problem.dtype == DType::Float32) {
+    launch<float>(problem, static_cast<const float*>(a), out, cuda_stream);
+  } else {
+    launch<double>(problem, static_cast<const double*>(a), out, cuda_stream);
+  }
+}
+
+}  // namespace pyinv

@@ -1,0 +1,62 @@
+"""Atomic file writes: every file pyinverse writes (weights, checkpoints, figures, reports) goes
+through here, so a crash never leaves half a file and nothing is overwritten silently."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Call ``write(temporary_path)``, then move the finished file to ``path``.
+
+    The temporary file lives in the target folder (same file system, so the move is atomic). With
+    ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` (checked atomically with a
+    hard link where the file system allows). The file gets the usual permissions (0666 & ~umask),
+    not mkstemp's 0600, so installed or shared files stay readable.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~current_umask())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)  # fails if path appeared meanwhile: never clobber
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+            except OSError:  # no hard links here (some network/FAT file systems)
+                if path.exists():
+                    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+                os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda temporary: temporary.write_bytes(data), overwrite=overwrite)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, overwrite: bool = False) -> Path:
+    """JSON with NaN/inf written as strings-free standard JSON (``allow_nan=False`` fails loudly)."""
+    return atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n", overwrite=overwrite)

@@ -1,0 +1,332 @@
+"""Exact nearest neighbours: blocked brute force, many small searches in one call, tie-aware recall.
+
+Conventions shared by the whole ``pyinverse.knn`` package (faiss's ``IndexFlatL2`` shape):
+
+* distances are **squared** Euclidean distances, accumulated in float64 and returned in the
+  input's float dtype; indices are int64;
+* each row of a result is sorted by (distance, index): among equal distances the smaller index
+  comes first, as a stable sort of the brute-force distances would give;
+* inputs are numpy arrays or torch tensors (CPU, or CUDA with a CUDA build), float32 or float64,
+  and must be finite (NaN / inf raise ``ValueError`` naming the rows); results come back in the
+  caller's array type and device;
+* ``k`` must lie in ``[1, number of points]`` (faiss pads with -1 beyond; we raise ``ValueError``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _C
+from .._backend import (
+    ArrayInfo,
+    allocate,
+    check_device_available,
+    describe,
+    is_c_contiguous,
+    require_float,
+    same_place,
+)
+
+__all__ = ["batched_nearest", "exact_knn", "knn_recall"]
+
+# Working set of one block of the brute force (bytes): the (queries x points) distance block and the
+# gathered candidates of the exact re-rank stay below this.
+_BLOCK_BYTES = 64 << 20
+
+
+# -------------------------------------------------------------------------------------------------
+# shared validation and conversion (also used by dci.py)
+# -------------------------------------------------------------------------------------------------
+
+def describe_points(x: Any, name: str, op: str, ndim: int = 2, dim: int | None = None) -> ArrayInfo:
+    """Validate a numpy / torch float array of ``ndim`` dimensions (last one ``dim`` when given)."""
+    info = describe(x, name, op)
+    if info.kind == "cupy":
+        raise TypeError(f"{op}: '{name}' is a cupy array; pass a numpy array or a torch tensor "
+                        "(torch.as_tensor(x) shares the memory)")
+    require_float(info, name, op)
+    check_device_available(info, name, op)
+    if info.ndim != ndim:
+        layout = {1: "(d,)", 2: "(n, d)", 3: "(B, m, d)"}[ndim]
+        raise ValueError(f"{op}: '{name}' must have shape {layout}, got {info.shape}")
+    if dim is not None and info.shape[-1] != dim:
+        raise ValueError(f"{op}: '{name}' must have {dim} columns (the index dimension), got shape {info.shape}")
+    if info.shape[-1] == 0:
+        raise ValueError(f"{op}: '{name}' has zero-length vectors (shape {info.shape}); need d >= 1")
+    return info
+
+
+def as_tensor(info: ArrayInfo) -> torch.Tensor:
+    """A torch view of a described array (numpy memory is shared, not copied, unless it has
+    negative strides, which torch cannot view)."""
+    if info.kind != "numpy":
+        return info.array.detach()
+    array = np.asarray(info.array)
+    if any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Read-only arrays (np.broadcast_to, memory maps) are fine: nothing here writes to inputs.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def to_caller(t: torch.Tensor, like: ArrayInfo, dtype: np.dtype | None = None) -> Any:
+    """``t`` in the caller's array type and device (and ``dtype`` when given)."""
+    if dtype is not None and t.dtype != getattr(torch, np.dtype(dtype).name):
+        t = t.to(getattr(torch, np.dtype(dtype).name))
+    if like.kind == "numpy":
+        return t.cpu().numpy()
+    return t.to(like.array.device)
+
+
+def check_finite_rows(t: torch.Tensor, name: str, op: str) -> None:
+    """Raise ValueError naming the first rows of ``t`` (n, ...) that hold NaN or inf."""
+    if t.numel() == 0:
+        return
+    low, high = torch.aminmax(t)  # one pass; NaN propagates, inf shows as itself
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return
+    finite = torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+        raise ValueError(f"{op}: '{name}' has NaN or inf in row(s) {bad}"
+                         f"{' ...' if int((~finite).sum()) > 5 else ''}; every value must be finite")
+
+
+def check_k(k: Any, n: int, op: str, what: str = "points") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{op}: 'k' must be an int, got {k!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"{op}: 'k' must lie in [1, {n}] (the number of {what}), got {k}")
+    return int(k)
+
+
+def _promoted(a: ArrayInfo, b: ArrayInfo) -> np.dtype:
+    return np.promote_types(a.dtype, b.dtype)
+
+
+# -------------------------------------------------------------------------------------------------
+# exact_knn
+# -------------------------------------------------------------------------------------------------
+
+def _matmul_unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of a matmul in ``dtype`` under torch's current precision settings."""
+    if dtype == torch.float64:
+        return 2.0 ** -53
+    precision = torch.get_float32_matmul_precision()
+    if precision == "medium":
+        return 2.0 ** -8  # bfloat16 products may be used
+    if precision == "high" or torch.backends.cuda.matmul.allow_tf32:
+        return 2.0 ** -11  # TF32
+    return 2.0 ** -24
+
+
+def _sort_by_distance_then_index(dist: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest per row in (distance, index) order."""
+    idx, order = torch.sort(idx, dim=1)
+    dist = torch.gather(dist, 1, order)
+    dist, order = torch.sort(dist, dim=1, stable=True)
+    return dist[:, :k], torch.gather(idx, 1, order)[:, :k]
+
+
+def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_norms: torch.Tensor, x_norm_max: float,
+                 q: torch.Tensor, center: torch.Tensor, k: int, shortlist: int,
+                 unit_roundoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n, d = x.shape
+    q_centered = q.to(x_centered.dtype) - center
+    q_norms = torch.linalg.vector_norm(q_centered, dim=1, dtype=torch.float64)
+    # ||x||^2 - 2 x.q + ||q||^2 on centred data (BLAS), then an exact float64 re-rank of a shortlist.
+    approx = (x_norms.to(x_centered.dtype) ** 2)[None, :] - 2.0 * (q_centered @ x_centered.T)
+    approx += (q_norms.to(x_centered.dtype) ** 2)[:, None]
+    # Every entry is within `bound` of the true squared distance: centring, the three terms and the
+    # dot product's sum each round by at most (d + 10) u (||x|| + ||q||)^2 in all; doubled for safety.
+    bound = 2.0 * (d + 10) * unit_roundoff * (x_norm_max + q_norms) ** 2
+    take = min(n, shortlist + 1)
+    values, order = torch.topk(approx, take, dim=1, largest=False, sorted=True)
+    values = values.to(torch.float64)
+    kth = values[:, k - 1]
+    if take > shortlist:
+        # A point left out has approx >= values[:, shortlist]; it could still tie with or beat the
+        # k-th only if that is within 2 bounds of the k-th approximate distance.
+        complete = values[:, shortlist] > kth + 2.0 * bound
+        order = order[:, :shortlist]
+    else:
+        complete = torch.ones_like(kth, dtype=torch.bool)
+    q64 = q.to(torch.float64)
+    gathered = x[order].to(torch.float64)  # (Qb, shortlist, d)
+    dist = ((gathered - q64[:, None, :]) ** 2).sum(-1)
+    dist, idx = _sort_by_distance_then_index(dist, order, k)
+    for row in torch.nonzero(~complete).flatten().tolist():  # rare: a dense crowd at the k-th distance
+        full = torch.empty(n, dtype=torch.float64, device=x.device)
+        step = max(1, _BLOCK_BYTES // (8 * d))
+        for start in range(0, n, step):
+            full[start:start + step] = ((x[start:start + step].to(torch.float64) - q64[row]) ** 2).sum(-1)
+        all_idx = torch.arange(n, device=x.device)[None]
+        row_dist, row_idx = _sort_by_distance_then_index(full[None], all_idx, k)
+        dist[row], idx[row] = row_dist[0], row_idx[0]
+    return dist, idx
+
+
+def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
+    """The exact ``k`` nearest rows of ``x`` for every row of ``q`` (squared L2, brute force).
+
+    A blocked brute force: BLAS (torch matmul) ranks all points by ``||x||^2 - 2 x.q + ||q||^2`` on
+    mean-centred data, then a shortlist is re-ranked with exact float64 distances. The shortlist
+    provably holds the answer: it is widened (per query, in rare cases to all points) until every
+    point left out is farther than the k-th by more than the matmul's rounding bound. So results
+    equal a float64 brute force, ties included (broken by smaller index).
+
+    Args:
+        x: points ``(n, d)``, numpy array or torch tensor (CPU or CUDA), float32 or float64, finite.
+        q: queries ``(Q, d)``, same array type and device as ``x``.
+        k: neighbours per query, ``1 <= k <= n``.
+
+    Returns:
+        ``(distances, indices)``: ``(Q, k)`` squared distances in the promoted float dtype of ``x``
+        and ``q``, and ``(Q, k)`` int64 indices into ``x``; rows sorted by (distance, index).
+
+    Example:
+        >>> x = np.random.rand(10000, 64).astype(np.float32)
+        >>> distances, indices = exact_knn(x, x[:5], k=3)   # indices[:, 0] == [0, 1, 2, 3, 4]
+    """
+    op = "exact_knn"
+    x_info = describe_points(x, "x", op)
+    q_info = describe_points(q, "q", op, dim=x_info.shape[1])
+    same_place({"x": x_info, "q": q_info}, op)
+    n, d = x_info.shape
+    if n == 0:
+        raise ValueError(f"{op}: 'x' has no rows; need at least one point")
+    k = check_k(k, n, op)
+    out_dtype = _promoted(x_info, q_info)
+    xt, qt = as_tensor(x_info), as_tensor(q_info)
+    check_finite_rows(xt, "x", op)
+    check_finite_rows(qt, "q", op)
+    num_queries = qt.shape[0]
+    if num_queries == 0:
+        empty = torch.empty((0, k), dtype=torch.float64, device=xt.device)
+        return to_caller(empty, q_info, out_dtype), to_caller(empty.to(torch.int64), q_info)
+    work = torch.float64 if out_dtype == np.float64 else torch.float32
+    center = xt.mean(dim=0, dtype=torch.float64).to(work)
+    x_centered = xt.to(work) - center
+    x_norms = torch.linalg.vector_norm(x_centered, dim=1, dtype=torch.float64)
+    x_norm_max = float(x_norms.max())
+    unit_roundoff = _matmul_unit_roundoff(work)
+    shortlist = min(n, 2 * k + 16)
+    rows = max(1, min(num_queries, _BLOCK_BYTES // max(1, 4 * n, 8 * shortlist * d)))
+    dists, idxs = [], []
+    for start in range(0, num_queries, rows):
+        dist, idx = _exact_block(xt, x_centered, x_norms, x_norm_max, qt[start:start + rows], center, k,
+                                 shortlist, unit_roundoff)
+        dists.append(dist)
+        idxs.append(idx)
+    return to_caller(torch.cat(dists), q_info, out_dtype), to_caller(torch.cat(idxs), q_info)
+
+
+# -------------------------------------------------------------------------------------------------
+# batched_nearest
+# -------------------------------------------------------------------------------------------------
+
+def _contiguous(info: ArrayInfo, name: str, op: str) -> ArrayInfo:
+    if is_c_contiguous(info):
+        return info
+    copy = np.ascontiguousarray(info.array) if info.kind == "numpy" else info.array.contiguous()
+    return describe(copy, name, op)
+
+
+def batched_nearest(candidates: Any, targets: Any) -> tuple[Any, Any]:
+    """For each of B targets, the nearest of its own m candidates, in one call (as cIMLE needs).
+
+    Equivalent to ``((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)`` but without the
+    ``(B, m, d)`` temporary: a C++ kernel (CUDA on CUDA inputs) reads each candidate once and
+    accumulates in float64.
+
+    Args:
+        candidates: ``(B, m, d)``, numpy array or torch tensor, float32 or float64, m >= 1.
+        targets: ``(B, d)``, same array type, device and dtype.
+
+    Returns:
+        ``(indices, distances)``: ``(B,)`` int64 in ``[0, m)`` (the smallest index among equally near
+        candidates) and ``(B,)`` squared distances in the input dtype, caller's type and device.
+
+    Raises:
+        ValueError: on shape mismatch, m == 0, d == 0, or NaN / inf in a row (named).
+
+    Example:
+        >>> samples = torch.rand(64, 10, 3 * 32 * 32)   # 10 generated samples per input
+        >>> targets = torch.rand(64, 3 * 32 * 32)
+        >>> index, distance = batched_nearest(samples, targets)   # (64,), (64,)
+    """
+    op = "batched_nearest"
+    c_info = describe_points(candidates, "candidates", op, ndim=3)
+    t_info = describe_points(targets, "targets", op, ndim=2)
+    same_place({"candidates": c_info, "targets": t_info}, op)
+    batch, m, d = c_info.shape
+    if t_info.shape != (batch, d):
+        raise ValueError(f"{op}: 'targets' must have shape (B, d) = ({batch}, {d}) to match 'candidates' "
+                         f"{c_info.shape}, got {t_info.shape}")
+    if c_info.dtype != t_info.dtype:
+        raise TypeError(f"{op}: 'candidates' and 'targets' must share a dtype, got {c_info.dtype} and {t_info.dtype}")
+    if m == 0:
+        raise ValueError(f"{op}: 'candidates' has m = 0 candidates per target; need at least one")
+    c_info = _contiguous(c_info, "candidates", op)
+    t_info = _contiguous(t_info, "targets", op)
+    indices, i_info = allocate(t_info, (batch,), np.dtype(np.int64))
+    distances, d_info = allocate(t_info, (batch,), t_info.dtype)
+    if batch == 0:
+        return indices, distances
+    _C.batched_nearest(device=t_info.device, device_index=max(t_info.device_index, 0), dtype=t_info.dtype.name,
+                       candidates=c_info.ptr, targets=t_info.ptr, batch=batch, num_candidates=m, dim=d,
+                       out_indices=i_info.ptr, out_distances=d_info.ptr, stream=t_info.stream)
+    # A NaN anywhere in a row makes its distance NaN; inf coordinates make every distance infinite.
+    finite = np.isfinite(distances) if t_info.kind == "numpy" else torch.isfinite(distances)
+    if not bool(finite.all()):
+        bad = np.flatnonzero(~np.asarray(finite.cpu() if t_info.kind == "torch" else finite))[:5].tolist()
+        raise ValueError(f"{op}: NaN or inf in 'candidates' or 'targets' of batch row(s) {bad} "
+                         "(or distances overflowing float64); every value must be finite")
+    return indices, distances
+
+
+# -------------------------------------------------------------------------------------------------
+# recall
+# -------------------------------------------------------------------------------------------------
+
+def knn_recall(distances: Any, reference_distances: Any, k: int | None = None, rtol: float | None = None) -> float:
+    """Tie-aware k-recall@k of an approximate search against the exact one.
+
+    A returned neighbour counts when its distance is at most the true k-th nearest distance (times
+    ``1 + rtol``), so that among points tied at the k-th distance any choice is correct (faiss's
+    ``check_ref_knn_with_draws``). The returned distances must be the true distances of distinct
+    points, as ``DCIIndex.search`` returns them.
+
+    Args:
+        distances: ``(Q, >= k)`` squared distances of an approximate search, rows sorted.
+        reference_distances: ``(Q, >= k)`` exact squared distances (``exact_knn``), rows sorted.
+        k: the recall depth (default: the width of ``distances``); recall@1 is ``k=1``.
+        rtol: relative tolerance on the comparison; default 8 ulps of the distances' dtype.
+
+    Returns:
+        The mean over queries of (#returned among the first k within the k-th true distance) / k.
+
+    Example:
+        >>> d_ref, _ = exact_knn(x, q, 10)
+        >>> d, _ = index.search(q, 10)
+        >>> knn_recall(d, d_ref), knn_recall(d, d_ref, k=1)
+    """
+    op = "knn_recall"
+    found = as_tensor(describe_points(distances, "distances", op)).to(torch.float64).cpu()
+    reference = as_tensor(describe_points(reference_distances, "reference_distances", op)).to(torch.float64).cpu()
+    if found.shape[0] != reference.shape[0]:
+        raise ValueError(f"{op}: 'distances' and 'reference_distances' must have the same number of rows, "
+                         f"got {found.shape[0]} and {reference.shape[0]}")
+    width = min(found.shape[1], reference.shape[1])
+    k = width if k is None else check_k(k, width, op, "columns")
+    if rtol is None:
+        rtol = 8.0 * float(np.finfo(np.dtype(describe(distances, "distances", op).dtype)).eps)
+    if found.shape[0] == 0:
+        return math.nan
+    threshold = reference[:, k - 1:k] * (1.0 + rtol)
+    return float((found[:, :k] <= threshold).to(torch.float64).mean())

@@ -1,0 +1,143 @@
+"""The self-contained HTML report: tables and PNG figures inlined (base64), no external files,
+so ``index.html`` opens offline and can be mailed as one file; ``results.json`` holds every number.
+
+The report folder is written as a whole: built in a temporary sibling folder, then renamed into
+place, so a crash or a bad input never leaves half a report.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .._io import current_umask
+
+
+@dataclass
+class Table:
+    """A table: ``rows`` of cells (numbers are formatted with ``digits`` significant digits)."""
+
+    title: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    note: str = ""
+    digits: int = 4
+
+
+@dataclass
+class Figure:
+    """A PNG figure (bytes) with a caption."""
+
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+    text: str = ""
+
+
+def figure_to_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def _render_block(block: Any) -> str:
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block.columns)
+        body = "".join("<tr>" + "".join(f"<td>{_cell(v, block.digits)}</td>" for v in row) + "</tr>" for row in block.rows)
+        note = f'<p class="note">{html.escape(block.note)}</p>' if block.note else ""
+        return f"<h3>{html.escape(block.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+    if isinstance(block, Figure):
+        data = base64.b64encode(block.png).decode("ascii")
+        caption = f"<figcaption>{html.escape(block.caption)}</figcaption>" if block.caption else ""
+        return (f'<figure><h3>{html.escape(block.title)}</h3><img alt="{html.escape(block.title)}" '
+                f'src="data:image/png;base64,{data}">{caption}</figure>')
+    raise TypeError(f"report: cannot render a {type(block).__name__}")
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #bbb;padding:.25em .6em;text-align:right}
+th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.note,figcaption{color:#555;font-size:.9em}section{margin-bottom:2em}
+"""
+
+
+def render_html(title: str, intro: str, sections: Sequence[Section]) -> str:
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text)}</p>")
+        parts.extend(_render_block(block) for block in section.blocks)
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become strings, numpy scalars/arrays plain Python: results.json stays standard JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],
+                 results: dict, *, overwrite: bool = False) -> Path:
+    """Write ``out_dir/index.html`` and ``out_dir/results.json`` as one atomic folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
+    page = render_html(title, intro, sections)
+    numbers = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (staging / "index.html").write_text(page, encoding="utf-8")
+        (staging / "results.json").write_text(numbers, encoding="utf-8")
+        os.chmod(staging, 0o777 & ~current_umask())
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.rename(out_dir, retired / "report")
+            os.rename(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,1 @@
+"""Studies on the bundled data: the pieces of `pyinverse run`."""

@@ -1,0 +1,106 @@
+"""`pyinverse evaluate`: a user's samples from files to a report; bad inputs end in one line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyinverse.cli import main
+from pyinverse.physics import Downsample
+
+NUM_SAMPLES, NUM_IMAGES, SIZE = 3, 6, 16
+
+
+@pytest.fixture
+def rng():
+    # One seed: each case runs the whole evaluation (feature network, FID/KID, figure).
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
+def problem(rng):
+    truth = rng.random((NUM_IMAGES, 1, SIZE, SIZE), dtype=np.float32)
+    inputs = Downsample(2).A(torch.from_numpy(truth)).numpy()
+    samples = np.clip(truth[None] + 0.05 * rng.standard_normal((NUM_SAMPLES, *truth.shape)), 0, 1).astype(np.float32)
+    return samples, inputs, truth
+
+
+def save_png_stack(folder, images):
+    folder.mkdir(parents=True)
+    for index, image in enumerate(images):
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "pt", "png"])
+def test_evaluate_from_files_writes_a_consistent_report(tmp_path, problem, fmt, capsys):
+    samples, inputs, truth = problem
+    paths = {}
+    for name, array in (("samples", samples), ("inputs", inputs), ("truth", truth)):
+        if fmt == "npy":
+            np.save(tmp_path / f"{name}.npy", array)
+        elif fmt == "npz":
+            np.savez(tmp_path / f"{name}.npz", array)
+        elif fmt == "pt":
+            torch.save(torch.from_numpy(array), tmp_path / f"{name}.pt")
+        elif name == "samples":
+            for image in range(NUM_IMAGES):
+                save_png_stack(tmp_path / "samples" / f"{image:03d}", samples[:, image])
+        else:
+            save_png_stack(tmp_path / name, array)
+        paths[name] = tmp_path / (name if fmt == "png" else f"{name}.{fmt}")
+    out = tmp_path / "out"
+    code = main(["evaluate", "--samples", str(paths["samples"]), "--inputs", str(paths["inputs"]),
+                 "--truth", str(paths["truth"]), "--operator", "downsample:2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "report" / "results.json").read_text())
+    page = (out / "report" / "index.html").read_text()
+    assert results["num_samples"] == NUM_SAMPLES and results["num_images"] == NUM_IMAGES
+    # The numbers in the page are the ones in results.json.
+    assert f"{results['validity']['ssim']:.4g}" in page
+    assert f"{results['distortion']['psnr_of_mean']:.4g}" in page
+    assert page.count("data:image/png;base64,") == 1
+    # Independent check of one number: PSNR of the sample mean against the truth.
+    loaded = samples if fmt != "png" else np.round(samples * 255) / 255
+    mean = loaded.mean(axis=0)
+    reference_truth = truth if fmt != "png" else np.round(truth * 255) / 255
+    mse = ((mean - reference_truth) ** 2).reshape(NUM_IMAGES, -1).mean(axis=1)
+    assert results["distortion"]["psnr_of_mean"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
+    # Too few images for RCPS at alpha = delta = 0.1: said so, not silently skipped.
+    assert "skipped" in results["uncertainty"]["rcps"]
+    # A second run into the same folder refuses to overwrite.
+    assert main(["evaluate", "--samples", str(paths["samples"]), "--inputs", str(paths["inputs"]),
+                 "--operator", "downsample:2", "--out", str(out)]) == 2
+    assert "already holds a report" in capsys.readouterr().err
+
+
+def run_expecting_error(capsys, tmp_path, samples_path, inputs_path, operator="downsample:2"):
+    out = tmp_path / "out"
+    code = main(["evaluate", "--samples", str(samples_path), "--inputs", str(inputs_path),
+                 "--operator", operator, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and err.startswith("pyinverse evaluate: error:")
+    assert not (out / "report").exists()
+    return err
+
+
+def test_bad_inputs_end_in_one_line(tmp_path, problem, capsys):
+    samples, inputs, _ = problem
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "y.npy", inputs)
+    assert "maps samples of shape" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy",
+                                                          operator="downsample:4")
+    assert "unknown operator" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy",
+                                                     operator="warp:3").lower()
+    bad = samples.copy()
+    bad[1, 2, 0, 3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert "NaN/inf" in run_expecting_error(capsys, tmp_path, tmp_path / "nan.npy", tmp_path / "y.npy")
+    np.save(tmp_path / "one.npy", samples[:1])
+    assert "at least 2" in run_expecting_error(capsys, tmp_path, tmp_path / "one.npy", tmp_path / "y.npy")
+    (tmp_path / "garbage.npy").write_bytes(b"not an array")
+    assert "could not be read" in run_expecting_error(capsys, tmp_path, tmp_path / "garbage.npy", tmp_path / "y.npy")
+    assert "does not exist" in run_expecting_error(capsys, tmp_path, tmp_path / "missing.npy", tmp_path / "y.npy")
+    np.save(tmp_path / "four.npy", samples[0])
+    assert "(S, N, C, H, W)" in run_expecting_error(capsys, tmp_path, tmp_path / "four.npy", tmp_path / "y.npy")

@@ -1,0 +1,44 @@
+"""Atomic writes: the file appears whole or not at all, and nothing is overwritten silently."""
+import os
+import stat
+
+import pytest
+
+from pyinverse._io import atomic_write, atomic_write_json, atomic_write_text
+
+
+def test_write_then_refuse_to_overwrite(tmp_path):
+    target = tmp_path / "sub" / "report.txt"
+    atomic_write_text(target, "first")
+    assert target.read_text() == "first"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        atomic_write_text(target, "second")
+    assert target.read_text() == "first"
+    atomic_write_text(target, "second", overwrite=True)
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.txt"]  # no temporaries left
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "weights.bin"
+
+    def broken(temporary):
+        temporary.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_permissions_follow_umask(tmp_path):
+    target = atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "r.json", {"x": float("nan")})
+    assert not (tmp_path / "r.json").exists()

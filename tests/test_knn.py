@@ -1,0 +1,415 @@
+"""pyinverse.knn against a float64 brute force (tests/reference.py), on fresh seeded inputs and the
+hard cases: ties and duplicates (broken by smaller index), d = 1, k = n, empty index, NaN rows,
+incremental add, save / load, exact mode, recall floors of the approximate mode."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.knn import DCIIndex, batched_nearest, exact_knn, knn_recall
+from reference import knn_assert_same_with_ties, knn_brute_force_reference
+
+RTOL = {np.float32: 1e-6, np.float64: 1e-12}  # results are float64 sums rounded to the dtype
+
+
+def clustered(rng, n, num_queries, d, clusters, spread, dtype=np.float32):
+    """Points and queries from the same Gaussian blobs (unit-normal centres, isotropic spread)."""
+    centers = rng.standard_normal((clusters, d))
+    labels = rng.integers(0, clusters, n + num_queries)
+    points = (centers[labels] + spread * rng.standard_normal((n + num_queries, d))).astype(dtype)
+    return points[:n], points[n:]
+
+
+def grid_points(rng, n, d, levels=3, dtype=np.float64):
+    """Small-integer points: many exact duplicates and exactly tied distances (sums are exact)."""
+    return rng.integers(0, levels, (n, d)).astype(dtype)
+
+
+def build(x, chunks=1, **kwargs):
+    index = DCIIndex(x.shape[1], **kwargs)
+    for part in np.array_split(np.arange(len(x)), chunks):
+        index.add(x[part])
+    return index
+
+
+# --- exact_knn ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d, k", [(500, 16, 10), (300, 1, 7), (64, 5, 64), (1, 3, 1), (200, 700, 5)])
+def test_exact_knn_matches_brute_force(rng, dtype, n, d, k):
+    x = rng.standard_normal((n, d)).astype(dtype) * 10 + 3  # off-centre: the expansion must cope
+    q = rng.standard_normal((37, d)).astype(dtype) * 10 + 3
+    ref_d, ref_i = knn_brute_force_reference(x, q, k)
+    dist, idx = exact_knn(x, q, k)
+    assert dist.dtype == dtype and idx.dtype == np.int64 and dist.shape == idx.shape == (37, k)
+    knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[dtype])
+
+
+def test_exact_knn_ties_and_duplicates_take_smaller_index(rng):
+    x = grid_points(rng, 400, 4)
+    q = grid_points(rng, 50, 4)
+    ref_d, ref_i = knn_brute_force_reference(x, q, 25)
+    dist, idx = exact_knn(x, q, 25)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(dist, ref_d)
+
+
+def test_exact_knn_dense_crowd_at_kth_distance(rng):
+    # 100 copies of one point: the k-th distance is shared by far more points than the shortlist,
+    # which forces the per-query full pass; the smallest indices must win.
+    crowd = rng.standard_normal((1, 8))
+    x = np.concatenate([rng.standard_normal((50, 8)) + 5, np.tile(crowd, (100, 1))])
+    x = x[rng.permutation(len(x))]
+    q = crowd + 1e-3
+    ref_d, ref_i = knn_brute_force_reference(x, q, 10)
+    dist, idx = exact_knn(x, q, 10)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-12)
+
+
+def test_exact_knn_torch_and_mixed_dtypes(rng):
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    q = rng.standard_normal((9, 6))
+    dist, idx = exact_knn(torch.from_numpy(x), torch.from_numpy(q), 4)
+    assert isinstance(dist, torch.Tensor) and dist.dtype == torch.float64 and idx.dtype == torch.int64
+    ref_d, ref_i = knn_brute_force_reference(x, q, 4)
+    knn_assert_same_with_ties(x, q, ref_d, ref_i, dist.numpy(), idx.numpy(), 1e-12)
+    empty_d, empty_i = exact_knn(x, np.zeros((0, 6), np.float32), 3)
+    assert empty_d.shape == empty_i.shape == (0, 3)
+
+
+def test_views_and_read_only_inputs(rng):
+    x = rng.standard_normal((300, 5))
+    q = rng.standard_normal((10, 5))
+    ref_d, ref_i = knn_brute_force_reference(x, q, 4)
+    reversed_x = np.ascontiguousarray(x[::-1])[::-1]  # negative strides, same values
+    read_only_q = np.broadcast_to(q, q.shape)  # not writable
+    dist, idx = exact_knn(reversed_x, read_only_q, 4)
+    np.testing.assert_array_equal(idx, ref_i)
+    index = build(np.asfortranarray(x))
+    dist, idx = index.search(read_only_q[:, ::-1][:, ::-1], 4, exact=True)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-12)
+
+
+# --- DCIIndex: exact mode and incremental build ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, d, k, composite, simple", [(800, 8, 10, 2, 4), (300, 1, 5, 1, 1), (50, 3, 50, 3, 2)])
+def test_dci_exact_mode_matches_brute_force(rng, dtype, n, d, k, composite, simple):
+    x, q = clustered(rng, n, 25, d, 10, 0.3, dtype)
+    index = build(x, num_composite=composite, num_simple=simple, seed=int(rng.integers(1000)))
+    ref_d, ref_i = knn_brute_force_reference(x, q, k)
+    dist, idx = index.search(q, k, exact=True)
+    assert dist.dtype == dtype and idx.dtype == np.int64
+    knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dci_ties_and_duplicates_exact(rng, dtype):
+    x = grid_points(rng, 600, 3, dtype=dtype)  # 27 distinct points, each ~22 times
+    q = grid_points(rng, 40, 3, dtype=dtype) + dtype(0.5) * (rng.random((40, 3)) < 0.3)
+    index = build(x, chunks=3, num_simple=5)
+    ref_d, ref_i = knn_brute_force_reference(x, q, 30)
+    dist, idx = index.search(q, 30, exact=True)
+    np.testing.assert_array_equal(idx, ref_i)  # every tie goes to the smaller index
+    np.testing.assert_array_equal(dist, ref_d.astype(dtype))
+
+
+def test_dci_all_points_identical(rng):
+    x = np.ones((100, 4))
+    index = build(x, num_simple=3)
+    dist, idx = index.search(np.zeros((2, 4)), 100, exact=True)
+    np.testing.assert_array_equal(idx, np.tile(np.arange(100), (2, 1)))
+    np.testing.assert_array_equal(dist, np.full((2, 100), 4.0))
+
+
+def test_dci_incremental_add_equals_one_add(rng):
+    x, q = clustered(rng, 1000, 30, 12, 20, 0.2)
+    x[500:520] = x[:20]  # duplicates across chunks: ties between old and new keys
+    one = build(x, seed=3)
+    many = build(x, chunks=7, seed=3)
+    assert one.ntotal == many.ntotal == 1000
+    torch.testing.assert_close(one._keys, many._keys, rtol=0, atol=0)
+    torch.testing.assert_close(one._ids, many._ids, rtol=0, atol=0)
+    for a, b in zip(one.search(q, 5, max_candidates=20), many.search(q, 5, max_candidates=20)):
+        np.testing.assert_array_equal(a, b)
+    # the sorted arrays are the projections of the points, ordered by (key, id)
+    keys, ids = one._keys.numpy(), one._ids.numpy().astype(np.int64)
+    projections = (one._directions().numpy().astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
+    np.testing.assert_array_equal(keys, np.take_along_axis(projections, ids, 1))
+    for row_keys, row_ids in zip(keys, ids):
+        np.testing.assert_array_equal(np.lexsort((row_ids, row_keys)), np.arange(len(row_ids)))
+
+
+def test_dci_torch_inputs_and_reset(rng):
+    x = torch.from_numpy(clustered(rng, 400, 0, 6, 8, 0.3)[0])
+    index = DCIIndex(6, num_simple=4)
+    index.add(x)
+    x.zero_()  # the index owns a copy
+    dist, idx = index.search(torch.ones((3, 6), dtype=torch.float64), 4, exact=True)
+    assert isinstance(dist, torch.Tensor) and dist.dtype == torch.float64 and idx.dtype == torch.int64
+    assert float(dist.min()) > 0
+    index.reset()
+    assert index.ntotal == 0
+    with pytest.raises(ValueError, match="empty"):
+        index.search(np.zeros((1, 6), np.float32), 1)
+
+
+# --- DCIIndex: approximate mode -------------------------------------------------------------------
+
+def check_valid(x, q, dist, idx):
+    """Approximate results are still true distances of distinct points, sorted by (distance, id)."""
+    true = ((x[idx].astype(np.float64) - q[:, None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(dist, true, rtol=1e-6)
+    for row_d, row_i in zip(dist, idx):
+        assert len(set(row_i.tolist())) == len(row_i)
+        assert np.all(np.lexsort((row_i, row_d)) == np.arange(len(row_i)))
+
+
+def digit_features(rng):
+    """scikit-learn's 8x8 digits (64-d): 1597 indexed, 200 held-out queries."""
+    from sklearn.datasets import load_digits
+
+    features = load_digits().data.astype(np.float32)
+    order = rng.permutation(len(features))
+    return features[order[200:]], features[order[:200]]
+
+
+def photo_patches(rng, n=5000, num_queries=100, size=8):
+    """8x8 RGB patches (192-d) of one bundled photo, queries from another."""
+    from skimage import data
+    from skimage.util import img_as_float32
+
+    def patches(image, count):
+        image = img_as_float32(image)
+        rows = rng.integers(0, image.shape[0] - size + 1, count)
+        cols = rng.integers(0, image.shape[1] - size + 1, count)
+        offsets = np.arange(size)
+        block = image[rows[:, None, None] + offsets[None, :, None], cols[:, None, None] + offsets[None, None, :]]
+        return block.reshape(count, -1)
+
+    return patches(data.astronaut(), n), patches(data.coffee(), num_queries)
+
+
+@pytest.mark.parametrize("dataset", ["blobs", "digits", "patches"])
+def test_dci_recall_floor_default_budgets(rng, dataset):
+    if dataset == "blobs":  # 100 blobs of ~50 points in 32-d
+        x, q = clustered(rng, 5000, 60, 32, 100, 0.15)
+    elif dataset == "digits":
+        x, q = digit_features(rng)
+    else:
+        x, q = photo_patches(rng)
+    index = build(x, seed=int(rng.integers(1000)))  # default index shape and budgets
+    dist, idx = index.search(q, 10)
+    check_valid(x, q, dist, idx)
+    ref_d, _ = knn_brute_force_reference(x, q, 10)
+    recall10, recall1 = knn_recall(dist, ref_d), knn_recall(dist, ref_d, k=1)
+    print(f"{dataset}: recall@10 {recall10:.3f} recall@1 {recall1:.3f}")
+    assert recall10 >= 0.9 and recall1 >= 0.9
+
+
+def test_dci_budgets_trade_recall_for_work(rng):
+    x, q = clustered(rng, 3000, 40, 16, 30, 0.3)
+    index = build(x, num_simple=8)
+    ref_d, _ = knn_brute_force_reference(x, q, 10)
+    tiny = index.search(q, 10, max_visits=1, max_candidates=1)  # still k valid neighbours
+    check_valid(x, q, *tiny)
+    recalls = [knn_recall(index.search(q, 10, max_visits=v, max_candidates=c)[0], ref_d)
+               for v, c in [(1, 1), (2000, 50), (10**6, 10**4)]]
+    assert recalls[0] <= recalls[1] <= recalls[2] == 1.0
+    assert recalls[0] < 1.0  # the budgets bind
+
+
+def test_dci_k_equals_ntotal_returns_everything(rng):
+    x = rng.standard_normal((40, 5))
+    index = build(x)
+    dist, idx = index.search(x[:3], 40, max_visits=1, max_candidates=1)
+    assert all(sorted(row) == list(range(40)) for row in idx.tolist())
+    np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(dist[:, 0], 0.0)
+
+
+# --- DCIIndex: persistence ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dci_save_load_round_trip(rng, tmp_path, dtype):
+    x, q = clustered(rng, 700, 20, 10, 10, 0.3, dtype)
+    index = build(x, chunks=2, num_composite=3, num_simple=5, seed=11)
+    path = tmp_path / "index.safetensors"
+    index.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["index.safetensors"]  # no temp file left
+    loaded = DCIIndex.load(path)
+    assert (loaded.dim, loaded.num_composite, loaded.num_simple, loaded.seed, loaded.dtype, loaded.ntotal) == (
+        10, 3, 5, 11, dtype, 700)
+    for kwargs in ({"max_candidates": 5}, {"exact": True}):
+        for a, b in zip(index.search(q, 7, **kwargs), loaded.search(q, 7, **kwargs)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError):
+        index.save(path)
+    index.add(x[:5])
+    index.save(path, overwrite=True)
+    assert DCIIndex.load(path).ntotal == 705
+
+
+def test_dci_load_rejects_bad_files(tmp_path):
+    from safetensors.torch import save_file
+
+    good = DCIIndex(4, num_composite=1, num_simple=2)
+    good.add(np.eye(4))
+    path = tmp_path / "good.safetensors"
+    good.save(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    cases = {
+        "format": ({**metadata, "format": "other"}, tensors, "not a"),
+        "version": ({**metadata, "version": "99"}, tensors, "version"),
+        "shape": (metadata, {**tensors, "directions": tensors["directions"][:1]}, "directions"),
+        "norm": (metadata, {**tensors, "directions": tensors["directions"] * 2}, "unit"),
+        "nan": (metadata, {**tensors, "data": tensors["data"] * float("nan")}, "NaN"),
+        "extra": (metadata, {**tensors, "evil": tensors["data"].clone()}, "exactly"),
+    }
+    for name, (meta, tens, message) in cases.items():
+        bad = tmp_path / f"{name}.safetensors"
+        save_file(tens, str(bad), metadata=meta)
+        with pytest.raises(ValueError, match=message):
+            DCIIndex.load(bad)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="safetensors"):
+        DCIIndex.load(tmp_path / "junk.safetensors")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_dci_errors(rng):
+    index = DCIIndex(3)
+    with pytest.raises(ValueError, match="empty"):
+        index.search(np.zeros((1, 3)), 1)
+    x = rng.standard_normal((10, 3))
+    bad = x.copy()
+    bad[[2, 7], 1] = np.nan
+    with pytest.raises(ValueError, match=r"DCIIndex.add: 'x' has NaN or inf in row\(s\) \[2, 7\]"):
+        index.add(bad)
+    assert index.ntotal == 0
+    index.add(x)
+    q = x[:3].copy()
+    q[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"'q' has NaN or inf in row\(s\) \[1\]"):
+        index.search(q, 2)
+    with pytest.raises(ValueError, match=r"'k' must lie in \[1, 10\]"):
+        index.search(x, 11)
+    with pytest.raises(ValueError, match="'k'"):
+        index.search(x, 0)
+    with pytest.raises(ValueError, match="3 columns"):
+        index.search(np.zeros((2, 4)), 1)
+    with pytest.raises(ValueError, match=r"shape \(n, d\)"):
+        index.add(np.zeros(3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        index.add(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="max_candidates"):
+        index.search(x, 1, max_candidates=0)
+    with pytest.raises(ValueError, match="num_simple"):
+        DCIIndex(3, num_simple=256)
+    with pytest.raises(ValueError, match="dim"):
+        DCIIndex(0)
+    with pytest.raises(ValueError, match="'x' has no rows"):
+        exact_knn(np.zeros((0, 3)), np.zeros((1, 3)), 1)
+    with pytest.raises(ValueError, match=r"'k' must lie in \[1, 10\]"):
+        exact_knn(x, x, 11)
+    with pytest.raises(ValueError, match="NaN"):
+        exact_knn(bad, x, 1)
+
+
+# --- batched_nearest ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b, m, d", [(50, 7, 16), (3, 1, 1), (20, 33, 300), (0, 4, 5)])
+def test_batched_nearest_matches_brute_force(rng, dtype, b, m, d):
+    candidates = rng.standard_normal((b, m, d)).astype(dtype)
+    targets = rng.standard_normal((b, d)).astype(dtype)
+    idx, dist = batched_nearest(candidates, targets)
+    assert idx.dtype == np.int64 and dist.dtype == dtype and idx.shape == dist.shape == (b,)
+    for row in range(b):
+        ref_d, ref_i = knn_brute_force_reference(candidates[row], targets[row:row + 1], 1)
+        assert idx[row] == ref_i[0, 0]
+        np.testing.assert_allclose(dist[row], ref_d[0, 0], rtol=RTOL[dtype])
+
+
+def test_batched_nearest_ties_strides_and_torch(rng):
+    candidates = rng.integers(0, 2, (200, 6, 3)).astype(np.float64)  # many exact ties
+    targets = rng.integers(0, 2, (200, 3)).astype(np.float64)
+    expected = ((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)  # numpy: first minimum
+    idx, dist = batched_nearest(candidates, targets)
+    np.testing.assert_array_equal(idx, expected)
+    # a non-contiguous view and torch tensors give the same answer
+    view = np.ascontiguousarray(candidates.transpose(1, 0, 2)).transpose(1, 0, 2)
+    np.testing.assert_array_equal(batched_nearest(view, targets)[0], expected)
+    t_idx, t_dist = batched_nearest(torch.from_numpy(candidates), torch.from_numpy(targets))
+    assert isinstance(t_idx, torch.Tensor) and t_idx.dtype == torch.int64
+    np.testing.assert_array_equal(t_idx.numpy(), expected)
+    np.testing.assert_array_equal(t_dist.numpy(), dist)
+
+
+def test_batched_nearest_errors(rng):
+    c, t = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 2))
+    bad = c.copy()
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
+        batched_nearest(bad, t)
+    with pytest.raises(ValueError, match="targets"):
+        batched_nearest(c, t[:3])
+    with pytest.raises(ValueError, match="m = 0"):
+        batched_nearest(c[:, :0], t)
+    with pytest.raises(TypeError, match="dtype"):
+        batched_nearest(c, t.astype(np.float32))
+    with pytest.raises(ValueError, match="share one array type"):
+        batched_nearest(torch.from_numpy(c), t)
+
+
+# --- recall ---------------------------------------------------------------------------------------
+
+def test_knn_recall_counts_ties_at_kth_distance():
+    reference = np.array([[0.0, 1.0, 2.0, 2.0], [0.0, 1.0, 1.0, 1.0]])
+    exact_other_tie = np.array([[0.0, 1.0, 2.0, 2.0], [0.0, 1.0, 1.0, 1.0]])
+    assert knn_recall(exact_other_tie, reference) == 1.0
+    worse = np.array([[0.0, 1.0, 2.0, 3.0], [0.5, 1.0, 1.0, 4.0]])
+    assert knn_recall(worse, reference) == pytest.approx(6 / 8)
+    assert knn_recall(worse, reference, k=1) == pytest.approx(1 / 2)  # 0.5 is not the true nearest
+
+
+# --- CUDA (skipped without a GPU and a CUDA build) -------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dci_cuda_matches_cpu(rng, dtype):
+    x, q = (torch.from_numpy(a).to(dtype) for a in clustered(rng, 3000, 300, 24, 30, 0.2))
+    cpu = build(x[:1000], seed=5)
+    cpu.add(x[1000:])
+    gpu = DCIIndex(24, seed=5)
+    gpu.add(x[:1000].cuda())
+    gpu.add(x[1000:].cuda())
+    torch.testing.assert_close(gpu._keys.cpu(), cpu._keys, rtol=0, atol=0)
+    torch.testing.assert_close(gpu._ids.cpu(), cpu._ids, rtol=0, atol=0)
+    for kwargs in ({}, {"max_candidates": 30, "max_visits": 500}, {"exact": True}):
+        gpu_d, gpu_i = gpu.search(q.cuda(), 10, **kwargs)
+        cpu_d, cpu_i = cpu.search(q, 10, **kwargs)
+        assert gpu_d.is_cuda
+        torch.testing.assert_close(gpu_i.cpu(), cpu_i, rtol=0, atol=0)  # the same traversal code
+        torch.testing.assert_close(gpu_d.cpu(), cpu_d, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_nearest_cuda_matches_cpu(rng, dtype):
+    candidates = torch.from_numpy(rng.integers(0, 3, (500, 9, 70))).to(dtype)
+    targets = torch.from_numpy(rng.integers(0, 3, (500, 70))).to(dtype)
+    cpu_i, cpu_d = batched_nearest(candidates, targets)
+    gpu_i, gpu_d = batched_nearest(candidates.cuda(), targets.cuda())
+    torch.testing.assert_close(gpu_i.cpu(), cpu_i, rtol=0, atol=0)  # integer data: exact sums
+    torch.testing.assert_close(gpu_d.cpu(), cpu_d, rtol=0, atol=0)
+    dist, idx = exact_knn(candidates[0].cuda(), targets.cuda(), 3)
+    ref_d, ref_i = exact_knn(candidates[0], targets, 3)
+    torch.testing.assert_close(idx.cpu(), ref_i, rtol=0, atol=0)

@@ -1,0 +1,25 @@
+"""`pyinverse run --quick`: the report's structure and its numbers against results.json."""
+import json
+
+from pyinverse.cli import main
+
+
+def test_quick_run_writes_report_matching_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--quick", "--out", str(out)]) == 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    page = (out / "report" / "index.html").read_text()
+    uq = results["uq"]
+    assert uq["held_out_risk"] <= uq["alpha"]  # the RCPS guarantee on this split
+    for number in (uq["lambda_hat"], uq["held_out_risk"], uq["ood_risk"]):
+        assert f"{number:.4g}" in page
+    assert len(results["reference_validity"]) == 7
+    for row in results["reference_validity"]:
+        assert row["restorer"] in page and f"{row['ssim']:.4g}" in page
+        if row["restorer"].endswith("+ project"):
+            assert row["exact_fraction"] == 1.0  # projection makes every output consistent
+    assert page.count("data:image/png;base64,") == 1
+    assert "report written to" in capsys.readouterr().out
+    # Never overwritten silently.
+    assert main(["run", "--quick", "--out", str(out)]) == 2
+    assert "already holds a report" in capsys.readouterr().err

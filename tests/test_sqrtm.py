@@ -1,0 +1,455 @@
+"""pyinverse.ops.sqrtm against float64 references (scipy.linalg.eigh one matrix at a time,
+scipy.linalg.sqrtm, a sample-space formula for the Fréchet cross term) on fresh seeded inputs,
+with the hard cases: singular, rank-deficient, condition 1e12, n = 1, repeated eigenvalues,
+scales 1e-4..1e4, NaN/inf, non-symmetric and non-square input."""
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import pyinverse
+from pyinverse.ops import sqrtm as sqrtm_module
+from pyinverse.ops.sqrtm import (
+    KERNEL_MAX_ORDER,
+    frechet_distance,
+    inv_sqrtm_spd,
+    sqrtm_spd,
+    trace_sqrt_product,
+    wasserstein2_gaussian,
+)
+from tests.reference import (
+    frechet_distance_reference,
+    spectral_function_reference,
+    trace_sqrt_product_sample_space_reference,
+)
+
+# Orders on both sides of the kernel's lane widths (8 lanes up to 16, 4 above) and of the
+# kernel/LAPACK switch at 64.
+ORDERS = [1, 2, 3, 8, 17, 32, 64, 65, 96]
+
+
+def random_spd(rng, batch, n, cond=None, rank=None, scale=1.0):
+    """Q diag(lambda) Q^T with Haar-like Q: lambda uniform in [0.1, 2], log-spaced to 1/cond, or
+    with the last n - rank eigenvalues exactly 0 (as float64 round-off allows)."""
+    q, _ = np.linalg.qr(rng.standard_normal((batch, n, n)))
+    if cond is not None:
+        values = np.broadcast_to(np.logspace(0, -np.log10(cond), n), (batch, n)).copy()
+    else:
+        values = rng.uniform(0.1, 2.0, (batch, n))
+    if rank is not None:
+        values[:, rank:] = 0.0
+    a = (q * values[:, None, :]) @ q.transpose(0, 2, 1) * scale
+    return 0.5 * (a + a.transpose(0, 2, 1))
+
+
+def relative_error(actual, expected):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = np.abs(expected).max(axis=(-2, -1), keepdims=True)
+    return float((np.abs(actual - expected) / np.where(scale > 0, scale, 1.0)).max())
+
+
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+
+
+# -------------------------------------------------------------------------------------------------
+# sqrtm_spd
+# -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", ORDERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sqrtm_matches_eigh_reference(rng, n, dtype):
+    batch = 3 if n > KERNEL_MAX_ORDER else 21  # 21: a partly filled lane block at the end
+    a = random_spd(rng, batch, n).astype(dtype)
+    result = sqrtm_spd(a)
+    assert isinstance(result, np.ndarray) and result.dtype == dtype and result.shape == a.shape
+    # The reference sees exactly the same (rounded) input.
+    assert relative_error(result, spectral_function_reference(a)) < TOL[dtype] * max(1, n / 8)
+    np.testing.assert_array_equal(result, result.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("n", [2, 7, 40, 80])
+def test_sqrtm_squares_back_and_matches_scipy_sqrtm(rng, n):
+    a = random_spd(rng, 4, n)
+    s = sqrtm_spd(a)
+    assert relative_error(s @ s, a) < 1e-13 * n
+    for matrix, root in zip(a, s):
+        assert relative_error(root, np.real(scipy.linalg.sqrtm(matrix))) < 1e-11
+        assert np.linalg.eigvalsh(root).min() > -1e-14  # PSD
+
+
+@pytest.mark.parametrize("n", [5, 16, 33, 64, 70])
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_sqrtm_rank_deficient(rng, n, rank):
+    a = random_spd(rng, 9, n, rank=rank)
+    s = sqrtm_spd(a)
+    assert np.isfinite(s).all()
+    # Zero eigenvalues carry ~n eps ||A|| of rounding noise in any backward-stable method, and
+    # their square roots ~sqrt(n eps): agreement with LAPACK is to that level, not to eps.
+    assert relative_error(s, spectral_function_reference(a)) < 10 * np.sqrt(n * np.finfo(float).eps)
+    assert relative_error(s @ s, a) < 1e-13 * n
+    # A covariance of fewer samples than dimensions.
+    x = rng.standard_normal((9, n, max(rank, 1)))
+    cov = x @ x.transpose(0, 2, 1)
+    root = sqrtm_spd(cov)
+    assert relative_error(root @ root, cov) < 1e-13 * n
+
+
+@pytest.mark.parametrize("n", [4, 12, 48, 72])
+def test_sqrtm_ill_conditioned(rng, n):
+    a = random_spd(rng, 6, n, cond=1e12)
+    s = sqrtm_spd(a)
+    assert relative_error(s, spectral_function_reference(a)) < 1e-9
+    assert relative_error(s @ s, a) < 1e-13 * n
+
+
+def test_sqrtm_mixed_batch_matches_each_matrix_alone(rng):
+    n = 6
+    parts = [random_spd(rng, 3, n), random_spd(rng, 2, n, cond=1e12), random_spd(rng, 2, n, rank=2),
+             np.zeros((1, n, n)), np.eye(n)[None], random_spd(rng, 2, n, scale=1e-4), random_spd(rng, 2, n, scale=1e4),
+             np.diag(np.arange(1.0, n + 1.0))[None]]
+    a = np.concatenate(parts)
+    order = rng.permutation(len(a))
+    a = a[order]
+    together = sqrtm_spd(a)
+    for index in range(len(a)):
+        alone = sqrtm_spd(a[index:index + 1])
+        # Lanes never interact: the result does not depend on the rest of the batch, bit for bit.
+        np.testing.assert_array_equal(together[index:index + 1], alone)
+        assert relative_error(alone, spectral_function_reference(a[index:index + 1])) < 1e-7
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0, 1e2, 1e4])
+@pytest.mark.parametrize("n", [3, 20])
+def test_sqrtm_scales(rng, scale, n):
+    a = random_spd(rng, 5, n)
+    scaled = sqrtm_spd(a * scale)
+    assert relative_error(scaled, spectral_function_reference(a * scale)) < 1e-12
+    assert relative_error(scaled, np.sqrt(scale) * sqrtm_spd(a)) < 1e-12
+
+
+def test_sqrtm_exact_cases():
+    np.testing.assert_array_equal(sqrtm_spd(np.eye(5)), np.eye(5))
+    np.testing.assert_array_equal(sqrtm_spd(np.diag([4.0, 9.0, 0.25, 0.0])), np.diag([2.0, 3.0, 0.5, 0.0]))
+    np.testing.assert_array_equal(sqrtm_spd(np.zeros((2, 3, 3))), np.zeros((2, 3, 3)))
+    np.testing.assert_array_equal(sqrtm_spd(np.array([[[16.0]], [[0.0]], [[-1.0]]])), [[[4.0]], [[0.0]], [[0.0]]])
+    assert sqrtm_spd(np.eye(3, dtype=np.float32)).dtype == np.float32
+    # An indefinite matrix: negative eigenvalues are clamped (the result is sqrt of the PSD part).
+    np.testing.assert_allclose(sqrtm_spd(np.diag([4.0, -1.0])), np.diag([2.0, 0.0]), atol=0)
+
+
+def test_sqrtm_shapes_strides_and_empty(rng):
+    a = random_spd(rng, 12, 5).reshape(3, 4, 5, 5)
+    expected = spectral_function_reference(a)
+    assert relative_error(sqrtm_spd(a), expected) < 1e-12
+    # Transposed batch axes, a sliced batch, transposed matrices: read in place, same values.
+    strided = np.moveaxis(a, 0, 1)
+    assert relative_error(sqrtm_spd(strided), np.moveaxis(expected, 0, 1)) < 1e-12
+    assert relative_error(sqrtm_spd(a[:, ::2]), expected[:, ::2]) < 1e-12
+    assert relative_error(sqrtm_spd(a.swapaxes(-1, -2)), expected) < 1e-12
+    big = np.zeros((2, 10, 10))
+    big[:, :5, :5] = a[0, :2]
+    assert relative_error(sqrtm_spd(big[:, :5, :5]), expected[0, :2]) < 1e-12
+    assert sqrtm_spd(np.zeros((0, 4, 4))).shape == (0, 4, 4)
+    assert sqrtm_spd(np.zeros((3, 0, 0))).shape == (3, 0, 0)
+    assert sqrtm_spd(a[0, 0]).shape == (5, 5)
+    assert sqrtm_spd(a[0, 0].tolist()).shape == (5, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [6, 70])
+def test_sqrtm_torch_matches_numpy(rng, dtype, n):
+    a = random_spd(rng, 5, n)
+    tensor = torch.from_numpy(a).to(dtype)
+    result = sqrtm_spd(tensor)
+    assert isinstance(result, torch.Tensor) and result.dtype == dtype and result.is_contiguous()
+    np.testing.assert_array_equal(result.numpy(), sqrtm_spd(tensor.numpy()))
+    inv = inv_sqrtm_spd(tensor)
+    assert isinstance(inv, torch.Tensor) and inv.dtype == dtype
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_kernel_and_lapack_paths_agree(rng, n, monkeypatch):
+    a = random_spd(rng, 7, n)
+    kernel = sqrtm_spd(a), inv_sqrtm_spd(a), inv_sqrtm_spd(a, 0.3, pseudo=True)
+    monkeypatch.setattr(sqrtm_module, "KERNEL_MAX_ORDER", 0)
+    lapack = sqrtm_spd(a), inv_sqrtm_spd(a), inv_sqrtm_spd(a, 0.3, pseudo=True)
+    for k, lp in zip(kernel, lapack):
+        assert relative_error(k, lp) < 1e-12
+
+
+def test_threads_do_not_change_results(rng):
+    a = random_spd(rng, 333, 9)
+    before = pyinverse.get_num_threads()
+    try:
+        pyinverse.set_num_threads(1)
+        one = sqrtm_spd(a)
+        pyinverse.set_num_threads(2)
+        two = sqrtm_spd(a)
+    finally:
+        pyinverse.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+
+
+# -------------------------------------------------------------------------------------------------
+# bad input
+# -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [4, 66])
+def test_sqrtm_rejects_nan_inf_and_asymmetry(rng, n):
+    a = random_spd(rng, 5, n)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        bad = a.copy()
+        bad[3, 1, 2] = bad_value
+        with pytest.raises(ValueError, match=r"sqrtm_spd: 'a' holds NaN or inf \(first in matrix 3 of 5\)"):
+            sqrtm_spd(bad)
+    bad = a.copy()
+    bad[2, 0, 1] += 1e-3
+    with pytest.raises(ValueError, match="sqrtm_spd: 'a' must be symmetric.*matrix 2 of 5"):
+        sqrtm_spd(bad)
+    with pytest.raises(ValueError, match="inv_sqrtm_spd: 'a' must be symmetric"):
+        inv_sqrtm_spd(bad)
+    # Within the tolerance: accepted and symmetrised.
+    near = a.copy()
+    near[2, 0, 1] += 1e-12
+    assert relative_error(sqrtm_spd(near), spectral_function_reference(near)) < 1e-12
+    assert np.isfinite(sqrtm_spd(bad, symmetry_tol=1.0)).all()
+
+
+def test_sqrtm_unchecked_nan_stays_in_its_matrix(rng):
+    a = random_spd(rng, 11, 5)
+    a[4, 0, 0] = np.nan
+    result = sqrtm_spd(a, check=False)
+    keep = np.arange(11) != 4
+    assert relative_error(result[keep], spectral_function_reference(a[keep])) < 1e-12
+
+
+def test_sqrtm_rejects_bad_shapes_and_types():
+    with pytest.raises(ValueError, match=r"sqrtm_spd: 'a' must have shape \(\.\.\., n, n\).*got \(3, 4\)"):
+        sqrtm_spd(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"got \(3,\)"):
+        sqrtm_spd(np.zeros(3))
+    with pytest.raises(TypeError, match="sqrtm_spd: 'a' must be float32 or float64, got int64"):
+        sqrtm_spd(np.eye(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="inv_sqrtm_spd: 'a' must be float32 or float64, got float16"):
+        inv_sqrtm_spd(np.eye(3, dtype=np.float16))
+    with pytest.raises(ValueError, match="inv_sqrtm_spd: 'eps' must be a finite number >= 0"):
+        inv_sqrtm_spd(np.eye(3), eps=-1.0)
+    with pytest.raises(ValueError, match="sqrtm_spd: 'symmetry_tol' must be a finite number >= 0"):
+        sqrtm_spd(np.eye(3), symmetry_tol=float("nan"))
+    with pytest.raises(TypeError, match="sqrtm_spd: 'check' must be a bool"):
+        sqrtm_spd(np.eye(3), check=1)
+
+
+# -------------------------------------------------------------------------------------------------
+# inv_sqrtm_spd
+# -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 5, 24, 64, 90])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inv_sqrtm_well_conditioned(rng, n, dtype):
+    a = random_spd(rng, 6, n).astype(dtype)
+    inv = inv_sqrtm_spd(a)
+    root = sqrtm_spd(a)
+    a64 = a.astype(np.float64)
+    eye = np.broadcast_to(np.eye(n), a.shape)
+    tol = 1e-12 * n if dtype == np.float64 else 2e-5
+    assert relative_error(inv.astype(np.float64) @ root.astype(np.float64), eye) < tol
+    assert relative_error(inv.astype(np.float64) @ a64 @ inv.astype(np.float64), eye) < tol
+    eps = n * np.finfo(dtype).eps
+    assert relative_error(inv, spectral_function_reference(a, "inv_sqrt", eps)) < TOL[dtype] * 20 * max(1, n / 8)
+
+
+@pytest.mark.parametrize("n", [6, 40, 70])
+def test_inv_sqrtm_floor_and_pseudo_inverse(rng, n):
+    a = random_spd(rng, 5, n, rank=n // 2)
+    for eps in (1e-10, 1e-3):
+        for pseudo in (False, True):
+            result = inv_sqrtm_spd(a, eps, pseudo=pseudo)
+            expected = spectral_function_reference(a, "inv_sqrt", eps, pseudo)
+            assert relative_error(result, expected) < 1e-7
+    # The pseudo-inverse root whitens the range: W A W is the orthogonal projector onto it.
+    w = inv_sqrtm_spd(a, pseudo=True)
+    projector = w @ a @ w
+    np.testing.assert_allclose(projector @ projector, projector, atol=1e-10)
+    np.testing.assert_allclose(np.trace(projector, axis1=1, axis2=2), n // 2, atol=1e-9)
+    zero = np.zeros((1, 3, 3))
+    assert np.isnan(inv_sqrtm_spd(zero)).all()  # no inverse exists
+    np.testing.assert_array_equal(inv_sqrtm_spd(zero, pseudo=True), zero)
+
+
+# -------------------------------------------------------------------------------------------------
+# autograd
+# -------------------------------------------------------------------------------------------------
+
+def _symmetric_input(rng, n, batch=2, cond=None):
+    a = torch.from_numpy(random_spd(rng, batch, n, cond=cond))
+    return a.requires_grad_(True)
+
+
+@pytest.mark.parametrize("lapack", [False, True])
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_gradcheck(rng, n, lapack, monkeypatch):
+    if lapack:
+        monkeypatch.setattr(sqrtm_module, "KERNEL_MAX_ORDER", 0)
+    a = _symmetric_input(rng, n)
+    # gradcheck perturbs one entry at a time: the functions see (X + X^T) / 2, so allow asymmetry.
+    loose = {"symmetry_tol": 1.0}
+    assert torch.autograd.gradcheck(lambda x: sqrtm_spd(x, **loose), (a,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(lambda x: inv_sqrtm_spd(x, **loose), (a,), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(lambda x: inv_sqrtm_spd(x, 1e-9, pseudo=True, **loose), (a,), eps=1e-6,
+                                    atol=1e-7, rtol=1e-5)
+
+
+def test_gradient_matches_sylvester_solution(rng):
+    # d <G, sqrtm(A)> / dA = X with S X + X S = sym(G): check the defining equation.
+    a = _symmetric_input(rng, 6, batch=3)
+    weights = torch.from_numpy(rng.standard_normal((3, 6, 6)))
+    (sqrtm_spd(a) * weights).sum().backward()
+    s = torch.from_numpy(spectral_function_reference(a.detach().numpy()))
+    x = a.grad
+    sym = 0.5 * (weights + weights.transpose(-1, -2))
+    np.testing.assert_allclose((s @ x + x @ s).numpy(), sym.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("lapack", [False, True])
+def test_gradient_finite_for_repeated_eigenvalues(rng, lapack, monkeypatch):
+    if lapack:
+        monkeypatch.setattr(sqrtm_module, "KERNEL_MAX_ORDER", 0)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    repeated = q @ np.diag([2.0, 2.0, 2.0, 0.5]) @ q.T
+    for matrix in (np.eye(4), repeated):
+        a = torch.tensor(matrix, requires_grad=True)
+        weights = torch.from_numpy(rng.standard_normal((4, 4)))
+        (sqrtm_spd(a) * weights).sum().backward()
+        assert torch.isfinite(a.grad).all()
+        if matrix is repeated:
+            continue
+        # At the identity, d sqrt(I + E) = E / 2.
+        np.testing.assert_allclose(a.grad.numpy(), 0.5 * 0.5 * (weights + weights.T).numpy(), atol=1e-14)
+    # Zero eigenvalues: the weight between two of them is 0, not inf.
+    singular = torch.tensor(np.diag([1.0, 0.0, 0.0]), requires_grad=True)
+    sqrtm_spd(singular).sum().backward()
+    assert torch.isfinite(singular.grad).all()
+
+
+def test_float32_gradient_and_no_grad_path(rng):
+    a = torch.from_numpy(random_spd(rng, 4, 5)).float().requires_grad_(True)
+    out = sqrtm_spd(a)
+    assert out.requires_grad and out.dtype == torch.float32
+    out.sum().backward()
+    assert a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
+    with torch.no_grad():
+        assert not sqrtm_spd(a).requires_grad
+
+
+# -------------------------------------------------------------------------------------------------
+# Fréchet distance
+# -------------------------------------------------------------------------------------------------
+
+def _gaussian_pair(rng, n_samples, d):
+    mixing = rng.standard_normal((d, d)) / np.sqrt(d)
+    x = rng.standard_normal((n_samples, d)) @ mixing
+    y = rng.standard_normal((n_samples + 5, d)) * 0.8 + 0.3
+    return (x.mean(0), np.cov(x, rowvar=False).reshape(d, d), y.mean(0), np.cov(y, rowvar=False).reshape(d, d)), x, y
+
+
+@pytest.mark.parametrize("d", [1, 2, 16, 100])
+def test_frechet_matches_scipy_reference(rng, d):
+    stats, _, _ = _gaussian_pair(rng, 4 * d + 10, d)
+    expected = frechet_distance_reference(*stats)
+    assert frechet_distance(*stats) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert frechet_distance(*(torch.from_numpy(s) for s in stats)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    stats32 = [s.astype(np.float32) for s in stats]
+    assert frechet_distance(*stats32) == pytest.approx(frechet_distance_reference(*stats32), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("d, n_samples", [(10, 4), (64, 20), (200, 30)])
+def test_frechet_rank_deficient(rng, d, n_samples):
+    (mu1, s1, mu2, s2), x, _ = _gaussian_pair(rng, n_samples, d)
+    s2 = s2 + np.eye(d)  # full rank, so the cross term has an exact sample-space reference
+    cross = trace_sqrt_product(s1, s2)
+    assert cross == pytest.approx(trace_sqrt_product_sample_space_reference(x, s2), rel=1e-11)
+    fd = frechet_distance(mu1, s1, mu2, s2)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product_sample_space_reference(x, s2)
+    assert np.isfinite(fd) and fd >= 0 and fd == pytest.approx(expected, rel=1e-10)
+    # Both covariances rank-deficient: still real, finite and >= 0.
+    (mu1, s1, mu2, s2), _, _ = _gaussian_pair(rng, n_samples, d)
+    both = frechet_distance(mu1, s1, mu2, s2)
+    assert np.isfinite(both) and both >= 0.0
+
+
+@pytest.mark.parametrize("d, n_samples", [(5, 100), (50, 10), (120, 500)])
+def test_frechet_identical_inputs_are_zero(rng, d, n_samples):
+    (mu, sigma, _, _), _, _ = _gaussian_pair(rng, n_samples, d)
+    assert frechet_distance(mu, sigma, mu, sigma) <= 1e-12 * np.trace(sigma)
+    assert trace_sqrt_product(sigma, sigma) == pytest.approx(np.trace(sigma), rel=1e-12)
+
+
+def test_frechet_closed_form_and_wasserstein_alias(rng):
+    a, b = rng.uniform(0.0, 3.0, 7), rng.uniform(0.0, 3.0, 7)
+    a[0] = 0.0
+    mu1, mu2 = rng.standard_normal(7), rng.standard_normal(7)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    fd = frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    assert fd == pytest.approx(expected, rel=1e-13)
+    assert wasserstein2_gaussian(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(np.sqrt(expected), rel=1e-13)
+    assert wasserstein2_gaussian(mu1, np.diag(a), mu2, np.diag(b), squared=True) == fd
+    assert wasserstein2_gaussian(np.zeros(2), np.eye(2), np.array([3.0, 4.0]), np.eye(2)) == pytest.approx(5.0)
+
+
+def test_trace_sqrt_product_eigh_path_matches_cholesky_path(rng):
+    # The eigh route serves torch/cupy CUDA inputs; run it here on CPU torch tensors.
+    for d, n_samples in [(8, 50), (40, 15)]:
+        (_, s1, _, s2), _, _ = _gaussian_pair(rng, n_samples, d)
+        s2 = s2 + 0.1 * np.eye(d)
+        via_eigh = sqrtm_module._trace_sqrt_product_eigh(torch.from_numpy(s1), torch.from_numpy(s2), "torch")
+        assert via_eigh == pytest.approx(trace_sqrt_product(s1, s2), rel=1e-7)
+
+
+def test_frechet_matches_torchmetrics_if_installed(rng):
+    fid_module = pytest.importorskip("torchmetrics.image.fid")
+    stats, _, _ = _gaussian_pair(rng, 200, 12)
+    expected = float(fid_module._compute_fid(*(torch.from_numpy(s) for s in stats)))
+    assert frechet_distance(*stats) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_rejects_bad_input(rng):
+    (mu1, s1, mu2, s2), _, _ = _gaussian_pair(rng, 30, 4)
+    with pytest.raises(ValueError, match=r"frechet_distance: 'mu1' and 'mu2' must have one shape \(d,\)"):
+        frechet_distance(mu1[:3], s1, mu2, s2)
+    with pytest.raises(ValueError, match=r"frechet_distance: 'sigma2' must have shape \(d, d\) = \(4, 4\)"):
+        frechet_distance(mu1, s1, mu2, s2[:3, :3])
+    bad = s1.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(ValueError, match="frechet_distance: 'sigma1' holds NaN or inf"):
+        frechet_distance(mu1, bad, mu2, s2)
+    bad = s2.copy()
+    bad[0, 1] += 1.0
+    with pytest.raises(ValueError, match="frechet_distance: 'sigma2' must be symmetric"):
+        frechet_distance(mu1, s1, mu2, bad)
+    with pytest.raises(ValueError, match="frechet_distance: 'mu2' holds NaN or inf"):
+        frechet_distance(mu1, s1, np.full(4, np.inf), s2)
+    with pytest.raises(TypeError, match="frechet_distance: 'sigma1' must be float32 or float64"):
+        frechet_distance(mu1, s1.astype(np.int64), mu2, s2)
+    with pytest.raises(TypeError, match="wasserstein2_gaussian: 'squared' must be a bool"):
+        wasserstein2_gaussian(mu1, s1, mu2, s2, squared="yes")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [3, 16, 64, 80])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(rng, n, dtype):
+    a = torch.from_numpy(random_spd(rng, 300, n)).to(dtype)
+    expected = sqrtm_spd(a)
+    result = sqrtm_spd(a.cuda())
+    assert result.is_cuda and result.dtype == dtype
+    tol = 1e-12 * n if dtype == torch.float64 else 2e-6 * n
+    assert relative_error(result.cpu().numpy(), expected.numpy()) < tol
+    assert relative_error(inv_sqrtm_spd(a.cuda()).cpu().numpy(), inv_sqrtm_spd(a).numpy()) < tol * 100
+    bad = a.clone().cuda()
+    bad[7, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="matrix 7 of 300"):
+        sqrtm_spd(bad)
+    stats, _, _ = _gaussian_pair(rng, 80, 20)
+    assert frechet_distance(*(torch.from_numpy(s).cuda() for s in stats)) == pytest.approx(
+        frechet_distance(*stats), rel=1e-8)
