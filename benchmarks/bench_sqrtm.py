@@ -5,8 +5,9 @@ Run (about two minutes on 2 cores; scipy's sqrtm at d = 2048 dominates):
         --benchmark-columns=median,iqr,min,rounds --benchmark-sort=min
 
 * Batched square roots of small SPD matrices (per-patch covariances): pyinverse.ops.sqrtm.sqrtm_spd
-  against torch.linalg.eigh on the same batch (the decomposition alone, and followed by the
-  V diag(sqrt(lambda)) V^T that makes it a square root), in float32 and float64.
+  (default threads, and one thread) against torch.linalg.eigh on the same batch (the
+  decomposition alone, and followed by the V diag(sqrt(lambda)) V^T that makes it a square root),
+  in float32 and float64.
 * The FID cross term at d = 2048 (InceptionV3 pool features): pyinverse.ops.sqrtm.frechet_distance
   against pytorch-fid's formula (scipy.linalg.sqrtm of the product S1 S2, real part); the two
   values are checked to agree to 1e-8 relative.
@@ -16,12 +17,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import pyinverse
 from pyinverse.ops.sqrtm import frechet_distance, sqrtm_spd
 
 torch = pytest.importorskip("torch")
 
 BATCH_CASES = {"B65536_n8": (65536, 8), "B16384_n32": (16384, 32)}
-BATCH_PEERS = ["pyinverse.sqrtm_spd", "torch.linalg.eigh", "torch.linalg.eigh + compose"]
+BATCH_PEERS = ["pyinverse.sqrtm_spd", "pyinverse.sqrtm_spd (1 thread)", "torch.linalg.eigh",
+               "torch.linalg.eigh + compose"]
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +42,30 @@ def _torch_sqrtm(a):
     return (vectors * values.clamp(min=0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
 
 
+@pytest.fixture
+def thread_counts():
+    """Restore pyinverse's and torch's thread counts after a test that changes them."""
+    ours, theirs = pyinverse.get_num_threads(), torch.get_num_threads()
+    yield
+    pyinverse.set_num_threads(ours)
+    torch.set_num_threads(theirs)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("peer", BATCH_PEERS)
 @pytest.mark.parametrize("case", list(BATCH_CASES))
-def test_batched_sqrtm(benchmark, covariances, case, peer, dtype):
+def test_batched_sqrtm(benchmark, covariances, thread_counts, case, peer, dtype):
     a = torch.from_numpy(covariances[case]).to(getattr(torch, dtype))
-    if peer == "pyinverse.sqrtm_spd":
+    if peer.startswith("pyinverse"):
+        if "1 thread" in peer:
+            pyinverse.set_num_threads(1)
         fn = lambda: sqrtm_spd(a)  # noqa: E731
-    elif peer == "torch.linalg.eigh":
-        fn = lambda: torch.linalg.eigh(a)  # noqa: E731
     else:
-        fn = lambda: _torch_sqrtm(a)  # noqa: E731
+        # torch's batched CPU eigh calls LAPACK one matrix after the other on one thread (the same
+        # time with 1 or 2 threads on a quiet machine); one thread avoids OpenMP spin-waits when
+        # the machine is shared, which made it 20x slower here.
+        torch.set_num_threads(1)
+        fn = (lambda: torch.linalg.eigh(a)) if peer == "torch.linalg.eigh" else (lambda: _torch_sqrtm(a))
     result = benchmark.pedantic(fn, rounds=5 if peer.startswith("pyinverse") else 3, warmup_rounds=1)
     if peer != "torch.linalg.eigh":  # same answer
         reference = _torch_sqrtm(a.double())
@@ -83,9 +99,10 @@ def pytorch_fid_frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+@pytest.mark.parametrize("dtype", ["float64"])
 @pytest.mark.parametrize("peer", FID_PEERS)
 @pytest.mark.parametrize("case", [f"d{FID_D}"])
-def test_fid_cross_term(benchmark, gaussian_statistics, case, peer):
+def test_fid_cross_term(benchmark, gaussian_statistics, case, peer, dtype):
     if peer == "pyinverse.frechet_distance":
         value = benchmark.pedantic(lambda: frechet_distance(*gaussian_statistics), rounds=5, warmup_rounds=1)
     else:

@@ -210,6 +210,8 @@ def test_bad_inputs_raise_clear_errors(rng):
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"affine_coupling: 'clamp' must be a finite number > 0"):
             affine_coupling(x, h, t, clamp=bad)
+    with pytest.raises(ValueError, match=r"affine_coupling: 'clamp' must be a positive finite float32"):
+        affine_coupling(x, h, t, clamp=1e39)
     with pytest.raises(TypeError, match=r"'clamp' must be a real number"):
         affine_coupling(x, h, t, clamp=True)
     with pytest.raises(ValueError, match=r"must have shape \(B, ...\)"):

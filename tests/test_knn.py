@@ -251,6 +251,11 @@ def test_dci_save_load_round_trip(rng, tmp_path, dtype):
     index.add(x[:5])
     index.save(path, overwrite=True)
     assert DCIIndex.load(path).ntotal == 705
+    DCIIndex(10, seed=2).save(tmp_path / "empty.safetensors")  # dtype not chosen yet
+    empty = DCIIndex.load(tmp_path / "empty.safetensors")
+    assert empty.ntotal == 0 and empty.dtype is None
+    empty.add(x)
+    assert empty.dtype == dtype and empty.ntotal == 700
 
 
 def test_dci_load_rejects_bad_files(tmp_path):

@@ -34,7 +34,7 @@ void CouplingProblem::validate(const char* op) const {
   PYINV_CHECK(std::isfinite(clamp) && clamp > 0.0, op, "'clamp' must be a finite number > 0");
   if (dtype == DType::Float32) {
     PYINV_CHECK(std::isfinite(static_cast<float>(clamp)) && static_cast<float>(clamp) > 0.0f, op,
-                "'clamp' must be a positive normal float32 number for float32 data");
+                "'clamp' must be a positive finite float32 number for float32 data");
   }
 }
 
@@ -186,9 +186,9 @@ template <typename T, Scale kScale, bool kInverse, bool kBoundedExp = false>
 PYINV_ALWAYS_INLINE void apply_items_typed(const ApplyArgs<T>& args, int64_t first, int64_t last) {
   for (int64_t item = first; item < last; ++item) {
     const int64_t b = args.grid.row(item);
-    args.partial_logdet[item] =
-        apply_span<T, kScale, kInverse, kBoundedExp>(args.in.row(b), args.h.row(b), args.t.row(b), args.out.row(b),
-                                        args.grid.begin(item), args.grid.end(item), args.clamp, args.atan_gain);
+    args.partial_logdet[item] = apply_span<T, kScale, kInverse, kBoundedExp>(
+        args.in.row(b), args.h.row(b), args.t.row(b), args.out.row(b), args.grid.begin(item), args.grid.end(item),
+        args.clamp, args.atan_gain);
   }
 }
 

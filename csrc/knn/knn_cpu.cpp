@@ -2,8 +2,6 @@
 // queries (the DCI traversal, with per-worker scratch reused across queries) and batch rows
 // (batched_nearest). The arithmetic lives in knn_kernel.h.
 #include <algorithm>
-#include <cmath>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>

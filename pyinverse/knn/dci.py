@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import _C
+from .._io import atomic_write
 from .exact import as_tensor, check_finite_rows, check_k, describe_points, to_caller
 
 __all__ = ["DCIIndex"]
@@ -92,6 +92,7 @@ class DCIIndex:
         directions = rng.standard_normal((self.num_directions, self._dim))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         self._directions64 = torch.from_numpy(directions)
+        self._directions_cache: torch.Tensor | None = None
         self._device = torch.device("cpu")
         self._device_fixed = False
         self.reset()
@@ -155,8 +156,6 @@ class DCIIndex:
         if cache is None or cache.device != self._device or cache.dtype != dtype:
             self._directions_cache = self._directions64.to(self._device, dtype).contiguous()
         return self._directions_cache
-
-    _directions_cache: torch.Tensor | None = None
 
     def add(self, x: Any) -> None:
         """Index the rows of ``x`` ``(n, dim)``; they get ids ``ntotal .. ntotal + n - 1``.
@@ -274,9 +273,6 @@ class DCIIndex:
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"DCIIndex.save: '{path}' exists; pass overwrite=True to replace it")
         dtype = self._dtype if self._dtype is not None else np.dtype(np.float64)
         tensors = {
             "data": self._data.to("cpu", _torch_dtype(dtype)).contiguous(),
@@ -289,16 +285,8 @@ class DCIIndex:
                                   "num_simple": self._num_simple, "seed": self._seed,
                                   "dtype": self._dtype.name if self._dtype is not None else None}),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata),
+                     overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "DCIIndex":
@@ -353,6 +341,8 @@ class DCIIndex:
         index._directions64 = directions.to(torch.float64)
         index._directions_cache = None
         index._device = torch.device(device)
+        if index._device.type == "cuda" and index._device.index is None:
+            index._device = torch.device("cuda", torch.cuda.current_device())
         index._device_fixed = True
         index.reset()
         if data.shape[0]:

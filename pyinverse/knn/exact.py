@@ -133,17 +133,17 @@ def _sort_by_distance_then_index(dist: torch.Tensor, idx: torch.Tensor, k: int) 
     return dist[:, :k], torch.gather(idx, 1, order)[:, :k]
 
 
-def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_norms: torch.Tensor, x_norm_max: float,
+def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_squared: torch.Tensor, x_norm_max: float,
                  q: torch.Tensor, center: torch.Tensor, k: int, shortlist: int,
                  unit_roundoff: float) -> tuple[torch.Tensor, torch.Tensor]:
     n, d = x.shape
     q_centered = q.to(x_centered.dtype) - center
     q_norms = torch.linalg.vector_norm(q_centered, dim=1, dtype=torch.float64)
-    # ||x||^2 - 2 x.q + ||q||^2 on centred data (BLAS), then an exact float64 re-rank of a shortlist.
-    approx = (x_norms.to(x_centered.dtype) ** 2)[None, :] - 2.0 * (q_centered @ x_centered.T)
-    approx += (q_norms.to(x_centered.dtype) ** 2)[:, None]
-    # Every entry is within `bound` of the true squared distance: centring, the three terms and the
-    # dot product's sum each round by at most (d + 10) u (||x|| + ||q||)^2 in all; doubled for safety.
+    # ||x||^2 - 2 x.q on centred data, one BLAS call (+ ||q||^2, the same for a whole row, would not
+    # change the ranking), then an exact float64 re-rank of a shortlist.
+    approx = torch.addmm(x_squared[None, :], q_centered, x_centered.T, beta=1.0, alpha=-2.0)
+    # Every entry is within `bound` of its true value: centring, the terms and the dot product's sum
+    # each round by at most (d + 10) u (||x|| + ||q||)^2 in all; doubled for safety.
     bound = 2.0 * (d + 10) * unit_roundoff * (x_norm_max + q_norms) ** 2
     take = min(n, shortlist + 1)
     values, order = torch.topk(approx, take, dim=1, largest=False, sorted=True)
@@ -157,8 +157,9 @@ def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_norms: torch.Tenso
     else:
         complete = torch.ones_like(kth, dtype=torch.bool)
     q64 = q.to(torch.float64)
-    gathered = x[order].to(torch.float64)  # (Qb, shortlist, d)
-    dist = ((gathered - q64[:, None, :]) ** 2).sum(-1)
+    differences = x[order].to(torch.float64)  # (Qb, shortlist, d), in place from here on
+    differences.sub_(q64[:, None, :]).square_()
+    dist = differences.sum(-1)
     dist, idx = _sort_by_distance_then_index(dist, order, k)
     for row in torch.nonzero(~complete).flatten().tolist():  # rare: a dense crowd at the k-th distance
         full = torch.empty(n, dtype=torch.float64, device=x.device)
@@ -214,12 +215,13 @@ def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
     x_centered = xt.to(work) - center
     x_norms = torch.linalg.vector_norm(x_centered, dim=1, dtype=torch.float64)
     x_norm_max = float(x_norms.max())
+    x_squared = (x_norms ** 2).to(work)
     unit_roundoff = _matmul_unit_roundoff(work)
     shortlist = min(n, 2 * k + 16)
     rows = max(1, min(num_queries, _BLOCK_BYTES // max(1, 4 * n, 8 * shortlist * d)))
     dists, idxs = [], []
     for start in range(0, num_queries, rows):
-        dist, idx = _exact_block(xt, x_centered, x_norms, x_norm_max, qt[start:start + rows], center, k,
+        dist, idx = _exact_block(xt, x_centered, x_squared, x_norm_max, qt[start:start + rows], center, k,
                                  shortlist, unit_roundoff)
         dists.append(dist)
         idxs.append(idx)

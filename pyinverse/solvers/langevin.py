@@ -1,0 +1,199 @@
+"""Posterior sampling in a flow's latent space by Langevin dynamics (ULA and MALA).
+
+With the flow prior ``z ~ N(0, I)``, ``x = G(z)`` and Gaussian measurement noise of standard
+deviation ``sigma``, the posterior of the latent given ``y`` is
+
+    log pi(z | y) = -||A G(z) - y||^2 / (2 sigma^2) - ||z||^2 / 2 + const,
+
+whose mode is :func:`~pyinverse.solvers.latent_map` with ``gamma = sigma^2``. Langevin steps
+
+    z' = z + eta grad log pi(z) + sqrt(2 eta) xi,   xi ~ N(0, I)
+
+are the unadjusted algorithm (ULA, biased by O(eta)); MALA accepts ``z'`` with probability
+``min(1, pi(z') q(z | z') / (pi(z) q(z' | z)))``, ``q(a | b) = N(a; b + eta grad log pi(b), 2 eta I)``,
+which makes ``pi`` exactly invariant. Chains run batched (images x chains); MALA adapts each
+chain's step during burn-in towards the acceptance rate 0.574 (Roberts & Rosenthal 1998) and
+keeps it fixed afterwards, so the samples after burn-in come from a valid MCMC kernel.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..flows.base import FlowModel
+from .latent_map import (_nonneg_float, _positive_float, _positive_int, initial_latents, latent_map,
+                         measurement_tensor)
+
+METHODS = ("ula", "mala")
+
+
+@dataclass
+class LangevinResult:
+    """Samples of :func:`latent_langevin` for ``B`` measurements.
+
+    Attributes:
+        samples: images ``(S, B, C, H, W)`` (torch, or numpy if ``y`` was numpy): ``S`` posterior
+            samples per measurement, the layout ``pyinverse.quantile`` / the uq module take.
+        latents: their latents ``(S, B, D)`` (torch).
+        acceptance: mean acceptance rate per measurement after burn-in ``(B,)`` (1.0 for ULA).
+        step_size: final step size per measurement, mean over its chains ``(B,)``.
+    """
+
+    samples: Any
+    latents: torch.Tensor
+    acceptance: np.ndarray
+    step_size: np.ndarray
+
+
+def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16, *, noise_sigma: float | None = None,
+                    method: str = "mala", step_size: float = 1e-3, burn_in: int = 300, thin: int = 10,
+                    chains: int | None = None, init: Any = "map", adapt: bool = True, target_accept: float = 0.574,
+                    seed: int = 0, map_steps: int = 300) -> LangevinResult:
+    """``n_samples`` posterior samples per measurement from Langevin dynamics in latent space.
+
+    Args:
+        model: a flow (:mod:`pyinverse.flows`).
+        operator: a :mod:`pyinverse.physics` operator with a differentiable ``A``.
+        y: measurements ``(B, *operator.output_shape)`` (torch or numpy, finite).
+        n_samples: samples per measurement ``S``.
+        noise_sigma: the measurement noise's standard deviation (> 0); default
+            ``operator.noise_sigma`` (which must then be > 0: without noise the posterior is
+            degenerate).
+        method: ``"mala"`` (Metropolis-adjusted, exact stationary law) or ``"ula"`` (unadjusted).
+        step_size: initial ``eta`` (> 0).
+        burn_in: steps before the first sample (MALA adapts ``eta`` during them if ``adapt``).
+        thin: steps between the samples a chain contributes.
+        chains: chains per measurement (default ``min(S, 8)``); chain ``c`` gives samples
+            ``c, c + chains, ...``, so each gives ``ceil(S / chains)`` samples.
+        init: ``"map"`` (start at the MAP latent, ``latent_map`` with ``gamma = sigma^2`` and
+            ``map_steps`` Adam steps), ``"zero"``, ``"random"`` (``N(0, I)``-norm random), or a
+            ``(B, D)`` tensor; a little noise is added so chains differ.
+        adapt: adapt MALA's per-chain step size during burn-in.
+        target_accept: the acceptance rate the adaptation aims at.
+        seed: seeds all the randomness (CPU generator: same draws on every device).
+        map_steps: Adam steps of the ``"map"`` initialisation.
+
+    Returns:
+        :class:`LangevinResult` with ``samples`` ``(S, B, C, H, W)`` (not clipped).
+
+    Raises:
+        FloatingPointError: a ULA chain became non-finite (lower ``step_size``). MALA rejects
+            non-finite proposals, so it cannot diverge.
+
+    Example:
+        >>> from pyinverse.physics import Inpainting
+        >>> op = Inpainting(fraction=0.5, seed=0, noise_sigma=0.05)
+        >>> result = latent_langevin(load_pretrained("faces"), op, op(faces[:2], seed=1), n_samples=8)
+        >>> result.samples.shape
+        torch.Size([8, 2, 1, 24, 24])
+    """
+    where = "latent_langevin"
+    y_t, was_numpy = measurement_tensor(operator, y, model, where)
+    n_samples = _positive_int(n_samples, where, "n_samples")
+    if method not in METHODS:
+        raise ValueError(f"{where}: 'method' must be one of {METHODS}, got {method!r}")
+    sigma = getattr(operator, "noise_sigma", 0.0) if noise_sigma is None else noise_sigma
+    sigma = _nonneg_float(sigma, where, "noise_sigma")
+    if sigma <= 0:
+        raise ValueError(f"{where}: 'noise_sigma' must be > 0 (the operator has no noise; give the noise level "
+                         "the measurements were taken with)")
+    step_size = _positive_float(step_size, where, "step_size")
+    if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral) or burn_in < 0:
+        raise ValueError(f"{where}: 'burn_in' must be an int >= 0, got {burn_in!r}")
+    thin = _positive_int(thin, where, "thin")
+    chains = min(n_samples, 8) if chains is None else _positive_int(chains, where, "chains")
+    if not (isinstance(target_accept, numbers.Real) and 0 < target_accept < 1):
+        raise ValueError(f"{where}: 'target_accept' must be in (0, 1), got {target_accept!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"{where}: 'seed' must be an int in [0, 2**63), got {seed!r}")
+
+    batch, dim = y_t.shape[0], model.latent_dim
+    generator = torch.Generator().manual_seed(int(seed))
+    if isinstance(init, str) and init == "map":
+        start = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps"),
+                           seed=int(seed)).z
+    elif isinstance(init, str) and init == "random":
+        start = initial_latents(model, operator, y_t, "random", math.sqrt(dim), generator, where)
+    else:
+        start = initial_latents(model, operator, y_t, init, None, generator, where)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype=model.dtype, device=model.device)
+
+    # Rows: chain-major, (chains * B, D); row c * B + b is chain c of measurement b.
+    z = start.repeat(chains, 1) + math.sqrt(step_size) * randn(chains * batch, dim)
+    target = y_t.repeat((chains,) + (1,) * (y_t.dim() - 1))
+    eta = torch.full((chains * batch,), step_size, dtype=model.dtype, device=model.device)
+
+    def log_post_and_grad(v):
+        with torch.enable_grad():
+            v = v.detach().requires_grad_(True)
+            x, _ = model._inverse(v)
+            residual = (operator.A(x) - target).flatten(1)
+            value = -0.5 * residual.square().sum(1) / sigma**2 - 0.5 * v.square().sum(1)
+            finite = torch.isfinite(value)
+            (grad,) = torch.autograd.grad(torch.where(finite, value, torch.zeros_like(value)).sum(), v)
+        return value.detach(), grad
+
+    requires = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    per_chain = math.ceil(n_samples / chains)
+    total = burn_in + (per_chain - 1) * thin + 1
+    kept = []
+    accepted = torch.zeros(chains * batch, dtype=torch.float64, device=model.device)
+    counted = 0
+    try:
+        log_p, grad = log_post_and_grad(z)
+        if not bool(torch.isfinite(log_p).all()):
+            raise FloatingPointError(f"{where}: the log posterior is not finite at the start")
+        for step in range(1, total + 1):
+            noise = randn(chains * batch, dim)
+            proposal = z + eta[:, None] * grad + torch.sqrt(2 * eta)[:, None] * noise
+            p_log, p_grad = log_post_and_grad(proposal)
+            if method == "ula":
+                if not bool(torch.isfinite(p_log).all() and torch.isfinite(proposal).all()):
+                    raise FloatingPointError(f"{where}: a ULA chain became non-finite at step {step}; "
+                                             f"lower 'step_size' (now {step_size})")
+                z, log_p, grad = proposal, p_log, p_grad
+                accept_prob = torch.ones_like(log_p, dtype=torch.float64)
+            else:
+                forward_q = -noise.square().sum(1) / 2  # ||z' - z - eta g(z)||^2 / (4 eta)
+                backward_q = -(z - proposal - eta[:, None] * p_grad).square().sum(1) / (4 * eta)
+                log_ratio = (p_log - log_p + backward_q - forward_q).double()
+                log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -math.inf))
+                accept_prob = log_ratio.clamp(max=0).exp()
+                uniform = torch.rand(chains * batch, generator=generator, dtype=torch.float64).to(model.device)
+                accept = uniform < accept_prob
+                z = torch.where(accept[:, None], proposal, z)
+                log_p = torch.where(accept, p_log, log_p)
+                grad = torch.where(accept[:, None], p_grad, grad)
+                if adapt and step <= burn_in:
+                    eta = eta * torch.exp(0.05 * (accept_prob - target_accept)).to(eta.dtype)
+            if step > burn_in:
+                accepted += accept_prob
+                counted += 1
+            if step >= burn_in + 1 and (step - burn_in - 1) % thin == 0:
+                kept.append(z.detach().clone())
+    finally:
+        for p, flag in zip(model.parameters(), requires):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+    # kept[k] is (chains * B, D); sample index s = k * chains + c.
+    latents = torch.stack(kept, 0).reshape(len(kept), chains, batch, dim).reshape(len(kept) * chains, batch, dim)
+    latents = latents[:n_samples]
+    with torch.no_grad():
+        images, _ = model._inverse(latents.reshape(-1, dim))
+    images = images.reshape((n_samples, batch) + tuple(model.image_shape))
+    acceptance = (accepted / max(counted, 1)).reshape(chains, batch).mean(0).cpu().numpy()
+    steps_out = eta.double().reshape(chains, batch).mean(0).cpu().numpy()
+    samples = images.detach().cpu().numpy() if was_numpy else images.detach()
+    return LangevinResult(samples=samples, latents=latents.detach(), acceptance=acceptance, step_size=steps_out)

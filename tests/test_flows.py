@@ -1,0 +1,452 @@
+"""Flows: layers against float64 references, change of variables by brute force, training, files."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.flows import (ActNorm, AffineCoupling, Glow, InvertibleConv1x1, LinearFlow, Preprocess, RealNVP,
+                             Split, Squeeze, build_flow, dequantize, evaluate_bpd, latest_checkpoint, load_flow,
+                             load_pretrained, pretrained_path, quantize_levels, read_flow_file, save_flow,
+                             standard_normal_log_prob, train_flow)
+from reference import flows_coupling_reference, flows_squeeze_reference
+
+SCALES = ["tanh", "atan", "sigmoid", "exp"]
+
+
+def perturb(model, scale, seed):
+    """Move every parameter off its initial value (zero-initialised subnets are the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype))
+    return model
+
+
+def tiny_models():
+    return {
+        "glow-affine-tanh": lambda: Glow(1, 4, levels=2, depth=2, hidden=4, seed=1),
+        "glow-logit-sigmoid": lambda: Glow(2, 4, levels=1, depth=2, hidden=4, scale="sigmoid", preprocess="logit", seed=2),
+        "glow-atan-noprior": lambda: Glow(1, 4, levels=2, depth=1, hidden=4, scale="atan", learned_prior=False, seed=3),
+        "realnvp-2levels": lambda: RealNVP(1, 4, levels=2, couplings=1, hidden=4, seed=4),
+        "realnvp-odd-1level": lambda: RealNVP(2, (3, 5), levels=1, couplings=2, hidden=4, scale="exp", seed=5),
+    }
+
+
+def initialised(name, seed, dtype=torch.float64, batch=6):
+    model = tiny_models()[name]().to(dtype).train()
+    generator = torch.Generator().manual_seed(seed)
+    x = (0.1 + 0.8 * torch.rand((batch,) + model.image_shape, generator=generator, dtype=torch.float64)).to(dtype)
+    model(x)  # actnorm data-dependent init
+    perturb(model, 0.05, seed)
+    return model.eval(), x
+
+
+# ---- layers ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("mask,parity,shape", [("channel", 0, (4, 3, 5)), ("channel", 1, (5, 2, 2)),
+                                               ("checkerboard", 0, (2, 3, 5)), ("checkerboard", 1, (1, 4, 4))])
+def test_coupling_layer_matches_reference(seed, scale, mask, parity, shape):
+    torch.manual_seed(seed)
+    layer = AffineCoupling(shape[0], 6, mask, parity=parity, scale=scale, clamp=1.5).double()
+    perturb(layer, 0.3, seed)
+    x = torch.randn((3,) + shape, dtype=torch.float64)
+    y, logdet = layer(x)
+    # Independent: run the subnet, then apply the coupling formula where the mask says "b".
+    if mask == "channel":
+        a_idx = list(range(shape[0] // 2)) if parity == 0 else list(range(shape[0] - shape[0] // 2, shape[0]))
+        b_idx = [c for c in range(shape[0]) if c not in a_idx]
+        out = layer.net(x[:, a_idx]).detach().numpy()
+        h, t = out[:, :len(b_idx)], out[:, len(b_idx):]
+        ref_b, ref_ld = flows_coupling_reference(x[:, b_idx].numpy(), h, t, 1.5, scale)
+        expected = x.numpy().copy()
+        expected[:, b_idx] = ref_b
+    else:
+        rows, cols = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+        a_mask = ((rows + cols) % 2 == parity).astype(np.float64)
+        net_in = torch.cat([x * torch.from_numpy(a_mask), torch.from_numpy(a_mask).expand(3, 1, -1, -1)], 1)
+        out = layer.net(net_in).detach().numpy()
+        h, t = out[:, : shape[0]], out[:, shape[0]:]
+        b = a_mask == 0
+        ref_b, ref_ld = flows_coupling_reference(x.numpy()[:, :, b], h[:, :, b], t[:, :, b], 1.5, scale)
+        expected = x.numpy().copy()
+        expected[:, :, b] = ref_b
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(logdet.detach().numpy(), ref_ld, rtol=1e-12, atol=1e-12)
+    back, inv_ld = layer.inverse(y)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(inv_ld.detach().numpy(), -ref_ld, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("batch,shape", [(1, (3, 1, 1)), (16, (3, 4, 5)), (2, (1, 7, 3))])
+def test_actnorm_data_dependent_init(seed, batch, shape):
+    generator = torch.Generator().manual_seed(seed)
+    x = 3.0 * torch.randn((batch,) + shape, generator=generator, dtype=torch.float64) + 5.0
+    norm = ActNorm(shape[0]).double().train()
+    y, logdet = norm(x)
+    if batch * shape[1] * shape[2] > 1:
+        np.testing.assert_allclose(y.mean(dim=(0, 2, 3)).detach().numpy(), 0.0, atol=1e-12)
+        np.testing.assert_allclose(y.var(dim=(0, 2, 3), unbiased=False).detach().numpy(), 1.0, rtol=1e-10)
+    # logdet = H W sum(log_scale), and a second batch does not re-initialise
+    np.testing.assert_allclose(logdet.detach().numpy(),
+                               shape[1] * shape[2] * float(norm.log_scale.detach().sum()), rtol=1e-12)
+    before = norm.bias.detach().clone()
+    norm(x + 1.0)
+    assert torch.equal(norm.bias.detach(), before)
+    back, inv = norm.inverse(y)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(inv.detach().numpy(), -logdet.detach().numpy())
+
+
+def test_actnorm_uninitialised_in_eval_is_identity():
+    norm = ActNorm(2).eval()
+    x = torch.randn(3, 2, 4, 4)
+    y, logdet = norm(x)
+    assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(3)) and not bool(norm.initialized)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("channels", [1, 3, 12])
+def test_invertible_conv_lu_logdet_and_inverse(seed, channels):
+    conv = InvertibleConv1x1(channels, generator=torch.Generator().manual_seed(seed)).double()
+    perturb(conv, 0.2, seed)
+    weight = conv.weight().detach()
+    sign, logabsdet = torch.linalg.slogdet(weight)
+    x = torch.randn(2, channels, 3, 5, dtype=torch.float64)
+    y, logdet = conv(x)
+    np.testing.assert_allclose(logdet.detach().numpy(), 15 * float(logabsdet), rtol=1e-10)
+    np.testing.assert_allclose(conv.inverse_weight().detach().numpy(), torch.linalg.inv(weight).numpy(),
+                               rtol=1e-9, atol=1e-10)
+    expected = np.einsum("ij,bjhw->bihw", weight.numpy(), x.numpy())
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    back, inv = conv.inverse(y)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), atol=1e-10)
+    np.testing.assert_allclose(inv.detach().numpy(), -logdet.detach().numpy())
+
+
+def test_frozen_conv_weight_cache_follows_parameter_updates():
+    conv = InvertibleConv1x1(4, generator=torch.Generator().manual_seed(0)).double().requires_grad_(False)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    conv(x)
+    assert conv._frozen_cache is not None  # frozen: W and W^-1 are cached
+    with torch.no_grad():
+        conv.log_s.add_(0.5)
+    conv.load_state_dict({k: v + 0.01 if k == "upper" else v for k, v in conv.state_dict().items()})
+    expected = np.einsum("ij,bjhw->bihw", conv.weight().numpy(), x.numpy())
+    np.testing.assert_allclose(conv(x)[0].numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.inverse(conv(x)[0])[0].numpy(), x.numpy(), atol=1e-12)
+    conv.requires_grad_(True)  # training: no cache, gradients reach the parameters
+    conv(x)[0].sum().backward()
+    assert conv.log_s.grad is not None and conv._frozen_cache is not None
+
+
+def test_squeeze_matches_loops_and_rejects_odd_sizes():
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    y, logdet = Squeeze()(x)
+    np.testing.assert_array_equal(y.numpy(), flows_squeeze_reference(x.numpy()))
+    assert torch.equal(Squeeze().inverse(y)[0], x) and torch.equal(logdet, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="Squeeze: needs even height and width"):
+        Squeeze().output_shape((1, 5, 4))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_split_standardises_with_the_learned_prior(learned):
+    split = Split(5, learned_prior=learned).double()
+    perturb(split, 0.3, 0)
+    x = torch.randn(4, 5, 3, 3, dtype=torch.float64)
+    keep, eps, logdet = split(x)
+    assert keep.shape == (4, 3, 3, 3) and eps.shape == (4, 2, 3, 3)
+    if learned:
+        out = split.prior(keep).detach()
+        mean, log_std = out[:, :2], out[:, 2:]
+        np.testing.assert_allclose(eps.detach().numpy(), ((x[:, 3:] - mean) / torch.exp(log_std)).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(logdet.detach().numpy(), -log_std.sum(dim=(1, 2, 3)).numpy(), rtol=1e-12)
+    back, inv = split.inverse(keep, eps)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), atol=1e-12)
+    np.testing.assert_allclose(inv.detach().numpy(), -logdet.detach().numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["affine", "logit"])
+def test_preprocess_logdet_is_the_diagonal_jacobian(kind):
+    layer = Preprocess(kind, alpha=0.05)
+    x = torch.rand(3, 2, 2, 2, dtype=torch.float64)
+    u, logdet = layer(x)
+    # The map is elementwise, so the Jacobian is diagonal: its entries are d u_i / d x_i.
+    point = x.clone().requires_grad_(True)
+    (derivative,) = torch.autograd.grad(layer(point)[0].sum(), point)
+    np.testing.assert_allclose(logdet.numpy(), torch.log(derivative.abs()).flatten(1).sum(1).numpy(), rtol=1e-10)
+    back, inv = layer.inverse(u)
+    np.testing.assert_allclose(back.numpy(), x.numpy(), atol=1e-12)
+    np.testing.assert_allclose(inv.numpy(), -logdet.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# ---- models -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", list(tiny_models()))
+def test_log_prob_matches_brute_force_change_of_variables(name, seed):
+    model, x = initialised(name, seed, batch=3)
+    d = model.latent_dim
+    for i in range(x.shape[0]):
+        point = x[i].flatten().clone()
+        jacobian = torch.autograd.functional.jacobian(
+            lambda v: model._forward(v.reshape((1,) + model.image_shape))[0].flatten(), point)
+        sign, logabsdet = torch.linalg.slogdet(jacobian)
+        z, logdet = model(x[i:i + 1])
+        assert float(sign) != 0.0
+        np.testing.assert_allclose(float(logdet.detach()), float(logabsdet), rtol=1e-9, atol=1e-9)
+        expected = -0.5 * float(z.square().sum()) - 0.5 * d * math.log(2 * math.pi) + float(logabsdet)
+        np.testing.assert_allclose(float(model.log_prob(x[i:i + 1]).detach()), expected, rtol=1e-9, atol=1e-9)
+    bpd = model.bits_per_dim(x)
+    np.testing.assert_allclose(bpd.detach().numpy(),
+                               ((-model.log_prob(x) / d + math.log(256)) / math.log(2)).detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(tiny_models()))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_round_trip_and_inverse_logdet(name, dtype, tol):
+    model, x = initialised(name, 0, dtype=dtype)
+    z, logdet = model(x)
+    assert z.shape == (x.shape[0], model.latent_dim) and logdet.shape == (x.shape[0],)
+    assert float(model.round_trip_error(x).max()) < tol
+    back, inv_logdet = model.inverse(z, with_logdet=True)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), atol=tol)
+    np.testing.assert_allclose(inv_logdet.detach().numpy(), -logdet.detach().numpy(), rtol=tol * 10, atol=tol * 100)
+    parts = model.latent_parts(z)
+    assert sum(p[0].numel() for p in parts) == model.latent_dim
+    assert torch.equal(torch.cat([p.flatten(1) for p in parts], 1), z)
+
+
+def test_glow_architecture_and_seeded_init():
+    a, b = Glow(1, 8, levels=2, depth=3, hidden=8, seed=7), Glow(1, 8, levels=2, depth=3, hidden=8, seed=7)
+    state = torch.random.get_rng_state()
+    Glow(1, 8, levels=2, depth=3, hidden=8, seed=8)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.part_shapes == [(2, 4, 4), (8, 2, 2)]
+    # zero-initialised subnets: every coupling starts as the identity (tanh: s = 0, t = 0)
+    coupling = next(m for m in a.modules() if isinstance(m, AffineCoupling))
+    x = torch.randn(2, 4, 4, 4)
+    y, logdet = coupling(x)
+    assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(2))
+
+
+def test_sample_temperature_and_seed():
+    model, _ = initialised("glow-affine-tanh", 0)
+    a = model.sample(5, temperature=0.7, seed=3, clip=False)
+    assert a.shape == (5, 1, 4, 4) and torch.equal(a, model.sample(5, temperature=0.7, seed=3, clip=False))
+    mode = model.sample(2, temperature=0.0, seed=1, clip=False)
+    np.testing.assert_allclose(mode.numpy(), model.inverse(torch.zeros(2, 16, dtype=torch.float64)).detach().numpy())
+    clipped = model.sample(50, temperature=3.0, seed=0)
+    assert float(clipped.min()) >= 0.0 and float(clipped.max()) <= 1.0
+
+
+def test_linear_flow_is_a_gaussian():
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(6, 6, generator=generator, dtype=torch.float64) + 3 * torch.eye(6, dtype=torch.float64)
+    mean = torch.randn(6, generator=generator, dtype=torch.float64)
+    model = LinearFlow(matrix, (1, 2, 3), mean=mean)
+    x = torch.randn(4, 1, 2, 3, generator=generator, dtype=torch.float64)
+    covariance = (matrix @ matrix.T).numpy()
+    centred = x.flatten(1).numpy() - mean.numpy()
+    _, logdet = np.linalg.slogdet(2 * np.pi * covariance)
+    expected = -0.5 * np.einsum("bi,ij,bj->b", centred, np.linalg.inv(covariance), centred) - 0.5 * logdet
+    np.testing.assert_allclose(model.log_prob(x).detach().numpy(), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="LinearFlow: 'matrix' is singular"):
+        LinearFlow(torch.zeros(6, 6), (1, 2, 3))
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.full((2, 1, 4, 4), float("nan"), dtype=torch.float64), ValueError, "non-finite"),
+    (torch.rand(2, 1, 4, 5, dtype=torch.float64), ValueError, r"must have shape \(B, 1, 4, 4\)"),
+    (torch.rand(0, 1, 4, 4, dtype=torch.float64), ValueError, "B >= 1"),
+    (torch.rand(2, 1, 4, 4, dtype=torch.float32), TypeError, "dtype"),
+    (np.zeros((2, 1, 4, 4)), TypeError, "torch tensor"),
+])
+def test_bad_images_give_clear_errors(bad, error, match):
+    model, _ = initialised("glow-affine-tanh", 0)
+    for method in (model.forward, model.log_prob, model.bits_per_dim, model.round_trip_error):
+        with pytest.raises(error, match=match):
+            method(bad)
+
+
+def test_bad_latents_and_constructor_arguments():
+    model, _ = initialised("glow-affine-tanh", 0)
+    with pytest.raises(ValueError, match=r"Glow.inverse: 'z' must have shape \(B, 16\)"):
+        model.inverse(torch.zeros(2, 15, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.inverse(torch.full((1, 16), float("inf"), dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*levels"):
+        Glow(1, 12, levels=3)
+    with pytest.raises(ValueError, match="AffineCoupling: 'scale' must be one of"):
+        Glow(1, 8, levels=1, depth=1, scale="relu")
+    with pytest.raises(ValueError, match="Preprocess: 'kind'"):
+        RealNVP(1, 4, preprocess="standardise")
+    with pytest.raises(ValueError, match="a channel mask needs >= 2 channels"):
+        AffineCoupling(1, 4, "channel")
+    with pytest.raises(ValueError, match="'n' must be an int >= 1"):
+        model.sample(0)
+
+
+# ---- training and files --------------------------------------------------------------------------------------
+
+def smooth_images(n, size, seed):
+    """Images with structure a flow can learn quickly: random low-frequency patterns, 8-bit."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 2, 2, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
+    return (torch.round(images * 255) / 255).numpy()
+
+
+def tiny_glow():
+    return Glow(1, 4, levels=2, depth=2, hidden=8, seed=0)
+
+
+def test_dequantize_stays_in_its_bin():
+    images = torch.from_numpy(smooth_images(8, 4, 0))
+    levels = quantize_levels(images)
+    values = dequantize(levels, torch.Generator().manual_seed(0), torch.float64)
+    assert torch.equal(torch.floor(values * 256).to(torch.uint8), levels)
+    assert float(values.min()) >= 0.0 and float(values.max()) < 1.0
+
+
+def test_training_lowers_bits_per_dim_and_resume_is_exact(tmp_path):
+    data, held = smooth_images(64, 4, 1), smooth_images(32, 4, 2)
+    model = tiny_glow()
+    before = evaluate_bpd(model.train(), held, seed=1)
+    history = train_flow(model, data, epochs=4, batch_size=16, lr=5e-3, seed=3, checkpoint_dir=tmp_path / "a",
+                         held_out=held, warmup_steps=4, progress=False, restore_best=False)
+    assert history.steps == [4, 8, 12, 16] and len(history.checkpoints) == 4
+    assert history.held_out_bpd[-1] < before - 0.3, (before, history.held_out_bpd)
+    assert history.train_bpd[-1] < history.train_bpd[0]
+    # The same run interrupted after 2 epochs and resumed gives the same weights.
+    first = tiny_glow()
+    train_flow(first, data, epochs=2, batch_size=16, lr=5e-3, seed=3, checkpoint_dir=tmp_path / "b", held_out=held,
+               warmup_steps=4, progress=False, restore_best=False)
+    resumed = tiny_glow()
+    history_b = train_flow(resumed, data, epochs=4, batch_size=16, lr=5e-3, seed=3, checkpoint_dir=tmp_path / "b",
+                           held_out=held, warmup_steps=4, progress=False, resume=True, restore_best=False)
+    assert history_b.epochs == [1, 2, 3, 4]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+    assert latest_checkpoint(tmp_path / "b").name == "step00000016.safetensors"
+    # Checkpoints are never silently overwritten.
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
+        train_flow(tiny_glow(), data, epochs=1, batch_size=16, seed=3, checkpoint_dir=tmp_path / "a", progress=False)
+
+
+def test_restore_best_keeps_the_best_held_out_epoch(tmp_path):
+    data, held = smooth_images(64, 4, 1), smooth_images(16, 4, 2)
+    model = tiny_glow()
+    history = train_flow(model, data, epochs=3, batch_size=16, lr=5e-3, seed=0, held_out=held, warmup_steps=2,
+                         progress=False)
+    assert history.best_held_out_bpd == min(history.held_out_bpd)
+    assert evaluate_bpd(model, held, seed=1) == pytest.approx(history.best_held_out_bpd, rel=1e-6)
+
+
+def test_save_load_round_trip_and_validation(tmp_path):
+    model, x = initialised("realnvp-2levels", 0, dtype=torch.float32)
+    path = save_flow(model, tmp_path / "flow.safetensors", training={"note": "test"})
+    loaded, info = load_flow(path)
+    assert info == {"note": "test"} and loaded.config == model.config and not loaded.training
+    torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), rtol=0, atol=0)
+    with pytest.raises(FileExistsError):
+        save_flow(model, path)
+    save_flow(model, path, overwrite=True)
+    # Truncated files at several points (header, data) give a clear error.
+    raw = path.read_bytes()
+    for cut in (4, 40, len(raw) // 2, len(raw) - 1):
+        broken = tmp_path / f"cut{cut}.safetensors"
+        broken.write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match="not a complete safetensors file"):
+            load_flow(broken)
+    with pytest.raises(FileNotFoundError, match="no flow file"):
+        load_flow(tmp_path / "missing.safetensors")
+    # A safetensors file that is not a flow, and a config that does not match the weights.
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something"})
+    with pytest.raises(ValueError, match="not a pyinverse flow file"):
+        load_flow(tmp_path / "other.safetensors")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    config = dict(model.config, hidden=8)
+    save_file(tensors, str(tmp_path / "mismatch.safetensors"),
+              metadata={"format": "pyinverse.flow/1", "config": json.dumps(config)})
+    with pytest.raises(ValueError, match="does not match RealNVP"):
+        load_flow(tmp_path / "mismatch.safetensors")
+    bad_values = dict(tensors)
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    bad_values[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(bad_values, str(tmp_path / "nan.safetensors"),
+              metadata={"format": "pyinverse.flow/1", "config": json.dumps(model.config)})
+    with pytest.raises(ValueError, match="non-finite"):
+        load_flow(tmp_path / "nan.safetensors")
+
+
+def test_resume_refuses_another_architecture_and_model_files(tmp_path):
+    data = smooth_images(32, 4, 0)
+    train_flow(tiny_glow(), data, epochs=1, batch_size=16, seed=0, checkpoint_dir=tmp_path, progress=False)
+    checkpoint = latest_checkpoint(tmp_path)
+    other = Glow(1, 4, levels=2, depth=3, hidden=8, seed=0)
+    with pytest.raises(ValueError, match="another architecture.*depth: file 2 vs model 3"):
+        train_flow(other, data, epochs=2, batch_size=16, checkpoint_dir=tmp_path, resume=checkpoint, progress=False)
+    plain = save_flow(tiny_glow(), tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="without training state"):
+        train_flow(tiny_glow(), data, epochs=2, batch_size=16, resume=plain, progress=False)
+    config, tensors, state, info = read_flow_file(checkpoint)
+    assert {"rng", "counters"} <= set(state) and info["step"] == 2
+
+
+@pytest.mark.parametrize("data,error,match", [
+    (np.full((8, 1, 4, 4), np.nan, dtype=np.float32), ValueError, "non-finite"),
+    (np.full((8, 1, 4, 4), 1.5, dtype=np.float32), ValueError, r"must be in \[0, 1\]"),
+    (np.zeros((8, 1, 4, 5), dtype=np.float32), ValueError, "must have shape"),
+    (np.zeros((8, 1, 4, 4), dtype=np.uint8), TypeError, "floats"),
+])
+def test_train_flow_rejects_bad_data(data, error, match):
+    with pytest.raises(error, match=match):
+        train_flow(tiny_glow(), data, epochs=1, progress=False)
+
+
+def test_training_divergence_is_reported():
+    data = smooth_images(32, 4, 0)
+    with pytest.raises(FloatingPointError, match="the loss became"):
+        train_flow(Glow(1, 4, levels=1, depth=2, hidden=8, scale="exp"), data, epochs=20, batch_size=16, lr=1e4,
+                   warmup_steps=0, grad_clip=math.inf, progress=False)
+
+
+def test_build_flow_rejects_unknown_configs():
+    with pytest.raises(ValueError, match="unknown model type"):
+        build_flow({"type": "maf"})
+    with pytest.raises(ValueError, match="does not describe a 'glow' model"):
+        build_flow({"type": "glow", "in_channels": 1, "image_size": 8, "bogus": 1})
+
+
+# ---- shipped models -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shape", [("faces", (1, 24, 24)), ("patches", (1, 16, 16))])
+def test_pretrained_models_load_and_match_their_record(name, shape):
+    model = load_pretrained(name)
+    assert model.image_shape == shape and not model.training
+    info = model.training_info
+    assert info["name"] == name and 0 < info["held_out_bpd"] < 8
+    assert pretrained_path(name).stat().st_size < 3_000_000
+    if name == "faces":
+        from pyinverse.data import lfw_faces
+
+        held = lfw_faces("faces")[80:, :, :24, :24]
+    else:
+        from pyinverse.data import photo_patches
+
+        held = photo_patches("held_out", size=16, gray=True)
+    # The recorded held-out bits/dim is what the shipped weights give (same noise seed).
+    assert evaluate_bpd(model, held, seed=info["train_settings"]["seed"] + 1) == pytest.approx(info["held_out_bpd"],
+                                                                                                abs=1e-3)
+    x = torch.from_numpy(held[:8])
+    assert float(model.round_trip_error(x).max()) < 1e-4
+    with pytest.raises(ValueError, match="'name' must be one of"):
+        load_pretrained("celeba")

@@ -1,0 +1,266 @@
+"""pyinverse.ot.gaussian against closed forms and references on fresh seeded inputs: the map pushes
+N(mu_s, S_s) to N(mu_t, S_t) exactly (A S_s A = S_t), agrees with the target-side formula through
+scipy.linalg.sqrtm and with POT's bures_wasserstein_mapping, W2 closed forms, d = 1, scales
+1e-4..1e4, condition numbers up to 1e8, rank-deficient covariances and more dimensions than
+samples (never NaN), batched (patch-wise) fits, Ledoit-Wolf against scikit-learn, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.ot import GaussianMoments
+from pyinverse.ot.gaussian import GaussianOT, gaussian_ot_matrix, ledoit_wolf_shrinkage
+from tests.reference import frechet_distance_reference, gaussian_ot_matrix_reference
+
+SEEDS = [0, 1, 2]
+
+
+def random_spd(rng, d, cond=None, rank=None, scale=1.0):
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    values = np.logspace(0, -np.log10(cond), d) if cond is not None else rng.uniform(0.1, 2.0, d)
+    if rank is not None:
+        values[rank:] = 0.0
+    cov = (q * (scale * values)) @ q.T
+    return 0.5 * (cov + cov.T)
+
+
+def relative(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("d", [1, 2, 7, 40, 65, 120])
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
+def test_map_pushes_source_gaussian_to_target_exactly(seed, d, scale):
+    rng = np.random.default_rng(seed)
+    s_s, s_t = random_spd(rng, d, scale=scale), random_spd(rng, d, scale=scale * rng.uniform(0.2, 5))
+    mu_s, mu_t = rng.standard_normal(d) * scale, rng.standard_normal(d)
+    ot_map = GaussianOT().fit((mu_s, s_s), (mu_t, s_t))
+    a = ot_map.matrix_
+    assert np.array_equal(a, a.T)
+    assert np.linalg.eigvalsh(a).min() > 0  # PSD (here PD: both covariances are)
+    assert relative(a @ s_s @ a, s_t) < 1e-10
+    assert relative(a, gaussian_ot_matrix_reference(s_s, s_t)) < 1e-8
+    # the mean goes to the mean
+    np.testing.assert_allclose(ot_map.transform(mu_s[None])[0], mu_t, rtol=0, atol=1e-12 * (1 + np.abs(mu_t).max()))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("d", [1, 5, 40, 100])
+def test_agrees_with_pot(seed, d):
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(seed)
+    s_s, s_t = random_spd(rng, d), random_spd(rng, d)
+    mu_s, mu_t = rng.standard_normal(d), rng.standard_normal(d)
+    a_pot, b_pot = ot.gaussian.bures_wasserstein_mapping(mu_s, mu_t, s_s, s_t)
+    ot_map = GaussianOT().fit((mu_s, s_s), (mu_t, s_t))
+    assert np.abs(ot_map.matrix_ - a_pot).max() < 1e-6
+    x = rng.standard_normal((50, d))
+    assert np.abs(ot_map.transform(x) - (x @ a_pot + b_pot)).max() < 1e-6
+    w2_pot = float(ot.gaussian.bures_wasserstein_distance(mu_s, mu_t, s_s, s_t))
+    assert abs(ot_map.w2_ - w2_pot) < 1e-6
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_d1_closed_form(seed):
+    rng = np.random.default_rng(seed)
+    var_s, var_t = rng.uniform(1e-3, 1e3, 2)
+    mu_s, mu_t = rng.standard_normal(2) * 10
+    ot_map = GaussianOT().fit((np.array([mu_s]), np.array([[var_s]])), (np.array([mu_t]), np.array([[var_t]])))
+    np.testing.assert_allclose(ot_map.matrix_, [[np.sqrt(var_t / var_s)]], rtol=1e-12)
+    np.testing.assert_allclose(ot_map.w2_, np.hypot(mu_s - mu_t, np.sqrt(var_s) - np.sqrt(var_t)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("d", [3, 30, 80])
+def test_w2_closed_forms(seed, d):
+    rng = np.random.default_rng(seed)
+    s_s, s_t = random_spd(rng, d), random_spd(rng, d)
+    mu_s, mu_t = rng.standard_normal(d), rng.standard_normal(d)
+    ot_map = GaussianOT().fit((mu_s, s_s), (mu_t, s_t))
+    assert abs(ot_map.w2_ ** 2 - frechet_distance_reference(mu_s, s_s, mu_t, s_t)) < 1e-8 * d
+    # W2 is the cost of the map itself: E ||T(x) - x||^2 = ||dmu||^2 + tr((A - I) S_s (A - I))
+    a = ot_map.matrix_
+    cost = np.sum((mu_t - mu_s) ** 2) + np.trace((a - np.eye(d)) @ s_s @ (a - np.eye(d)))
+    assert abs(ot_map.w2_ ** 2 - cost) < 1e-9 * d
+    # commuting covariances: W2^2 = ||dmu||^2 + ||S_s^1/2 - S_t^1/2||_F^2
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    ls, lt = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    commuting = GaussianOT().fit((mu_s, (q * ls) @ q.T), (mu_t, (q * lt) @ q.T))
+    expected = np.sum((mu_s - mu_t) ** 2) + np.sum((np.sqrt(ls) - np.sqrt(lt)) ** 2)
+    assert abs(commuting.w2_ ** 2 - expected) < 1e-9 * d
+    np.testing.assert_allclose(commuting.matrix_, (q * np.sqrt(lt / ls)) @ q.T, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("cond", [1e4, 1e8])
+def test_ill_conditioned(seed, cond):
+    rng = np.random.default_rng(seed)
+    d = 12
+    s_s, s_t = random_spd(rng, d, cond=cond), random_spd(rng, d, cond=cond)
+    ot_map = GaussianOT().fit((np.zeros(d), s_s), (np.zeros(d), s_t))
+    assert np.isfinite(ot_map.matrix_).all()
+    # rounding in S_s^-1/2 grows like sqrt(cond) * eps per factor; a symmetric PSD A with
+    # A S_s A = S_t is unique, so this pins A down
+    assert relative(ot_map.matrix_ @ s_s @ ot_map.matrix_, s_t) < 1e-15 * cond * 10
+    if cond <= 1e4:  # beyond, the scipy.linalg.sqrtm reference itself loses digits (cond^1.5 eps)
+        assert relative(ot_map.matrix_, gaussian_ot_matrix_reference(s_s, s_t)) < 1e-7
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rank_deficient_covariances_are_finite_and_exact_where_defined(seed):
+    rng = np.random.default_rng(seed)
+    d, rank = 10, 4
+    full, low = random_spd(rng, d), random_spd(rng, d, rank=rank)
+    # singular target: the pushforward is still exact
+    to_low = GaussianOT().fit((np.zeros(d), full), (np.zeros(d), low))
+    assert relative(to_low.matrix_ @ full @ to_low.matrix_, low) < 1e-10
+    # zero eigenvalues of S_t become sqrt(rounding) ~ 1e-8 in A: count rank above 1e-6
+    assert np.linalg.matrix_rank(to_low.matrix_, tol=1e-6) == rank
+    # singular source: finite; the map acts on range(S_s) and pushes to P S_t P
+    from_low = GaussianOT().fit((np.zeros(d), low), (np.zeros(d), full))
+    assert np.isfinite(from_low.matrix_).all() and np.isfinite(from_low.w2_)
+    values, vectors = np.linalg.eigh(low)
+    basis = vectors[:, values > 1e-10]
+    projector = basis @ basis.T
+    assert relative(from_low.matrix_ @ low @ from_low.matrix_, projector @ full @ projector) < 1e-8
+    # both singular: W2 still matches the reference trace formula
+    assert abs(from_low.w2_ ** 2 - frechet_distance_reference(np.zeros(d), low, np.zeros(d), full)) < 1e-6
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n, d", [(10, 50), (50, 50), (3, 200)])
+def test_more_dimensions_than_samples_never_nan(seed, n, d):
+    rng = np.random.default_rng(seed)
+    source = rng.standard_normal((n, d))
+    target = 2.0 * rng.standard_normal((n + 5, d)) + 1.0
+    for shrinkage in ("auto", None, 0.5):
+        ot_map = GaussianOT(shrinkage=shrinkage).fit(source, target)
+        moved = ot_map.transform(source)
+        assert np.isfinite(ot_map.matrix_).all() and np.isfinite(moved).all() and np.isfinite(ot_map.w2_)
+        assert np.isfinite(ot_map.inverse_transform(moved)).all()
+    shrunk = GaussianOT().fit(source, target)
+    assert 0 < shrunk.shrinkage_source_ <= 1 and 0 < shrunk.shrinkage_target_ <= 1
+    assert np.linalg.eigvalsh(shrunk.cov_source_).min() > 0  # Ledoit-Wolf made it PD
+    assert relative(shrunk.matrix_ @ shrunk.cov_source_ @ shrunk.matrix_, shrunk.cov_target_) < 1e-8
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("d", [1, 6, 70])
+def test_samples_are_mapped_onto_target_moments(seed, d):
+    """No shrinkage: the sample covariance of T(source) is exactly A S_s A = S_t (the map is linear)."""
+    rng = np.random.default_rng(seed)
+    source = rng.standard_normal((300, d)) @ rng.standard_normal((d, d)) + 3.0
+    target = rng.standard_normal((200, d)) * rng.uniform(0.5, 2.0, d) - 1.0
+    ot_map = GaussianOT(shrinkage=None).fit(source, target)
+    moved = ot_map.transform(source)
+    np.testing.assert_allclose(moved.mean(0), target.mean(0), atol=1e-9)
+    assert relative(np.atleast_2d(np.cov(moved, rowvar=False)), np.atleast_2d(np.cov(target, rowvar=False))) < 1e-8
+    np.testing.assert_allclose(ot_map.inverse_transform(moved), source, atol=1e-8)
+    np.testing.assert_allclose(ot_map.inverse_matrix_ @ ot_map.matrix_, np.eye(d), atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ddof_and_ridge_match_pot_empirical_mapping(seed):
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(seed)
+    xs, xt = rng.standard_normal((80, 20)), rng.standard_normal((60, 20)) * 2 + 1
+    a_pot, b_pot = ot.gaussian.empirical_bures_wasserstein_mapping(xs, xt, reg=1e-3)
+    ot_map = GaussianOT(shrinkage=None, ridge=1e-3, ddof=0).fit(xs, xt)
+    assert np.abs(ot_map.matrix_ - a_pot).max() < 1e-6
+    assert np.abs(ot_map.transform(xs) - (xs @ a_pot + b_pot)).max() < 1e-6
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n", [4, 16, 65])
+def test_batched_equals_separate_fits(seed, n):
+    rng = np.random.default_rng(seed)
+    patches, count = 9, 3 * n
+    source = rng.standard_normal((patches, count, n)) * rng.uniform(0.5, 2, (patches, 1, n))
+    target = rng.standard_normal((patches, count + 7, n)) + rng.standard_normal((patches, 1, n))
+    batched = GaussianOT().fit(source, target)
+    assert batched.batched_ and batched.matrix_.shape == (patches, n, n) and batched.w2_.shape == (patches,)
+    moved = batched.transform(source)
+    for p in range(patches):
+        single = GaussianOT().fit(source[p], target[p])
+        np.testing.assert_allclose(batched.matrix_[p], single.matrix_, atol=1e-10)
+        np.testing.assert_allclose(batched.w2_[p], single.w2_, rtol=1e-10)
+        np.testing.assert_allclose(moved[p], single.transform(source[p]), atol=1e-9)
+    # moments form of the same fit
+    moments = GaussianOT(shrinkage=None).fit((batched.mean_source_, batched.cov_source_),
+                                             (batched.mean_target_, batched.cov_target_))
+    np.testing.assert_allclose(moments.matrix_, batched.matrix_, atol=1e-10)
+    np.testing.assert_allclose(batched.inverse_transform(moved), source, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n, d", [(20, 50), (500, 3), (5, 1), (100, 100), (2, 4)])
+def test_ledoit_wolf_matches_scikit_learn(seed, n, d):
+    covariance = pytest.importorskip("sklearn.covariance")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * rng.uniform(0.1, 3, d) + rng.standard_normal(d)
+    assert abs(ledoit_wolf_shrinkage(x) - covariance.ledoit_wolf_shrinkage(x)) < 1e-10
+    batch = np.stack([x, x[::-1] * 2.0])
+    np.testing.assert_allclose(ledoit_wolf_shrinkage(batch), [covariance.ledoit_wolf_shrinkage(x)] * 2, atol=1e-10)
+
+
+def test_gaussian_moments_and_torch_inputs(rng):
+    d = 5
+    source = rng.standard_normal((200, d))
+    target = rng.standard_normal((150, d)) * 3
+    moments_s, moments_t = GaussianMoments().update(source), GaussianMoments().update(target)
+    from_moments = GaussianOT().fit(moments_s, moments_t)
+    from_samples = GaussianOT(shrinkage=None).fit(source, target)
+    np.testing.assert_allclose(from_moments.matrix_, from_samples.matrix_, atol=1e-12)
+    tensor = torch.from_numpy(source).float().requires_grad_(True)
+    moved = from_samples.transform(tensor)
+    assert isinstance(moved, torch.Tensor) and moved.dtype == torch.float32 and moved.shape == (200, d)
+    np.testing.assert_allclose(moved.detach().numpy(), from_samples.transform(source), atol=1e-5)
+    moved.sum().backward()  # differentiable: d/dx sum(x A) = A 1
+    np.testing.assert_allclose(tensor.grad[0].numpy(), from_samples.matrix_.sum(1), rtol=1e-5)
+    assert from_samples.transform(source.astype(np.float32)).dtype == np.float32
+    # torch moments, batched: (P, d) means with (P, d, d) covariances
+    means, covs = torch.zeros(3, 2, dtype=torch.float64), torch.eye(2, dtype=torch.float64).repeat(3, 1, 1)
+    batched = GaussianOT().fit((means, covs), (means + 1, 4 * covs))
+    assert batched.batched_ and batched.matrix_.shape == (3, 2, 2)
+    np.testing.assert_allclose(batched.matrix_, 2 * np.eye(2)[None].repeat(3, 0), atol=1e-12)
+    np.testing.assert_allclose(batched.w2_, np.sqrt(2 + 2), rtol=1e-12)  # |dmu|^2 = 2, tr(2I - I)^2 = 2
+
+
+def test_gaussian_ot_matrix_function(rng):
+    s_s, s_t = random_spd(rng, 6), random_spd(rng, 6)
+    matrix, cross = gaussian_ot_matrix(s_s, s_t)
+    assert relative(matrix @ s_s @ matrix, s_t) < 1e-10
+    np.testing.assert_allclose(cross, np.sqrt(np.clip(np.linalg.eigvals(s_s @ s_t).real, 0, None)).sum(), rtol=1e-9)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="shrinkage"):
+        GaussianOT(shrinkage=1.5)
+    with pytest.raises(ValueError, match="shrinkage"):
+        GaussianOT(shrinkage="oas")
+    with pytest.raises(ValueError, match="ridge"):
+        GaussianOT(ridge=-1.0)
+    with pytest.raises(ValueError, match="ddof"):
+        GaussianOT(ddof=2)
+    ot_map = GaussianOT()
+    with pytest.raises(RuntimeError, match="fit"):
+        ot_map.transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="same dimension"):
+        ot_map.fit(np.zeros((5, 3)) + np.arange(15).reshape(5, 3), np.ones((5, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        ot_map.fit(np.full((5, 3), np.nan), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="more than ddof"):
+        ot_map.fit(np.ones((1, 3)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"\(N, d\) or \(P, N, d\)"):
+        ot_map.fit(np.ones((2, 2, 2, 2)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="symmetric"):
+        ot_map.fit((np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]])), (np.zeros(2), np.eye(2)))
+    with pytest.raises(ValueError, match="ledoit_wolf"):
+        GaussianOT(shrinkage="ledoit_wolf").fit((np.zeros(2), np.eye(2)), (np.zeros(2), np.eye(2)))
+    with pytest.raises(TypeError, match="real numbers"):
+        ot_map.fit(np.array([["a", "b"]]), np.ones((5, 2)))
+    fitted = GaussianOT().fit((np.zeros(2), np.eye(2)), (np.zeros(2), np.eye(2)))
+    with pytest.raises(ValueError, match=r"GaussianOT.transform: 'x' must have shape \(N, d\)"):
+        fitted.transform(np.zeros((4, 3)))
+    with pytest.raises(TypeError, match="floats"):
+        fitted.transform(np.zeros((4, 2), dtype=np.int64))

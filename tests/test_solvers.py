@@ -1,0 +1,314 @@
+"""Solvers: latent MAP / MLE against closed forms, Asim et al.'s theorem, Langevin posteriors, Lasso, BM3D."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.flows import Glow, LinearFlow
+from pyinverse.physics import CompressedSensing, Denoising, Inpainting
+from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise, lasso_dct, lasso_fista,
+                               lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
+from pyinverse.solvers.latent_map import initial_latents
+from reference import (flows_gaussian_latent_posterior, flows_linear_mle_expected_error, flows_linear_mle_reference,
+                       flows_theorem_bounds)
+
+
+def linear_model(singular_values, seed, shape=(1, 4, 4)):
+    """G(z) = M z with M = U diag(sigma) V^T, U and V random rotations."""
+    rng = np.random.default_rng(seed)
+    n = len(singular_values)
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    matrix = (u * np.asarray(singular_values)) @ v.T
+    return LinearFlow(torch.from_numpy(matrix), shape).requires_grad_(False), matrix
+
+
+def tiny_glow(seed=0):
+    model = Glow(1, 4, levels=2, depth=2, hidden=8, seed=seed).double().train()
+    generator = torch.Generator().manual_seed(seed)
+    model(0.2 + 0.6 * torch.rand(8, 1, 4, 4, generator=generator, dtype=torch.float64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator, dtype=torch.float64))
+    return model.eval().requires_grad_(False)
+
+
+# ---- latent MAP ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("m", [3, 6, 10])
+def test_zero_init_lbfgs_gives_the_linear_mle(seed, m):
+    """Asim et al.'s MLE argmax p_G(x) s.t. Ax = Ax0 is the min-norm latent: L-BFGS from z = 0 finds it."""
+    model, matrix = linear_model(0.8 ** np.arange(16), seed)
+    op = CompressedSensing(m=m, seed=seed, image_shape=(1, 4, 4))
+    z0 = torch.randn(3, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y = op.A(model.inverse(z0))
+    result = latent_map(model, op, y, gamma=0.0, optimizer="lbfgs", init="zero", steps=300, tol=1e-14)
+    expected = flows_linear_mle_reference(matrix, op.matrix.numpy(), y.numpy())
+    np.testing.assert_allclose(result.x.reshape(3, -1).numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(result.data_fit, 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [3, 5, 8, 12, 14])
+@pytest.mark.parametrize("decay", [0.6, 0.85, 1.0])
+def test_linear_model_theorem_bounds(m, decay):
+    """sum_{i>m} s_i^2 <= E_A E_x0 ||x_hat - x0||^2 <= m sum_{i>m-2} s_i^2 (slides of paper 001).
+
+    E_x0 is exact per A (reference.flows_linear_mle_expected_error); E_A is a Monte Carlo mean
+    over 400 Gaussian matrices A_ij ~ N(0, 1/m). The lower bound holds for every A.
+    """
+    n = 16
+    sigmas = decay ** np.arange(n)
+    _, matrix = linear_model(sigmas, 11)
+    rng = np.random.default_rng(m)
+    errors = np.array([flows_linear_mle_expected_error(matrix, rng.standard_normal((m, n)) / math.sqrt(m))
+                       for _ in range(400)])
+    lower, upper = flows_theorem_bounds(sigmas, m)
+    assert np.all(errors >= lower * (1 - 1e-9))
+    mean, spread = errors.mean(), errors.std() / math.sqrt(errors.size)
+    assert lower * (1 - 1e-9) <= mean <= upper, (lower, mean, upper)
+    print(f"m={m} decay={decay}: lower {lower:.4g} <= E {mean:.4g} (+- {spread:.2g}) <= upper {upper:.4g}; "
+          f"E / lower = {mean / lower:.3g}")
+
+
+def test_theorem_expected_error_matches_monte_carlo_over_x0():
+    """The exact E_x0 used above agrees with solving for sampled x0 through the solver."""
+    model, matrix = linear_model(0.8 ** np.arange(16), 3)
+    op = CompressedSensing(m=6, seed=5, image_shape=(1, 4, 4))
+    z0 = torch.randn(400, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x0 = model.inverse(z0)
+    result = latent_map(model, op, op.A(x0), optimizer="lbfgs", steps=200, tol=1e-14)
+    errors = (result.x - x0).flatten(1).square().sum(1).numpy()
+    exact = flows_linear_mle_expected_error(matrix, op.matrix.numpy())
+    assert abs(errors.mean() - exact) < 4 * errors.std() / math.sqrt(errors.size)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+@pytest.mark.parametrize("prior,factor", [("latent", 1.0), ("likelihood", 0.5)])
+def test_map_with_gamma_is_the_tikhonov_solution(optimizer, prior, factor):
+    """||B z - y||^2 + gamma ||z||^2 -> (B^T B + gamma I)^-1 B^T y; -gamma log p_G adds gamma ||z||^2 / 2."""
+    model, matrix = linear_model(np.linspace(1.0, 0.3, 16), 4)
+    op = CompressedSensing(m=8, seed=1, image_shape=(1, 4, 4), noise_sigma=0.1)
+    y = op(model.inverse(torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))), seed=2)
+    gamma = 0.3
+    b = op.matrix.numpy() @ matrix
+    z_star = np.linalg.solve(b.T @ b + factor * gamma * np.eye(16), b.T @ y.numpy().T).T
+    result = latent_map(model, op, y, gamma=gamma, prior=prior, optimizer=optimizer, steps=1000, lr=0.05,
+                        tol=1e-13, patience=50)
+    np.testing.assert_allclose(result.z.numpy(), z_star, atol=1e-5 if optimizer == "adam" else 1e-8)
+    assert all(s in ("converged", "max_steps") for s in result.status)
+
+
+@pytest.mark.parametrize("operator,seed", [("denoising", 0), ("inpainting_all", 1), ("cs_full_rank", 0)])
+def test_exact_recovery_with_a_full_rank_operator(operator, seed):
+    """y = A G(z*) with A invertible: the latent MAP (gamma = 0) recovers z* (a nonlinear Glow)."""
+    model = tiny_glow(seed)
+    op = {"denoising": Denoising(0.0), "cs_full_rank": CompressedSensing(m=16, seed=seed, image_shape=(1, 4, 4)),
+          "inpainting_all": Inpainting(fraction=1.0)}[operator]
+    z_star = 0.8 * torch.randn(2, 16, generator=torch.Generator().manual_seed(seed + 10), dtype=torch.float64)
+    y = op.A(model.inverse(z_star))
+    result = latent_map(model, op, y, optimizer="lbfgs", steps=400, tol=1e-11, patience=20)
+    np.testing.assert_allclose(result.z.numpy(), z_star.numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.x.numpy(), model.inverse(z_star).detach().numpy(), atol=1e-6)
+
+
+def test_restarts_keep_the_best_objective_per_image():
+    model = tiny_glow(1)
+    op = CompressedSensing(m=5, seed=0, image_shape=(1, 4, 4))
+    y = op.A(model.inverse(torch.randn(3, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)))
+    single = latent_map(model, op, y, gamma=0.1, steps=60, seed=0)
+    many = latent_map(model, op, y, gamma=0.1, steps=60, restarts=4, seed=0, init_norm=2.0)
+    # restart 0 starts where the single run starts, so the best of four can only be lower
+    assert np.all(many.objective <= single.objective * (1 + 1e-9))
+    assert many.restart.shape == (3,) and set(many.restart.tolist()) <= {0, 1, 2, 3}
+    # the reported objective is the objective of the returned latent
+    refit = latent_map(model, op, y, gamma=0.1, steps=1, init=many.z)
+    np.testing.assert_allclose(refit.objective, many.objective, rtol=1e-10)
+
+
+def test_inits():
+    model = tiny_glow(0)
+    op = Denoising(0.1)
+    y = (0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    generator = torch.Generator().manual_seed(0)
+    random = initial_latents(model, op, y, "random", 3.0, generator, "test")
+    np.testing.assert_allclose(random.norm(dim=1).numpy(), 3.0)
+    pinv = initial_latents(model, op, y, "pinv", None, generator, "test")
+    np.testing.assert_allclose(model.inverse(pinv).detach().numpy(), y.numpy(), atol=1e-10)  # G(G^-1(y)) = y
+    assert torch.equal(initial_latents(model, op, y, "zero", None, generator, "test"), torch.zeros(2, 16,
+                                                                                                  dtype=torch.float64))
+    result = latent_map(model, op, y, init="pinv", steps=1)
+    np.testing.assert_allclose(result.objective, 0.0, atol=1e-18)  # y is in the range: the start is optimal
+
+
+def test_numpy_in_numpy_out():
+    model = tiny_glow(0)
+    op = Denoising(0.05)
+    y = np.random.default_rng(0).uniform(0.2, 0.8, (2, 1, 4, 4))
+    result = latent_map(model, op, y, steps=5)
+    assert isinstance(result.x, np.ndarray) and result.x.shape == (2, 1, 4, 4)
+
+
+def test_divergence_is_reported_not_returned_as_nan():
+    model, _ = linear_model(np.ones(16), 0)
+    op = CompressedSensing(m=8, seed=0, image_shape=(1, 4, 4))
+    y = op.A(model.inverse(torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))))
+    with pytest.warns(RuntimeWarning, match=r"diverged for image\(s\) \[0, 1\]"):
+        result = latent_map(model, op, y, optimizer="adam", lr=1e308, steps=20)
+    assert result.status == ["diverged", "diverged"]
+    assert np.isfinite(result.x.numpy()).all() and np.isfinite(result.objective).all()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        latent_map(model, op, y, optimizer="adam", lr=1e308, steps=20, on_divergence="raise")
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(y=torch.full((2, 8), float("nan"), dtype=torch.float64)), ValueError, "non-finite"),
+    (dict(y=torch.zeros(2, 7, dtype=torch.float64)), ValueError, r"'y' must have shape \(2, 8\)"),
+    (dict(gamma=-1.0), ValueError, "'gamma' must be a finite number >= 0"),
+    (dict(optimizer="sgd"), ValueError, "'optimizer' must be one of"),
+    (dict(prior="tv"), ValueError, "'prior' must be one of"),
+    (dict(init="ones"), ValueError, "'init' must be one of"),
+    (dict(init=torch.zeros(3, 16, dtype=torch.float64)), ValueError, r"'init' tensor must have shape \(2, 16\)"),
+    (dict(steps=0), ValueError, "'steps' must be an int >= 1"),
+    (dict(operator=lambda x: x), TypeError, "pyinverse.physics operator"),
+    (dict(model=torch.nn.Linear(2, 2)), TypeError, "pyinverse flow"),
+])
+def test_latent_map_bad_inputs(kwargs, error, match):
+    model, _ = linear_model(np.ones(16), 0)
+    args = dict(model=model, operator=CompressedSensing(m=8, seed=0, image_shape=(1, 4, 4)),
+                y=torch.zeros(2, 8, dtype=torch.float64))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        latent_map(args.pop("model"), args.pop("operator"), args.pop("y"), **args)
+
+
+# ---- Langevin -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,step", [("mala", 0.05), ("ula", 0.01)])
+def test_langevin_matches_the_gaussian_posterior(method, step):
+    """x = M z, y = A x + sigma n: the latent posterior is Gaussian (reference closed form)."""
+    model, matrix = linear_model(np.linspace(1.0, 0.6, 8), 2, shape=(1, 2, 4))
+    sigma = 0.5
+    op = CompressedSensing(m=4, seed=3, image_shape=(1, 2, 4), noise_sigma=sigma)
+    y = op(model.inverse(torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)), seed=1)
+    mean, covariance = flows_gaussian_latent_posterior(matrix, op.matrix.numpy(), y.numpy(), sigma)
+    chains = 1500
+    result = latent_langevin(model, op, y, n_samples=chains, chains=chains, method=method, step_size=step,
+                             burn_in=400, init="zero", seed=0)
+    assert result.samples.shape == (chains, 2, 1, 2, 4) and result.latents.shape == (chains, 2, 8)
+    np.testing.assert_allclose(result.samples.reshape(chains, 2, -1).numpy(),
+                               (result.latents.numpy() @ matrix.T), atol=1e-12)
+    sd = np.sqrt(np.diag(covariance))
+    for b in range(2):
+        latents = result.latents[:, b].numpy()
+        # 5 standard errors of the mean (independent chains); ULA's O(step) bias is well inside.
+        assert np.all(np.abs(latents.mean(0) - mean[b]) < 5 * sd / math.sqrt(chains)), (latents.mean(0), mean[b])
+        np.testing.assert_allclose(np.cov(latents.T), covariance, atol=0.12)
+    if method == "mala":
+        assert np.all((result.acceptance > 0.45) & (result.acceptance < 0.7)), result.acceptance
+    else:
+        np.testing.assert_array_equal(result.acceptance, 1.0)
+
+
+def test_langevin_thinned_chains_and_map_init():
+    model = tiny_glow(0)
+    op = Inpainting(fraction=0.5, seed=0, noise_sigma=0.1)
+    x = 0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = latent_langevin(model, op, op(x, seed=0), n_samples=6, chains=2, thin=3, burn_in=20, map_steps=30)
+    assert result.samples.shape == (6, 2, 1, 4, 4) and np.isfinite(result.samples.numpy()).all()
+    # samples of one chain are 3 steps apart: not all equal
+    assert not torch.equal(result.latents[0], result.latents[2])
+
+
+def test_langevin_errors():
+    model, _ = linear_model(np.ones(8), 0, shape=(1, 2, 4))
+    op = CompressedSensing(m=4, seed=3, image_shape=(1, 2, 4))
+    y = torch.zeros(1, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="'noise_sigma' must be > 0"):
+        latent_langevin(model, op, y)
+    with pytest.raises(ValueError, match="'method' must be one of"):
+        latent_langevin(model, op, y, noise_sigma=0.1, method="hmc")
+    with pytest.raises(FloatingPointError, match="ULA chain became non-finite"):
+        latent_langevin(model, op, y, noise_sigma=1e-3, method="ula", step_size=1e6, burn_in=50, init="zero")
+
+
+# ---- baselines ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transform", ["dct", "wavelet"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lasso_fista_matches_sklearn(transform, seed):
+    from sklearn.linear_model import Lasso
+
+    shape = (1, 4, 4)
+    op = CompressedSensing(m=10, seed=seed, image_shape=shape)
+    x = np.random.default_rng(seed).random((2,) + shape)
+    y = op.A(x)
+    lam = 0.02
+    xh = lasso_fista(op, y, lam, transform, image_shape=shape, steps=4000, tol=1e-12, wavelet="haar")
+    basis = OrthonormalDCT() if transform == "dct" else OrthonormalWavelet((4, 4), "haar")
+    synthesis = np.stack([basis.inverse(e.reshape(shape)).ravel() for e in np.eye(16)], 1)  # W^T
+    design = op.matrix.numpy() @ synthesis
+    for b in range(2):
+        # sklearn: 1/(2m)||y - Xw||^2 + alpha||w||_1, so alpha = lam / m
+        fit = Lasso(alpha=lam / 10, fit_intercept=False, tol=1e-14, max_iter=200000).fit(design, y[b])
+        np.testing.assert_allclose(xh[b].ravel(), synthesis @ fit.coef_, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["dct", "wavelet"])
+def test_lasso_denoising_is_soft_thresholding(transform):
+    """With A = I the Lasso is soft thresholding of the coefficients (closed form)."""
+    shape = (2, 8, 8)
+    y = torch.from_numpy(np.random.default_rng(3).random((3,) + shape))
+    lam = 0.15
+    xh = lasso_fista(Denoising(0.1), y, lam, transform, image_shape=shape, steps=50)
+    basis = OrthonormalDCT() if transform == "dct" else OrthonormalWavelet((8, 8), "db2")
+    c = basis.forward(y.numpy())
+    expected = basis.inverse(np.sign(c) * np.maximum(np.abs(c) - lam, 0))
+    assert isinstance(xh, torch.Tensor) and xh.dtype == torch.float64
+    np.testing.assert_allclose(xh.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(lasso_dct(Denoising(0.1), y, 0.0, image_shape=shape).numpy(), y.numpy(), atol=1e-12)
+    assert lasso_wavelet(Denoising(0.1), y.float(), lam, image_shape=shape).dtype == torch.float32
+
+
+@pytest.mark.parametrize("wavelet,level", [("haar", None), ("db2", 2), ("db4", 3), ("sym4", 1)])
+def test_wavelet_basis_is_orthonormal(wavelet, level):
+    basis = OrthonormalWavelet((16, 8), wavelet, level=level)
+    matrix = np.stack([basis.forward(e.reshape(16, 8)).ravel() for e in np.eye(128)], 1)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(128), atol=1e-10)
+    x = np.random.default_rng(0).random((2, 3, 16, 8))
+    np.testing.assert_allclose(basis.inverse(basis.forward(x)), x, atol=1e-12)
+    with pytest.raises(ValueError, match="not orthogonal"):
+        OrthonormalWavelet((16, 16), "bior2.2")
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*level"):
+        OrthonormalWavelet((12, 16), "haar", level=3)
+
+
+def test_operator_norm_and_lasso_errors():
+    op = CompressedSensing(m=6, seed=0, image_shape=(1, 3, 3))
+    np.testing.assert_allclose(operator_norm_squared(op, (1, 1, 3, 3), iterations=500),
+                               np.linalg.norm(op.matrix.numpy(), 2) ** 2, rtol=1e-8)
+    with pytest.raises(ValueError, match="non-finite"):
+        lasso_dct(op, np.full((1, 6), np.nan), 0.1, image_shape=(1, 3, 3))
+    with pytest.raises(ValueError, match=r"'y' must have shape \(1, 6\)"):
+        lasso_dct(op, np.zeros((1, 5)), 0.1, image_shape=(1, 3, 3))
+    with pytest.raises(ValueError, match="'lam' must be a finite number >= 0"):
+        lasso_dct(op, np.zeros((1, 6)), -1.0, image_shape=(1, 3, 3))
+    with pytest.raises(ValueError, match="'transform' must be one of"):
+        lasso_fista(op, np.zeros((1, 6)), 0.1, "curvelet", image_shape=(1, 3, 3))
+
+
+def test_bm3d_denoises():
+    pytest.importorskip("bm3d")
+    rng = np.random.default_rng(0)
+    rows = np.linspace(0, 1, 32)
+    clean = np.broadcast_to(0.2 + 0.6 * np.outer(rows, rows), (2, 1, 32, 32)).copy()
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    denoised = bm3d_denoise(noisy.astype(np.float32), 0.1)
+    assert denoised.dtype == np.float32 and denoised.shape == clean.shape
+    assert np.mean((denoised - clean) ** 2) < 0.25 * np.mean((noisy - clean) ** 2)
+    with pytest.raises(ValueError, match=r"'y' must have shape \(B, 1 or 3, H, W\)"):
+        bm3d_denoise(noisy[:, 0], 0.1)
+    with pytest.raises(ValueError, match="'sigma' must be a finite number > 0"):
+        bm3d_denoise(noisy, 0.0)
