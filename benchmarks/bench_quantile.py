@@ -2,7 +2,7 @@
 
 Run (figures in BENCHMARKS.md):
     python -m pytest benchmarks/bench_quantile.py --benchmark-enable --benchmark-group-by=param:case \
-        --benchmark-columns=median,iqr,min,rounds --benchmark-sort=median
+        --benchmark-columns=median,iqr,min,rounds --benchmark-sort=mean
 Each case is a posterior-sample stack (S, *image) in float32, C-contiguous, samples on axis 0;
 q = (0.05, 0.95) (the uncertainty interval of the validity/uncertainty paper) or the median.
 """
