@@ -22,19 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .entropy import _float64
+
 __all__ = ["kl_divergence_gaussian", "renyi_divergence_gaussian"]
-
-
-def _float64(x: Any, name: str, op: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    array = np.asarray(x)
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"{op}: '{name}' must hold real numbers, got dtype {array.dtype}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{op}: '{name}' holds NaN or inf")
-    return array
 
 
 def _check_order(order: Any, op: str) -> float:
