@@ -5,8 +5,9 @@
 // Element (i, j) of matrix b lives at
 //   a[offset(b) + i * row_stride + j * col_stride],
 // where offset(b) walks the batch axes (BatchLayout; strides in elements, any sign). The matrix
-// is symmetrised ((a + a^T) / 2) and diagonalised in float64 by cyclic Jacobi (sqrtm_kernel.h);
-// negative eigenvalues (rounding noise of a PSD input) are clamped to 0.
+// is symmetrised ((a + a^T) / 2) and diagonalised in float64 (Householder tridiagonalisation and
+// implicit QL, sqrtm_kernel.h); negative eigenvalues (rounding noise of a PSD input) are clamped
+// to 0.
 //
 // Outputs (caller-allocated, C-contiguous, the input's dtype; any of them may be null):
 //   sqrt_out (B, n, n)          A^1/2 = V diag(sqrt(max(lambda, 0))) V^T
