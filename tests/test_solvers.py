@@ -1,6 +1,5 @@
 """Solvers: latent MAP / MLE against closed forms, Asim et al.'s theorem, Langevin posteriors, Lasso, BM3D."""
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -177,13 +177,23 @@ class MultiScaleFlow(FlowModel):
     ``layers`` holds :class:`~pyinverse.flows.layers.FlowLayer` modules and :class:`Split`
     modules in order; the shapes of every factored-out part are traced at construction, so a
     layer that cannot take its input fails then, with the layer's own message.
+
+    ``memory_saving`` (attribute, default False): when True, autograd records and some parameter
+    requires grad (training), each run of parametrised layers (between squeezes and splits) goes
+    through a :class:`~pyinverse.flows.reversible.ReversibleSequence`, whose backward
+    reconstructs every layer's input from its output instead of storing activations (same
+    gradients up to reconstruction rounding; one extra forward per layer). It changes neither
+    the function nor the parameters' names, so it is a runtime switch, not part of ``config``.
     """
+
+    memory_saving: bool = False
 
     def __init__(self, image_shape: tuple[int, int, int], preprocess: Preprocess, layers: list[nn.Module]) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         self.preprocess = preprocess
         self.layers = nn.ModuleList(layers)
+        self._segment_cache: list | None = None  # a plain list: the same modules, not registered twice
         shape = self.image_shape
         self._part_shapes: list[tuple[int, int, int]] = []
         for layer in self.layers:
@@ -208,10 +218,34 @@ class MultiScaleFlow(FlowModel):
         return [part.reshape((z.shape[0],) + shape)
                 for part, shape in zip(torch.split(z, sizes, dim=1), self._part_shapes)]
 
+    def _segments(self) -> list:
+        """Runs of parametrised layers as ``ReversibleSequence`` s, and the other layers, in order."""
+        if self._segment_cache is None:
+            from .reversible import ReversibleSequence
+
+            segments, run = [], []
+            for layer in self.layers:
+                # Splits have two outputs, and parameter-free layers (squeeze) store nothing:
+                # both stay outside the reversible runs.
+                if isinstance(layer, Split) or not any(True for _ in layer.parameters()):
+                    if run:
+                        segments.append(ReversibleSequence(run))
+                        run = []
+                    segments.append(layer)
+                else:
+                    run.append(layer)
+            if run:
+                segments.append(ReversibleSequence(run))
+            self._segment_cache = segments
+        return self._segment_cache
+
     def _forward(self, x):
         h, logdet = self.preprocess(x)
         parts = []
-        for layer in self.layers:
+        # Only training needs it (the activations it saves are those kept for parameter gradients).
+        saving = self.memory_saving and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        layers = self._segments() if saving else self.layers
+        for layer in layers:
             if isinstance(layer, Split):
                 h, eps, step = layer(h)
                 parts.append(eps.flatten(1))

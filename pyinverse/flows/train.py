@@ -192,6 +192,9 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     Returns:
         :class:`TrainHistory`. The model is left in eval mode.
 
+    For the activation-free backward of deep models set ``model.memory_saving = True`` first
+    (:class:`~pyinverse.flows.base.MultiScaleFlow`): same gradients, less memory, more compute.
+
     Raises:
         FloatingPointError: the loss became non-finite (nothing is written for that step;
             lower ``lr`` or raise ``warmup_steps``).
@@ -287,7 +290,7 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
                     group["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
                 loss = _bpd_unchecked(model, batch).mean()
                 if not bool(torch.isfinite(loss)):
-                    raise FloatingPointError(f"{where}: the loss became {float(loss)} at step {step} (epoch {epoch + 1}); "
+                    raise FloatingPointError(f"{where}: the loss became {float(loss.detach())} at step {step} (epoch {epoch + 1}); "
                                              "lower 'lr' or raise 'warmup_steps'")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

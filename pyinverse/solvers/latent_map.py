@@ -230,7 +230,7 @@ def _run_adam(objective, z0, steps, lr, tol, patience):
     return tracker
 
 
-def _run_lbfgs(objective, z0, steps, tol, patience, history=10, max_line_search=20):
+def _run_lbfgs(objective, z0, steps, tol, patience, history=10, max_line_search=12):
     """Batched L-BFGS: one two-loop recursion and one Armijo backtracking line search per row."""
     z = z0.detach().clone()
     n = z.shape[0]
@@ -268,19 +268,20 @@ def _run_lbfgs(objective, z0, steps, tol, patience, history=10, max_line_search=
         plain = not_descent | (len(s_hist) == 0)
         step_size = torch.where(plain, (1.0 / grad.norm(dim=1).clamp_min(1e-30)).clamp(max=1.0), step_size)
         pending = tracker.active.clone()
-        new_z, new_value, new_fit, new_grad = z.clone(), value.clone(), fit.clone(), grad.clone()
+        new_z = z.clone()
         for _ in range(max_line_search):
             if not bool(pending.any()):
                 break
             trial = z + step_size[:, None] * direction
-            t_value, t_fit, t_grad = _value_and_grad(objective, trial)
+            with torch.no_grad():  # trial points need values only; the gradient comes once, below
+                t_value, _ = objective(trial)
             accept = pending & torch.isfinite(t_value) & (t_value <= value + 1e-4 * step_size * slope)
-            new_z[accept], new_value[accept] = trial[accept], t_value[accept]
-            new_fit[accept], new_grad[accept] = t_fit[accept], t_grad[accept]
+            new_z[accept] = trial[accept]
             pending &= ~accept
             step_size = torch.where(pending, step_size * 0.5, step_size)
         # Rows whose line search failed cannot decrease along any tried step: they are done.
         stuck = pending
+        new_value, new_fit, new_grad = _value_and_grad(objective, new_z)
         s_new, y_new = new_z - z, new_grad - grad
         sy = (s_new * y_new).sum(1)
         curvature_ok = (sy > 1e-10 * s_new.norm(dim=1) * y_new.norm(dim=1)) & ~stuck
