@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/errors.h"
+#include "core/strided_offset.h"
 
 namespace pyinv {
 
@@ -31,12 +32,7 @@ struct BatchLayout {
   int64_t inner_stride() const { return strides.empty() ? 1 : strides.back(); }
   // Offset (elements) of the first element of outer row `outer` (all axes but the innermost).
   int64_t outer_offset(int64_t outer) const {
-    int64_t offset = 0;
-    for (int axis = static_cast<int>(shape.size()) - 2; axis >= 0; --axis) {
-      offset += (outer % shape[axis]) * strides[axis];
-      outer /= shape[axis];
-    }
-    return offset;
+    return strided_offset(shape.data(), strides.data(), static_cast<int>(shape.size()) - 1, outer);
   }
   void validate(const char* op) const {
     PYINV_CHECK(shape.size() == strides.size(), op, "shape and strides differ in length");

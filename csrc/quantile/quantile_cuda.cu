@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/cuda_runtime.h"
+#include "core/strided_offset.h"
 #include "quantile/quantile.h"
 #include "quantile/quantile_kernel.h"
 
@@ -28,15 +29,6 @@ struct DeviceLayout {
   int64_t num_samples;
   int64_t pixels;
 };
-
-__device__ int64_t pixel_offset(const DeviceLayout& layout, int64_t pixel) {
-  int64_t offset = 0;
-  for (int axis = layout.ndim - 1; axis >= 0; --axis) {
-    offset += (pixel % layout.shape[axis]) * layout.strides[axis];
-    pixel /= layout.shape[axis];
-  }
-  return offset;
-}
 
 template <typename T>
 __device__ void write_results(const double* q, int num_q, int method, int ddof, int64_t pixels, int64_t pixel,
@@ -76,7 +68,7 @@ __global__ void extremes_kernel(const T* data, DeviceLayout layout, const double
   const T inf = INFINITY;
   for (int j = 0; j < k_low; ++j) low[j] = inf;
   for (int j = 0; j < k_high; ++j) high[j] = -inf;
-  const T* base = data + pixel_offset(layout, pixel);
+  const T* base = data + strided_offset(layout.shape, layout.strides, layout.ndim, pixel);
   int64_t n_valid = 0;
   bool has_nan = false;
   double shift = 0.0, sum = 0.0, sum_squares = 0.0;
@@ -116,7 +108,7 @@ __global__ void selection_kernel(const T* data, DeviceLayout layout, const doubl
   T* values = reinterpret_cast<T*>(shared_bytes);
   __shared__ int nan_count;
   const int64_t pixel = blockIdx.x;
-  const T* base = data + pixel_offset(layout, pixel);
+  const T* base = data + strided_offset(layout.shape, layout.strides, layout.ndim, pixel);
   if (threadIdx.x == 0) nan_count = 0;
   __syncthreads();
   for (int k = threadIdx.x; k < padded; k += blockDim.x) {

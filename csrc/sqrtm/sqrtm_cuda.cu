@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "core/strided_offset.h"
 #include "sqrtm/sqrtm.h"
 #include "sqrtm/sqrtm_kernel.h"
 
@@ -27,15 +28,6 @@ struct DeviceLayout {
   int64_t strides[kMaxAxes];
   int ndim;
 };
-
-__device__ int64_t matrix_offset(const DeviceLayout& layout, int64_t index) {
-  int64_t offset = 0;
-  for (int axis = layout.ndim - 1; axis >= 0; --axis) {
-    offset += (index % layout.shape[axis]) * layout.strides[axis];
-    index /= layout.shape[axis];
-  }
-  return offset;
-}
 
 struct DeviceOutputs {
   void* sqrt_out;
@@ -63,7 +55,7 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
   double* work = lambda + n * ls;
 
   const sqrtm::LoadStats stats =
-      sqrtm::load_symmetrised(a + matrix_offset(layout, index), row_stride, col_stride, n, m, ls);
+      sqrtm::load_symmetrised(a + strided_offset(layout.shape, layout.strides, layout.ndim, index), row_stride, col_stride, n, m, ls);
   if (check) {
     if (!stats.finite) {
       atomicMin(&status[0], static_cast<unsigned long long>(index));
