@@ -65,6 +65,19 @@ def _is_cupy(x: Any) -> bool:
     return cupy is not None and isinstance(x, cupy.ndarray)
 
 
+_TORCH_TO_NUMPY_DTYPE: dict = {}
+
+
+def _numpy_dtype_of(torch_dtype: Any) -> np.dtype:
+    """numpy's dtype for a torch dtype, cached (this sits on every kernel call's path)."""
+    dtype = _TORCH_TO_NUMPY_DTYPE.get(torch_dtype)
+    if dtype is None:
+        import torch
+
+        dtype = _TORCH_TO_NUMPY_DTYPE[torch_dtype] = torch.empty((), dtype=torch_dtype).numpy().dtype
+    return dtype
+
+
 def _byte_strides_to_elements(op: str, name: str, strides, itemsize: int) -> tuple[int, ...]:
     if any(s % itemsize for s in strides):
         raise ValueError(f"{op}: '{name}' has strides {tuple(strides)} bytes that are not a multiple "
@@ -106,7 +119,7 @@ def describe(x: Any, name: str, op: str) -> ArrayInfo:
             raise TypeError(f"{op}: '{name}' is a {x.layout} torch tensor; pass a dense (strided) tensor")
         if x.is_complex() or x.dtype in (torch.bfloat16,):
             raise TypeError(f"{op}: '{name}' has dtype {x.dtype}, which pyinverse kernels do not take")
-        dtype = torch.empty((), dtype=x.dtype).numpy().dtype
+        dtype = _numpy_dtype_of(x.dtype)
         device = x.device.type
         if device not in ("cpu", "cuda"):
             raise TypeError(f"{op}: '{name}' is on device '{x.device}'; pyinverse kernels run on cpu and cuda")

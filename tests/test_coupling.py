@@ -386,8 +386,11 @@ def test_cuda_matches_cpu(scale, dtype):
     tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gpu.output.cpu(), cpu.output, **tolerance)
     torch.testing.assert_close(gpu.logdet.cpu(), cpu.logdet, **tolerance)
+    # The round trip itself is ill-conditioned where exp(s) << |t| / |x| (y_b - t cancels), on
+    # any device: compare the CUDA inverse with the CPU inverse of the same input instead.
     back = affine_coupling_inverse(gpu.output, h.cuda(), t.cuda(), scale=scale)
-    torch.testing.assert_close(back.output.cpu(), x, **tolerance)
+    torch.testing.assert_close(back.output.cpu(), affine_coupling_inverse(gpu.output.cpu(), h, t, scale=scale).output,
+                               **tolerance)
     grads_cpu = affine_coupling_vjp(g, gl, h, t, y_b=cpu.output, reconstruct=True, scale=scale)
     grads_gpu = affine_coupling_vjp(g.cuda(), gl.cuda(), h.cuda(), t.cuda(), y_b=cpu.output.cuda(), reconstruct=True,
                                     scale=scale)

@@ -439,9 +439,11 @@ def test_frechet_rejects_bad_input(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cuda_kernel_max_order", [64, 0])  # our kernel up to 64, or cuSOLVER for all
 @pytest.mark.parametrize("n", [3, 16, 64, 80])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_matches_cpu(rng, n, dtype):
+def test_cuda_matches_cpu(rng, monkeypatch, n, dtype, cuda_kernel_max_order):
+    monkeypatch.setattr(sqrtm_module, "CUDA_KERNEL_MAX_ORDER", cuda_kernel_max_order)
     a = torch.from_numpy(random_spd(rng, 300, n)).to(dtype)
     expected = sqrtm_spd(a)
     result = sqrtm_spd(a.cuda())

@@ -1,9 +1,12 @@
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/cuda_runtime.h"
+#include "core/device_scratch.cuh"
 
 namespace pyinv {
 
@@ -24,5 +27,26 @@ void cuda_check(int status, const char* op, const char* what) {
 }
 
 void cuda_set_device(int device, const char* op) { cuda_check(cudaSetDevice(device), op, "cudaSetDevice"); }
+
+cudaMemPool_t scratch_pool(const char* op) {
+  static std::mutex mutex;
+  static std::vector<cudaMemPool_t> pools;  // by device; live until the process ends
+  int device = 0;
+  cuda_check(cudaGetDevice(&device), op, "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mutex);
+  if (pools.size() <= static_cast<size_t>(device)) pools.resize(device + 1, nullptr);
+  if (!pools[device]) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    cuda_check(cudaMemPoolCreate(&pool, &props), op, "cudaMemPoolCreate");
+    uint64_t keep = kScratchPoolKeepBytes;
+    cuda_check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), op, "cudaMemPoolSetAttribute");
+    pools[device] = pool;
+  }
+  return pools[device];
+}
 
 }  // namespace pyinv

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "core/device_scratch.cuh"
 #include "coupling/coupling.h"
 #include "coupling/coupling_kernel.h"
 
@@ -175,10 +176,9 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
   if (problem.batch == 0) return;
   const DeviceGrid grid = make_grid(problem);
   const int64_t items = grid.batch * grid.chunks_per_row;
-  double* partial = nullptr;
+  DeviceScratch partial_sums(items > 0 ? items * sizeof(double) : 0, stream, op);
+  double* partial = partial_sums.as<double>();
   if (items > 0) {
-    cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&partial), items * sizeof(double), stream), op,
-               "cudaMallocAsync");
     if (problem.inverse) {
       launch_apply_direction<T, true>(problem, device_rows<T>(in), device_rows<T>(h), device_rows<T>(t),
                                       device_rows<T>(out), grid, partial, stream);
@@ -186,9 +186,7 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
       launch_apply_direction<T, false>(problem, device_rows<T>(in), device_rows<T>(h), device_rows<T>(t),
                                        device_rows<T>(out), grid, partial, stream);
     }
-    const cudaError_t launched = cudaGetLastError();
-    if (launched != cudaSuccess) cudaFreeAsync(partial, stream);
-    cuda_check(launched, op, "kernel launch");
+    cuda_check(cudaGetLastError(), op, "kernel launch");
   }
   if (logdet) {
     const unsigned blocks = static_cast<unsigned>((grid.batch + kThreads - 1) / kThreads);
@@ -196,7 +194,6 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
                                                              static_cast<T*>(logdet));
     cuda_check(cudaGetLastError(), op, "kernel launch");
   }
-  if (partial) cuda_check(cudaFreeAsync(partial, stream), op, "cudaFreeAsync");
 }
 
 template <typename T, Scale kScale, bool kInverse>

@@ -83,7 +83,7 @@ void batched_nearest_cpu(DType dtype, const void* candidates, const void* target
 
 #if PYINV_WITH_CUDA
 // Same contracts on device pointers, enqueued on `stream` (a cudaStream_t as an integer); scratch is
-// stream-ordered (cudaMallocAsync / cudaFreeAsync), nothing synchronises with the host. The search is
+// stream-ordered (core/device_scratch.cuh), nothing synchronises with the host. The search is
 // one launch for the whole query batch.
 void dci_add_cuda(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
                   const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids, uintptr_t stream);

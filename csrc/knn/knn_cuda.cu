@@ -1,5 +1,5 @@
 // CUDA shell of the knn family. Everything is enqueued on the caller's stream with stream-ordered
-// scratch (cudaMallocAsync / cudaFreeAsync); nothing waits for the device.
+// scratch (core/device_scratch.cuh); nothing waits for the device.
 //  * add: one thread per (direction, new point) writes the new keys behind the old sorted rows, then
 //    CUB's stable segmented sort (one segment per simple index) orders every row. Old entries come
 //    first and stay in order, so equal keys keep ascending ids: the arrays of dci_add_cpu's merge.
@@ -17,32 +17,12 @@
 #include <cstdint>
 
 #include "core/cuda_runtime.h"
+#include "core/device_scratch.cuh"
 #include "knn/knn.h"
 #include "knn/knn_kernel.h"
 
 namespace pyinv {
 namespace {
-
-// Stream-ordered device scratch, released on the stream when it goes out of scope (also on throw).
-class StreamBuffer {
- public:
-  StreamBuffer(size_t bytes, cudaStream_t stream, const char* op) : stream_(stream) {
-    if (bytes > 0) cuda_check(cudaMallocAsync(&ptr_, bytes, stream), op, "cudaMallocAsync");
-  }
-  ~StreamBuffer() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
-  }
-  StreamBuffer(const StreamBuffer&) = delete;
-  StreamBuffer& operator=(const StreamBuffer&) = delete;
-  template <typename U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
 
 unsigned blocks_for(int64_t items, int threads) { return static_cast<unsigned>((items + threads - 1) / threads); }
 
@@ -71,9 +51,9 @@ void dci_add_launch(const DciShape& shape, const T* directions, const T* old_key
   const int64_t n_total = n_old + n_new;
   const int64_t items = P * n_total;
   if (items == 0) return;
-  StreamBuffer keys_in(items * sizeof(T), stream, op);
-  StreamBuffer ids_in(items * sizeof(int32_t), stream, op);
-  StreamBuffer offsets((P + 1) * sizeof(int64_t), stream, op);
+  DeviceScratch keys_in(items * sizeof(T), stream, op);
+  DeviceScratch ids_in(items * sizeof(int32_t), stream, op);
+  DeviceScratch offsets((P + 1) * sizeof(int64_t), stream, op);
   if (n_old > 0) {
     cuda_check(cudaMemcpy2DAsync(keys_in.as<T>(), n_total * sizeof(T), old_keys, n_old * sizeof(T),
                                  n_old * sizeof(T), P, cudaMemcpyDeviceToDevice, stream),
@@ -95,7 +75,7 @@ void dci_add_launch(const DciShape& shape, const T* directions, const T* old_key
                                                        ids_in.as<int32_t>(), out_ids, items, P,
                                                        offsets.as<int64_t>(), offsets.as<int64_t>() + 1, stream),
              op, "cub::DeviceSegmentedSort (size query)");
-  StreamBuffer temp(temp_bytes, stream, op);
+  DeviceScratch temp(temp_bytes, stream, op);
   cuda_check(cub::DeviceSegmentedSort::StableSortPairs(temp.as<void>(), temp_bytes, keys_in.as<T>(), out_keys,
                                                        ids_in.as<int32_t>(), out_ids, items, P,
                                                        offsets.as<int64_t>(), offsets.as<int64_t>() + 1, stream),
@@ -133,7 +113,7 @@ void dci_search_launch(const DciShape& shape, const DciIndexPointers& index, con
   int64_t workers = std::min<int64_t>(num_queries, static_cast<int64_t>(scratch_budget / layout.bytes));
   PYINV_CHECK(workers >= 1, op,
               "not enough free GPU memory for one search worker (" + std::to_string(layout.bytes) + " bytes)");
-  StreamBuffer scratch(static_cast<size_t>(workers) * layout.bytes, stream, op);
+  DeviceScratch scratch(static_cast<size_t>(workers) * layout.bytes, stream, op);
   cuda_check(cudaMemsetAsync(scratch.as<void>(), 0, static_cast<size_t>(workers) * layout.bytes, stream), op,
              "cudaMemsetAsync");
   const DciQueryConfig config =

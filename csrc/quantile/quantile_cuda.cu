@@ -1,16 +1,20 @@
 // CUDA shell of the quantile family: the same quantile_position / quantile_lerp / mean_std_from_sums
 // as the CPU, around two launches.
 //  * extremes (needed ranks near the ends): one thread per pixel; neighbouring threads own
-//    neighbouring pixels, so for the (S, N) layout each sample row is one coalesced load.
+//    neighbouring pixels, so for the (S, N) layout each sample row is one coalesced load. The K
+//    smallest and largest values stay in registers: K is a template bucket (1..32, the needed
+//    ranks rounded up) so the insertion loops unroll and every array index is a constant.
 //  * selection (central ranks of large S): one block per pixel sorts its S values in shared memory
 //    (bitonic), then reads every rank it needs.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_runtime.h"
+#include "core/device_scratch.cuh"
 #include "core/strided_offset.h"
 #include "quantile/quantile.h"
 #include "quantile/quantile_kernel.h"
@@ -19,7 +23,7 @@ namespace pyinv {
 namespace {
 
 constexpr int kMaxAxes = 32;
-constexpr int kMaxExtremesCuda = 32;  // per end, per thread (local memory)
+constexpr int kMaxExtremesCuda = 32;  // per end, per thread (registers)
 
 struct DeviceLayout {
   int64_t shape[kMaxAxes];
@@ -30,24 +34,16 @@ struct DeviceLayout {
   int64_t pixels;
 };
 
-template <typename T>
+// `read_rank(r)` returns the r-th smallest valid value of the pixel (r < n_valid).
+template <typename T, typename ReadRank>
 __device__ void write_results(const double* q, int num_q, int method, int ddof, int64_t pixels, int64_t pixel,
                               int64_t n_valid, bool poisoned, double shift, double sum, double sum_squares,
-                              T* quantiles_out, T* mean_out, T* std_out, const T* low, const T* high,
-                              int64_t k_low, const T* sorted) {
+                              T* quantiles_out, T* mean_out, T* std_out, ReadRank read_rank) {
   for (int qi = 0; quantiles_out && qi < num_q; ++qi) {
     T result = NAN;
     if (!poisoned && n_valid > 0) {
       const QuantilePosition pos = quantile_position(method, n_valid, q[qi]);
-      T a, b;
-      if (sorted) {
-        a = sorted[pos.lower_rank];
-        b = sorted[pos.upper_rank];
-      } else {
-        a = pos.lower_rank < k_low ? low[pos.lower_rank] : high[n_valid - 1 - pos.lower_rank];
-        b = pos.upper_rank < k_low ? low[pos.upper_rank] : high[n_valid - 1 - pos.upper_rank];
-      }
-      result = quantile_lerp<T>(a, b, pos.weight);
+      result = quantile_lerp<T>(read_rank(pos.lower_rank), read_rank(pos.upper_rank), pos.weight);
     }
     quantiles_out[qi * pixels + pixel] = result;
   }
@@ -59,15 +55,29 @@ __device__ void write_results(const double* q, int num_q, int method, int ddof, 
   }
 }
 
-template <typename T, bool kOmitNan>
+// values[index] without a dynamic index, which would move the array to local memory.
+template <int K, typename T>
+__device__ __forceinline__ T register_pick(const T (&values)[K], int64_t index) {
+  T picked = values[0];
+#pragma unroll
+  for (int j = 1; j < K; ++j) picked = j == index ? values[j] : picked;
+  return picked;
+}
+
+// Keeps the K smallest (low, ascending) and K largest (high, descending) values: K >= the ranks the
+// plan needs from either end, so every rank asked for lies in one of the two.
+template <typename T, bool kOmitNan, int K>
 __global__ void extremes_kernel(const T* data, DeviceLayout layout, const double* q, int num_q, int method,
-                                int ddof, int k_low, int k_high, T* quantiles_out, T* mean_out, T* std_out) {
+                                int ddof, T* quantiles_out, T* mean_out, T* std_out) {
   const int64_t pixel = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (pixel >= layout.pixels) return;
-  T low[kMaxExtremesCuda], high[kMaxExtremesCuda];
+  T low[K], high[K];
   const T inf = INFINITY;
-  for (int j = 0; j < k_low; ++j) low[j] = inf;
-  for (int j = 0; j < k_high; ++j) high[j] = -inf;
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    low[j] = inf;
+    high[j] = -inf;
+  }
   const T* base = data + strided_offset(layout.shape, layout.strides, layout.ndim, pixel);
   int64_t n_valid = 0;
   bool has_nan = false;
@@ -84,21 +94,35 @@ __global__ void extremes_kernel(const T* data, DeviceLayout layout, const double
       sum_squares += d * d;
     }
     T up = (kOmitNan && is_nan) ? inf : v;
-    for (int j = 0; j < k_low; ++j) {
-      const T kept = low[j];
-      low[j] = up < kept ? up : kept;
-      up = up < kept ? kept : up;
-    }
     T down = (kOmitNan && is_nan) ? -inf : v;
-    for (int j = 0; j < k_high; ++j) {
-      const T kept = high[j];
-      high[j] = down > kept ? down : kept;
-      down = down > kept ? kept : down;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const T kept_low = low[j], kept_high = high[j];
+      low[j] = up < kept_low ? up : kept_low;
+      up = up < kept_low ? kept_low : up;
+      high[j] = down > kept_high ? down : kept_high;
+      down = down > kept_high ? kept_high : down;
     }
   }
   if (!kOmitNan) n_valid = layout.num_samples;
+  const auto read_rank = [&](int64_t rank) {
+    return rank < K ? register_pick(low, rank) : register_pick(high, n_valid - 1 - rank);
+  };
   write_results<T>(q, num_q, method, ddof, layout.pixels, pixel, n_valid, !kOmitNan && has_nan, shift, sum,
-                   sum_squares, quantiles_out, mean_out, std_out, low, high, k_low, nullptr);
+                   sum_squares, quantiles_out, mean_out, std_out, read_rank);
+}
+
+template <typename T, int K>
+void launch_extremes(bool omit_nan, int64_t blocks, int threads, cudaStream_t stream, const T* data,
+                     const DeviceLayout& layout, const double* q, int num_q, int method, int ddof, T* quantiles_out,
+                     T* mean_out, T* std_out) {
+  if (omit_nan) {
+    extremes_kernel<T, true, K><<<blocks, threads, 0, stream>>>(data, layout, q, num_q, method, ddof, quantiles_out,
+                                                               mean_out, std_out);
+  } else {
+    extremes_kernel<T, false, K><<<blocks, threads, 0, stream>>>(data, layout, q, num_q, method, ddof, quantiles_out,
+                                                                mean_out, std_out);
+  }
 }
 
 template <typename T>
@@ -139,13 +163,13 @@ __global__ void selection_kernel(const T* data, DeviceLayout layout, const doubl
   if (threadIdx.x != 0) return;
   const int64_t n_valid = omit_nan ? layout.num_samples - nan_count : layout.num_samples;
   double shift = n_valid > 0 ? stats_shift(values[0]) : 0.0, sum = 0.0, sum_squares = 0.0;
-  for (int64_t k = 0; k < n_valid; ++k) {
+  for (int64_t k = 0; (mean_out || std_out) && k < n_valid; ++k) {
     const double d = static_cast<double>(values[k]) - shift;
     sum += d;
     sum_squares += d * d;
   }
   write_results<T>(q, num_q, method, ddof, layout.pixels, pixel, n_valid, !omit_nan && nan_count > 0, shift, sum,
-                   sum_squares, quantiles_out, mean_out, std_out, nullptr, nullptr, 0, values);
+                   sum_squares, quantiles_out, mean_out, std_out, [&](int64_t rank) { return values[rank]; });
 }
 
 template <typename T>
@@ -166,33 +190,33 @@ void launch(const QuantileProblem& problem, const T* data, T* quantiles_out, T* 
   layout.pixels = pixels;
 
   const int num_q = static_cast<int>(problem.q.size());
-  double* q_device = nullptr;
+  DeviceScratch q_table(num_q * sizeof(double), stream, op);
+  double* q_device = q_table.as<double>();
   if (num_q > 0) {
-    cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&q_device), num_q * sizeof(double), stream), op,
-               "cudaMallocAsync");
     cuda_check(cudaMemcpyAsync(q_device, problem.q.data(), num_q * sizeof(double), cudaMemcpyHostToDevice, stream),
                op, "cudaMemcpyAsync");
   }
   const ExtremePlan plan = plan_extremes(problem);
   const int method = static_cast<int>(problem.method);
-  if (plan.k_low <= kMaxExtremesCuda && plan.k_high <= kMaxExtremesCuda) {
+  const int64_t needed = std::max<int64_t>(1, std::max(plan.k_low, plan.k_high));
+  if (needed <= kMaxExtremesCuda) {
     const int threads = 256;
     const int64_t blocks = (pixels + threads - 1) / threads;
-    if (problem.omit_nan) {
-      extremes_kernel<T, true><<<blocks, threads, 0, stream>>>(data, layout, q_device, num_q, method, problem.ddof,
-                                                               plan.k_low, plan.k_high, quantiles_out, mean_out,
-                                                               std_out);
-    } else {
-      extremes_kernel<T, false><<<blocks, threads, 0, stream>>>(data, layout, q_device, num_q, method, problem.ddof,
-                                                                plan.k_low, plan.k_high, quantiles_out, mean_out,
-                                                                std_out);
-    }
+    auto extremes = [&](auto bucket) {
+      launch_extremes<T, decltype(bucket)::value>(problem.omit_nan, blocks, threads, stream, data, layout, q_device,
+                                                  num_q, method, problem.ddof, quantiles_out, mean_out, std_out);
+    };
+    if (needed <= 1) extremes(std::integral_constant<int, 1>{});
+    else if (needed <= 2) extremes(std::integral_constant<int, 2>{});
+    else if (needed <= 4) extremes(std::integral_constant<int, 4>{});
+    else if (needed <= 8) extremes(std::integral_constant<int, 8>{});
+    else if (needed <= 16) extremes(std::integral_constant<int, 16>{});
+    else extremes(std::integral_constant<int, 32>{});
   } else {
     int padded = 1;
     while (padded < problem.num_samples) padded <<= 1;
     const size_t shared = static_cast<size_t>(padded) * sizeof(T);
     if (shared > 48 * 1024) {
-      if (q_device) cudaFreeAsync(q_device, stream);
       throw ValueError(std::string(op) + ": central quantiles of more than " + std::to_string(48 * 1024 / sizeof(T)) +
                        " samples per pixel do not fit the shared-memory selection; use the CPU");
     }
@@ -202,7 +226,6 @@ void launch(const QuantileProblem& problem, const T* data, T* quantiles_out, T* 
         std_out);
   }
   cuda_check(cudaGetLastError(), op, "kernel launch");
-  if (q_device) cuda_check(cudaFreeAsync(q_device, stream), op, "cudaFreeAsync");
 }
 
 }  // namespace

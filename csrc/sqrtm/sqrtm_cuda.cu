@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "core/device_scratch.cuh"
 #include "core/strided_offset.h"
 #include "sqrtm/sqrtm.h"
 #include "sqrtm/sqrtm_kernel.h"
@@ -106,43 +107,28 @@ void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cu
   const DeviceOutputs device_out{out.sqrt_out, out.inv_sqrt_out, out.eigenvalues_out, out.eigenvectors_out};
   const int inverse_kind = problem.pseudo_inverse ? 2 : 1;
 
-  double* workspace = nullptr;
-  unsigned long long* status = nullptr;
-  cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&workspace), chunk * per_matrix * sizeof(double), stream), op,
-             "cudaMallocAsync");
-  auto release = [&] {
-    if (workspace) cudaFreeAsync(workspace, stream);
-    if (status) cudaFreeAsync(status, stream);
-  };
-  try {
-    cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&status), 2 * sizeof(unsigned long long), stream), op,
-               "cudaMallocAsync");
-    cuda_check(cudaMemsetAsync(status, 0xFF, 2 * sizeof(unsigned long long), stream), op, "cudaMemsetAsync");
-    for (int64_t first = 0; first < count; first += chunk) {
-      const int64_t this_chunk = std::min(chunk, count - first);
-      const int64_t blocks = (this_chunk + kThreads - 1) / kThreads;
-      sqrtm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          a, layout, n, problem.row_stride, problem.col_stride, first, this_chunk, workspace, device_out,
-          problem.eps, inverse_kind, problem.check, problem.symmetry_rtol, status);
-      cuda_check(cudaGetLastError(), op, "kernel launch");
-    }
-    sqrtm::CheckReport report;
-    if (problem.check) {
-      unsigned long long found[2];
-      cuda_check(cudaMemcpyAsync(found, status, sizeof(found), cudaMemcpyDeviceToHost, stream), op,
-                 "cudaMemcpyAsync");
-      cuda_check(cudaStreamSynchronize(stream), op, "cudaStreamSynchronize");
-      if (found[0] != ~0ULL) report.note_nonfinite(static_cast<int64_t>(found[0]));
-      if (found[1] != ~0ULL) report.note_asymmetric(static_cast<int64_t>(found[1]), -1.0);
-    }
-    release();
-    workspace = nullptr;
-    status = nullptr;
-    sqrtm::raise_if_invalid(problem, report);
-  } catch (...) {
-    release();
-    throw;
+  DeviceScratch workspace_buffer(chunk * per_matrix * sizeof(double), stream, op);
+  DeviceScratch status_buffer(2 * sizeof(unsigned long long), stream, op);
+  double* workspace = workspace_buffer.as<double>();
+  auto* status = status_buffer.as<unsigned long long>();
+  cuda_check(cudaMemsetAsync(status, 0xFF, 2 * sizeof(unsigned long long), stream), op, "cudaMemsetAsync");
+  for (int64_t first = 0; first < count; first += chunk) {
+    const int64_t this_chunk = std::min(chunk, count - first);
+    const int64_t blocks = (this_chunk + kThreads - 1) / kThreads;
+    sqrtm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        a, layout, n, problem.row_stride, problem.col_stride, first, this_chunk, workspace, device_out,
+        problem.eps, inverse_kind, problem.check, problem.symmetry_rtol, status);
+    cuda_check(cudaGetLastError(), op, "kernel launch");
   }
+  sqrtm::CheckReport report;
+  if (problem.check) {
+    unsigned long long found[2];
+    cuda_check(cudaMemcpyAsync(found, status, sizeof(found), cudaMemcpyDeviceToHost, stream), op, "cudaMemcpyAsync");
+    cuda_check(cudaStreamSynchronize(stream), op, "cudaStreamSynchronize");
+    if (found[0] != ~0ULL) report.note_nonfinite(static_cast<int64_t>(found[0]));
+    if (found[1] != ~0ULL) report.note_asymmetric(static_cast<int64_t>(found[1]), -1.0);
+  }
+  sqrtm::raise_if_invalid(problem, report);
 }
 
 }  // namespace

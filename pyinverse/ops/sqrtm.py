@@ -5,11 +5,11 @@ eigendecomposition ``A = V diag(lambda) V^T`` in float64 with the eigenvalues cl
 result is real and symmetric, also for singular (rank-deficient) matrices, where
 ``scipy.linalg.sqrtm`` returns complex values or warns.
 
-* ``n <= 64`` (per-patch covariances, batches of 1e5 and more): our kernel (``csrc/sqrtm/``),
-  Householder tridiagonalisation + implicit QL run on 4-8 matrices at once in the SIMD lanes on
-  the CPU, one matrix per thread on CUDA.
-* ``n > 64``: LAPACK (``numpy.linalg.eigh``) on the CPU, ``torch.linalg.eigh`` / ``cupy.linalg.eigh``
-  on CUDA, in float64.
+* ``n <= 64`` on the CPU, ``n <= 12`` on CUDA (per-patch covariances, batches of 1e5 and more):
+  our kernel (``csrc/sqrtm/``), Householder tridiagonalisation + implicit QL run on 4-8 matrices
+  at once in the SIMD lanes on the CPU, one matrix per thread on CUDA.
+* larger: LAPACK (``numpy.linalg.eigh``) on the CPU, ``torch.linalg.eigh`` / ``cupy.linalg.eigh``
+  (cuSOLVER) on CUDA, in float64.
 
 Through torch autograd the backward solves the Sylvester equation ``S dX + dX S = G`` in the
 eigenbasis instead of differentiating the eigenvectors, so it stays finite for repeated
@@ -31,8 +31,13 @@ from .._backend import ArrayInfo, allocate, check_device_available, describe, me
 
 #: Largest matrix order handled by the batched kernel; larger matrices go to LAPACK / cuSOLVER.
 KERNEL_MAX_ORDER = 64
+#: The same on CUDA, where one thread per matrix loses to cuSOLVER sooner: on an H100 the kernel
+#: took 0.31 ms for 16384 8x8 matrices (cuSOLVER float64: 1.9 ms), 2.5 ms for 4096 16x16 (2.0 ms),
+#: 20 ms for 1024 32x32 (1.9 ms); BENCHMARKS.md, "CUDA".
+CUDA_KERNEL_MAX_ORDER = 12
 
 __all__ = [
+    "CUDA_KERNEL_MAX_ORDER",
     "KERNEL_MAX_ORDER",
     "frechet_distance",
     "inv_sqrtm_spd",
@@ -237,7 +242,7 @@ def _matrix_functions(info: ArrayInfo, kind: str, eps: float, pseudo: bool, symm
     in float64 in the library that computed them.
     """
     n = info.shape[-1]
-    if n <= KERNEL_MAX_ORDER:
+    if n <= (CUDA_KERNEL_MAX_ORDER if info.device == "cuda" else KERNEL_MAX_ORDER):
         name = "sqrt" if kind == "sqrt" else "inv_sqrt"
         out = _run_kernel(info, {name: True, "eigenvalues": want_eigen, "eigenvectors": want_eigen}, eps, pseudo,
                           symmetry_tol, check, op)

@@ -1,0 +1,48 @@
+"""The built module: its configuration report, its exported symbols, and import order with torch."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pyinverse  # noqa: F401  (the build under test)
+from pyinverse import _C
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_reports_the_build():
+    from pyinverse._config import config
+
+    info = config()
+    assert info["version"] == pyinverse.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{pyinverse.__version__}"' in pyproject
+    assert isinstance(info["cuda"], bool) and info["num_threads"] == pyinverse.get_num_threads() >= 1
+    assert info["cuda_devices"] == (_C.cuda_device_count() if info["cuda"] else 0)
+
+
+def test_module_exports_only_its_init_function():
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("needs binutils' nm")
+    listing = subprocess.run([nm, "-D", "--defined-only", _C.__file__], capture_output=True, text=True, check=True)
+    symbols = {line.split()[-1] for line in listing.stdout.splitlines() if line.strip()}
+    assert symbols == {"PyInit__C"}, sorted(symbols)[:20]
+
+
+@pytest.mark.parametrize("first", ["pyinverse._C", "torch"])
+def test_torch_imports_after_or_before_the_module(first):
+    """`pyinverse config` touches the CUDA runtime, then imports torch: that order once crashed."""
+    second = "torch" if first == "pyinverse._C" else "pyinverse._C"
+    code = (f"import {first}, {second}; import pyinverse._C as C; C.build_info(); C.cuda_device_count(); "
+            "import torch.ao.quantization; print(torch.ones(2).sum().item())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "2.0"
+    cli = subprocess.run([sys.executable, "-m", "pyinverse", "config"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert re.search(r"version: " + re.escape(pyinverse.__version__), cli.stdout)
