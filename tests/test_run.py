@@ -18,7 +18,16 @@ def test_quick_run_writes_report_matching_results(tmp_path, capsys):
         assert row["restorer"] in page and f"{row['ssim']:.4g}" in page
         if row["restorer"].endswith("+ project"):
             assert row["exact_fraction"] == 1.0  # projection makes every output consistent
-    assert page.count("data:image/png;base64,") == 1
+    # The shipped restorers' samples, each evaluated like a user's samples (one figure per task).
+    restorers = [*results["flow_posterior"]["tasks"].values(), *results["cimle"]["tasks"].values()]
+    assert set(results["cimle"]["tasks"]) == {"sr4", "colour"} and len(restorers) == 3
+    for task in restorers:
+        assert f"{task['validity']['psnr']:.4g}" in page
+        assert f"{task['distortion']['psnr_best_of_s']:.4g}" in page
+        assert task["distortion"]["psnr_best_of_s"] >= task["distortion"]["psnr_of_samples"]
+        rcps = task["uncertainty"]["rcps"]
+        assert 0 <= rcps["risk"] <= 1 and rcps["coverage"] == 1 - rcps["risk"]
+    assert page.count("data:image/png;base64,") == 1 + len(restorers)
     assert "report written to" in capsys.readouterr().out
     # Never overwritten silently.
     assert main(["run", "--quick", "--out", str(out)]) == 2

@@ -1,9 +1,12 @@
 """``pyinverse run``: the study on the bundled data, as one report.
 
-Today it holds what has landed: calibrated per-pixel uncertainty (RCPS on an exact
-Gaussian-mixture posterior sampler for noisy photo patches, checked on held-out and
-out-of-distribution photos) and the validity of reference restorers with and without
-projection. Restorers (flow priors, cIMLE, Deep OT) join as they land.
+It holds: calibrated per-pixel uncertainty (RCPS on an exact Gaussian-mixture posterior sampler
+for noisy photo patches, checked on held-out and out-of-distribution photos); the validity of
+reference restorers with and without projection; and the samples of the shipped restorers, each
+evaluated like a user's samples (validity, distortion, diversity, calibrated intervals,
+perception): the faces flow's Langevin posterior (:mod:`.flow_posterior`) and the cIMLE
+generators (:mod:`.imle_samples`). Deep OT and the tradeoff curves have their own scripts
+(``examples/deep_ot_table.py``, ``examples/tradeoff_figures.py``).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from ..demo import run_uq_demo
 from ..report.html import Figure, Section, Table, write_report
-from . import reference_validity
+from . import flow_posterior, imle_samples, reference_validity
 
 
 def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite: bool = False) -> dict:
@@ -24,7 +27,10 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
     started = time.perf_counter()
     uq = run_uq_demo(out_dir / "uq", quick=quick, seed=seed, overwrite=overwrite, verbose=False)
     rows = reference_validity.study(num_patches=8 if quick else 64, size=64, seed=seed)
-    results = {"quick": quick, "seed": seed, "uq": uq, "reference_validity": rows}
+    flow, flow_sections = flow_posterior.study(quick=quick, seed=seed)
+    imle, imle_sections = imle_samples.study(quick=quick, seed=seed)
+    results = {"quick": quick, "seed": seed, "uq": uq, "reference_validity": rows, "flow_posterior": flow,
+               "cimle": imle}
     uq_rows = [
         ["lambda-hat (multiplicative scale of the 5-95% sample intervals)", uq["lambda_hat"]],
         ["calibration risk (its Hoeffding-Bentkus bound)", f"{uq['calibration_risk']:.4f} ({uq['calibration_ucb']:.4f})"],
@@ -45,6 +51,8 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
                    "Interval width highlighted over the dimmed posterior mean."),
         ]),
         Section("Validity", [reference_validity.table(rows)]),
+        *flow_sections,
+        *imle_sections,
     ]
     results["seconds"] = round(time.perf_counter() - started, 3)
     write_report(report_dir, "pyinverse study", f"{'Quick' if quick else 'Full'} run on the bundled data, seed {seed}.",

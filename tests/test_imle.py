@@ -1,0 +1,330 @@
+"""Conditional IMLE: generator shapes, code selection against a float64 brute force, training,
+argument checks, generator files and the shipped models."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.imle import (TASKS, ConditionalGenerator, feature_embedding, load_generator, load_pretrained,
+                            save_generator, select_codes, shipped_tasks, train_cimle)
+from pyinverse.metrics import perceptual_distance, psnr
+
+
+def tiny(seed=0, **kwargs):
+    options = dict(width=4, levels=2, noise_channels=(1, 2), seed=seed)
+    options.update(kwargs)
+    return ConditionalGenerator(1, 1, 8, **options)
+
+
+def two_mode_data(n=24, seed=0):
+    """Inputs: a smooth image; targets: input plus or minus a checkerboard (two equally likely modes)."""
+    g = torch.Generator().manual_seed(seed)
+    base = 0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=g).expand(n, 1, 8, 8).clone()
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0
+    sign = torch.randint(0, 2, (n, 1, 1, 1), generator=g) * 2.0 - 1.0
+    return base, (base + 0.2 * sign * checker).clamp(0, 1)
+
+
+# -------------------------------------------------------------------------------------------------
+# generator
+# -------------------------------------------------------------------------------------------------
+
+def test_shapes_and_the_sample_axis():
+    g = ConditionalGenerator(3, 3, (16, 8), width=4, levels=3, noise_channels=(1, 0, 2))
+    assert g.latent_dim == 1 * 16 * 8 + 0 + 2 * 4 * 2
+    assert g.latent_shape(5) == (5, g.latent_dim)
+    y = torch.rand(5, 3, 16, 8)
+    z = g.sample_latents(5, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (5, g.latent_dim) and z.dtype == torch.float32
+    assert g(y, z).shape == (5, 3, 16, 8)
+    samples = g.sample(y, 7, seed=1)
+    assert samples.shape == (7, 5, 3, 16, 8)  # (S, B, C, H, W)
+    assert samples.min() >= 0 and samples.max() <= 1
+    # codes are drawn sample by sample: a prefix of the samples does not depend on S, nor on chunk
+    torch.testing.assert_close(g.sample(y, 3, seed=1, chunk=4), samples[:3], rtol=0, atol=0)
+    # sample s of image b is G(y_b, z) for its own code: changing the other images changes nothing
+    torch.testing.assert_close(g.sample(y[:2], 3, seed=1)[:, :2], g.sample(y, 3, seed=1)[:, :2])
+
+
+def test_residual_generator_starts_at_its_input_and_codes_matter_after_training():
+    g = tiny()
+    y = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(g(y, g.sample_latents(3)), y)  # zero-initialised tail: the baseline
+    g.tail.weight.data.normal_()
+    a, b = g.sample(y, 2, seed=0, clamp=False)
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_seeded_initialisation_and_codes_are_deterministic():
+    a, b, c = tiny(seed=3), tiny(seed=3), tiny(seed=4)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.head.weight, c.head.weight)
+    state = torch.random.get_rng_state()
+    tiny(seed=5)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global generator is untouched
+    y = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(a.sample(y, 4, seed=9), a.sample(y, 4, seed=9), rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------------------------------
+# selection
+# -------------------------------------------------------------------------------------------------
+
+def brute_force_selection(generator, inputs, targets, m, seed, embed=lambda x: x.flatten(1)):
+    """float64 reference: the same candidates (codes drawn per input, (m, D) each), argmin of the
+    float64 distances; np.argmin returns the first (smallest) index among ties."""
+    rng = torch.Generator().manual_seed(seed)
+    codes, dists = [], []
+    with torch.no_grad():
+        for i in range(inputs.shape[0]):
+            z = generator.sample_latents(m, generator=rng)
+            samples = generator(inputs[i:i + 1].expand(m, -1, -1, -1), z)
+            d = ((embed(samples).double() - embed(targets[i:i + 1]).double()) ** 2).sum(1).numpy()
+            j = int(np.argmin(d))
+            codes.append(z[j])
+            dists.append(d[j])
+    return torch.stack(codes), np.array(dists)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("chunk", [1, 7, 512])
+def test_selection_equals_a_float64_brute_force(seed, chunk):
+    print(f"seed={seed} chunk={chunk}")
+    g = tiny(seed=seed)
+    g.tail.weight.data.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed))
+    inputs, targets = two_mode_data(n=10, seed=seed)
+    codes, dists = select_codes(g, inputs, targets, 6, rng=torch.Generator().manual_seed(seed + 100), chunk=chunk)
+    ref_codes, ref_dists = brute_force_selection(g, inputs, targets, 6, seed + 100)
+    torch.testing.assert_close(codes, ref_codes, rtol=0, atol=0)
+    np.testing.assert_allclose(dists.double().numpy(), ref_dists, rtol=1e-5)
+
+
+class SignGenerator(ConditionalGenerator):
+    """G(y, z) = sign(z) as a 2x2 image: 16 possible outputs, so m = 40 candidates tie a lot."""
+
+    def forward(self, y, z):
+        return torch.sign(z).reshape(-1, 1, 2, 2) + 0 * y
+
+
+def test_selection_ties_go_to_the_smallest_candidate_index():
+    g = SignGenerator(1, 1, 2, levels=1, noise_channels=1, residual=True)
+    n, m = 30, 40
+    targets = torch.sign(torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(0)))
+    inputs = torch.zeros(n, 1, 2, 2)
+    codes, dists = select_codes(g, inputs, targets, m, rng=torch.Generator().manual_seed(1))
+    ref_codes, ref_dists = brute_force_selection(g, inputs, targets, m, 1)
+    torch.testing.assert_close(codes, ref_codes, rtol=0, atol=0)
+    np.testing.assert_array_equal(dists.double().numpy(), ref_dists)
+    # ties really happened: each target has several exact matches among its 40 candidates
+    rng = torch.Generator().manual_seed(1)
+    matches = [int((torch.sign(g.sample_latents(m, generator=rng)) == targets[i].flatten()).all(1).sum())
+               for i in range(n)]
+    assert max(matches) >= 2 and np.all(ref_dists[np.array(matches) > 0] == 0)
+
+
+def test_feature_embedding_distances_are_the_perceptual_distance():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 1, 8, 8, generator=g), torch.rand(3, 1, 8, 8, generator=g)
+    squared = ((feature_embedding(a) - feature_embedding(b)) ** 2).sum(1)
+    torch.testing.assert_close(squared, perceptual_distance(a, b), rtol=1e-4, atol=1e-6)
+
+
+def test_feature_selection_equals_a_brute_force_in_feature_space():
+    g = tiny(seed=1)
+    g.tail.weight.data.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    inputs, targets = two_mode_data(n=4, seed=1)
+    codes, dists = select_codes(g, inputs, targets, 5, rng=torch.Generator().manual_seed(7), distance="features")
+    ref_codes, ref_dists = brute_force_selection(g, inputs, targets, 5, 7, embed=feature_embedding)
+    torch.testing.assert_close(codes, ref_codes, rtol=0, atol=0)
+    np.testing.assert_allclose(dists.double().numpy(), ref_dists, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------------
+# training
+# -------------------------------------------------------------------------------------------------
+
+def test_training_lowers_the_cimle_loss_and_beats_the_untrained_generator():
+    inputs, targets = two_mode_data(n=32)
+    untrained, g = tiny(seed=0), tiny(seed=0)
+    history = train_cimle(g, inputs, targets, samples_per_input=8, resample_every=2, epochs=12, batch_size=8,
+                          lr=3e-3, seed=0)
+    assert history.selection_epochs == [0, 2, 4, 6, 8, 10]
+    assert len(history.epoch_loss) == 12
+    assert history.selection_distance[-1] < 0.5 * history.selection_distance[0]
+    assert history.epoch_loss[-1] < 0.5 * history.epoch_loss[0]
+    # best-of-m distance to the targets, with the same candidate codes for both generators
+    _, trained_d = select_codes(g, inputs, targets, 8, rng=torch.Generator().manual_seed(42))
+    _, untrained_d = select_codes(untrained, inputs, targets, 8, rng=torch.Generator().manual_seed(42))
+    assert trained_d.mean() < 0.5 * untrained_d.mean()
+    assert not g.training  # left in eval mode
+
+
+def test_training_is_deterministic_given_the_seed():
+    inputs, targets = two_mode_data(n=12)
+    runs = []
+    for seed in (0, 0, 1):
+        g = tiny()
+        history = train_cimle(g, inputs, targets, samples_per_input=3, epochs=2, batch_size=5, seed=seed)
+        runs.append((g.state_dict(), history.epoch_loss))
+    for key in runs[0][0]:
+        assert torch.equal(runs[0][0][key], runs[1][0][key]), key
+    assert runs[0][1] == runs[1][1]
+    assert not all(torch.equal(runs[0][0][k], runs[2][0][k]) for k in runs[0][0])
+
+
+def test_feature_distance_and_feature_loss_train():
+    inputs, targets = two_mode_data(n=6)
+    g = tiny()
+    history = train_cimle(g, inputs, targets, samples_per_input=2, epochs=1, batch_size=6, distance="features",
+                          loss="l1", feature_weight=0.1)
+    assert np.isfinite(history.epoch_loss).all() and np.isfinite(history.selection_distance).all()
+
+
+# -------------------------------------------------------------------------------------------------
+# argument checks
+# -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(samples_per_input=0), ValueError, "train_cimle: 'samples_per_input'"),
+    (dict(resample_every=0), ValueError, "train_cimle: 'resample_every'"),
+    (dict(epochs=-1), ValueError, "train_cimle: 'epochs'"),
+    (dict(batch_size=1.5), ValueError, "train_cimle: 'batch_size'"),
+    (dict(lr=0.0), ValueError, "train_cimle: 'lr'"),
+    (dict(lr=float("nan")), ValueError, "train_cimle: 'lr'"),
+    (dict(distance="cosine"), ValueError, "train_cimle: 'distance'"),
+    (dict(loss="huber"), ValueError, "train_cimle: 'loss'"),
+    (dict(feature_weight=-1.0), ValueError, "train_cimle: 'feature_weight'"),
+    (dict(seed=-1), ValueError, "train_cimle: 'seed'"),
+    (dict(seed=True), ValueError, "train_cimle: 'seed'"),
+    (dict(inputs=torch.rand(4, 1, 16, 16)), ValueError, "train_cimle: 'inputs' must have shape"),
+    (dict(targets=torch.rand(5, 1, 8, 8)), ValueError, "train_cimle: 'targets' must have shape"),
+    (dict(targets=torch.full((4, 1, 8, 8), float("nan"))), ValueError, "train_cimle: 'targets' holds NaN"),
+    (dict(inputs=[[1.0]]), TypeError, "train_cimle: 'inputs' must be a torch tensor"),
+    (dict(generator=torch.nn.Conv2d(1, 1, 3)), TypeError, "train_cimle: 'generator'"),
+])
+def test_train_cimle_rejects_bad_arguments(kwargs, error, match):
+    arguments = dict(generator=tiny(), inputs=torch.rand(4, 1, 8, 8), targets=torch.rand(4, 1, 8, 8))
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        train_cimle(arguments.pop("generator"), arguments.pop("inputs"), arguments.pop("targets"), **arguments)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(levels=5, noise_channels=1), "'image_size' .* multiples of 2\\^\\(levels - 1\\) = 16"),
+    (dict(levels=0), "'levels' must be an int >= 1"),
+    (dict(width=0), "'width' must be an int >= 1"),
+    (dict(noise_channels=(1, 2, 3)), "'noise_channels' must hold 2 ints"),
+    (dict(noise_channels=0), "'noise_channels' are all 0"),
+    (dict(residual="yes"), "'residual' must be a bool"),
+])
+def test_generator_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match="ConditionalGenerator: " + match):
+        tiny(**kwargs)
+    with pytest.raises(ValueError, match="'residual=True' needs in_channels == out_channels"):
+        ConditionalGenerator(1, 3, 8)
+
+
+def test_forward_sample_and_select_reject_bad_shapes():
+    g = tiny()
+    with pytest.raises(ValueError, match="forward: 'z' must have shape \\(B, latent_dim\\) = \\(2, "):
+        g(torch.rand(2, 1, 8, 8), torch.rand(3, g.latent_dim))
+    with pytest.raises(ValueError, match="forward: 'y' must have shape \\(B, 1, 8, 8\\)"):
+        g(torch.rand(2, 3, 8, 8), torch.rand(2, g.latent_dim))
+    with pytest.raises(ValueError, match="sample: 'num_samples' must be an int >= 1"):
+        g.sample(torch.rand(2, 1, 8, 8), 0)
+    with pytest.raises(ValueError, match="select_codes: 'num_candidates'"):
+        select_codes(g, torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), 0)
+    with pytest.raises(TypeError, match="select_codes: 'rng'"):
+        select_codes(g, torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), 2, rng=0)
+
+
+# -------------------------------------------------------------------------------------------------
+# files
+# -------------------------------------------------------------------------------------------------
+
+def test_save_load_round_trip_and_no_silent_overwrite(tmp_path):
+    g = tiny(seed=2)
+    g.tail.weight.data.normal_()
+    path = save_generator(g, tmp_path / "g.safetensors", training={"task": "demo", "epochs": 3})
+    loaded, training = load_generator(path)
+    assert training == {"task": "demo", "epochs": 3} and loaded.config == g.config and not loaded.training
+    y = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(loaded.sample(y, 3, seed=0), g.sample(y, 3, seed=0), rtol=0, atol=0)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="save_generator: .* exists; pass overwrite=True"):
+        save_generator(tiny(seed=9), path)
+    assert path.read_bytes() == before
+    save_generator(tiny(seed=9), path, overwrite=True)
+    assert path.read_bytes() != before
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "g.safetensors"]  # no temporary left
+
+
+def test_load_rejects_corrupt_foreign_and_mismatched_files(tmp_path):
+    from safetensors.torch import save_file
+
+    g = tiny()
+    good = save_generator(g, tmp_path / "good.safetensors")
+    with pytest.raises(FileNotFoundError, match="load_generator: no generator file"):
+        load_generator(tmp_path / "missing.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="load_generator: .* not a complete safetensors file"):
+        load_generator(truncated)
+    tensors = {k: v.contiguous() for k, v in g.state_dict().items()}
+    metadata = {"format": "pyinverse.cimle/1", "config": json.dumps(g.config)}
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, str(foreign), metadata={"format": "pyinverse.flow/1", "config": json.dumps(g.config)})
+    with pytest.raises(ValueError, match="not a pyinverse cIMLE generator file"):
+        load_generator(foreign)
+    missing_key = tmp_path / "missing_key.safetensors"
+    save_file({k: v for k, v in tensors.items() if k != "tail.bias"}, str(missing_key), metadata=metadata)
+    with pytest.raises(ValueError, match="missing 1 key\\(s\\): \\['tail.bias'\\]"):
+        load_generator(missing_key)
+    wrong_shape = tmp_path / "wrong_shape.safetensors"
+    save_file(tensors, str(wrong_shape), metadata={**metadata, "config": json.dumps({**g.config, "width": 6})})
+    with pytest.raises(ValueError, match="bad tensor\\(s\\): .*conv1.weight: shape \\(4, 4, 3, 3\\), expected \\(6, 6, 3, 3\\)"):
+        load_generator(wrong_shape)
+    not_finite = tmp_path / "not_finite.safetensors"
+    save_file({**tensors, "tail.bias": torch.tensor([float("nan")])}, str(not_finite), metadata=metadata)
+    with pytest.raises(ValueError, match="tail.bias: non-finite values"):
+        load_generator(not_finite)
+    bad_config = tmp_path / "bad_config.safetensors"
+    save_file(tensors, str(bad_config), metadata={**metadata, "config": json.dumps({**g.config, "levels": 9})})
+    with pytest.raises(ValueError, match="load_generator: .*bad_config.safetensors.*'image_size'"):
+        load_generator(bad_config)
+
+
+def test_load_pretrained_rejects_unknown_tasks():
+    with pytest.raises(ValueError, match="load_pretrained: 'task' must be one of \\['colour', 'jpeg', 'sr4', 'sr8'\\]"):
+        load_pretrained("sr16")
+
+
+# -------------------------------------------------------------------------------------------------
+# shipped models
+# -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task_name", shipped_tasks())
+def test_shipped_model_beats_its_baseline_on_held_out_images(task_name):
+    task = TASKS[task_name]
+    g = load_pretrained(task_name)
+    assert g.training_info["task"] == task_name and sum(p.numel() for p in g.parameters()) < 500_000
+    truth = torch.from_numpy(task.held_out()[:20])
+    y = task.operator.A(truth)
+    baseline = task.lift(y)
+    samples = g.sample(baseline, 20, seed=0)  # (20, 20, C, 24, 24)
+    per_sample = torch.stack([psnr(s, truth) for s in samples])
+    best = per_sample.max(dim=0).values
+    print(task_name, float(psnr(baseline, truth).mean()), float(best.mean()), float(per_sample.mean()))
+    assert best.mean() > psnr(baseline, truth).mean() + 0.2
+    assert per_sample.mean() > psnr(baseline, truth).mean()  # a typical sample beats the baseline too
+    assert samples.std(dim=0).mean() > 1e-3  # the samples differ
+
+
+def test_an_unshipped_task_says_so():
+    missing = [name for name in TASKS if name not in shipped_tasks()]
+    if not missing:
+        pytest.skip("every task has a shipped model")
+    with pytest.raises(FileNotFoundError, match=f"no generator is shipped for task '{missing[0]}'"):
+        load_pretrained(missing[0])
