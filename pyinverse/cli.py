@@ -6,6 +6,9 @@ Subcommands that exist today:
             writing its figure and numbers into --out
   evaluate  a researcher's own samples: validity, distortion, calibrated uncertainty and
             perception, as report/index.html (self-contained) and report/results.json
+  restore   samples (S, N, C, H, W) from a shipped or a user's restorer (flow posterior / MAP,
+            cIMLE) for a file or folder of observations, written as one .npy for ``evaluate``
+  bench     run benchmarks/ (a source checkout) and print the peer comparison
   config    print the build configuration (as ``pyinverse.show_config()``)
 Errors in the inputs end with a one-line message and exit status 2, never a traceback.
 """
@@ -58,6 +61,49 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._io import atomic_write
+    from .data.arrays import load_images
+    from .restore import restore
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out must name a .npy file, got {str(out)!r}")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
+    inputs = load_images(args.inputs, "inputs")
+    samples = restore(args.method, inputs, model=args.model, operator=args.operator, num_samples=args.samples,
+                      seed=args.seed)
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:  # a handle: np.save would append ".npy" to the temp name
+            np.save(handle, samples)
+
+    atomic_write(out, write, overwrite=args.overwrite)
+    print(f"{samples.shape[0]} samples for each of {samples.shape[1]} inputs {tuple(samples.shape[2:])} "
+          f"written to {out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    folder = Path(args.dir)
+    if not (folder / "bench_quantile.py").is_file():
+        raise ValueError(f"no benchmarks in {str(folder)!r}: run from a source checkout of pyinverse "
+                         "or pass --dir PATH/benchmarks")
+    files = [str(folder / f"bench_{name}.py") for name in args.only] if args.only else [str(folder)]
+    for file in files:
+        if not Path(file).exists():
+            raise ValueError(f"no benchmark file {file}")
+    command = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "--benchmark-enable",
+               "--benchmark-group-by=param:case", "--benchmark-columns=median,iqr,min,rounds",
+               "--benchmark-sort=mean", "-q"]
+    print(" ".join(command), flush=True)
+    return subprocess.call(command)
+
+
 def _config(args: argparse.Namespace) -> int:
     from . import show_config
 
@@ -86,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     evaluate.set_defaults(handler=_evaluate)
+    restore = commands.add_parser("restore", help="draw samples from a restorer for your observations")
+    restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "cimle"))
+    restore.add_argument("--model", required=True,
+                         help="shipped name (flows: faces, patches; cimle: sr4, colour) or a model file")
+    restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt) or a folder of PNGs")
+    restore.add_argument("--operator", help="forward process NAME[:ARGS] (flow methods; cimle's task fixes it)")
+    restore.add_argument("--samples", type=int, default=16, help="samples per input S (default 16)")
+    restore.add_argument("--out", required=True, help="the .npy file for the (S, N, C, H, W) samples")
+    restore.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    restore.set_defaults(handler=_restore)
+    bench = commands.add_parser("bench", help="run the benchmarks (source checkout) and print the comparison")
+    bench.add_argument("--dir", default="benchmarks", help="the benchmarks folder (default ./benchmarks)")
+    bench.add_argument("--only", nargs="+", choices=("quantile", "sqrtm", "coupling", "knn", "ot", "gpu"),
+                       help="only these benchmark files")
+    bench.set_defaults(handler=_bench)
     config = commands.add_parser("config", help="print the build configuration")
     config.set_defaults(handler=_config)
     return parser

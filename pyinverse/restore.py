@@ -1,0 +1,102 @@
+"""``pyinverse restore``: samples from a shipped (or a user's) restorer, ready for ``evaluate``.
+
+Methods:
+
+* ``flow-langevin``: posterior samples of a flow prior by latent MALA
+  (:func:`pyinverse.solvers.latent_langevin`); the operator must carry measurement noise.
+* ``flow-map``: the flow's MAP estimate (:func:`pyinverse.solvers.latent_map`, 100 L-BFGS steps
+  from z = 0, ``gamma = 4 sigma^2``), one "sample".
+* ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
+  task fixes the forward process.
+
+``model`` is a shipped name (flows: ``faces``, ``patches``; cIMLE: a task with a shipped
+generator, e.g. ``sr4``) or a path to a file written by :func:`pyinverse.flows.save_flow` /
+:func:`pyinverse.imle.save_generator`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+METHODS = ("flow-langevin", "flow-map", "cimle")
+
+
+def _flow(model: str):
+    from .flows import PRETRAINED, load_flow, load_pretrained
+
+    if model in PRETRAINED:
+        return load_pretrained(model)
+    if not Path(model).is_file():
+        raise ValueError(f"restore: 'model' must be a shipped flow ({', '.join(PRETRAINED)}) or a flow file, "
+                         f"got {model!r}")
+    return load_flow(model)[0]
+
+
+def _check_images(inputs: np.ndarray, shape: tuple, what: str) -> None:
+    if tuple(inputs.shape[1:]) != tuple(shape):
+        raise ValueError(f"restore: {what} takes inputs of shape (N, {', '.join(map(str, shape))}), "
+                         f"got {tuple(inputs.shape)}")
+
+
+def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_samples: int = 16,
+            seed: int = 0) -> np.ndarray:
+    """Samples ``(S, N, C, H, W)`` float32 in [0, 1] for the observations ``inputs``.
+
+    Args:
+        method: one of :data:`METHODS`.
+        inputs: observations, float32 ``(N, ...)`` in the operator's output shape (images
+            ``(N, C', H', W')`` for every image-domain operator).
+        model: a shipped model name or a file path (see the module docstring).
+        operator: the forward process (a ``pyinverse.physics`` operator or its ``by_name``
+            string); required for the flow methods, fixed by the task for ``cimle``.
+        num_samples: S >= 1 (``flow-map`` gives S = 1).
+        seed: seeds every random draw.
+    """
+    from .physics import by_name
+    from .solvers import latent_langevin, latent_map
+
+    if method not in METHODS:
+        raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"restore: 'num_samples' must be a positive int, got {num_samples!r}")
+    y = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    if method == "cimle":
+        from .imle import TASKS, load_generator, load_pretrained, shipped_tasks
+
+        if model in TASKS:
+            task, generator = TASKS[model], load_pretrained(model)
+        elif Path(model).is_file():
+            generator, record = load_generator(model)
+            if record.get("task") not in TASKS:
+                raise ValueError(f"restore: the cIMLE file {model!r} names no known task ({record.get('task')!r})")
+            task = TASKS[record["task"]]
+        else:
+            raise ValueError(f"restore: 'model' for cimle must be a task with a shipped generator "
+                             f"({', '.join(shipped_tasks())}) or a generator file, got {model!r}")
+        if operator is not None and getattr(by_name(operator) if isinstance(operator, str) else operator,
+                                            "spec", None) != task.operator.spec:
+            raise ValueError(f"restore: the cIMLE task '{task.name}' is trained for the operator "
+                             f"'{task.operator.spec}', not {operator!r}")
+        with torch.no_grad():
+            return generator.sample(task.lift(y), num_samples, seed=seed).numpy()
+    if operator is None:
+        raise ValueError(f"restore: method '{method}' needs an 'operator' (e.g. 'denoising:0.1')")
+    operator = by_name(operator) if isinstance(operator, str) else operator
+    flow = _flow(model)
+    expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
+    _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
+    if method == "flow-map":
+        # gamma = 4 sigma^2: the denoising choice of examples/flow_prior_table.py (validated there);
+        # noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting)
+        result = latent_map(flow, operator, y, gamma=4.0 * operator.noise_sigma ** 2, init="zero",
+                            optimizer="lbfgs", steps=100, seed=seed)
+        return result.x.detach().clamp(0, 1).numpy()[None]
+    if not operator.noise_sigma > 0:
+        raise ValueError(f"restore: flow-langevin needs an operator with measurement noise "
+                         f"(e.g. '{operator.spec}:noise_sigma=0.02'); the posterior of noiseless "
+                         "measurements is degenerate")
+    draw = latent_langevin(flow, operator, y, n_samples=num_samples, seed=seed)
+    return draw.samples.detach().clamp(0, 1).numpy()

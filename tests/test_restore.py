@@ -1,0 +1,73 @@
+"""`pyinverse restore` (samples from the shipped restorers, as .npy for `evaluate`) and `pyinverse bench`."""
+import numpy as np
+import pytest
+import torch
+
+from pyinverse.cli import main
+from pyinverse.data import lfw_faces
+from pyinverse.imle import TASKS, load_pretrained
+from pyinverse.physics import Downsample
+from pyinverse.restore import restore
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return np.ascontiguousarray(lfw_faces("faces")[90:93, :, :24, :24])
+
+
+def test_cimle_restore_writes_the_generators_samples(tmp_path, faces, capsys):
+    low = Downsample(4).A(torch.from_numpy(faces)).numpy()
+    np.save(tmp_path / "low.npy", low)
+    np.save(tmp_path / "truth.npy", faces)
+    out = tmp_path / "samples.npy"
+    args = ["restore", "--method", "cimle", "--model", "sr4", "--inputs", str(tmp_path / "low.npy"),
+            "--samples", "5", "--seed", "3", "--out", str(out)]
+    assert main(args) == 0
+    samples = np.load(out)
+    assert samples.shape == (5, 3, 1, 24, 24) and samples.dtype == np.float32
+    with torch.no_grad():
+        expected = load_pretrained("sr4").sample(TASKS["sr4"].lift(torch.from_numpy(low)), 5, seed=3).numpy()
+    np.testing.assert_array_equal(samples, expected)
+    # the samples feed `evaluate`, and an existing file is never replaced silently
+    assert main(["evaluate", "--samples", str(out), "--inputs", str(tmp_path / "low.npy"), "--truth",
+                 str(tmp_path / "truth.npy"), "--operator", "downsample:4", "--out", str(tmp_path / "ev")]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_flow_map_restores_denoised_faces(faces):
+    noisy = faces + 0.1 * np.random.default_rng(0).standard_normal(faces.shape).astype(np.float32)
+    estimate = restore("flow-map", noisy, model="faces", operator="denoising:0.1")
+    assert estimate.shape == (1, *faces.shape)
+    mse = lambda a: float(np.mean((a - faces) ** 2))  # noqa: E731
+    assert mse(estimate[0]) < 0.5 * mse(noisy)  # the prior removes most of the noise
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="cimle", model="sr4", operator="jpeg:10"), "trained for the operator"),
+    (dict(method="cimle", model="nope"), "'model' for cimle"),
+    (dict(method="flow-map", model="faces"), "needs an 'operator'"),
+    (dict(method="flow-map", model="faces", operator="downsample:4"), r"takes inputs of shape \(N, 1, 6, 6\)"),
+    (dict(method="flow-langevin", model="faces", operator="inpainting:0.5"), "measurement noise"),
+    (dict(method="flow-map", model="missing.safetensors", operator="denoising:0.1"), "shipped flow"),
+    (dict(method="diffusion", model="faces"), "'method' must be one of"),
+    (dict(method="cimle", model="sr4", num_samples=0), "'num_samples'"),
+])
+def test_bad_arguments_are_named(faces, kwargs, message):
+    inputs = Downsample(4).A(torch.from_numpy(faces)).numpy() if kwargs["method"] == "cimle" else faces
+    with pytest.raises(ValueError, match=message):
+        restore(inputs=inputs, **kwargs)
+
+
+def test_bench_runs_the_benchmark_files(tmp_path, capfd):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_quantile.py").write_text(
+        "import pytest\n\n@pytest.mark.parametrize('case', ['tiny'])\n"
+        "def test_sum(benchmark, case):\n    assert benchmark(sum, [1, 2, 3]) == 6\n")
+    assert main(["bench", "--dir", str(folder), "--only", "quantile"]) == 0
+    assert "test_sum[tiny]" in capfd.readouterr().out  # pytest-benchmark's table, from the child
+    assert main(["bench", "--dir", str(tmp_path / "none")]) == 2
+    assert "no benchmarks" in capfd.readouterr().err
