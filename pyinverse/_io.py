@@ -1,5 +1,6 @@
 """Atomic file writes: every file pyinverse writes (weights, checkpoints, figures, reports) goes
-through here, so a crash never leaves half a file and nothing is overwritten silently."""
+through here, so a crash never leaves half a file and nothing is overwritten silently; and the
+checked reading of our own safetensors model files (format tag, JSON config and training record)."""
 from __future__ import annotations
 
 import json
@@ -60,3 +61,37 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = F
 def atomic_write_json(path: str | os.PathLike, value: Any, *, overwrite: bool = False) -> Path:
     """JSON with NaN/inf written as strings-free standard JSON (``allow_nan=False`` fails loudly)."""
     return atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n", overwrite=overwrite)
+
+
+def read_model_file(path: str | os.PathLike, file_format: str, kind: str, where: str
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(config, training, tensors)`` of a safetensors file written with metadata ``format``
+    ``file_format``, JSON ``config`` and optional JSON ``training`` record; never unpickles.
+
+    Raises ``FileNotFoundError`` if there is no file and ``ValueError`` (naming ``where``, the
+    file and ``kind``) if it is truncated, of another format, or its metadata is missing or bad.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no {kind} file at '{path}'")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # SafetensorError (truncated header or data), OSError
+        raise ValueError(f"{where}: '{path}' is not a complete safetensors file (truncated or another "
+                         f"format): {type(exc).__name__}: {exc}") from None
+    if metadata.get("format") != file_format:
+        raise ValueError(f"{where}: '{path}' is not a pyinverse {kind} file (metadata format "
+                         f"{metadata.get('format')!r}, expected {file_format!r})")
+    try:
+        config = json.loads(metadata["config"])
+        training = json.loads(metadata.get("training", "{}"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: '{path}' has missing or malformed config metadata: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(training, dict):
+        raise ValueError(f"{where}: '{path}' config / training metadata are not JSON objects")
+    return config, training, tensors
+

@@ -266,7 +266,7 @@ def test_load_rejects_corrupt_foreign_and_mismatched_files(tmp_path):
 
     g = tiny()
     good = save_generator(g, tmp_path / "good.safetensors")
-    with pytest.raises(FileNotFoundError, match="load_generator: no generator file"):
+    with pytest.raises(FileNotFoundError, match="load_generator: no cIMLE generator file"):
         load_generator(tmp_path / "missing.safetensors")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-100])

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .._io import read_model_file
 from .base import FlowModel
 
 FORMAT = "pyinverse.flow/1"
@@ -122,28 +123,7 @@ def read_flow_file(path: str | os.PathLike, where: str = "read_flow_file"
     Raises ``FileNotFoundError`` if there is no file and ``ValueError`` if it is not a complete
     safetensors file of this format (truncated, another format, missing or bad JSON metadata).
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no flow file at '{path}'")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # SafetensorError (truncated header or data), OSError
-        raise ValueError(f"{where}: '{path}' is not a complete safetensors file (truncated or another "
-                         f"format): {type(exc).__name__}: {exc}") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{where}: '{path}' is not a pyinverse flow file (metadata format "
-                         f"{metadata.get('format')!r}, expected {FORMAT!r})")
-    try:
-        config = json.loads(metadata["config"])
-        training = json.loads(metadata.get("training", "{}"))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{where}: '{path}' has missing or malformed config metadata: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{where}: '{path}' config metadata is not a JSON object")
+    config, training, tensors = read_model_file(path, FORMAT, "flow", where)
     model_tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
     train_state = {k[len(TRAIN_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRAIN_PREFIX)}
     return config, model_tensors, train_state, training

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._io import atomic_write, read_model_file
+
 FORMAT = "pyinverse.cimle/1"
 MODEL_TYPE = "cimle_unet"
 
@@ -280,8 +282,6 @@ def save_generator(generator: ConditionalGenerator, path: str | os.PathLike, *,
     """
     from safetensors.torch import save_file
 
-    from .._io import atomic_write
-
     where = "save_generator"
     if not isinstance(generator, ConditionalGenerator):
         raise TypeError(f"{where}: 'generator' must be a ConditionalGenerator, got {type(generator).__name__}")
@@ -311,36 +311,15 @@ def load_generator(path: str | os.PathLike) -> tuple[ConditionalGenerator, dict]
         ValueError: truncated or foreign file, bad metadata, unknown architecture, or weights
             that do not fit it (the message names the file and the first mismatches).
     """
-    from safetensors import safe_open
-
     from ..metrics.weights import check_state_dict
 
     where = "load_generator"
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no generator file at '{path}'")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # SafetensorError (truncated header or data), OSError
-        raise ValueError(f"{where}: '{path}' is not a complete safetensors file (truncated or another "
-                         f"format): {type(exc).__name__}: {exc}") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{where}: '{path}' is not a pyinverse cIMLE generator file (metadata format "
-                         f"{metadata.get('format')!r}, expected {FORMAT!r})")
-    try:
-        config = json.loads(metadata["config"])
-        training = json.loads(metadata.get("training", "{}"))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{where}: '{path}' has missing or malformed metadata: {exc}") from None
-    if not isinstance(config, dict) or not isinstance(training, dict):
-        raise ValueError(f"{where}: '{path}' config / training metadata are not JSON objects")
+    config, training, tensors = read_model_file(path, FORMAT, "cIMLE generator", where)
     try:
         generator = build_generator(config)
     except ValueError as exc:
         raise ValueError(f"{where}: '{path}': {exc}") from None
-    check_state_dict(generator, tensors, where, str(path), optional_suffixes=())
+    check_state_dict(generator, tensors, where, str(Path(path)), optional_suffixes=())
     current = generator.state_dict()
     generator.load_state_dict({k: tensors[k].to(current[k].dtype) for k in current})
     return generator.eval(), training
