@@ -398,3 +398,27 @@ def test_cuda_matches_cpu(scale, dtype):
         torch.testing.assert_close(mine.cpu(), theirs, **tolerance)
     xg, hg, tg = (a.cuda().double().requires_grad_() for a in (x[:2, :1, :5], h[:2, :1, :5], t[:2, :1, :5]))
     assert torch.autograd.gradcheck(lambda a, b, c: tuple(affine_coupling(a, b, c, scale=scale)), (xg, hg, tg))
+
+
+def test_torch_fast_path_equals_the_generic_path():
+    """Contiguous torch tensors skip the generic validation; the results must not change."""
+    generator = torch.Generator().manual_seed(5)
+    x, h, t, g = (torch.randn(4, 3, 5, 7, generator=generator, dtype=torch.float64) for _ in range(4))
+    gl = torch.randn(4, generator=generator, dtype=torch.float64)
+    fast = affine_coupling(x, h, t, scale="atan")
+    generic = affine_coupling(x.numpy(), h.numpy(), t.numpy(), scale="atan")  # numpy: the generic path
+    np.testing.assert_array_equal(fast.output.numpy(), generic.output)
+    np.testing.assert_array_equal(fast.logdet.numpy(), generic.logdet)
+    fast_grads = affine_coupling_vjp(g, gl, h, t, x_b=x, scale="atan")
+    generic_grads = affine_coupling_vjp(g.numpy(), gl.numpy(), h.numpy(), t.numpy(), x_b=x.numpy(), scale="atan")
+    for mine, theirs in zip(fast_grads, generic_grads):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            np.testing.assert_array_equal(mine.numpy(), theirs)
+    # what the fast path does not take falls back to the generic checks and their messages
+    with pytest.raises(TypeError, match="'h' has dtype float32 but 'x_b' has float64"):
+        affine_coupling(x, h.float(), t)
+    with pytest.raises(ValueError, match="'t' must have the shape of 'x_b'"):
+        affine_coupling(x, h, t[:, :2])
+    strided = affine_coupling(x.transpose(2, 3), h.transpose(2, 3), t.transpose(2, 3), scale="atan")
+    np.testing.assert_array_equal(strided.output.transpose(2, 3).numpy(), generic.output)

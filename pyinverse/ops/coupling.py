@@ -147,9 +147,63 @@ def _torch_needs_grad(*arrays: Any) -> bool:
     return any(isinstance(a, torch.Tensor) and a.requires_grad for a in arrays)
 
 
+# ---- the torch fast path ------------------------------------------------------------------------------
+# A flow calls the coupling a few dozen times per step on small tensors, so the generic
+# validation above (describe every array, then allocate through _backend) cost more than the
+# kernel. Torch tensors that already have the kernels' layout (one dtype and device, equal
+# shapes, C-contiguous) take this path: the same checks from torch's own attributes.
+
+class _TorchCall(NamedTuple):
+    device: str
+    device_index: int
+    dtype: str
+    batch: int
+    features: int
+    stream: int
+
+
+def _torch_call(arrays: tuple) -> _TorchCall | None:
+    """The call's layout if every array is a C-contiguous float torch tensor like the first, else None."""
+    torch = sys.modules.get("torch")
+    first = arrays[0]
+    if torch is None or not isinstance(first, torch.Tensor) or first.dtype not in (torch.float32, torch.float64):
+        return None
+    for a in arrays:
+        if (not isinstance(a, torch.Tensor) or a.dtype != first.dtype or a.device != first.device
+                or a.shape != first.shape or a.layout != torch.strided or not a.is_contiguous()):
+            return None
+    if first.ndim < 1 or first.numel() == 0 or first.device.type not in ("cpu", "cuda"):
+        return None
+    index, stream = -1, 0
+    if first.device.type == "cuda":
+        index = first.device.index if first.device.index is not None else torch.cuda.current_device()
+        if not _C.built_with_cuda() or _C.cuda_device_count() <= index:
+            return None  # the generic path says which of the two is missing
+        stream = int(torch.cuda.current_stream(index).cuda_stream)
+    batch = first.shape[0]
+    return _TorchCall(first.device.type, index, "float32" if first.dtype == torch.float32 else "float64", batch,
+                      first.numel() // batch, stream)
+
+
+def _rows(tensor: Any, call: _TorchCall) -> tuple[int, int]:
+    return (tensor.data_ptr(), call.features)
+
+
 # ---- the kernels -----------------------------------------------------------------------------------
 
 def _apply(source: Any, h: Any, t: Any, clamp: float, scale: str, inverse: bool, op: str) -> CouplingResult:
+    call = _torch_call((source, h, t))
+    if call is not None:
+        import torch
+
+        out = torch.empty_like(source)
+        logdet = torch.empty(call.batch, dtype=source.dtype, device=source.device)
+        _C.coupling_apply(
+            device=call.device, device_index=max(call.device_index, 0), dtype=call.dtype, scale=scale,
+            clamp=clamp, inverse=inverse, batch=call.batch, features=call.features, input=_rows(source, call),
+            h=_rows(h, call), t=_rows(t, call), out=_rows(out, call), logdet=logdet.data_ptr(), stream=call.stream,
+        )
+        return CouplingResult(out, logdet)
     name = "y_b" if inverse else "x_b"
     ops = _operands(op, {name: source, "h": h, "t": t})
     first = ops[name].info
@@ -176,8 +230,26 @@ def _vjp(grad_out: Any, grad_logdet: Any, h: Any, t: Any, x_b: Any, y_b: Any, in
     if needs_t and t is None:
         raise ValueError(f"{op}: 't' is needed to differentiate from '{known_name}'"
                          f"{' and to reconstruct' if reconstruct else ''}")
-    ops = _operands(op, {"grad_out": grad_out, known_name: x_b if x_b is not None else y_b, "h": h,
-                         "t": t if needs_t else None})
+    known = x_b if x_b is not None else y_b
+    call = _torch_call((grad_out, known, h, *((t,) if needs_t else ())))
+    if call is not None and (grad_logdet is None or (
+            isinstance(grad_logdet, type(grad_out)) and grad_logdet.dtype == grad_out.dtype
+            and grad_logdet.device == grad_out.device and grad_logdet.shape == (call.batch,)
+            and grad_logdet.is_contiguous())):
+        import torch
+
+        outputs = [torch.empty_like(grad_out) if wanted else None for wanted in (*need, reconstruct)]
+        _C.coupling_backward(
+            device=call.device, device_index=max(call.device_index, 0), dtype=call.dtype, scale=scale, clamp=clamp,
+            inverse=inverse, batch=call.batch, features=call.features, known=_rows(known, call),
+            known_is_output=known_is_output, h=_rows(h, call), t=_rows(t, call) if needs_t else _ABSENT,
+            grad_out=_rows(grad_out, call), grad_logdet=0 if grad_logdet is None else grad_logdet.data_ptr(),
+            **{name: _rows(o, call) if o is not None else _ABSENT
+               for name, o in zip(("grad_in", "grad_h", "grad_t", "reconstructed"), outputs)},
+            stream=call.stream,
+        )
+        return CouplingGrads(*outputs)
+    ops = _operands(op, {"grad_out": grad_out, known_name: known, "h": h, "t": t if needs_t else None})
     first = ops["grad_out"].info
     batch = first.shape[0]
     grad_logdet_ptr = 0
