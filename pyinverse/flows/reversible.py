@@ -159,7 +159,7 @@ def _generic_backward(block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, g
         x_leaf = x.detach().requires_grad_(True)
         y_again, logdet = block(x_leaf)
     outputs, grad_outputs = [y_again], [grad_y]
-    if grad_logdet is not None:
+    if grad_logdet is not None and logdet.requires_grad:  # a constant logdet (squeeze, permutation) has no grad
         outputs.append(logdet)
         grad_outputs.append(grad_logdet)
     grads = torch.autograd.grad(outputs, [x_leaf, *params], grad_outputs, allow_unused=True)
