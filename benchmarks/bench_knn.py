@@ -18,6 +18,7 @@ build = index construction, query = all queries in one batched call.
 
 batched_nearest: (B, m, d) candidates vs (B, d) targets (cIMLE: m samples per input), against the
 torch expression ((c - t[:, None]) ** 2).sum(-1).argmin(1).
+IMLE workload: an index over N fresh samples searched by N targets with k = 1, build included.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import pyinverse
-from pyinverse.knn import DCIIndex, batched_nearest, exact_knn, knn_recall
+from pyinverse.knn import DCIIndex, batched_nearest, choose_method, exact_knn, knn_recall, search
 
 try:
     import faiss
@@ -174,6 +175,37 @@ def batched_table(rounds: int, cases) -> None:
               flush=True)
 
 
+def imle_table(cases) -> None:
+    """cIMLE's search: an index over N fresh samples, searched once by N targets, k = 1. Every
+    method's time includes its build (an index is thrown away after one epoch)."""
+    print("\n### IMLE workload: index N fresh samples, N queries, k = 1 (build + query, one run)\n")
+    print("| N x d | method | total | recall@1 |")
+    print("|---|---|---|---|")
+    for n, d in cases:
+        samples, targets = blobs(n, n, d=d, clusters=max(1, n // 50))
+        ref_d, _ = exact_knn(samples, targets, 1)
+        peers = {f"pyinverse knn.search (auto: {choose_method(n, n, d)})": lambda: search(samples, targets, 1)[1],
+                 "pyinverse DCI (defaults)": lambda: search(samples, targets, 1, method="dci")[1]}
+        if faiss is not None:
+            def flat():
+                index = faiss.IndexFlatL2(d)
+                index.add(samples)
+                return index.search(targets, 1)[1]
+
+            def hnsw():
+                index = faiss.IndexHNSWFlat(d, 16)
+                index.add(samples)
+                return index.search(targets, 1)[1]
+
+            peers.update({"faiss IndexFlatL2": flat, "faiss IndexHNSWFlat M=16 ef=16": hnsw})
+        for method, fn in peers.items():
+            start = time.perf_counter()
+            indices = fn()
+            seconds = time.perf_counter() - start
+            recall = knn_recall(true_distances(samples, targets, np.asarray(indices)), ref_d, rtol=1e-6)
+            print(f"| {n} x {d} | {method} | {fmt(seconds, seconds, seconds)} | {recall:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -196,6 +228,7 @@ def run(args) -> None:
     knn_table("patches", *photo_patches(n, num_queries), 10, rounds, [defaults, cheap], hnsw=True)
     knn_table("digits", *digits(), 10, rounds, [defaults, (10, None)], hnsw=True)
     batched_table(rounds, [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)])
+    imle_table([(2000, 192), (2000, 3072)] if args.quick else [(10000, 192), (5000, 3072)])
 
 
 if __name__ == "__main__":

@@ -418,3 +418,39 @@ def test_batched_nearest_cuda_matches_cpu(rng, dtype):
     dist, idx = exact_knn(candidates[0].cuda(), targets.cuda(), 3)
     ref_d, ref_i = exact_knn(candidates[0], targets, 3)
     torch.testing.assert_close(idx.cpu(), ref_i, rtol=0, atol=0)
+
+
+# --- knn.search: exact or DCI by size ----------------------------------------------------------------
+
+def test_search_picks_exact_or_dci_by_size(rng, monkeypatch):
+    from pyinverse.knn import auto as search_module
+    from pyinverse.knn import choose_method, search
+
+    x, q = clustered(rng, 2000, 100, 16, 20, 0.2)
+    distances, indices = search(x, q, 5)  # small: the exact search
+    ref_d, ref_i = exact_knn(x, q, 5)
+    np.testing.assert_array_equal(indices, ref_i)
+    np.testing.assert_array_equal(distances, ref_d)
+    assert choose_method(2000, 100, 16) == "exact"
+    assert choose_method(10**6, 10**6, 64) == "dci"
+    monkeypatch.setattr(search_module, "EXACT_BUDGET", 0)  # now "auto" builds a DCI index
+    dci_d, dci_i = search(x, q, 5, seed=3, max_candidates=200)
+    index = DCIIndex(16, seed=3)
+    index.add(x)
+    expected_d, expected_i = index.search(q, 5, max_candidates=200)
+    np.testing.assert_array_equal(dci_i, expected_i)
+    assert knn_recall(dci_d, ref_d) > 0.9
+
+
+def test_search_rejects_bad_arguments(rng):
+    from pyinverse.knn import search
+
+    x, q = clustered(rng, 200, 10, 8, 4, 0.2)
+    with pytest.raises(ValueError, match="'method' must be one of"):
+        search(x, q, 3, method="hnsw")
+    with pytest.raises(TypeError, match="DCI options; the exact search takes none"):
+        search(x, q, 3, method="exact", max_visits=10)
+    with pytest.raises(TypeError, match="unknown DCI options"):
+        search(x, q, 3, method="dci", ef_search=10)
+    with pytest.raises(ValueError, match="'q' must have 8 columns"):
+        search(x, q[:, :4], 3)
