@@ -46,3 +46,13 @@ def test_torch_imports_after_or_before_the_module(first):
                          timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert re.search(r"version: " + re.escape(pyinverse.__version__), cli.stdout)
+
+
+def test_top_level_exports_the_kernels_without_importing_torch():
+    code = ("import sys, pyinverse; missing = [n for n in pyinverse.__all__ if not hasattr(pyinverse, n)]; "
+            "print(missing, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[] False"  # drop-in kernels: numpy users do not pay for torch
+    for name in ("quantile", "sqrtm_spd", "affine_coupling", "frechet_distance"):
+        assert name in pyinverse.__all__
