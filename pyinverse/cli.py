@@ -37,27 +37,54 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # Under torchrun (WORLD_SIZE > 1) the ranks join one process group and each evaluates its
+    # shard of the images; rank 0 prints and writes the report, the others stay quiet.
+    from . import distributed
+
+    owned = distributed.init_from_env()
+    try:
+        return _evaluate_ranks(args)
+    except distributed.SharedError:
+        if distributed.is_main():
+            raise  # rank 0 reports an error every rank saw
+        return 2
+    finally:
+        if owned:
+            distributed.destroy()
+
+
+def _evaluate_ranks(args: argparse.Namespace) -> int:
+    from . import distributed
     from .data.arrays import load_images, load_samples
     from .evaluation import evaluate_samples
     from .physics import by_name
     from .report.html import write_report
 
-    operator = by_name(args.operator)  # an unknown name fails before any file is read
-    samples = load_samples(args.samples)
-    inputs = load_images(args.inputs, "inputs")
-    truth = load_images(args.truth, "truth") if args.truth else None
+    operator = distributed.agreed(lambda: by_name(args.operator))  # an unknown name fails before any file is read
+    samples, inputs, truth = distributed.agreed(lambda: (
+        load_samples(args.samples), load_images(args.inputs, "inputs"),
+        load_images(args.truth, "truth") if args.truth else None))
     out = Path(args.out) if args.out else _default_out_dir("eval")
     report_dir = out / "report"
-    if report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
-        raise ValueError(f"{report_dir} already holds a report; choose another --out or pass --overwrite")
+    refused = None  # only rank 0 writes, so only its folder matters
+    if distributed.is_main() and report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
+        refused = f"{report_dir} already holds a report; choose another --out or pass --overwrite"
+    distributed.agree(refused)
     evaluation = evaluate_samples(samples, inputs, operator, truth, alpha=args.alpha, delta=args.delta, seed=args.seed)
-    write_report(report_dir, "pyinverse evaluation",
-                 f"{samples.shape[0]} samples for each of {samples.shape[1]} inputs of '{args.operator}' "
-                 f"(samples: {args.samples}; inputs: {args.inputs}; truth: {args.truth or 'none'}).",
-                 evaluation.sections, evaluation.results, overwrite=args.overwrite)
-    validity = evaluation.results["validity"]
-    print(f"validity: PSNR {validity['psnr']:.2f} dB, SSIM {validity['ssim']:.4f}, perceptual {validity['perceptual']:.4f}")
-    print(f"report written to {report_dir / 'index.html'}")
+
+    def write() -> None:
+        write_report(report_dir, "pyinverse evaluation",
+                     f"{samples.shape[0]} samples for each of {samples.shape[1]} inputs of '{args.operator}' "
+                     f"(samples: {args.samples}; inputs: {args.inputs}; truth: {args.truth or 'none'}).",
+                     evaluation.sections, evaluation.results, overwrite=args.overwrite)
+
+    # Rank 0 writes (atomically); with several ranks a failure there ends every rank with its message.
+    distributed.agreed(lambda: write() if distributed.is_main() else None)
+    if distributed.is_main():
+        validity = evaluation.results["validity"]
+        print(f"validity: PSNR {validity['psnr']:.2f} dB, SSIM {validity['ssim']:.4f}, perceptual {validity['perceptual']:.4f}")
+        ranks = f" ({distributed.world_size()} processes)" if distributed.active() else ""
+        print(f"report written to {report_dir / 'index.html'}{ranks}")
     return 0
 
 

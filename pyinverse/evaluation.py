@@ -5,6 +5,16 @@ diffusion sampler, a GAN, a flow) and learns how valid they are as solutions of 
 problem (the forward process applied to each sample against the input, Peng, Moazeni & Li 2023),
 and, with ground truth, how far their per-pixel uncertainty can be trusted (RCPS calibration on
 half of the images, coverage measured on the other half), their distortion and their perception.
+
+Under ``torchrun`` (an initialised ``torch.distributed`` process group, see
+:mod:`pyinverse.distributed`) every rank evaluates a contiguous shard of the images and the ranks
+combine what they found, so every number equals the single-process one up to the order of float
+additions: per-image and per-sample values (validity, PSNR, SSIM, perceptual distances,
+miscoverage) are gathered in image order and averaged as in one process; per-pixel means (interval
+width, std, diversity, coverage widths) are float64 sums reduced over the ranks; RCPS uses the
+global seeded calibration/test split, gathers the calibration pixels' smallest covering lambdas
+on rank 0 for the exact order statistic and tests on every rank's share of the test images; FID
+all-reduces its feature moments and KID gathers the features in the single-process order.
 """
 from __future__ import annotations
 
@@ -14,13 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as dist
 from . import sample_stats
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
 from .physics import by_name
 from .report.html import Figure, Section, Table, figure_to_png
 from .report.uncertainty_map import uncertainty_map
 from .uq import RCPS, coverage_report
-from .uq.rcps import minimum_calibration_size
+from .uq._arrays import to_numpy64
+from .uq.bounds import hoeffding_bentkus_upper_bound
+from .uq.coverage import per_image_miscoverage
+from .uq.rcps import exact_lambda_hat, minimum_calibration_size
 
 
 @dataclass
@@ -31,7 +45,9 @@ class Evaluation:
     sections: list
 
 
-def _check_inputs(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.ndarray | None):
+def _check_inputs(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.ndarray | None, *,
+                  finite: bool = True):
+    """Shapes, S >= 2 and (with ``finite``) finite values; returns the operator object."""
     where = "evaluate"
     if samples.ndim != 5:
         raise ValueError(f"{where}: samples must have shape (S, N, C, H, W), got {samples.shape}")
@@ -39,11 +55,10 @@ def _check_inputs(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth:
     if num_samples < 2:
         raise ValueError(f"{where}: samples hold S={num_samples} sample per input; per-pixel intervals "
                          "and calibration need at least 2 (axis 0 of (S, N, C, H, W))")
-    for name, array in (("samples", samples), ("inputs", inputs), ("truth", truth)):
-        if array is not None and not np.isfinite(array).all():
-            bad = np.argwhere(~np.isfinite(array))[0]
-            raise ValueError(f"{where}: {name} hold {int((~np.isfinite(array)).sum())} NaN/inf values "
-                             f"(first at index {tuple(int(i) for i in bad)})")
+    if finite:
+        message = _non_finite_message([_non_finite(samples, inputs, truth)])
+        if message:
+            raise ValueError(message)
     if inputs.ndim != 4 or inputs.shape[0] != num_images:
         raise ValueError(f"{where}: inputs must have shape (N={num_images}, C, H, W) to match samples "
                          f"(S, N, C, H, W) = {samples.shape}, got {inputs.shape}")
@@ -57,6 +72,35 @@ def _check_inputs(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth:
         raise ValueError(f"{where}: truth must have shape {samples.shape[1:]} (N, C, H, W) like one "
                          f"stack of samples, got {truth.shape}")
     return operator
+
+
+_CHECKED = (("samples", 1), ("inputs", 0), ("truth", 0))  # each array's image axis
+
+
+def _non_finite(samples: np.ndarray, inputs: np.ndarray, truth: np.ndarray | None,
+                offset: int = 0) -> list[tuple[int, tuple[int, ...] | None]]:
+    """For samples, inputs and truth: (number of NaN/inf values, index of the first), image
+    indices shifted by ``offset`` (a shard's first image)."""
+    found = []
+    for (_, image_axis), array in zip(_CHECKED, (samples, inputs, truth)):
+        if array is None or np.isfinite(array).all():
+            found.append((0, None))
+            continue
+        bad = ~np.isfinite(array)
+        first = [int(i) for i in np.argwhere(bad)[0]]
+        first[image_axis] += offset
+        found.append((int(bad.sum()), tuple(first)))
+    return found
+
+
+def _non_finite_message(per_rank: list[list[tuple[int, tuple[int, ...] | None]]]) -> str | None:
+    """The error for the first array holding NaN/inf, from every shard's :func:`_non_finite`."""
+    for position, (name, _) in enumerate(_CHECKED):
+        count = sum(found[position][0] for found in per_rank)
+        if count:
+            first = min(found[position][1] for found in per_rank if found[position][1] is not None)
+            return f"evaluate: {name} hold {count} NaN/inf values (first at index {first})"
+    return None
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -111,19 +155,161 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
 
     Returns:
         :class:`Evaluation` with ``results`` (every number) and the report's sections.
+
+    With an initialised ``torch.distributed`` process group of several processes (torchrun) every
+    rank passes the same, whole arrays (memory-mapped ones are read only where a rank's shard
+    lies); each evaluates its :func:`pyinverse.distributed.shard` of the images (see
+    :func:`evaluate_shard`) and every rank returns the results of all N images. The figure is
+    drawn on rank 0 only (from the first ``max_figure_images`` images, gathered); the other
+    ranks' sections hold the tables.
+    """
+    if not dist.active():
+        samples = np.asarray(samples, dtype=np.float32)
+        inputs = np.asarray(inputs, dtype=np.float32)
+        truth = None if truth is None else np.asarray(truth, dtype=np.float32)
+        operator = _check_inputs(samples, inputs, operator, truth)
+        return _evaluate(samples, inputs, operator, truth, start=0, num_images=samples.shape[1], alpha=alpha,
+                         delta=delta, q=q, seed=seed, max_figure_images=max_figure_images)
+    # Shapes from the whole arrays (no data read; the same on every rank), values from the shard.
+    samples, inputs = np.asarray(samples), np.asarray(inputs)
+    truth = None if truth is None else np.asarray(truth)
+    operator = dist.agreed(lambda: _check_inputs(samples, inputs, operator, truth, finite=False))
+    num_images, world = samples.shape[1], dist.world_size()
+    if num_images < world:  # the same on every rank
+        raise dist.SharedError(f"evaluate: {num_images} images cannot be shared among {world} processes; "
+                               f"start at most {num_images} (torchrun --nproc-per-node)")
+    part = dist.my_shard(num_images)
+    return evaluate_shard(samples[:, part], inputs[part], operator, None if truth is None else truth[part],
+                          start=part.start, num_images=num_images, alpha=alpha, delta=delta, q=q, seed=seed,
+                          max_figure_images=max_figure_images)
+
+
+def evaluate_shard(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.ndarray | None = None, *,
+                   start: int, num_images: int, alpha: float = 0.1, delta: float = 0.1,
+                   q: tuple[float, float] = (0.05, 0.95), seed: int = 0, max_figure_images: int = 4) -> Evaluation:
+    """:func:`evaluate_samples` of N images held in shards, one per rank (samples made where
+    their images are): every rank calls it with its images ``[start, start + n)``, arrays as in
+    :func:`evaluate_samples` with n images; in rank order the shards must tile ``[0, num_images)``
+    (as :func:`pyinverse.distributed.shard` cuts them), each with at least one image.
+
+    Every rank returns the results of all ``num_images`` images, equal to the single-process
+    evaluation up to the order of float additions (the same seeded RCPS split over all images);
+    the figure is drawn on rank 0 only. In one process: ``start=0``, ``num_images=n``.
     """
     samples = np.asarray(samples, dtype=np.float32)
     inputs = np.asarray(inputs, dtype=np.float32)
     truth = None if truth is None else np.asarray(truth, dtype=np.float32)
-    operator = _check_inputs(samples, inputs, operator, truth)
-    num_samples, num_images = samples.shape[:2]
+    if not dist.active():
+        if start != 0 or samples.ndim != 5 or samples.shape[1] != num_images:
+            raise ValueError(f"evaluate_shard: one process must hold all {num_images} images from start 0, "
+                             f"got start={start} and samples of shape {samples.shape}")
+        return evaluate_samples(samples, inputs, operator, truth, alpha=alpha, delta=delta, q=q, seed=seed,
+                                max_figure_images=max_figure_images)
+    operator = dist.agreed(lambda: _check_inputs(samples, inputs, operator, truth, finite=False))
+    layout = dist.all_gather_objects((int(start), int(samples.shape[1])))
+    expected = [(sum(n for _, n in layout[:r]), n) for r, (_, n) in enumerate(layout)]
+    if layout != expected or min(n for _, n in layout) < 1 or sum(n for _, n in layout) != num_images:
+        raise dist.SharedError(f"evaluate_shard: the ranks' (start, images) {layout} must tile [0, {num_images}) "
+                               "in rank order with at least one image each")
+    dist.agree(_non_finite_message(dist.all_gather_objects(_non_finite(samples, inputs, truth, start))))
+    return _evaluate(samples, inputs, operator, truth, start=int(start), num_images=int(num_images), alpha=alpha,
+                     delta=delta, q=q, seed=seed, max_figure_images=max_figure_images)
+
+
+def _local(indices: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of global image ``indices`` (in their order), the positions and the shard-local indices of
+    those in ``[start, stop)``."""
+    here = np.flatnonzero((indices >= start) & (indices < stop))
+    return here, indices[here] - start
+
+
+def _coverage(lower: Any, upper: Any, truth: np.ndarray, alpha: float, positions: np.ndarray | None = None) -> dict:
+    """:func:`pyinverse.uq.coverage_report` of all ranks' images together.
+
+    ``lower``/``upper`` may be None for a rank without images here. ``positions``: where each
+    local image stands in the single-process order (default: shard order = image order), so the
+    per-image risks are averaged in that order.
+    """
+    if not dist.active():
+        return coverage_report(lower, upper, truth, alpha=alpha)
+    if lower is None:
+        risks, width = np.zeros(0), np.zeros(0)
+    else:
+        risks = per_image_miscoverage(lower, upper, truth)
+        width = to_numpy64(upper - lower)
+    finite = np.isfinite(width)
+    width_sum, finite_count, count = dist.all_reduce_sum([width[finite].sum(), finite.sum(), width.size])
+    risks = dist.gather_rows(risks)
+    if positions is not None:
+        risks = risks[np.argsort(dist.gather_rows(np.asarray(positions, dtype=np.int64)), kind="stable")]
+    return {
+        "risk": float(risks.mean()),
+        "coverage": float(1.0 - risks.mean()),
+        "max_image_risk": float(risks.max()),
+        "mean_width": float(width_sum / finite_count) if finite_count else float("nan"),
+        "infinite_width_fraction": float(1.0 - finite_count / count),
+        "num_images": int(risks.size),
+        "pixels_per_image": int(np.prod(truth.shape[1:])),
+        "alpha": alpha,
+        "fraction_images_above_alpha": float(np.mean(risks > alpha)),
+    }
+
+
+def _fit_rcps(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, calibration: np.ndarray, start: int) -> RCPS:
+    """``rcps.fit`` on the global calibration images, each rank holding some of them: the per-pixel
+    smallest covering lambdas are gathered on rank 0, which takes the exact order statistic
+    (:func:`pyinverse.uq.rcps.exact_lambda_hat`, order-independent) and shares the scale."""
+    if not dist.active():
+        return rcps.fit(samples[:, calibration], truth[calibration])
+    if rcps.lambdas is not None or rcps.scaling != "multiplicative":
+        raise ValueError("evaluate: distributed RCPS supports the exact multiplicative calibration only")
+    _, local = _local(calibration, start, start + samples.shape[1])
+    lambda_star = (to_numpy64(rcps.smallest_covering_lambda(samples[:, local], truth[local])) if local.size
+                   else np.zeros((0, *truth.shape[1:])))
+    pooled = dist.gather_rows(lambda_star, to_all=False)
+    rcps.lambda_, rcps.calibration_risk_ = dist.on_main(lambda: exact_lambda_hat(pooled, rcps.alpha, rcps.delta, 0.0))
+    rcps.calibration_ucb_ = hoeffding_bentkus_upper_bound(rcps.calibration_risk_, len(calibration), rcps.delta)
+    rcps.n_calibration_ = len(calibration)
+    return rcps
+
+
+def _perception(samples: np.ndarray, truth_t: torch.Tensor, num_images: int, seed: int) -> tuple[float, float, float]:
+    """(FID, KID, KID std) of all samples against all truth images. Features are extracted once
+    per image (KID keeps them; FID takes the same rows). Several ranks: FID all-reduces its
+    moments; KID's features are gathered on rank 0 in the single-process (sample, image) order,
+    so its seeded subsets pick the same rows."""
+    fid, kid = FID(), KID(subset_size=min(num_images, 1000), num_subsets=50, seed=seed)
+    kid.update(torch.from_numpy(samples.reshape(-1, *samples.shape[2:])), real=False)
+    kid.update(truth_t, real=True)
+    fake, real = kid.fake_features[-1], kid.real_features[-1]
+    fid.update_features(fake, real=False)
+    fid.update_features(real, real=True)
+    if dist.active():
+        fake = dist.gather_rows(fake.reshape(samples.shape[0], samples.shape[1], -1), axis=1, to_all=False)
+        real = dist.gather_rows(real, to_all=False)
+        kid.real_features, kid.fake_features = [], []  # feature_dim stays: every rank agrees on d
+        if dist.is_main():
+            kid.update_features(fake.reshape(-1, fake.shape[-1]), real=False)
+            kid.update_features(real, real=True)
+    kid_mean, kid_std = kid.compute()
+    return float(fid.compute()), float(kid_mean), float(kid_std)
+
+
+def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.ndarray | None, *, start: int,
+              num_images: int, alpha: float, delta: float, q: tuple[float, float], seed: int,
+              max_figure_images: int) -> Evaluation:
+    """The evaluation of images ``[start, start + samples.shape[1])`` of ``num_images``, combined
+    over the ranks (every rank calls it, with its own shard, in rank order)."""
+    num_samples, local_images = samples.shape[:2]
+    stop = start + local_images
     results: dict = {"num_samples": int(num_samples), "num_images": int(num_images),
                      "operator": getattr(operator, "spec", str(operator)), "alpha": alpha, "delta": delta, "q": list(q)}
     sections: list[Section] = []
 
     scores = validity(operator, inputs, samples)
-    results["validity"] = {m: float(scores[m]) for m in ("psnr", "ssim", "perceptual")}
-    results["validity"]["psnr_per_image"] = scores["psnr_per_image"]
+    per_sample = {m: dist.gather_rows(scores[f"{m}_per_sample"], axis=1) for m in ("psnr", "ssim", "perceptual")}
+    results["validity"] = {m: float(values.mean()) for m, values in per_sample.items()}
+    results["validity"]["psnr_per_image"] = per_sample["psnr"].mean(axis=0)
     sections.append(Section("Validity", [Table(
         "The forward process applied to every sample, against the input (Peng et al. 2023, Table 1)",
         ["perceptual distance (lower better)", "PSNR dB (higher better)", "SSIM (higher better)"],
@@ -132,18 +318,21 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
 
     stats = sample_stats(samples, q=q, axis=0)
     width = stats.quantiles[1] - stats.quantiles[0]
-    results["uncertainty"] = {"mean_interval_width": float(width.mean()), "mean_std": float(stats.std.mean())}
-    uncertainty_rows = [["raw sample intervals", float(width.mean()), "n/a", "n/a"]]
+    results["uncertainty"] = {"mean_interval_width": dist.global_mean(width), "mean_std": dist.global_mean(stats.std)}
+    uncertainty_rows = [["raw sample intervals", results["uncertainty"]["mean_interval_width"], "n/a", "n/a"]]
 
     if truth is not None:
         mean_t, truth_t = torch.from_numpy(stats.mean), torch.from_numpy(truth)
-        per_sample_psnr = np.stack([psnr(torch.from_numpy(s), truth_t) for s in samples])
+        per_sample_psnr = dist.gather_rows(np.stack([psnr(torch.from_numpy(s), truth_t) for s in samples]), axis=1)
+        perceptual = dist.gather_rows(torch.stack([perceptual_distance(torch.from_numpy(s), truth_t) for s in samples]),
+                                      axis=1)
         variance_pairs = 2.0 * num_samples / (num_samples - 1) * stats.std.astype(np.float64) ** 2
         results["distortion"] = {
-            "psnr_of_mean": float(psnr(mean_t, truth_t).mean()), "ssim_of_mean": float(ssim(mean_t, truth_t).mean()),
+            "psnr_of_mean": float(dist.gather_rows(psnr(mean_t, truth_t)).mean()),
+            "ssim_of_mean": float(dist.gather_rows(ssim(mean_t, truth_t)).mean()),
             "psnr_of_samples": float(per_sample_psnr.mean()), "psnr_best_of_s": float(per_sample_psnr.max(axis=0).mean()),
-            "perceptual_of_samples": float(np.mean([perceptual_distance(torch.from_numpy(s), truth_t).mean() for s in samples])),
-            "diversity_rms_pairwise": float(np.sqrt(variance_pairs.mean())),
+            "perceptual_of_samples": float(np.mean([distances.mean() for distances in perceptual])),
+            "diversity_rms_pairwise": float(np.sqrt(dist.global_mean(variance_pairs))),
         }
         d = results["distortion"]
         sections.append(Section("Distortion and diversity", [Table(
@@ -151,16 +340,18 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
                                   "perceptual distance of a sample", "RMS pairwise sample distance"],
             [[d["psnr_of_mean"], d["ssim_of_mean"], d["psnr_of_samples"], d["psnr_best_of_s"],
               d["perceptual_of_samples"], d["diversity_rms_pairwise"]]])]))
-        raw = coverage_report(stats.quantiles[0], stats.quantiles[1], truth, alpha=alpha)
+        raw = _coverage(stats.quantiles[0], stats.quantiles[1], truth, alpha)
         results["uncertainty"]["raw_coverage"] = raw
         uncertainty_rows[0] = ["raw sample intervals", raw["mean_width"], raw["risk"], raw["coverage"]]
+        # The split is drawn over all N images, the same on every rank and as in one process.
         order = np.random.default_rng(seed).permutation(num_images)
         calibration, test = order[: num_images // 2], order[num_images // 2:]
         needed = minimum_calibration_size(alpha, delta)
         if len(calibration) >= needed:
-            rcps = RCPS(alpha=alpha, delta=delta, q=q).fit(samples[:, calibration], truth[calibration])
-            lower, upper = rcps.predict(samples[:, test])
-            held_out = coverage_report(lower, upper, truth[test], alpha=alpha)
+            rcps = _fit_rcps(RCPS(alpha=alpha, delta=delta, q=q), samples, truth, calibration, start)
+            positions, local = _local(test, start, stop) if dist.active() else (None, test)
+            lower, upper = rcps.predict(samples[:, local]) if local.size else (None, None)
+            held_out = _coverage(lower, upper, truth[local], alpha, positions)
             results["uncertainty"]["rcps"] = {"lambda": float(rcps.lambda_), "calibration_images": int(len(calibration)),
                                               "test_images": int(len(test)), **held_out}
             uncertainty_rows.append([f"RCPS-calibrated (lambda={rcps.lambda_:.3g}, {len(calibration)} calibration images)",
@@ -169,13 +360,8 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
             results["uncertainty"]["rcps"] = {"skipped": f"needs at least {needed} calibration images "
                                                          f"(2 x {needed} inputs with truth) for alpha={alpha}, delta={delta}"}
         if num_images >= 2:
-            fid, kid = FID(), KID(subset_size=min(num_images, 1000), num_subsets=50, seed=seed)
-            restored = torch.from_numpy(samples.reshape(-1, *samples.shape[2:]))
-            for metric in (fid, kid):
-                metric.update(restored, real=False)
-                metric.update(truth_t, real=True)
-            kid_mean, kid_std = kid.compute()
-            results["perception"] = {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+            fid, kid_mean, kid_std = _perception(samples, truth_t, num_images, seed)
+            results["perception"] = {"fid": fid, "kid": kid_mean, "kid_std": kid_std,
                                      "extractor": "pyinverse shipped feature network (see pyinverse.metrics.features)"}
             sections.append(Section("Perception", [Table(
                 "All samples against the truth images (shipped feature network)", ["FID", "KID", "KID std"],
@@ -183,11 +369,21 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
                 note="Feature statistics of a small network trained on the bundled data: compare runs with each "
                      "other, not with published Inception FIDs.")]))
 
-    sections.append(Section("Uncertainty", [Table(
+    # The figure shows the first images of the whole set: each rank hands its part of them to rank 0.
+    shown = max(0, min(max_figure_images, num_images, stop) - start)
+    figure_data = [dist.gather_rows(array, axis=axis, to_all=False) for array, axis in
+                   ((samples[:2, :shown], 1), (inputs[:shown], 0), (stats.mean[:shown], 0), (width[:shown], 0))
+                   + (((truth[:shown], 0),) if truth is not None else ())]
+    parts: list = [Table(
         f"Per-pixel intervals from the {q[0]:g}/{q[1]:g} sample quantiles",
         ["intervals", "mean width", f"risk (miscoverage; target {alpha:g})", "coverage"], uncertainty_rows,
         note="RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
-             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out images."),
-        Figure("Inputs, samples and uncertainty", _figure(samples, inputs, truth, stats.mean, width, max_figure_images),
-               "Interval width highlighted over the dimmed sample mean (brighter = more uncertain).")]))
+             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out images.")]
+    if dist.is_main():
+        figure_samples, figure_inputs, figure_mean, figure_width, *figure_truth = figure_data
+        parts.append(Figure("Inputs, samples and uncertainty",
+                            _figure(figure_samples, figure_inputs, figure_truth[0] if figure_truth else None,
+                                    figure_mean, figure_width, max_figure_images),
+                            "Interval width highlighted over the dimmed sample mean (brighter = more uncertain)."))
+    sections.append(Section("Uncertainty", parts))
     return Evaluation(results, sections)

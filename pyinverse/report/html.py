@@ -91,7 +91,8 @@ th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:1
 
 
 def render_html(title: str, intro: str, sections: Sequence[Section]) -> str:
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+    parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2>")

@@ -1,0 +1,126 @@
+"""`pyinverse evaluate` under torchrun: 2 gloo processes give the single-process numbers.
+
+The two-process run goes through torch's own launcher (``python -m torch.distributed.run
+--standalone``: a free port for every run) and ``-m pyinverse``'s entry point; each rank starts in
+a folder of its own, so the test sees that only rank 0 writes (and prints).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyinverse import distributed
+from pyinverse.cli import main
+from pyinverse.evaluation import evaluate_shard
+from pyinverse.physics import Downsample
+
+# 5 images over 2 ranks: shards 3 + 2; at alpha = delta = 0.4 RCPS needs 2 calibration images, so
+# the seeded split (calibration [2, 4], test [3, 0, 1]) puts calibration and test images on both
+# ranks, in an order that is not the shards' order; the figure's 4 images come from both ranks.
+NUM_SAMPLES, NUM_IMAGES, SIZE, LEVEL = 4, 5, 12, "0.4"
+
+# Starts each rank in its own folder, then runs `python -m pyinverse` as torchrun would.
+_LAUNCH = r"""
+import os, runpy, sys
+os.chdir(f"rank{os.environ['RANK']}")
+sys.argv = ["pyinverse", *sys.argv[1:]]
+runpy.run_module("pyinverse", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_shard_is_contiguous_and_covers_everything():
+    for num_items in (0, 1, 5, 24, 25):
+        for world in (1, 2, 3, 7):
+            parts = [distributed.shard(num_items, rank, world) for rank in range(world)]
+            assert [i for part in parts for i in range(num_items)[part]] == list(range(num_items))
+            sizes = [part.stop - part.start for part in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert distributed.shard(25, 1, 2) == slice(13, 25)
+    with pytest.raises(ValueError, match="'rank' must be an int in"):
+        distributed.shard(4, 2, 2)
+
+
+def test_helpers_are_the_identity_in_one_process():
+    values = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    assert not distributed.active() and distributed.is_main() and distributed.world_size() == 1
+    assert distributed.gather_rows(values, axis=1) is values
+    assert distributed.global_mean(values) == float(values.mean())
+    np.testing.assert_array_equal(distributed.all_reduce_sum([1.5, 2.0]), [1.5, 2.0])
+    assert distributed.on_main(lambda: 3) == 3 and distributed.broadcast_object("x") == "x"
+    distributed.agree(None)
+    with pytest.raises(ValueError, match="boom"):
+        distributed.agree("boom")
+    assert not distributed.init_from_env()  # no WORLD_SIZE: a plain run joins nothing
+    # One process holds every image: a shard elsewhere is refused before any work.
+    with pytest.raises(ValueError, match="one process must hold all 5 images from start 0"):
+        evaluate_shard(np.zeros((2, 3, 1, 12, 12), np.float32), np.zeros((3, 1, 6, 6), np.float32), "downsample:2",
+                       start=2, num_images=5)
+
+
+def compare(single, sharded, where=""):
+    """Every number within rel 1e-6; exact counts, strings and whatever is an order statistic."""
+    assert type(single) is type(sharded), where
+    if isinstance(single, dict):
+        assert single.keys() == sharded.keys(), where
+        for key in single:
+            compare(single[key], sharded[key], f"{where}/{key}")
+    elif isinstance(single, list):
+        assert len(single) == len(sharded), where
+        for index, (a, b) in enumerate(zip(single, sharded)):
+            compare(a, b, f"{where}[{index}]")
+    elif isinstance(single, float):
+        assert sharded == pytest.approx(single, rel=1e-6, abs=1e-12), where
+    else:
+        assert single == sharded, where
+
+
+def figure(page):
+    return re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", page)
+
+
+def test_two_gloo_processes_match_one(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    truth = rng.random((NUM_IMAGES, 1, SIZE, SIZE), dtype=np.float32)
+    inputs = Downsample(2).A(torch.from_numpy(truth)).numpy()
+    samples = np.clip(truth[None] + 0.1 * rng.standard_normal((NUM_SAMPLES, *truth.shape)), 0, 1).astype(np.float32)
+    arguments = ["evaluate", "--operator", "downsample:2", "--alpha", LEVEL, "--delta", LEVEL]
+    for name, array in (("samples", samples), ("inputs", inputs), ("truth", truth)):
+        np.save(tmp_path / f"{name}.npy", array)
+        arguments += [f"--{name}", str(tmp_path / f"{name}.npy")]
+    launch = tmp_path / "launch.py"
+    launch.write_text(_LAUNCH)
+    for rank in range(2):
+        (tmp_path / f"rank{rank}").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(launch), *arguments, "--out", "out"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    # Rank 0 printed once and wrote the report; rank 1 wrote nothing at all.
+    assert process.stdout.count("report written to out/report/index.html (2 processes)") == 1, process.stdout
+    assert process.stdout.count("validity: PSNR") == 1
+    assert list((tmp_path / "rank1").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "rank0").rglob("*")) == ["index.html", "out", "report", "results.json"]
+    sharded = json.loads((tmp_path / "rank0" / "out" / "report" / "results.json").read_text())
+
+    assert main([*arguments, "--out", str(tmp_path / "one")]) == 0  # the same, in this one process
+    capsys.readouterr()
+    single = json.loads((tmp_path / "one" / "report" / "results.json").read_text())
+    rcps = single["uncertainty"]["rcps"]
+    assert rcps["calibration_images"] == 2 and rcps["test_images"] == 3  # RCPS ran
+    assert "perception" in single and len(single["validity"]["psnr_per_image"]) == NUM_IMAGES
+    compare(single, sharded)
+    # The lambda is the same order statistic of the same per-pixel values, and the held-out risks
+    # are fractions of pixel counts averaged in the single-process order: exact.
+    for key in ("lambda", "risk", "coverage", "max_image_risk", "fraction_images_above_alpha"):
+        assert sharded["uncertainty"]["rcps"][key] == rcps[key], key
+    # The figure shows the first 4 images, 3 from rank 0 and 1 from rank 1: the same picture.
+    pages = [(folder / "report" / "index.html").read_text() for folder in (tmp_path / "one", tmp_path / "rank0" / "out")]
+    assert len(figure(pages[0])) == 1 and figure(pages[0]) == figure(pages[1])
