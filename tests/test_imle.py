@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyinverse.imle import (TASKS, ConditionalGenerator, feature_embedding, load_generator, load_pretrained,
-                            save_generator, select_codes, shipped_tasks, train_cimle)
+                            pretrained_path, save_generator, select_codes, shipped_tasks, train_cimle)
 from pyinverse.metrics import perceptual_distance, psnr
 
 
@@ -305,6 +305,30 @@ def test_load_pretrained_rejects_unknown_tasks():
 # shipped models
 # -------------------------------------------------------------------------------------------------
 
+# Per task, measured on the first 20 held-out images (20 samples, seed 0; seeds 1-3 gave the same
+# to within 0.06 dB for the faces, while colour's gains moved by up to 0.6 dB) when the models were
+# shipped, and asserted with about half the measured value as margin (see docs/imle_results.md):
+#   task: (best-of-20 PSNR gain over the baseline in dB, mean one-sample PSNR gain in dB,
+#          mean per-pixel standard deviation over the samples)
+SHIPPED_MARGINS = {
+    "sr4": (0.25, 0.2, 3e-3),    # measured 0.56 dB, 0.42 dB, 0.0067
+    "sr8": (1.0, 0.6, 0.015),    # measured 2.02 dB, 1.33 dB, 0.030
+    "colour": (4.0, 1.0, 0.03),  # measured 8.9 dB, 1.9 dB, 0.069
+    "jpeg": (0.4, 0.3, 0.004),   # measured 0.82 dB, 0.69 dB, 0.0082
+}
+
+
+def test_every_task_has_a_shipped_model_with_its_record():
+    assert shipped_tasks() == list(TASKS) == list(SHIPPED_MARGINS)
+    for name in TASKS:
+        path = pretrained_path(name)
+        assert path.stat().st_size < 1_000_000
+        record = json.loads(path.with_suffix(".json").read_text())
+        assert record == load_pretrained(name).training_info  # the JSON beside it is the file's own record
+        assert record["task"] == name and record["held_out"]["images"] == TASKS[name].held_out().shape[0]
+        assert record["held_out"]["best_of_s_psnr"] > record["held_out"]["baseline_psnr"]
+
+
 @pytest.mark.parametrize("task_name", shipped_tasks())
 def test_shipped_model_beats_its_baseline_on_held_out_images(task_name):
     task = TASKS[task_name]
@@ -316,15 +340,19 @@ def test_shipped_model_beats_its_baseline_on_held_out_images(task_name):
     samples = g.sample(baseline, 20, seed=0)  # (20, 20, C, 24, 24)
     per_sample = torch.stack([psnr(s, truth) for s in samples])
     best = per_sample.max(dim=0).values
-    print(task_name, float(psnr(baseline, truth).mean()), float(best.mean()), float(per_sample.mean()))
-    assert best.mean() > psnr(baseline, truth).mean() + 0.2
-    assert per_sample.mean() > psnr(baseline, truth).mean()  # a typical sample beats the baseline too
-    assert samples.std(dim=0).mean() > 1e-3  # the samples differ
+    base = psnr(baseline, truth).mean()
+    spread = samples.std(dim=0).mean()
+    print(task_name, float(base), float(best.mean()), float(per_sample.mean()), float(spread))
+    best_gain, sample_gain, min_spread = SHIPPED_MARGINS[task_name]
+    assert best.mean() > base + best_gain
+    assert per_sample.mean() > base + sample_gain  # a typical sample beats the baseline too
+    assert spread > min_spread  # the samples differ
 
 
-def test_an_unshipped_task_says_so():
-    missing = [name for name in TASKS if name not in shipped_tasks()]
-    if not missing:
-        pytest.skip("every task has a shipped model")
-    with pytest.raises(FileNotFoundError, match=f"no generator is shipped for task '{missing[0]}'"):
-        load_pretrained(missing[0])
+def test_an_unshipped_task_says_so(tmp_path, monkeypatch):
+    import pyinverse.imle.tasks as tasks_module
+
+    # every task has a model now: point the lookup at an empty folder to see the message
+    monkeypatch.setattr(tasks_module, "pretrained_path", lambda task: tmp_path / f"imle_{task}.safetensors")
+    with pytest.raises(FileNotFoundError, match="no generator is shipped for task 'sr8'.*shipped: none"):
+        load_pretrained("sr8")
