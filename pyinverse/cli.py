@@ -8,6 +8,7 @@ Subcommands that exist today:
             perception, as report/index.html (self-contained) and report/results.json
   restore   samples (S, N, C, H, W) from a shipped or a user's restorer (flow posterior / MAP,
             cIMLE) for a file or folder of observations, written as one .npy for ``evaluate``
+  train     a flow prior or a cIMLE generator on a folder (or array) of your images
   bench     run benchmarks/ (a source checkout) and print the peer comparison
   config    print the build configuration (as ``pyinverse.show_config()``)
 Errors in the inputs end with a one-line message and exit status 2, never a traceback.
@@ -113,6 +114,20 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .data import image_folder
+    from .data.arrays import load_images
+    from .training import train_on_images
+
+    images = (image_folder(args.images, size=args.size, gray=args.gray) if Path(args.images).is_dir()
+              else load_images(args.images, "images"))
+    record = train_on_images(args.kind, images, args.out, task=args.task, epochs=args.epochs, seed=args.seed,
+                             checkpoint_dir=args.checkpoint_dir, overwrite=args.overwrite)
+    print(f"{args.kind} trained on {record['images']} images {tuple(record['image_shape'])} for {args.epochs} "
+          f"epochs, written to {args.out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -170,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     restore.set_defaults(handler=_restore)
+    train = commands.add_parser("train", help="train a flow prior or a cIMLE generator on your images")
+    train.add_argument("kind", choices=("flow", "cimle"))
+    train.add_argument("--images", required=True, help="a folder of PNG/JPEG files or an (N, C, H, W) array file")
+    train.add_argument("--out", required=True, help="the .safetensors file to write")
+    train.add_argument("--task", help="cimle: the task (sr4, sr8, colour, jpeg): its forward process and baseline")
+    train.add_argument("--size", type=int, help="resize folder images to SIZE x SIZE (cimle tasks take 24)")
+    train.add_argument("--gray", action="store_true", help="read folder images as one channel")
+    train.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")
+    train.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    train.set_defaults(handler=_train)
     bench = commands.add_parser("bench", help="run the benchmarks (source checkout) and print the comparison")
     bench.add_argument("--dir", default="benchmarks", help="the benchmarks folder (default ./benchmarks)")
     bench.add_argument("--only", nargs="+", choices=("quantile", "sqrtm", "coupling", "knn", "ot", "gpu"),

@@ -71,3 +71,49 @@ def test_bench_runs_the_benchmark_files(tmp_path, capfd):
     assert "test_sum[tiny]" in capfd.readouterr().out  # pytest-benchmark's table, from the child
     assert main(["bench", "--dir", str(tmp_path / "none")]) == 2
     assert "no benchmarks" in capfd.readouterr().err
+
+
+def _write_pngs(folder, images):
+    from PIL import Image
+
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("kind", ["flow", "cimle"])
+def test_train_on_a_folder_then_restore_with_the_file(tmp_path, kind, capsys):
+    _write_pngs(tmp_path / "faces", lfw_faces("faces")[:12, :, :24, :24])
+    out = tmp_path / f"{kind}.safetensors"
+    args = ["train", kind, "--images", str(tmp_path / "faces"), "--gray", "--out", str(out), "--epochs", "2"]
+    if kind == "cimle":
+        args += ["--task", "sr4"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "written to" in capsys.readouterr().out
+    faces = lfw_faces("faces")[90:92, :, :24, :24]
+    if kind == "flow":
+        from pyinverse.flows import load_flow
+
+        model, record = load_flow(out)
+        assert record["kind"] == "flow" and record["images"] == 12 and model.image_shape == (1, 24, 24)
+        noisy = faces + 0.1 * np.random.default_rng(0).standard_normal(faces.shape).astype(np.float32)
+        estimate = restore("flow-map", noisy, model=str(out), operator="denoising:0.1")
+    else:
+        low = Downsample(4).A(torch.from_numpy(faces)).numpy()
+        estimate = restore("cimle", low, model=str(out), num_samples=3)
+        assert estimate.shape == (3, 2, 1, 24, 24)
+    assert np.isfinite(estimate).all() and estimate.min() >= 0 and estimate.max() <= 1
+    before = out.read_bytes()
+    assert main(args) == 2  # never overwritten silently
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_train_rejects_what_it_cannot_train(tmp_path, capsys):
+    _write_pngs(tmp_path / "faces", lfw_faces("faces")[:4, :, :20, :20])
+    base = ["train", "cimle", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "g.st")]
+    assert main(base + ["--task", "sr4"]) == 2
+    assert "takes images of shape (N, 1, 24, 24)" in capsys.readouterr().err
+    assert main(base + ["--task", "inpainting"]) == 2
+    assert "needs a 'task' among" in capsys.readouterr().err
+    assert main(["train", "flow", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "f.st")]) == 2
+    assert "divisible by 8" in capsys.readouterr().err
