@@ -33,14 +33,6 @@ from pyinverse.metrics import perceptual_distance, psnr, ssim, validity
 DIVERSITY_PERCEPTUAL_SAMPLES = 10
 
 
-def held_out_subset(task, max_images: int) -> torch.Tensor:
-    """At most ``max_images`` held-out images, evenly spaced over the held-out set."""
-    images = task.held_out()
-    if images.shape[0] > max_images:
-        images = images[np.linspace(0, images.shape[0] - 1, max_images).round().astype(int)]
-    return torch.from_numpy(np.ascontiguousarray(images))
-
-
 def row(name: str, operator, y: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor) -> list:
     """One table row for samples (S, N, C, H, W)."""
     valid = validity(operator, y, samples)
@@ -106,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         task = TASKS[name]
         generator = load_pretrained(name)
-        truth = held_out_subset(task, args.images)
+        truth = torch.from_numpy(task.held_out(args.images))
         y = task.operator.A(truth)
         baseline = task.lift(y)
         samples = generator.sample(baseline, args.samples, seed=args.seed)

@@ -81,9 +81,13 @@ class Task:
         """Training images (N, C, 24, 24) float32 in [0, 1]."""
         return self.train_fn()
 
-    def held_out(self) -> np.ndarray:
-        """Held-out images (N, C, 24, 24) float32 in [0, 1] (never seen in training)."""
-        return self.held_out_fn()
+    def held_out(self, max_images: int | None = None) -> np.ndarray:
+        """Held-out images (N, C, 24, 24) float32 in [0, 1] (never seen in training); with
+        ``max_images``, at most that many, evenly spaced over the held-out set."""
+        images = self.held_out_fn()
+        if max_images is not None and images.shape[0] > max_images:
+            images = images[np.linspace(0, images.shape[0] - 1, max_images).round().astype(int)]
+        return np.ascontiguousarray(images)
 
     def pairs(self, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lift(A(x)), x)`` for images x (N, C, H, W): generator inputs and targets (float32 torch)."""

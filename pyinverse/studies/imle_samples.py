@@ -8,7 +8,6 @@ held-out set allows it (22 calibration images), else at 0.2.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..evaluation import evaluate_samples
@@ -30,10 +29,7 @@ def study(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
     sections = []
     for name in shipped_tasks():
         task, generator = TASKS[name], load_pretrained(name)
-        truth = task.held_out()
-        if truth.shape[0] > MAX_IMAGES:  # evenly spaced, so every held-out photo contributes
-            truth = truth[np.linspace(0, truth.shape[0] - 1, MAX_IMAGES).round().astype(int)]
-        truth = np.ascontiguousarray(truth, dtype=np.float32)
+        truth = task.held_out(MAX_IMAGES)  # evenly spaced, so every held-out photo contributes
         y = task.operator.A(torch.from_numpy(truth))
         with torch.no_grad():
             samples = generator.sample(task.lift(y), num_samples, seed=seed).numpy()
