@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/array_view.h"
+#include "core/host_device.h"
 #include "core/cuda_runtime.h"
 #include "core/errors.h"
 #include "core/parallel.h"
@@ -42,6 +43,12 @@ py::dict build_info() {
   info["cpu_dispatch"] = std::string(__builtin_cpu_supports("avx2") ? "avx2 (runtime)" : "baseline (runtime)");
 #else
   info["cpu_dispatch"] = std::string("baseline");
+#endif
+#if PYINV_X86_AVX2_DISPATCH
+  // The loops dispatched by hand (host_device.h): PYINVERSE_CPU_BASELINE=1 selects the portable ones.
+  info["quantile_loops"] = std::string(pyinv::use_avx2_loops() ? "avx2" : "portable");
+#else
+  info["quantile_loops"] = std::string("portable");
 #endif
 #if defined(__SANITIZE_ADDRESS__)
   info["sanitizers"] = std::string("address,undefined");

@@ -1,5 +1,8 @@
 """pyinverse.quantile / sample_stats against numpy (the reference: numpy's quantile and
 nanquantile, float64 mean/std), on fresh seeded random inputs and the hard cases."""
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -104,6 +107,64 @@ def test_nan_policies(rng, method, num_samples, dtype):
         assert_same(quantile(a, q, method=method), numpy_quantile(a, q, method=method))
         assert_same(quantile(a, q, method=method, nan_policy="omit"),
                     numpy_quantile(a, q, method=method, omit=True))
+
+
+# Rows wider than the kernel's tiles (2048 float32 / 1024 float64 pixels, with a partial last tile)
+# and sample counts around its blocks of 8 samples; q picked to need 1, 2, 4, 8 and more extremes.
+@pytest.mark.parametrize("num_samples", [1, 7, 9, 61])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_wide_rows_match_numpy(rng, num_samples, dtype, axis):
+    width = 2100
+    a = sprinkle(rng, rng.standard_normal((num_samples, width)).astype(dtype), 0.001, np.nan)
+    a[:, 7] = np.nan
+    a[num_samples // 2, width - 1] = np.nan
+    if axis == 1:
+        a = np.ascontiguousarray(a.T)  # samples along the contiguous axis: gathered tile rows
+    for q in (0.0, 1.0, 0.02, 0.98, 0.05, 0.95, 0.1, 0.9, 0.5):
+        assert_same(quantile(a, q, axis=axis), numpy_quantile(a, q, axis=axis))
+    for q in (0.05, 0.95):  # numpy's nanquantile loops over pixels in Python: two levels only
+        assert_same(quantile(a, q, axis=axis, nan_policy="omit"), numpy_quantile(a, q, axis=axis, omit=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats = sample_stats(a, q=(0.05, 0.95), axis=axis, nan_policy="omit")
+        np.testing.assert_allclose(stats.mean, np.nanmean(a.astype(np.float64), axis=axis), rtol=1e-6, atol=1e-6)
+    assert_same(stats.quantiles, quantile(a, (0.05, 0.95), axis=axis, nan_policy="omit"))
+    propagated = sample_stats(a, q=(0.05, 0.95), axis=axis)
+    assert_same(np.isnan(propagated.mean), np.isnan(a).any(axis=axis))
+    assert_same(propagated.quantiles, quantile(a, (0.05, 0.95), axis=axis))
+
+
+def test_portable_loops_match_the_avx2_loops(tmp_path):
+    """PYINVERSE_CPU_BASELINE=1 runs the portable build of the extremes loops (what a CPU without
+    AVX2 runs); both must give the same bits, NaNs and infinities included."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((37, 2, 2100))
+    a[rng.random(a.shape) < 0.01] = np.nan
+    a[rng.random(a.shape) < 0.01] = np.inf
+    np.save(tmp_path / "a.npy", a)
+    code = ("import sys, numpy as np, pyinverse; a = np.load(sys.argv[1]); out = []\n"
+            "for x in (a, a.astype(np.float32)):\n"
+            "    for policy in ('propagate', 'omit'):\n"
+            "        out += [pyinverse.quantile(x, q, nan_policy=policy).astype(np.float64)\n"
+            "                for q in ([0.0, 1.0], [0.05, 0.95], [0.1, 0.9], 0.2)]\n"
+            "        s = pyinverse.sample_stats(x, q=(0.02, 0.98), nan_policy=policy)\n"
+            "        out += [s.mean.astype(np.float64), s.std.astype(np.float64), s.quantiles.astype(np.float64)]\n"
+            "np.save(sys.argv[2], np.stack([o.reshape(-1, 2, 2100)[0] for o in out]))\n"
+            "print(pyinverse._C.build_info()['quantile_loops'])\n")
+    results = {}
+    for name, baseline in (("avx2", None), ("portable", "1")):
+        env = {k: v for k, v in os.environ.items() if k != "PYINVERSE_CPU_BASELINE"}
+        if baseline:
+            env["PYINVERSE_CPU_BASELINE"] = baseline
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.npy"), str(tmp_path / f"{name}.npy")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if name == "portable":  # (the default run says "avx2" on a CPU that has it)
+            assert done.stdout.split()[-1] == "portable"
+        results[name] = np.load(tmp_path / f"{name}.npy")
+    assert_same(results["portable"], results["avx2"])
+    assert np.isnan(results["avx2"]).any() and np.isfinite(results["avx2"]).any()
 
 
 @pytest.mark.parametrize("num_samples", [2, 5, 40, 300])

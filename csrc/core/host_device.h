@@ -20,3 +20,23 @@
 #define PYINV_TARGET_CLONES
 #endif
 #define PYINV_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// Loops that need x86 min/max instructions: GCC turns `a < b ? a : b` on vectors into vminps only
+// under -ffinite-math-only (which would also fold our NaN checks away), so such a loop is written
+// against a min/max policy, compiled once with AVX2 intrinsics (under `#pragma GCC target`) and
+// once portably, and the caller picks with use_avx2_loops().
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__GNUC__)
+#define PYINV_X86_AVX2_DISPATCH 1
+#include <cstdlib>
+namespace pyinv {
+// Whether such loops take their AVX2 version: the CPU has AVX2 and FMA, and the environment
+// variable PYINVERSE_CPU_BASELINE is unset (the tests set it to check the portable version).
+inline bool use_avx2_loops() {
+  static const bool value =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !std::getenv("PYINVERSE_CPU_BASELINE");
+  return value;
+}
+}  // namespace pyinv
+#else
+#define PYINV_X86_AVX2_DISPATCH 0
+#endif

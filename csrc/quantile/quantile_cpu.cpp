@@ -1,8 +1,8 @@
 // CPU shell of the quantile family. Two paths over tiles of pixels:
-//  * extremes: when the needed ranks lie near the ends (tails, or any q for small S), stream the
-//    S rows of a tile once and keep, per pixel, the K_low smallest and K_high largest values by
-//    branchless min/max insertion. The pixels of a tile sit in the SIMD lanes, so for the (S, N)
-//    layout every load is a contiguous row: the cost is about one read of the input.
+//  * extremes: when the needed ranks lie near the ends (tails, or any q for small S), keep per
+//    pixel the K_low smallest and K_high largest values by branchless min/max insertion, with the
+//    pixels of a tile in the SIMD lanes. The sample rows are read a few at a time, each a
+//    contiguous run for the (S, N) layout, so the cost is about one read of the input.
 //  * selection: otherwise gather each pixel's S values and nth_element the needed ranks.
 // Both paths also accumulate float64 sums for mean/std in the same read.
 #include <algorithm>
@@ -13,9 +13,18 @@
 #include <limits>
 #include <vector>
 
+#include "core/host_device.h"
+#if PYINV_X86_AVX2_DISPATCH
+#include <immintrin.h>
+#endif
 #include "core/parallel.h"
 #include "quantile/quantile.h"
 #include "quantile/quantile_kernel.h"
+
+// The portable loops pass 32-byte vectors by value, but only between always-inlined functions:
+// no call crosses the ABI that the warning is about.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 
 namespace pyinv {
 
@@ -122,6 +131,7 @@ PYINV_ALWAYS_INLINE void write_stats(const QuantileProblem& problem, const Outpu
 
 constexpr int64_t kMaxExtremes = 64;  // K_low and K_high each; above, selection is faster
 constexpr int64_t kMaxRegisterExtremes = 8;  // up to here the kept extremes stay in registers
+constexpr int64_t kSampleBlock = 8;  // samples inserted per load and store of register-resident extremes
 
 // 32-byte GCC/Clang vector types: explicit selects on whole vectors (vcmpps + vblendvps under AVX2,
 // two SSE halves in the baseline clone) instead of loops the compiler turns into masked stores.
@@ -132,13 +142,12 @@ struct Simd {
 };
 
 // Pixels per tile for the extremes path: wide tiles make each sample row a long contiguous run
-// (S rows are S concurrent streams; short runs defeat the hardware prefetcher), while the kept
-// extremes of the tile, (K_low + K_high) x tile values, stay within ~32 KiB (L1).
-// The register path (few extremes) takes 256 pixels per tile: its next tile, S rows of 1 KiB, is
-// prefetched while the current one is processed and stays in L2.
+// (the rows read side by side are concurrent streams; short runs defeat the hardware prefetcher).
+// Many extremes: their (K_low + K_high) x tile values stay within ~32 KiB (L1). Few (the blocked
+// register path): 8 KiB rows, measured best of 1 to 32 KiB for S = 50; the extremes stay in L2.
 template <typename T>
 int64_t extremes_tile_pixels(const ExtremePlan& plan) {
-  if (std::max(plan.k_low, plan.k_high) <= kMaxRegisterExtremes) return 256;
+  if (std::max(plan.k_low, plan.k_high) <= kMaxRegisterExtremes) return 8192 / static_cast<int64_t>(sizeof(T));
   const int64_t vectors = (32 * 1024) / ((plan.k_low + plan.k_high + 1) * 32);
   return Simd<T>::kWidth * std::max<int64_t>(2, std::min<int64_t>(128, vectors));
 }
@@ -164,11 +173,11 @@ class AlignedBuffer {
 template <typename T>
 struct ExtremesScratch {
   using Vec = typename Simd<T>::Vec;
-  ExtremesScratch(const ExtremePlan& plan, int64_t lanes)
-      : low(plan.k_low * (lanes / Simd<T>::kWidth)),
-        high(plan.k_high * (lanes / Simd<T>::kWidth)),
+  ExtremesScratch(int64_t low_slots, int64_t high_slots, int64_t lanes, int64_t value_rows)
+      : low(low_slots * (lanes / Simd<T>::kWidth)),
+        high(high_slots * (lanes / Simd<T>::kWidth)),
         nan_count(lanes / Simd<T>::kWidth),
-        value(lanes),
+        value(lanes * value_rows),
         shift(lanes),
         sum(lanes),
         sum_squares(lanes) {}
@@ -176,235 +185,53 @@ struct ExtremesScratch {
   AlignedBuffer<T> value;
   AlignedBuffer<double> shift, sum, sum_squares;
 };
+// Min/max of whole vectors with the semantics of `a < b ? a : b` and `a > b ? a : b` (the second
+// operand when unordered or equal), which is exactly what x86 minps/maxps compute; GCC only emits
+// those for the selects under -ffinite-math-only, which would also fold our NaN checks away.
+namespace portable {
+struct MinMax {
+  template <typename Vec>
+  static PYINV_ALWAYS_INLINE Vec min(Vec a, Vec b) { return a < b ? a : b; }
+  template <typename Vec>
+  static PYINV_ALWAYS_INLINE Vec max(Vec a, Vec b) { return a > b ? a : b; }
+};
+#include "quantile/extremes_loops.inc"
+}  // namespace portable
 
+#if PYINV_X86_AVX2_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct MinMax {
+  using F = Simd<float>::Vec;
+  using D = Simd<double>::Vec;
+  static PYINV_ALWAYS_INLINE F min(F a, F b) { return (F)_mm256_min_ps((__m256)a, (__m256)b); }
+  static PYINV_ALWAYS_INLINE F max(F a, F b) { return (F)_mm256_max_ps((__m256)a, (__m256)b); }
+  static PYINV_ALWAYS_INLINE D min(D a, D b) { return (D)_mm256_min_pd((__m256d)a, (__m256d)b); }
+  static PYINV_ALWAYS_INLINE D max(D a, D b) { return (D)_mm256_max_pd((__m256d)a, (__m256d)b); }
+};
+#include "quantile/extremes_loops.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+// The loops for this CPU, picked once at run time.
 template <typename T, bool kOmitNan, bool kStats>
-PYINV_ALWAYS_INLINE void extremes_tile(const QuantileProblem& problem, const ExtremePlan& plan, const T* data,
-                                       const TileGrid& grid, const TileSpan& span, const Outputs<T>& out,
-                                       ExtremesScratch<T>& scratch) {
-  using Vec = typename Simd<T>::Vec;
-  constexpr int64_t W = Simd<T>::kWidth;
-  const int64_t L = grid.tile, NV = L / W;
-  const int64_t S = problem.num_samples;
-  const int64_t k_low = plan.k_low, k_high = plan.k_high;
-  const T inf = std::numeric_limits<T>::infinity();
-  const Vec pos_inf = Vec{} + inf, neg_inf = Vec{} - inf;
-  Vec* low = scratch.low.data();    // [k_low][NV], each slot sorted ascending across j
-  Vec* high = scratch.high.data();  // [k_high][NV], descending
-  Vec* nan_count = scratch.nan_count.data();
-  T* value = scratch.value.data();
-  double* shift = scratch.shift.data();
-  double* sum = scratch.sum.data();
-  double* sum_squares = scratch.sum_squares.data();
-  std::fill(low, low + k_low * NV, pos_inf);
-  std::fill(high, high + k_high * NV, neg_inf);
-  std::fill(nan_count, nan_count + NV, Vec{});
-  if (kStats) {
-    std::fill(sum, sum + L, 0.0);
-    std::fill(sum_squares, sum_squares + L, 0.0);
-  }
-  const bool direct = grid.inner_stride == 1 && span.count == L;
-
-  for (int64_t k = 0; k < S; ++k) {
-    const T* row = data + span.input_offset + k * problem.sample_stride;
-    if (!direct) {  // gather strided or partial tiles; padding lanes are never written out
-      for (int64_t t = 0; t < L; ++t) value[t] = t < span.count ? row[t * grid.inner_stride] : T(0);
-      row = value;
-    }
-    if (kStats) {
-      if (k == 0) {
-        for (int64_t t = 0; t < L; ++t) shift[t] = stats_shift(row[t]);
-      }
-#pragma omp simd
-      for (int64_t t = 0; t < L; ++t) {
-        const T v = row[t];
-        const double d = (kOmitNan && v != v) ? 0.0 : static_cast<double>(v) - shift[t];
-        sum[t] += d;
-        sum_squares[t] += d * d;
-      }
-    }
-    for (int64_t w = 0; w < NV; ++w) {
-      Vec v;
-      std::memcpy(&v, row + w * W, sizeof(Vec));
-      const auto is_nan = v != v;  // all-ones lanes where NaN
-      nan_count[w] = is_nan ? nan_count[w] + T(1) : nan_count[w];
-      // Omitted NaNs become +inf for the low end and -inf for the high end: never selected there.
-      Vec up = kOmitNan ? (is_nan ? pos_inf : v) : v;
-      Vec down = kOmitNan ? (is_nan ? neg_inf : v) : v;
-      // Insertion into the sorted K smallest: the new value bubbles up through min/max pairs.
-      for (int64_t j = 0; j < k_low; ++j) {
-        const Vec kept = low[j * NV + w];
-        low[j * NV + w] = up < kept ? up : kept;
-        up = up < kept ? kept : up;
-      }
-      for (int64_t j = 0; j < k_high; ++j) {
-        const Vec kept = high[j * NV + w];
-        high[j * NV + w] = down > kept ? down : kept;
-        down = down > kept ? kept : down;
-      }
-    }
-  }
-
-  for (int64_t t = 0; t < span.count; ++t) {
-    const int64_t w = t / W, lane = t % W;
-    const int64_t nans = static_cast<int64_t>(nan_count[w][lane]);
-    const int64_t n_valid = kOmitNan ? S - nans : S;
-    const bool poisoned = !kOmitNan && nans > 0;
-    auto value_at_rank = [&](int64_t rank) -> T {
-      if (rank < k_low) return low[rank * NV + w][lane];
-      return high[(n_valid - 1 - rank) * NV + w][lane];  // plan_extremes guarantees this is < k_high
-    };
-    write_quantiles<T>(problem, out, span.pixel + t, n_valid, poisoned, value_at_rank);
-    if (kStats) write_stats<T>(problem, out, span.pixel + t, shift[t], sum[t], sum_squares[t], n_valid, poisoned);
-  }
+void extremes_isa(const QuantileProblem& problem, const ExtremePlan& plan, const T* data, const TileGrid& grid,
+                  const Outputs<T>& out, int64_t begin, int64_t end) {
+#if PYINV_X86_AVX2_DISPATCH
+  if (use_avx2_loops()) return avx2::extremes_run<T, kOmitNan, kStats>(problem, plan, data, grid, out, begin, end);
+#endif
+  portable::extremes_run<T, kOmitNan, kStats>(problem, plan, data, grid, out, begin, end);
 }
 
-// Few extremes (K_low, K_high <= 8): the kept values of one vector of pixels live in registers
-// while its S samples stream by (loop over samples innermost), so each sample costs 2K min/max
-// operations and no loads or stores besides the sample itself.
-template <typename T, int K, bool kOmitNan, bool kStats>
-PYINV_ALWAYS_INLINE void extremes_tile_registers(const QuantileProblem& problem, const ExtremePlan& plan,
-                                                 const T* data, const TileGrid& grid, const TileSpan& span,
-                                                 const Outputs<T>& out) {
-  using Vec = typename Simd<T>::Vec;
-  constexpr int64_t W = Simd<T>::kWidth;
-  const int64_t S = problem.num_samples;
-  const bool use_low = plan.k_low > 0, use_high = plan.k_high > 0;
-  const T inf = std::numeric_limits<T>::infinity();
-  const Vec pos_inf = Vec{} + inf, neg_inf = Vec{} - inf;
-  alignas(64) T lanes_value[W];
-  alignas(64) double shift[W], sum[W], sum_squares[W];
-  for (int64_t first = 0; first < span.count; first += W) {
-    const int64_t lanes = std::min<int64_t>(W, span.count - first);
-    const bool direct = grid.inner_stride == 1 && lanes == W;
-    const T* column = data + span.input_offset + first * grid.inner_stride;
-    Vec low[K], high[K];
-    for (int j = 0; j < K; ++j) {
-      low[j] = pos_inf;
-      high[j] = neg_inf;
-    }
-    Vec nan_count{};
-    if (kStats) {
-      for (int64_t t = 0; t < W; ++t) sum[t] = sum_squares[t] = shift[t] = 0.0;
-    }
-    for (int64_t k = 0; k < S; ++k) {
-      const T* row = column + k * problem.sample_stride;
-      Vec v;
-      if (direct) {
-        __builtin_prefetch(row + grid.tile);  // this row of the next tile: S streams defeat hardware prefetch
-        std::memcpy(&v, row, sizeof(Vec));
-      } else {
-        for (int64_t t = 0; t < W; ++t) lanes_value[t] = t < lanes ? row[t * grid.inner_stride] : T(0);
-        std::memcpy(&v, lanes_value, sizeof(Vec));
-      }
-      if (kStats) {
-        std::memcpy(lanes_value, &v, sizeof(Vec));
-        if (k == 0) {
-          for (int64_t t = 0; t < W; ++t) shift[t] = stats_shift(lanes_value[t]);
-        }
-        for (int64_t t = 0; t < W; ++t) {
-          const T x = lanes_value[t];
-          const double d = (kOmitNan && x != x) ? 0.0 : static_cast<double>(x) - shift[t];
-          sum[t] += d;
-          sum_squares[t] += d * d;
-        }
-      }
-      const auto is_nan = v != v;
-      nan_count = is_nan ? nan_count + T(1) : nan_count;
-      if (use_low) {
-        Vec up = kOmitNan ? (is_nan ? pos_inf : v) : v;
-        for (int j = 0; j < K; ++j) {
-          const Vec kept = low[j];
-          low[j] = up < kept ? up : kept;
-          up = up < kept ? kept : up;
-        }
-      }
-      if (use_high) {
-        Vec down = kOmitNan ? (is_nan ? neg_inf : v) : v;
-        for (int j = 0; j < K; ++j) {
-          const Vec kept = high[j];
-          high[j] = down > kept ? down : kept;
-          down = down > kept ? kept : down;
-        }
-      }
-    }
-    for (int64_t t = 0; t < lanes; ++t) {
-      const int64_t nans = static_cast<int64_t>(nan_count[t]);
-      const int64_t n_valid = kOmitNan ? S - nans : S;
-      const bool poisoned = !kOmitNan && nans > 0;
-      auto value_at_rank = [&](int64_t rank) -> T {
-        if (rank < plan.k_low) return low[rank][t];
-        return high[n_valid - 1 - rank][t];  // plan_extremes guarantees this is < k_high
-      };
-      write_quantiles<T>(problem, out, span.pixel + first + t, n_valid, poisoned, value_at_rank);
-      if (kStats) {
-        write_stats<T>(problem, out, span.pixel + first + t, shift[t], sum[t], sum_squares[t], n_valid, poisoned);
-      }
-    }
-  }
-}
-
-template <typename T, bool kOmitNan, bool kStats>
-PYINV_ALWAYS_INLINE void extremes_items_registers(const QuantileProblem& problem, const ExtremePlan& plan,
-                                                  const T* data, const TileGrid& grid, const Outputs<T>& out,
-                                                  int64_t begin, int64_t end) {
-  const int64_t k = std::max(plan.k_low, plan.k_high);
-  for (int64_t item = begin; item < end; ++item) {
-    const TileSpan span = grid.span(item);
-    if (k <= 1) {
-      extremes_tile_registers<T, 1, kOmitNan, kStats>(problem, plan, data, grid, span, out);
-    } else if (k <= 2) {
-      extremes_tile_registers<T, 2, kOmitNan, kStats>(problem, plan, data, grid, span, out);
-    } else if (k <= 4) {
-      extremes_tile_registers<T, 4, kOmitNan, kStats>(problem, plan, data, grid, span, out);
-    } else {
-      extremes_tile_registers<T, 8, kOmitNan, kStats>(problem, plan, data, grid, span, out);
-    }
-  }
-}
-
-template <typename T, bool kOmitNan, bool kStats>
-PYINV_ALWAYS_INLINE void extremes_items(const QuantileProblem& problem, const ExtremePlan& plan, const T* data,
-                                        const TileGrid& grid, const Outputs<T>& out, int64_t begin, int64_t end) {
-  ExtremesScratch<T> scratch(plan, grid.tile);
-  for (int64_t item = begin; item < end; ++item) {
-    extremes_tile<T, kOmitNan, kStats>(problem, plan, data, grid, grid.span(item), out, scratch);
-  }
-}
-
-// The hot loops, compiled once per ISA (AVX2 / baseline) and picked at load time.
-#define PYINV_DEFINE_EXTREMES(NAME, T, OMIT, STATS)                                                          \
-  PYINV_TARGET_CLONES void NAME(const QuantileProblem& problem, const ExtremePlan& plan, const T* data,      \
-                                const TileGrid& grid, const Outputs<T>& out, int64_t begin, int64_t end) { \
-    if (std::max(plan.k_low, plan.k_high) <= kMaxRegisterExtremes) {                                         \
-      extremes_items_registers<T, OMIT, STATS>(problem, plan, data, grid, out, begin, end);                   \
-    } else {                                                                                                   \
-      extremes_items<T, OMIT, STATS>(problem, plan, data, grid, out, begin, end);                             \
-    }                                                                                                          \
-  }
-PYINV_DEFINE_EXTREMES(extremes_f32, float, false, false)
-PYINV_DEFINE_EXTREMES(extremes_f32_omit, float, true, false)
-PYINV_DEFINE_EXTREMES(extremes_f32_stats, float, false, true)
-PYINV_DEFINE_EXTREMES(extremes_f32_omit_stats, float, true, true)
-PYINV_DEFINE_EXTREMES(extremes_f64, double, false, false)
-PYINV_DEFINE_EXTREMES(extremes_f64_omit, double, true, false)
-PYINV_DEFINE_EXTREMES(extremes_f64_stats, double, false, true)
-PYINV_DEFINE_EXTREMES(extremes_f64_omit_stats, double, true, true)
-#undef PYINV_DEFINE_EXTREMES
-
-void extremes_dispatch(const QuantileProblem& problem, const ExtremePlan& plan, const float* data,
-                       const TileGrid& grid, const Outputs<float>& out, int64_t begin, int64_t end, bool stats) {
+template <typename T>
+void extremes_dispatch(const QuantileProblem& problem, const ExtremePlan& plan, const T* data, const TileGrid& grid,
+                       const Outputs<T>& out, int64_t begin, int64_t end, bool stats) {
   if (problem.omit_nan) {
-    (stats ? extremes_f32_omit_stats : extremes_f32_omit)(problem, plan, data, grid, out, begin, end);
+    (stats ? extremes_isa<T, true, true> : extremes_isa<T, true, false>)(problem, plan, data, grid, out, begin, end);
   } else {
-    (stats ? extremes_f32_stats : extremes_f32)(problem, plan, data, grid, out, begin, end);
-  }
-}
-void extremes_dispatch(const QuantileProblem& problem, const ExtremePlan& plan, const double* data,
-                       const TileGrid& grid, const Outputs<double>& out, int64_t begin, int64_t end, bool stats) {
-  if (problem.omit_nan) {
-    (stats ? extremes_f64_omit_stats : extremes_f64_omit)(problem, plan, data, grid, out, begin, end);
-  } else {
-    (stats ? extremes_f64_stats : extremes_f64)(problem, plan, data, grid, out, begin, end);
+    (stats ? extremes_isa<T, false, true> : extremes_isa<T, false, false>)(problem, plan, data, grid, out, begin, end);
   }
 }
 
