@@ -30,7 +30,9 @@ def _run(args: argparse.Namespace) -> int:
     from .studies.run import run_study
 
     out = Path(args.out) if args.out else _default_out_dir("run")
-    results = run_study(out, quick=args.quick, seed=args.seed, overwrite=args.overwrite)
+    print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
+    results = run_study(out, quick=args.quick, seed=args.seed, overwrite=args.overwrite,
+                        log=lambda line: print(line, flush=True))
     print(f"held-out risk {results['uq']['held_out_risk']:.4f} (alpha {results['uq']['alpha']}), "
           f"{results['seconds']:.1f} s")
     print(f"report written to {out / 'report' / 'index.html'}")
@@ -160,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="a small configuration (about a minute on 2 cores)")
     run.add_argument("--out", help="output folder (default: a new runs/run-<time> folder)")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    run.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    run.add_argument("--overwrite", action="store_true",
+                     help="rerun everything into a non-empty --out (without it, an unfinished run there resumes)")
     run.set_defaults(handler=_run)
     evaluate = commands.add_parser("evaluate", help="evaluate your own samples against their inputs")
     evaluate.add_argument("--samples", required=True,
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyinverse {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"pyinverse {args.command}: interrupted", file=sys.stderr)
+        print(f"pyinverse {args.command}: interrupted", file=sys.stderr)  # `run` resumes from its finished stages
         return 130
 
 

@@ -1,8 +1,13 @@
 """`pyinverse run --quick`: the report's structure and its numbers against results.json."""
 import json
 
+import numpy as np
+import pytest
+
 from pyinverse.cli import main
 from pyinverse.imle import shipped_tasks
+from pyinverse.report.html import Figure, Section, Table, sections_from_json, sections_to_json
+from pyinverse.studies.run import run_stages
 
 
 def test_quick_run_writes_report_matching_results(quick_run, capsys):
@@ -29,8 +34,66 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
         assert task["distortion"]["psnr_best_of_s"] >= task["distortion"]["psnr_of_samples"]
         rcps = task["uncertainty"]["rcps"]
         assert 0 <= rcps["risk"] <= 1 and rcps["coverage"] == 1 - rcps["risk"]
-    assert page.count("data:image/png;base64,") == 1 + len(restorers)
+    # Deep OT over simple restorers and the two tradeoffs, with their closed-form checks.
+    deep_ot = {(row["task"], row["signal"]): row for row in results["deep_ot"]["rows"]}
+    assert {signal for _, signal in deep_ot} >= {"x_0", "D(E(x))", "bicubic upsampling"}
+    for row in deep_ot.values():
+        assert f"{row['psnr']:.4g}" in page and f"{row['latent_w2']:.4g}" in page
+    # Bicubic upsampling is far from clean images in the latent space; its twin x_0 is closer.
+    assert deep_ot[("4x super-resolution", "x_0")]["latent_w2"] < deep_ot[("4x super-resolution",
+                                                                           "bicubic upsampling")]["latent_w2"]
+    checks = results["tradeoffs"]["checks"]
+    assert abs(checks["posterior_mse_is_twice_mmse"] - 2.0) < 0.05
+    assert abs(checks["x0_mse_minus_mmse_over_w2_squared"] - 1.0) < 0.05
+    assert checks["distortion_ge_uncertainty_everywhere"] is True
+    assert page.count("data:image/png;base64,") == 1 + len(restorers) + 1 + 2
     assert "report written to" in printed
+    assert "reusing" not in printed
     # Never overwritten silently.
     assert main(["run", "--quick", "--out", str(out)]) == 2
     assert "already holds a report" in capsys.readouterr().err
+
+
+def _stage(name, calls, fail=False):
+    def run():
+        calls.append(name)
+        if fail:
+            raise KeyboardInterrupt  # what an interrupted run sees
+        table = Table(name, ["value", "missing"], [[np.float64(1.5), float("nan")]])
+        return {"value": np.float32(1.5), "name": name}, [Section(name, [table, Figure(name, b"\x89PNG" + name.encode())])]
+    return run
+
+
+def test_interrupted_run_resumes_from_its_finished_stages(tmp_path):
+    config = {"quick": True, "seed": 3}
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(tmp_path, [("a", _stage("a", calls)), ("b", _stage("b", calls, fail=True))], config, log=calls.append)
+    assert calls[0] == "a" and calls[-1] == "b" and (tmp_path / "stages" / "a.json").exists()
+    calls.clear()
+    results, sections = run_stages(tmp_path, [("a", _stage("a", calls)), ("b", _stage("b", calls))], config,
+                                   log=calls.append)
+    assert [c for c in calls if c in ("a", "b")] == ["b"]  # a was reused, not rerun
+    assert results == {"a": {"value": 1.5, "name": "a"}, "b": {"value": 1.5, "name": "b"}}
+    assert [s.title for s in sections] == ["a", "b"]
+    table, figure = sections[0].blocks
+    assert table.rows[0][0] == 1.5 and np.isnan(table.rows[0][1]) and figure.png == b"\x89PNG" + b"a"
+    # Another configuration in the same folder is refused; --overwrite reruns everything.
+    with pytest.raises(FileExistsError, match="another configuration"):
+        run_stages(tmp_path, [("a", _stage("a", calls))], {"quick": False, "seed": 3}, log=calls.append)
+    calls.clear()
+    run_stages(tmp_path, [("a", _stage("a", calls))], {"quick": False, "seed": 3}, overwrite=True, log=calls.append)
+    assert "a" in calls
+    # A damaged stage file is reported, not trusted.
+    (tmp_path / "stages" / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="a.json"):
+        run_stages(tmp_path, [("a", _stage("a", calls))], {"quick": False, "seed": 3}, log=calls.append)
+
+
+def test_sections_round_trip_through_json():
+    sections = [Section("s", [Table("t", ["x"], [[1], [float("inf")]], note="n", digits=3),
+                              Figure("f", bytes(range(256)), "c")], text="why")]
+    again = sections_from_json(json.loads(json.dumps(sections_to_json(sections))))
+    assert again == sections
+    with pytest.raises(ValueError, match="not a serialised report section"):
+        sections_from_json([{"title": "s", "text": "", "blocks": [{"chart": {}}]}])

@@ -104,16 +104,58 @@ def render_html(title: str, intro: str, sections: Sequence[Section]) -> str:
     return "".join(parts)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN/inf become strings, numpy scalars/arrays plain Python: results.json stays standard JSON."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "tolist"):
-        return _json_safe(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    return value
+
+
+def sections_to_json(sections: Sequence[Section]) -> list:
+    """Sections as JSON-ready data (figures base64), for :func:`sections_from_json`."""
+    def block(b: Any) -> dict:
+        if isinstance(b, Table):
+            return {"table": {"title": b.title, "columns": list(b.columns), "rows": _plain(b.rows), "note": b.note,
+                              "digits": b.digits}}
+        if isinstance(b, Figure):
+            return {"figure": {"title": b.title, "png": base64.b64encode(b.png).decode("ascii"), "caption": b.caption}}
+        raise TypeError(f"sections_to_json: cannot serialise a {type(b).__name__} block")
+    return [{"title": s.title, "text": s.text, "blocks": [block(b) for b in s.blocks]} for s in sections]
+
+
+def sections_from_json(data: Any) -> list[Section]:
+    """Inverse of :func:`sections_to_json`; ``ValueError`` on anything else."""
+    try:
+        sections = []
+        for s in data:
+            blocks = []
+            for b in s["blocks"]:
+                (kind, v), = b.items()
+                if kind == "table":
+                    blocks.append(Table(str(v["title"]), [str(c) for c in v["columns"]], [list(r) for r in v["rows"]],
+                                        str(v["note"]), int(v["digits"])))
+                elif kind == "figure":
+                    blocks.append(Figure(str(v["title"]), base64.b64decode(v["png"], validate=True), str(v["caption"])))
+                else:
+                    raise ValueError(f"unknown block kind {kind!r}")
+            sections.append(Section(str(s["title"]), blocks, str(s["text"])))
+        return sections
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"sections_from_json: not a serialised report section ({type(exc).__name__}: {exc})") from None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain Python (NaN and inf kept as floats)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
     return value
 
 
@@ -124,7 +166,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
     page = render_html(title, intro, sections)
-    numbers = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    numbers = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -18,15 +18,14 @@ estimates with.
    k-NN estimators), the three regimes shaded (perception-dominated: eta >= 1.9; uncertainty-
    dominated: eta <= 1.1); right, distortion against uncertainty, D >= U for every estimator.
 
-    python examples/tradeoff_figures.py --out runs/tradeoffs
+    python -m pyinverse.studies.tradeoffs --out runs/tradeoffs
 
 writes the two PNGs and ``tradeoffs.json`` (atomically; existing files are kept unless
---overwrite). About a minute on one core.
+--overwrite). About ten seconds on two cores; ``pyinverse run`` includes it.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
 import time
@@ -34,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pyinverse._io import atomic_write, atomic_write_json
-from pyinverse.data import photo_patches
-from pyinverse.tradeoffs import (PERCEPTION_REGIMES, eta, gaussian_denoising_experiment,
-                                 gaussian_uncertainty_perception)
+from .._io import atomic_write, atomic_write_json
+from ..data import photo_patches
+from ..report.html import Figure, Section, Table, figure_to_png, json_safe
+from ..tradeoffs import PERCEPTION_REGIMES, eta, gaussian_denoising_experiment, gaussian_uncertainty_perception
 
 SIGMA = 0.1
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
@@ -46,15 +45,6 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
 def patch_covariance(size: int) -> np.ndarray:
     patches = photo_patches("train", size=size, stride=max(1, size // 2), gray=True)
     return np.cov(patches.reshape(len(patches), -1).astype(np.float64), rowvar=False).reshape(size * size, size * size)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def perception_distortion_figure(seed: int) -> tuple[bytes, dict]:
@@ -89,7 +79,7 @@ def perception_distortion_figure(seed: int) -> tuple[bytes, dict]:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig), result
+    return figure_to_png(fig), result
 
 
 def uncertainty_perception_figure(seed: int) -> tuple[bytes, dict]:
@@ -150,33 +140,16 @@ def uncertainty_perception_figure(seed: int) -> tuple[bytes, dict]:
     fig.tight_layout()
     numbers = {"eta_grid": {"perception": grid[::10].tolist(), **{f"d={d}": eta(grid[::10], d).tolist() for d in dims}},
                "models": results}
-    return _png(fig), numbers
+    return figure_to_png(fig), numbers
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
+def study(seed: int = 0) -> tuple[bytes, bytes, dict]:
+    """Both figures (PNG bytes) and their numbers, with the closed-form checks."""
     import matplotlib
 
     matplotlib.use("Agg")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/tradeoffs"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    start = time.time()
-    pd_png, pd_numbers = perception_distortion_figure(args.seed)
-    up_png, up_numbers = uncertainty_perception_figure(args.seed)
+    pd_png, pd_numbers = perception_distortion_figure(seed)
+    up_png, up_numbers = uncertainty_perception_figure(seed)
     checks = {
         "posterior_mse_is_twice_mmse": pd_numbers["estimators"]["posterior"]["mse"] / pd_numbers["mmse"],
         "x0_mse_minus_mmse_over_w2_squared": (pd_numbers["estimators"]["x0"]["mse"] - pd_numbers["mmse"])
@@ -185,13 +158,44 @@ def main(argv: list[str] | None = None) -> int:
             p["distortion_sampled"] >= p["uncertainty_gaussian"]
             for m in up_numbers["models"].values() for p in m["points"]),
     }
-    payload = {"seed": args.seed, "sigma": SIGMA, "seconds": round(time.time() - start, 1),
-               "command": "python examples/tradeoff_figures.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "checks": checks, "perception_distortion": pd_numbers, "uncertainty_perception": up_numbers}
+    numbers = {"seed": seed, "sigma": SIGMA, "checks": checks, "perception_distortion": pd_numbers,
+               "uncertainty_perception": up_numbers}
+    return pd_png, up_png, numbers
+
+
+def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
+    """``pyinverse run``'s tradeoff stage (the same with and without --quick): (results, sections)."""
+    pd_png, up_png, numbers = study(seed)
+    checks = numbers["checks"]
+    table = Table("Closed-form checks of the sampled estimates", ["check", "value", "expected"], [
+        ["posterior sample MSE / MMSE", checks["posterior_mse_is_twice_mmse"], 2.0],
+        ["(MSE(x_0) - MMSE) d / W2(p_x*, p_x)^2", checks["x0_mse_minus_mmse_over_w2_squared"], 1.0],
+        ["distortion >= uncertainty for every estimator", str(checks["distortion_ge_uncertainty_everywhere"]), "True"],
+    ])
+    return json_safe(numbers), [Section("Tradeoffs: perception-distortion and uncertainty-perception", [
+        Figure("Perception-distortion (Deep OT's Gaussian experiment)", pd_png,
+               f"8x8 gray photo-patch Gaussian model in white noise (sigma {SIGMA}): lines are closed forms, "
+               "markers estimates from samples."),
+        Figure("Uncertainty-perception (Cohen et al. 2024)", up_png,
+               "eta(P) by dimension; tempered posterior samplers against U(P); distortion against uncertainty."),
+        table])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/tradeoffs"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.time()
+    pd_png, up_png, numbers = study(args.seed)
+    payload = {"seconds": round(time.time() - start, 1),
+               "command": "python -m pyinverse.studies.tradeoffs " + " ".join(argv if argv is not None else sys.argv[1:]),
+               **numbers}
     atomic_write(args.out / "perception_distortion.png", lambda p: p.write_bytes(pd_png), overwrite=args.overwrite)
     atomic_write(args.out / "uncertainty_perception.png", lambda p: p.write_bytes(up_png), overwrite=args.overwrite)
-    atomic_write_json(args.out / "tradeoffs.json", _json_safe(payload), overwrite=args.overwrite)
-    print(checks)
+    atomic_write_json(args.out / "tradeoffs.json", json_safe(payload), overwrite=args.overwrite)
+    print(numbers["checks"])
     print(f"wrote {args.out}/perception_distortion.png, uncertainty_perception.png, tradeoffs.json "
           f"in {payload['seconds']} s")
     return 0
