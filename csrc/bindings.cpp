@@ -268,6 +268,31 @@ PYBIND11_MODULE(_C, m) {
       py::arg("batch"), py::arg("num_candidates"), py::arg("dim"), py::arg("out_indices"), py::arg("out_distances"),
       py::arg("stream"), "Nearest of each target's own candidates, for a batch in one call; see pyinverse.knn.batched_nearest.");
 
+  m.def(
+      "knn_shortlist",
+      [](const std::string& dtype, uintptr_t dots, uintptr_t norms, int64_t num_queries, int64_t n, int64_t take,
+         uintptr_t out_values, uintptr_t out_indices) {
+        const DType type = parse_dtype(dtype, "exact_knn (shortlist)");
+        py::gil_scoped_release release;
+        knn_shortlist_cpu(type, as_ptr<const void>(dots), as_ptr<const void>(norms), num_queries, n, take,
+                          as_ptr<double>(out_values), as_ptr<int64_t>(out_indices));
+      },
+      py::arg("dtype"), py::arg("dots"), py::arg("norms"), py::arg("num_queries"), py::arg("n"), py::arg("take"),
+      py::arg("out_values"), py::arg("out_indices"),
+      "The take smallest norms[j] - 2 dots[i, j] of every row (CPU); see pyinverse.knn.exact_knn.");
+  m.def(
+      "knn_rerank",
+      [](const std::string& dtype, uintptr_t x, int64_t n, uintptr_t queries, uintptr_t candidates,
+         int64_t num_queries, int64_t num_candidates, int64_t dim, uintptr_t out_distances) {
+        const DType type = parse_dtype(dtype, "exact_knn (re-rank)");
+        py::gil_scoped_release release;
+        knn_rerank_cpu(type, as_ptr<const void>(x), n, as_ptr<const void>(queries), as_ptr<const int64_t>(candidates),
+                       num_queries, num_candidates, dim, as_ptr<double>(out_distances));
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("queries"), py::arg("candidates"), py::arg("num_queries"),
+      py::arg("num_candidates"), py::arg("dim"), py::arg("out_distances"),
+      "float64 squared distances of each query's candidate rows (CPU); see pyinverse.knn.exact_knn.");
+
   // --- coupling family ---------------------------------------------------------------------------
   // Operands are (pointer, row_stride) pairs of (B, N) rows (see csrc/coupling/coupling.h);
   // a pointer of 0 is an absent operand.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyinverse import _C
 from pyinverse.knn import DCIIndex, batched_nearest, exact_knn, knn_recall
 from reference import knn_assert_same_with_ties, knn_brute_force_reference
 
@@ -44,6 +45,53 @@ def test_exact_knn_matches_brute_force(rng, dtype, n, d, k):
     dist, idx = exact_knn(x, q, k)
     assert dist.dtype == dtype and idx.dtype == np.int64 and dist.shape == idx.shape == (37, k)
     knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shortlist_and_rerank_kernels_match_float64_numpy(rng, dtype):
+    """exact_knn's two CPU kernels on their own: the take smallest norms - 2 dots per row in
+    (value, index) order, and float64 distances of gathered candidates."""
+    q_count, n, d = 7, 301, 5
+    dots, norms = rng.standard_normal((q_count, n)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    dots[:, 50:60], norms[50:60] = dots[:, 40:50], norms[40:50]  # exact ties: the smaller index first
+    full = norms.astype(np.float64)[None] - 2.0 * dots.astype(np.float64)
+    expected = np.lexsort((np.broadcast_to(np.arange(n), full.shape), full), axis=-1)
+    for take in (1, 16, 37, n):
+        values, indices = np.empty((q_count, take)), np.empty((q_count, take), np.int64)
+        _C.knn_shortlist(dtype=np.dtype(dtype).name, dots=dots.ctypes.data, norms=norms.ctypes.data,
+                         num_queries=q_count, n=n, take=take, out_values=values.ctypes.data,
+                         out_indices=indices.ctypes.data)
+        np.testing.assert_array_equal(indices, expected[:, :take])
+        np.testing.assert_array_equal(values, np.take_along_axis(full, expected[:, :take], axis=1))
+    x, queries = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((q_count, d)).astype(dtype)
+    candidates = rng.integers(0, n, (q_count, 9))
+    distances = np.empty((q_count, 9))
+    _C.knn_rerank(dtype=np.dtype(dtype).name, x=x.ctypes.data, n=n, queries=queries.ctypes.data,
+                  candidates=candidates.ctypes.data, num_queries=q_count, num_candidates=9, dim=d,
+                  out_distances=distances.ctypes.data)
+    reference = ((x[candidates].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(distances, reference, rtol=1e-14)
+    candidates[3, 4] = n  # checked before any row is read
+    with pytest.raises(ValueError, match="outside"):
+        _C.knn_rerank(dtype=np.dtype(dtype).name, x=x.ctypes.data, n=n, queries=queries.ctypes.data,
+                      candidates=candidates.ctypes.data, num_queries=q_count, num_candidates=9, dim=d,
+                      out_distances=distances.ctypes.data)
+
+
+def test_exact_knn_crowds_wider_than_the_rounding_bound(rng):
+    # 600 points on a thin shell around the queries (radii 10 +- 5e-4, d = 256): their distances
+    # differ by less than the float32 matmul's rounding bound, so no shortlist is provably complete
+    # and every query re-ranks all points within the bound; 300 far points are never candidates.
+    d, center = 256, rng.standard_normal(256) * 3
+    directions = rng.standard_normal((600, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    shell = center + (10 + 5e-4 * rng.random(600))[:, None] * directions
+    far = center + 40 + rng.standard_normal((300, d))
+    x = np.concatenate([shell, far])[rng.permutation(900)].astype(np.float32)
+    q = (center + 1e-4 * rng.standard_normal((6, d))).astype(np.float32)
+    ref_d, ref_i = knn_brute_force_reference(x, q, 10)
+    dist, idx = exact_knn(x, q, 10)
+    knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[np.float32])
 
 
 def test_exact_knn_ties_and_duplicates_take_smaller_index(rng):

@@ -32,6 +32,15 @@
 //
 // batched_nearest_*: candidates (B, m, dim), targets (B, dim), same dtype, C-contiguous; writes
 // indices (B,) int64 (argmin over m, smallest index on ties) and distances (B,) in the input dtype.
+//
+// knn_rerank_cpu: float64 squared distances (Q, m) between each query (Q, dim) and its m candidate
+// rows of x (n, dim), given as indices (Q, m) int64 in [0, n); x and queries C-contiguous, same
+// dtype. exact_knn's re-ranking: the distances of knn_squared_distance, no gathered copies.
+//
+// knn_shortlist_cpu: for each row i of dots (Q, n), the `take` smallest of
+// norms[j] - 2 dots[i, j] (computed in float64) in (value, index) order; dots and norms C-contiguous,
+// same dtype; writes values (Q, take) float64 and indices (Q, take) int64. exact_knn's shortlist from
+// one matrix product: one streaming pass per row instead of adding the norms and a top-k.
 #pragma once
 #include <cstdint>
 
@@ -71,6 +80,11 @@ struct DciQueryBudget {
 // Argument checks shared by the CPU and CUDA shells (throw ValueError).
 void validate_dci_search(const DciShape& shape, const DciQueryBudget& budget, int64_t num_queries, const char* op);
 void validate_batched_nearest(int64_t batch, int64_t num_candidates, int64_t dim, const char* op);
+
+void knn_shortlist_cpu(DType dtype, const void* dots, const void* norms, int64_t num_queries, int64_t n, int64_t take,
+                       double* out_values, int64_t* out_indices);
+void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, const int64_t* candidates,
+                    int64_t num_queries, int64_t num_candidates, int64_t dim, double* out_distances);
 
 void dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
                  const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids);

@@ -2,6 +2,7 @@
 // queries (the DCI traversal, with per-worker scratch reused across queries) and batch rows
 // (batched_nearest). The arithmetic lives in knn_kernel.h.
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -155,7 +156,104 @@ void batched_nearest_impl(const T* candidates, const T* targets, int64_t batch, 
   });
 }
 
+template <typename T>
+void knn_rerank_impl(const T* x, const T* queries, const int64_t* candidates, int64_t num_queries, int64_t m,
+                     int64_t dim, double* out) {
+  parallel_for(num_queries, grain_for(num_queries, m * dim), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        out[i * m + j] = knn_squared_distance(x + candidates[i * m + j] * dim, queries + i * dim, dim);
+      }
+    }
+  });
+}
+
+// Rows are screened 16 values at a time against the current worst kept value (explicit 4-wide
+// double vectors: GCC does not vectorise this loop itself); only a block with a candidate goes
+// through the heap, which after the first few hundred values of a row is rare.
+template <typename T>
+PYINV_ALWAYS_INLINE void knn_shortlist_rows(const T* dots, const T* norms, int64_t n, int64_t take, double* out_values,
+                                            int64_t* out_indices, int64_t begin, int64_t end) {
+  constexpr int64_t kBlock = 16;
+  typedef T In4 __attribute__((vector_size(4 * sizeof(T))));
+  typedef double Out4 __attribute__((vector_size(32)));
+  typedef int64_t Mask4 __attribute__((vector_size(32)));
+  for (int64_t i = begin; i < end; ++i) {
+    const T* row = dots + i * n;
+    double* heap_value = out_values + i * take;
+    int64_t* heap_index = out_indices + i * take;
+    int64_t size = 0;
+    auto value_at = [&](int64_t j) { return static_cast<double>(norms[j]) - 2.0 * static_cast<double>(row[j]); };
+    int64_t j = 0;
+    for (; j < n && size < take; ++j) topk_offer(heap_value, heap_index, size, take, value_at(j), j);
+    double worst = heap_value[0];
+    for (; j < n; j += kBlock) {
+      const int64_t stop = std::min(n, j + kBlock);
+      if (stop - j == kBlock) {
+        Mask4 hit{};
+        for (int64_t t = 0; t < kBlock; t += 4) {
+          In4 dot, norm;
+          std::memcpy(&dot, row + j + t, sizeof(In4));
+          std::memcpy(&norm, norms + j + t, sizeof(In4));
+          // the very operations of value_at (no FMA contraction in our builds), so the same rounding
+          const Out4 value = __builtin_convertvector(norm, Out4) - 2.0 * __builtin_convertvector(dot, Out4);
+          hit |= value < worst;
+        }
+        if ((hit[0] | hit[1] | hit[2] | hit[3]) == 0) continue;
+      }
+      for (int64_t t = j; t < stop; ++t) {  // later indices never win ties: a strict compare
+        const double value = value_at(t);
+        if (value < worst) {
+          topk_offer(heap_value, heap_index, size, take, value, t);
+          worst = heap_value[0];
+        }
+      }
+    }
+    topk_sort(heap_value, heap_index, size);
+  }
+}
+
+PYINV_TARGET_CLONES void knn_shortlist_f32(const float* dots, const float* norms, int64_t n, int64_t take,
+                                           double* out_values, int64_t* out_indices, int64_t begin, int64_t end) {
+  knn_shortlist_rows(dots, norms, n, take, out_values, out_indices, begin, end);
+}
+PYINV_TARGET_CLONES void knn_shortlist_f64(const double* dots, const double* norms, int64_t n, int64_t take,
+                                           double* out_values, int64_t* out_indices, int64_t begin, int64_t end) {
+  knn_shortlist_rows(dots, norms, n, take, out_values, out_indices, begin, end);
+}
+
 }  // namespace
+
+void knn_shortlist_cpu(DType dtype, const void* dots, const void* norms, int64_t num_queries, int64_t n, int64_t take,
+                       double* out_values, int64_t* out_indices) {
+  PYINV_CHECK(num_queries >= 0 && n >= 1 && take >= 1 && take <= n, "exact_knn (shortlist)", "need 1 <= take <= n");
+  parallel_for(num_queries, grain_for(num_queries, n), [&](int64_t begin, int64_t end) {
+    if (dtype == DType::Float32) {
+      knn_shortlist_f32(static_cast<const float*>(dots), static_cast<const float*>(norms), n, take, out_values,
+                        out_indices, begin, end);
+    } else {
+      knn_shortlist_f64(static_cast<const double*>(dots), static_cast<const double*>(norms), n, take, out_values,
+                        out_indices, begin, end);
+    }
+  });
+}
+
+void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, const int64_t* candidates,
+                    int64_t num_queries, int64_t num_candidates, int64_t dim, double* out_distances) {
+  const char* op = "exact_knn (re-rank)";
+  PYINV_CHECK(n >= 1 && dim >= 1 && num_queries >= 0 && num_candidates >= 0, op, "bad sizes");
+  // Every index is checked before any row is read.
+  const int64_t total = num_queries * num_candidates;
+  PYINV_CHECK(std::all_of(candidates, candidates + total, [n](int64_t c) { return c >= 0 && c < n; }), op,
+              "a candidate index lies outside [0, n)");
+  if (dtype == DType::Float32) {
+    knn_rerank_impl(static_cast<const float*>(x), static_cast<const float*>(queries), candidates, num_queries,
+                    num_candidates, dim, out_distances);
+  } else {
+    knn_rerank_impl(static_cast<const double*>(x), static_cast<const double*>(queries), candidates, num_queries,
+                    num_candidates, dim, out_distances);
+  }
+}
 
 void validate_dci_search(const DciShape& shape, const DciQueryBudget& budget, int64_t num_queries, const char* op) {
   shape.validate(op);
