@@ -1,23 +1,28 @@
-"""``pyinverse train``: a flow prior or a cIMLE generator on the user's own images.
+"""``pyinverse train``: a flow prior, a cIMLE generator or a Deep OT autoencoder on the user's own images.
 
 * ``flow``: a Glow (3 levels of 4 steps, 32 hidden channels: the shipped faces recipe of
   ``scripts/train_flows.py``) trained by maximum likelihood (:func:`pyinverse.flows.train_flow`);
   epoch checkpoints in ``checkpoint_dir`` make an interrupted run resumable.
 * ``cimle``: a generator for one of :data:`pyinverse.imle.TASKS`, trained on pairs
   ``(task.lift(task.operator.A(x)), x)`` of the user's images (:func:`pyinverse.imle.train_cimle`).
+* ``vae``: the shipped autoencoder's recipe (:func:`pyinverse.ot.train_vae`) on random 32x32 crops
+  of the user's RGB images (at least 32 pixels a side); an epoch is VAE_STEPS_PER_EPOCH steps of
+  48 crops. ``DeepOT(load_vae(FILE)[0])`` then transports in its latent space.
 
 The result is one safetensors file (never overwritten silently) that ``pyinverse restore
 --model FILE`` and the Python loaders read.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-KINDS = ("flow", "cimle")
+KINDS = ("flow", "cimle", "vae")
+VAE_STEPS_PER_EPOCH = 100
 
 
 def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None = None, epochs: int = 20,
@@ -39,6 +44,17 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
         raise ValueError(f"{where}: 'images' must have shape (N >= 2, C, H, W), got {images.shape}")
     record: dict = {"kind": kind, "images": int(images.shape[0]), "image_shape": list(images.shape[1:]),
                     "epochs": epochs, "seed": seed}
+    if kind == "vae":
+        from .ot import save_vae, train_vae
+
+        if images.shape[1] != 3 or min(images.shape[2:]) < 32:
+            raise ValueError(f"{where}: the autoencoder takes RGB images of at least 32x32, got {images.shape}")
+        steps = epochs * VAE_STEPS_PER_EPOCH
+        vae, losses = train_vae([torch.from_numpy(image) for image in images], steps=steps, seed=seed,
+                                log=lambda step, loss: print(f"step {step}/{steps}: loss {loss:.2f}", flush=True))
+        record.update(steps=steps, final_loss=losses[-1])
+        save_vae(vae, out, {key: json.dumps(value) for key, value in record.items()}, overwrite=overwrite)
+        return record
     if kind == "flow":
         from .flows import Glow, save_flow, train_flow
 

@@ -18,33 +18,17 @@ learning-rate decay. The weights are written atomically; an existing file is kep
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyinverse.data import PHOTO_SPLITS, load_photo, photo_patches
 from pyinverse.metrics import psnr
-from pyinverse.ot.vae import SHIPPED_VAE, ConvVAE, save_vae, vae_loss
+from pyinverse.ot.vae import SHIPPED_VAE, ConvVAE, save_vae, train_vae
 
 CROP = 32
-
-
-def random_crops(photos: list[torch.Tensor], count: int, rng: np.random.Generator) -> torch.Tensor:
-    """``count`` random CROP x CROP crops, photos drawn in proportion to their area, random flips."""
-    areas = np.array([p.shape[1] * p.shape[2] for p in photos], dtype=np.float64)
-    which = rng.choice(len(photos), size=count, p=areas / areas.sum())
-    out = torch.empty(count, 3, CROP, CROP)
-    for index, photo_index in enumerate(which):
-        photo = photos[photo_index]
-        top = int(rng.integers(0, photo.shape[1] - CROP + 1))
-        left = int(rng.integers(0, photo.shape[2] - CROP + 1))
-        crop = photo[:, top:top + CROP, left:left + CROP]
-        out[index] = crop.flip(-1) if rng.random() < 0.5 else crop
-    return out
 
 
 @torch.no_grad()
@@ -72,29 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     photos = [torch.from_numpy(load_photo(name)) for name in PHOTO_SPLITS["train"]]
-    widths = tuple(int(w) for w in args.widths.split(","))
-    vae = ConvVAE(3, widths, args.latent_channels, args.stages)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=args.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, args.steps) / args.steps)))
     start = time.time()
-    vae.train()
-    for step in range(1, args.steps + 1):
-        images = random_crops(photos, args.batch_size, rng)
-        reconstruction, mean, log_var = vae(images)
-        loss, rec, kl = vae_loss(images, reconstruction, mean, log_var, args.noise_sigma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == args.steps:
-            train_psnr = float(psnr(reconstruction.detach().clamp(0, 1), images).mean())
-            print(f"step {step:5d}  loss {loss.item():9.2f}  rec {rec.item():9.2f}  kl {kl.item():7.2f}  "
-                  f"train psnr {train_psnr:5.2f} dB  {time.time() - start:6.1f} s", flush=True)
-    vae.eval()
+
+    def log(step: int, loss: float) -> None:
+        print(f"step {step:5d}  loss {loss:9.2f}  {time.time() - start:6.1f} s", flush=True)
+
+    vae, _ = train_vae(photos, steps=args.steps, batch_size=args.batch_size, crop=CROP, lr=args.lr,
+                       noise_sigma=args.noise_sigma, widths=tuple(int(w) for w in args.widths.split(",")),
+                       latent_channels=args.latent_channels, stages=args.stages, seed=args.seed, log=log)
     validation = held_out_psnr(vae)
     elapsed = time.time() - start
     print(f"held-out D(E(x)) PSNR {validation:.2f} dB, {elapsed:.0f} s")

@@ -1,4 +1,6 @@
 """`pyinverse restore` (samples from the shipped restorers, as .npy for `evaluate`) and `pyinverse bench`."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,44 @@ def test_train_on_a_folder_then_restore_with_the_file(tmp_path, kind, capsys):
     before = out.read_bytes()
     assert main(args) == 2  # never overwritten silently
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_train_vae_on_a_folder(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from pyinverse import training
+    from pyinverse.data import photo_patches
+    from pyinverse.ot import DeepOT, load_vae
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, patch in enumerate(photo_patches("train", size=40)[:6]):
+        Image.fromarray((patch.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.setattr(training, "VAE_STEPS_PER_EPOCH", 10)  # CI trains a tiny configuration
+    out = tmp_path / "vae.safetensors"
+    assert main(["train", "vae", "--images", str(folder), "--out", str(out), "--epochs", "1"]) == 0, \
+        capsys.readouterr().err
+    vae, metadata = load_vae(out)
+    assert json.loads(metadata["kind"]) == "vae" and json.loads(metadata["steps"]) == 10
+    assert DeepOT(vae).latents(torch.rand(2, 3, 32, 32)).shape[0] == 2
+    gray = tmp_path / "gray"
+    _write_pngs(gray, lfw_faces("faces")[:3, :, :40, :40])
+    assert main(["train", "vae", "--images", str(gray), "--gray", "--out", str(tmp_path / "g.st")]) == 2
+    assert "RGB images of at least 32x32" in capsys.readouterr().err
+
+
+def test_train_vae_lowers_the_loss_and_is_seeded():
+    from pyinverse.data import photo_patches
+    from pyinverse.ot import train_vae
+
+    images = [torch.from_numpy(p) for p in photo_patches("train", size=48)[:4]]
+    kwargs = dict(steps=80, batch_size=8, widths=(4, 8), seed=3)
+    vae, losses = train_vae(images, **kwargs)
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    again, _ = train_vae(images, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="H, W >= 32"):
+        train_vae([torch.rand(3, 20, 40)])
 
 
 def test_train_rejects_what_it_cannot_train(tmp_path, capsys):

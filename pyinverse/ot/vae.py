@@ -16,14 +16,16 @@ Weights are safetensors with the configuration and the training command in the m
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ConvVAE", "SHIPPED_VAE", "default_vae", "load_vae", "save_vae", "vae_loss"]
+__all__ = ["ConvVAE", "SHIPPED_VAE", "default_vae", "load_vae", "random_crops", "save_vae", "train_vae", "vae_loss"]
 
 FORMAT = "pyinverse.ConvVAE.v1"
 SHIPPED_VAE = Path(__file__).resolve().parent.parent / "models" / "vae_photo32.safetensors"
@@ -125,6 +127,57 @@ def vae_loss(images: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Ten
     rec = (reconstruction - images).square().sum() / (2.0 * noise_sigma ** 2) / batch
     kl = 0.5 * (mean.square() + log_var.exp() - log_var - 1.0).sum() / batch
     return rec + kl, rec, kl
+
+
+def random_crops(images: Sequence[torch.Tensor], count: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """``count`` random ``size`` x ``size`` crops (random horizontal flips) of ``images`` (each
+    (C, H, W), H and W >= size), an image drawn in proportion to its area: (count, C, size, size)."""
+    areas = np.array([image.shape[1] * image.shape[2] for image in images], dtype=np.float64)
+    which = rng.choice(len(images), size=count, p=areas / areas.sum())
+    out = torch.empty(count, images[0].shape[0], size, size)
+    for index, image_index in enumerate(which):
+        image = images[image_index]
+        top = int(rng.integers(0, image.shape[1] - size + 1))
+        left = int(rng.integers(0, image.shape[2] - size + 1))
+        crop = image[:, top:top + size, left:left + size]
+        out[index] = crop.flip(-1) if rng.random() < 0.5 else crop
+    return out
+
+
+def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: int = 48, crop: int = 32,
+              lr: float = 2e-3, noise_sigma: float = 0.02, widths: Sequence[int] = (16, 32), latent_channels: int = 4,
+              stages: int = 1, seed: int = 0, log: Callable[[int, float], None] | None = None
+              ) -> tuple[ConvVAE, list[float]]:
+    """Train a :class:`ConvVAE` on random ``crop`` x ``crop`` crops of ``images`` (each (C, H, W)
+    in [0, 1]): the negative ELBO (:func:`vae_loss`), Adam with a cosine learning-rate decay.
+    Seeded: the same inputs give the same weights for one torch version. ``log(step, loss)`` is
+    called every 100 steps. Returns ``(vae in eval mode, loss per step)``.
+    """
+    if not images or any(image.ndim != 3 or min(image.shape[1:]) < crop for image in images):
+        raise ValueError(f"train_vae: need images of shape (C, H, W) with H, W >= {crop}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vae = ConvVAE(images[0].shape[0], widths, latent_channels, stages)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+    losses = []
+    vae.train()
+    for step in range(1, steps + 1):
+        batch = random_crops(images, batch_size, crop, rng)
+        reconstruction, mean, log_var = vae(batch)
+        loss, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log is not None and (step % 100 == 0 or step == steps):
+            log(step, losses[-1])
+    vae.eval()
+    for parameter in vae.parameters():
+        parameter.requires_grad_(False)
+    return vae, losses
 
 
 def save_vae(vae: ConvVAE, path: str | os.PathLike, metadata: dict[str, str] | None = None, *,
