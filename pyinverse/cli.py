@@ -188,15 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     restore.set_defaults(handler=_restore)
-    train = commands.add_parser("train", help="train a flow prior, a cIMLE generator or a VAE on your images")
-    train.add_argument("kind", choices=("flow", "cimle", "vae"),
-                       help="a flow prior, a cIMLE generator or Deep OT's autoencoder (RGB, 32x32 crops)")
+    train = commands.add_parser("train", help="train a flow prior, cIMLE generator, VAE or feature network on your images")
+    train.add_argument("kind", choices=("flow", "cimle", "vae", "features"),
+                       help="a flow prior, a cIMLE generator, Deep OT's autoencoder (RGB, 32x32 crops) or the "
+                            "feature network of FID/KID (images of 40x40 or more)")
     train.add_argument("--images", required=True, help="a folder of PNG/JPEG files or an (N, C, H, W) array file")
     train.add_argument("--out", required=True, help="the .safetensors file to write")
     train.add_argument("--task", help="cimle: the task (sr4, sr8, colour, jpeg): its forward process and baseline")
     train.add_argument("--size", type=int, help="resize folder images to SIZE x SIZE (cimle tasks take 24)")
     train.add_argument("--gray", action="store_true", help="read folder images as one channel")
-    train.add_argument("--epochs", type=int, default=20, help="training epochs (default 20; vae: 100 steps each)")
+    train.add_argument("--epochs", type=int, default=20,
+                       help="training epochs (default 20; vae: 100 steps each, features: 30 steps each)")
     train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

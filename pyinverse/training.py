@@ -5,6 +5,11 @@
   epoch checkpoints in ``checkpoint_dir`` make an interrupted run resumable.
 * ``cimle``: a generator for one of :data:`pyinverse.imle.TASKS`, trained on pairs
   ``(task.lift(task.operator.A(x)), x)`` of the user's images (:func:`pyinverse.imle.train_cimle`).
+* ``features``: the shipped feature network's recipe (:func:`pyinverse.metrics.feature_training.
+  train_feature_net`) with every image as a class: which image a crop comes from, and which
+  degradation (none, blur, noise, pixelation, JPEG) it got; crops of the bottom fifth of each image
+  are kept for validation. Images of at least 40x40; an epoch is FEATURE_STEPS_PER_EPOCH steps of
+  128 crops. ``FeatureExtractor(FILE)`` then feeds FID / KID and the perceptual distance.
 * ``vae``: the shipped autoencoder's recipe (:func:`pyinverse.ot.train_vae`) on random 32x32 crops
   of the user's RGB images (at least 32 pixels a side); an epoch is VAE_STEPS_PER_EPOCH steps of
   48 crops. ``DeepOT(load_vae(FILE)[0])`` then transports in its latent space.
@@ -21,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-KINDS = ("flow", "cimle", "vae")
+KINDS = ("flow", "cimle", "vae", "features")
 VAE_STEPS_PER_EPOCH = 100
+FEATURE_STEPS_PER_EPOCH = 30
 
 
 def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None = None, epochs: int = 20,
@@ -44,6 +50,24 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
         raise ValueError(f"{where}: 'images' must have shape (N >= 2, C, H, W), got {images.shape}")
     record: dict = {"kind": kind, "images": int(images.shape[0]), "image_shape": list(images.shape[1:]),
                     "epochs": epochs, "seed": seed}
+    if kind == "features":
+        from .metrics.feature_training import DEGRADATIONS, Source, train_feature_net
+        from .metrics.features import save_feature_net
+
+        if min(images.shape[2:]) < 40 or images.shape[1] not in (1, 3):
+            raise ValueError(f"{where}: the feature network takes gray or RGB images of at least 40x40, "
+                             f"got {images.shape}")
+        sources = [Source(f"image_{i}", "photo", image[None]) for i, image in enumerate(images)]
+        steps = max(20, epochs * FEATURE_STEPS_PER_EPOCH)
+        net, metrics = train_feature_net(sources, sources, np.random.default_rng(seed), steps=steps, seed=seed,
+                                         validation_size=min(2000, 20 * len(sources)), log=lambda line: print(
+                                             line, flush=True))
+        record.update(steps=steps, **metrics)
+        metadata = {key: json.dumps(value) for key, value in record.items()}
+        metadata.update(classes=json.dumps([source.name for source in sources]),
+                        degradations=json.dumps(list(DEGRADATIONS)))
+        save_feature_net(net, out, metadata, overwrite=overwrite)
+        return record
     if kind == "vae":
         from .ot import save_vae, train_vae
 

@@ -134,12 +134,42 @@ def test_train_vae_on_a_folder(tmp_path, capsys, monkeypatch):
     assert "RGB images of at least 32x32" in capsys.readouterr().err
 
 
+def test_train_features_on_a_folder_then_fid_with_them(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from pyinverse import training
+    from pyinverse.data import photo_patches
+    from pyinverse.metrics import FID, FeatureExtractor
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    patches = photo_patches("train", size=48, stride=48)
+    for i, patch in enumerate(patches[:5]):
+        Image.fromarray((patch.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.setattr(training, "FEATURE_STEPS_PER_EPOCH", 20)  # CI trains a tiny configuration
+    out = tmp_path / "features.safetensors"
+    assert main(["train", "features", "--images", str(folder), "--out", str(out), "--epochs", "1"]) == 0, \
+        capsys.readouterr().err
+    extractor = FeatureExtractor(out)
+    assert extractor.class_names == [f"image_{i}" for i in range(5)]
+    assert json.loads(extractor.metadata["steps"]) == 20
+    assert 0 <= json.loads(extractor.metadata["degradation_accuracy"]) <= 1
+    fid = FID(extractor)
+    fid.update(torch.from_numpy(patches[5:25]), real=True)
+    fid.update(torch.from_numpy(patches[25:45]), real=False)
+    assert np.isfinite(fid.compute())
+    small = tmp_path / "small"
+    _write_pngs(small, lfw_faces("faces")[:3, :, :32, :32])
+    assert main(["train", "features", "--images", str(small), "--gray", "--out", str(tmp_path / "s.st")]) == 2
+    assert "at least 40x40" in capsys.readouterr().err
+
+
 def test_train_vae_lowers_the_loss_and_is_seeded():
     from pyinverse.data import photo_patches
     from pyinverse.ot import train_vae
 
     images = [torch.from_numpy(p) for p in photo_patches("train", size=48)[:4]]
-    kwargs = dict(steps=80, batch_size=8, widths=(4, 8), seed=3)
+    kwargs = dict(steps=80, batch_size=8, crop=16, widths=(4, 8), seed=3)
     vae, losses = train_vae(images, **kwargs)
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
     again, _ = train_vae(images, **kwargs)
