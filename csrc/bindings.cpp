@@ -283,14 +283,14 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "knn_rerank",
       [](const std::string& dtype, uintptr_t x, int64_t n, uintptr_t queries, uintptr_t candidates,
-         int64_t num_queries, int64_t num_candidates, int64_t dim, uintptr_t out_distances) {
+         uintptr_t counts, int64_t num_queries, int64_t num_candidates, int64_t dim, uintptr_t out_distances) {
         const DType type = parse_dtype(dtype, "exact_knn (re-rank)");
         py::gil_scoped_release release;
         knn_rerank_cpu(type, as_ptr<const void>(x), n, as_ptr<const void>(queries), as_ptr<const int64_t>(candidates),
-                       num_queries, num_candidates, dim, as_ptr<double>(out_distances));
+                       as_ptr<const int64_t>(counts), num_queries, num_candidates, dim, as_ptr<double>(out_distances));
       },
-      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("queries"), py::arg("candidates"), py::arg("num_queries"),
-      py::arg("num_candidates"), py::arg("dim"), py::arg("out_distances"),
+      py::arg("dtype"), py::arg("x"), py::arg("n"), py::arg("queries"), py::arg("candidates"), py::arg("counts"),
+      py::arg("num_queries"), py::arg("num_candidates"), py::arg("dim"), py::arg("out_distances"),
       "float64 squared distances of each query's candidate rows (CPU); see pyinverse.knn.exact_knn.");
 
   // --- coupling family ---------------------------------------------------------------------------

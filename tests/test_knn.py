@@ -64,18 +64,26 @@ def test_shortlist_and_rerank_kernels_match_float64_numpy(rng, dtype):
         np.testing.assert_array_equal(indices, expected[:, :take])
         np.testing.assert_array_equal(values, np.take_along_axis(full, expected[:, :take], axis=1))
     x, queries = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((q_count, d)).astype(dtype)
-    candidates = rng.integers(0, n, (q_count, 9))
+    candidates, counts = rng.integers(0, n, (q_count, 9)), rng.integers(0, 10, q_count)
     distances = np.empty((q_count, 9))
-    _C.knn_rerank(dtype=np.dtype(dtype).name, x=x.ctypes.data, n=n, queries=queries.ctypes.data,
-                  candidates=candidates.ctypes.data, num_queries=q_count, num_candidates=9, dim=d,
-                  out_distances=distances.ctypes.data)
-    reference = ((x[candidates].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1)
-    np.testing.assert_allclose(distances, reference, rtol=1e-14)
-    candidates[3, 4] = n  # checked before any row is read
-    with pytest.raises(ValueError, match="outside"):
+
+    def rerank():
         _C.knn_rerank(dtype=np.dtype(dtype).name, x=x.ctypes.data, n=n, queries=queries.ctypes.data,
-                      candidates=candidates.ctypes.data, num_queries=q_count, num_candidates=9, dim=d,
-                      out_distances=distances.ctypes.data)
+                      candidates=candidates.ctypes.data, counts=counts.ctypes.data, num_queries=q_count,
+                      num_candidates=9, dim=d, out_distances=distances.ctypes.data)
+
+    rerank()
+    reference = ((x[candidates].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1)
+    reference[np.arange(9)[None] >= counts[:, None]] = np.inf  # past a row's count
+    np.testing.assert_allclose(distances, reference, rtol=1e-14)
+    candidates[3, counts[3]:] = n  # never read: allowed
+    rerank()
+    candidates[3, 0], counts[3] = n, 9  # read: checked before any row is
+    with pytest.raises(ValueError, match="outside"):
+        rerank()
+    counts[3] = 10
+    with pytest.raises(ValueError, match="count"):
+        rerank()
 
 
 def test_exact_knn_crowds_wider_than_the_rounding_bound(rng):

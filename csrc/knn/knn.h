@@ -34,8 +34,10 @@
 // indices (B,) int64 (argmin over m, smallest index on ties) and distances (B,) in the input dtype.
 //
 // knn_rerank_cpu: float64 squared distances (Q, m) between each query (Q, dim) and its m candidate
-// rows of x (n, dim), given as indices (Q, m) int64 in [0, n); x and queries C-contiguous, same
-// dtype. exact_knn's re-ranking: the distances of knn_squared_distance, no gathered copies.
+// rows of x (n, dim), given as indices (Q, m) int64 in [0, n); with `counts` (Q,) (may be null: all
+// m), only the first counts[i] of row i are computed and the rest are +inf. x and queries
+// C-contiguous, same dtype. exact_knn's re-ranking: the distances of knn_squared_distance, no
+// gathered copies.
 //
 // knn_shortlist_cpu: for each row i of dots (Q, n), the `take` smallest of
 // norms[j] - 2 dots[i, j] (computed in float64) in (value, index) order; dots and norms C-contiguous,
@@ -84,7 +86,8 @@ void validate_batched_nearest(int64_t batch, int64_t num_candidates, int64_t dim
 void knn_shortlist_cpu(DType dtype, const void* dots, const void* norms, int64_t num_queries, int64_t n, int64_t take,
                        double* out_values, int64_t* out_indices);
 void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, const int64_t* candidates,
-                    int64_t num_queries, int64_t num_candidates, int64_t dim, double* out_distances);
+                    const int64_t* counts, int64_t num_queries, int64_t num_candidates, int64_t dim,
+                    double* out_distances);
 
 void dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
                  const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids);

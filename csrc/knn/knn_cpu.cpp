@@ -157,12 +157,14 @@ void batched_nearest_impl(const T* candidates, const T* targets, int64_t batch, 
 }
 
 template <typename T>
-void knn_rerank_impl(const T* x, const T* queries, const int64_t* candidates, int64_t num_queries, int64_t m,
-                     int64_t dim, double* out) {
+void knn_rerank_impl(const T* x, const T* queries, const int64_t* candidates, const int64_t* counts,
+                     int64_t num_queries, int64_t m, int64_t dim, double* out) {
   parallel_for(num_queries, grain_for(num_queries, m * dim), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      const int64_t count = counts ? counts[i] : m;
       for (int64_t j = 0; j < m; ++j) {
-        out[i * m + j] = knn_squared_distance(x + candidates[i * m + j] * dim, queries + i * dim, dim);
+        out[i * m + j] = j < count ? knn_squared_distance(x + candidates[i * m + j] * dim, queries + i * dim, dim)
+                                   : std::numeric_limits<double>::infinity();
       }
     }
   });
@@ -239,19 +241,24 @@ void knn_shortlist_cpu(DType dtype, const void* dots, const void* norms, int64_t
 }
 
 void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, const int64_t* candidates,
-                    int64_t num_queries, int64_t num_candidates, int64_t dim, double* out_distances) {
+                    const int64_t* counts, int64_t num_queries, int64_t num_candidates, int64_t dim,
+                    double* out_distances) {
   const char* op = "exact_knn (re-rank)";
   PYINV_CHECK(n >= 1 && dim >= 1 && num_queries >= 0 && num_candidates >= 0, op, "bad sizes");
-  // Every index is checked before any row is read.
-  const int64_t total = num_queries * num_candidates;
-  PYINV_CHECK(std::all_of(candidates, candidates + total, [n](int64_t c) { return c >= 0 && c < n; }), op,
-              "a candidate index lies outside [0, n)");
+  // Every index that will be read is checked before any row is.
+  for (int64_t i = 0; i < num_queries; ++i) {
+    const int64_t count = counts ? counts[i] : num_candidates;
+    PYINV_CHECK(count >= 0 && count <= num_candidates, op, "a row's candidate count lies outside [0, m]");
+    const int64_t* row = candidates + i * num_candidates;
+    PYINV_CHECK(std::all_of(row, row + count, [n](int64_t c) { return c >= 0 && c < n; }), op,
+                "a candidate index lies outside [0, n)");
+  }
   if (dtype == DType::Float32) {
-    knn_rerank_impl(static_cast<const float*>(x), static_cast<const float*>(queries), candidates, num_queries,
-                    num_candidates, dim, out_distances);
+    knn_rerank_impl(static_cast<const float*>(x), static_cast<const float*>(queries), candidates, counts,
+                    num_queries, num_candidates, dim, out_distances);
   } else {
-    knn_rerank_impl(static_cast<const double*>(x), static_cast<const double*>(queries), candidates, num_queries,
-                    num_candidates, dim, out_distances);
+    knn_rerank_impl(static_cast<const double*>(x), static_cast<const double*>(queries), candidates, counts,
+                    num_queries, num_candidates, dim, out_distances);
   }
 }
 

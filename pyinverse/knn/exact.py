@@ -133,19 +133,21 @@ def _sort_by_distance_then_index(dist: torch.Tensor, idx: torch.Tensor, k: int) 
     return dist[:, :k], torch.gather(idx, 1, order)[:, :k]
 
 
-def _rerank(x: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """float64 squared distances (Qb, m) of each row of ``q`` to its ``candidates`` (Qb, m) rows of
-    ``x`` (same dtype). On the CPU one kernel call reads the rows in place; elsewhere torch gathers."""
+def _rerank(x: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """float64 squared distances (Qb, m) of each row of ``q`` to the first ``counts`` (Qb,) of its
+    ``candidates`` (Qb, m) rows of ``x`` (same dtype); +inf past a row's count. On the CPU one
+    kernel call reads the rows in place; elsewhere torch gathers."""
     if x.device.type == "cpu":
-        x, q, candidates = x.contiguous(), q.contiguous(), candidates.contiguous()
+        x, q, candidates, counts = x.contiguous(), q.contiguous(), candidates.contiguous(), counts.contiguous()
         out = torch.empty(candidates.shape, dtype=torch.float64)
         _C.knn_rerank(dtype=str(x.dtype).removeprefix("torch."), x=x.data_ptr(), n=x.shape[0], queries=q.data_ptr(),
-                      candidates=candidates.data_ptr(), num_queries=candidates.shape[0],
+                      candidates=candidates.data_ptr(), counts=counts.data_ptr(), num_queries=candidates.shape[0],
                       num_candidates=candidates.shape[1], dim=x.shape[1], out_distances=out.data_ptr())
         return out
     differences = x[candidates].to(torch.float64)  # (Qb, m, d), in place from here on
     differences.sub_(q.to(torch.float64)[:, None, :]).square_()
-    return differences.sum(-1)
+    distances = differences.sum(-1)
+    return distances.masked_fill_(torch.arange(candidates.shape[1], device=x.device) >= counts[:, None], math.inf)
 
 
 def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_squared: torch.Tensor, x_norm_max: float,
@@ -159,38 +161,47 @@ def _exact_block(x: torch.Tensor, x_centered: torch.Tensor, x_squared: torch.Ten
     # Every entry is within `bound` of its true value: centring, the norms, the terms and the dot
     # product's sum each round by at most (d + 10) u (||x|| + ||q||)^2 in all; doubled for safety.
     bound = 2.0 * (d + 10) * unit_roundoff * (x_norm_max + q_norms) ** 2
-    take = min(n, shortlist + 1)
-    if x.device.type == "cpu":  # the products, then one streaming pass per row picks the shortlist
+    if x.device.type == "cpu":  # the products, then one streaming pass per row picks a shortlist
         # numpy's BLAS (OpenBLAS) for the products: 1.8x torch's MKL sgemm on the AMD CPU measured.
         dots = torch.from_numpy(np.matmul(q_centered.numpy(), x_centered.numpy().T))
-        values = torch.empty((q.shape[0], take), dtype=torch.float64)
-        order = torch.empty((q.shape[0], take), dtype=torch.int64)
-        _C.knn_shortlist(dtype=str(x.dtype).removeprefix("torch."), dots=dots.data_ptr(), norms=x_squared.data_ptr(),
-                         num_queries=q.shape[0], n=n, take=take, out_values=values.data_ptr(),
-                         out_indices=order.data_ptr())
-        approx_row = lambda row: x_squared.to(torch.float64) - 2.0 * dots[row].to(torch.float64)  # noqa: E731
+
+        def smallest(rows: torch.Tensor | None, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            block = dots if rows is None else dots[rows]
+            values = torch.empty((block.shape[0], width), dtype=torch.float64)
+            order = torch.empty((block.shape[0], width), dtype=torch.int64)
+            _C.knn_shortlist(dtype=str(x.dtype).removeprefix("torch."), dots=block.data_ptr(),
+                             norms=x_squared.data_ptr(), num_queries=block.shape[0], n=n, take=width,
+                             out_values=values.data_ptr(), out_indices=order.data_ptr())
+            return values, order
     else:
         approx = torch.addmm(x_squared[None, :], q_centered, x_centered.T, beta=1.0, alpha=-2.0)
-        values, order = torch.topk(approx, take, dim=1, largest=False, sorted=True)
-        values = values.to(torch.float64)
-        approx_row = lambda row: approx[row].to(torch.float64)  # noqa: E731
-    kth = values[:, k - 1]
-    if take > shortlist:
-        # A point left out has approx >= values[:, shortlist]; it could still tie with or beat the
-        # k-th only if that is within 2 bounds of the k-th approximate distance.
-        complete = values[:, shortlist] > kth + 2.0 * bound
-        order = order[:, :shortlist]
-    else:
-        complete = torch.ones_like(kth, dtype=torch.bool)
-    dist, idx = _sort_by_distance_then_index(_rerank(x, q, order), order, k)
-    # Rare: a crowd within 2 bounds of the k-th distance. Only points whose approximate distance is
-    # within 2 bounds of the k-th can tie with or beat it (their true distance exceeds the true k-th
-    # otherwise), so those are re-ranked exactly.
-    for row in torch.nonzero(~complete).flatten().tolist():
-        candidates = torch.nonzero(approx_row(row) <= kth[row] + 2.0 * bound[row]).flatten()
-        row_dist, row_idx = _sort_by_distance_then_index(_rerank(x, q[row:row + 1], candidates[None]),
-                                                         candidates[None], k)
-        dist[row], idx[row] = row_dist[0], row_idx[0]
+
+        def smallest(rows: torch.Tensor | None, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            values, order = torch.topk(approx if rows is None else approx[rows], width, dim=1, largest=False)
+            return values.to(torch.float64), order
+
+    # A row's shortlist of `width` points is complete when the next point's approximate distance
+    # exceeds the k-th's by more than 2 bounds: no point left out can then tie with or beat the k-th.
+    # Rows that are not (a crowd near the k-th distance) retry with 4x the width, up to all points.
+    dist = torch.empty((q.shape[0], k), dtype=torch.float64, device=x.device)
+    idx = torch.empty((q.shape[0], k), dtype=torch.int64, device=x.device)
+    pending, width = None, shortlist
+    while pending is None or pending.numel():
+        rows = torch.arange(q.shape[0], device=x.device) if pending is None else pending
+        take = min(n, width + 1)
+        values, order = smallest(pending, take)
+        limit = values[:, k - 1] + 2.0 * bound[rows]
+        if take > width:
+            complete = values[:, width] > limit
+        else:
+            complete = torch.ones(rows.shape[0], dtype=torch.bool, device=x.device)
+        # Only points within the limit can tie with or beat the k-th; values are sorted, so they are
+        # a prefix of each row (at least k long), and only that prefix is re-ranked.
+        done = rows[complete]
+        within = (values[complete, :width] <= limit[complete, None]).sum(dim=1).clamp_(min=k)
+        candidates = order[complete, :int(within.max()) if done.numel() else k]
+        dist[done], idx[done] = _sort_by_distance_then_index(_rerank(x, q[done], candidates, within), candidates, k)
+        pending, width = rows[~complete], 4 * width
     return dist, idx
 
 
