@@ -89,7 +89,8 @@ def test_shortlist_and_rerank_kernels_match_float64_numpy(rng, dtype):
 def test_exact_knn_crowds_wider_than_the_rounding_bound(rng):
     # 600 points on a thin shell around the queries (radii 10 +- 5e-4, d = 256): their distances
     # differ by less than the float32 matmul's rounding bound, so no shortlist is provably complete
-    # and every query re-ranks all points within the bound; 300 far points are never candidates.
+    # and every query retries with wider shortlists until the whole shell is in; the 300 far points
+    # are never candidates.
     d, center = 256, rng.standard_normal(256) * 3
     directions = rng.standard_normal((600, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
@@ -113,7 +114,7 @@ def test_exact_knn_ties_and_duplicates_take_smaller_index(rng):
 
 def test_exact_knn_dense_crowd_at_kth_distance(rng):
     # 100 copies of one point: the k-th distance is shared by far more points than the shortlist,
-    # which forces the per-query full pass; the smallest indices must win.
+    # which forces wider shortlists until all 100 copies are in; the smallest indices must win.
     crowd = rng.standard_normal((1, 8))
     x = np.concatenate([rng.standard_normal((50, 8)) + 5, np.tile(crowd, (100, 1))])
     x = x[rng.permutation(len(x))]
