@@ -118,8 +118,13 @@ def true_distances(x, q, indices):
     return ((x[indices].astype(np.float64) - q[:, None, :].astype(np.float64)) ** 2).sum(-1)
 
 
+# (method, query seconds, recall@10) per dataset, for --plot
+POINTS: dict[str, list[tuple[str, float, float]]] = {}
+
+
 def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_settings, hnsw: bool) -> None:
     n, d = x.shape
+    points = POINTS.setdefault(f"{name} ({n} x {d})", [])
     print(f"\n### {name}: {n} x {d} float32, {len(q)} queries, k = {k}\n")
     print("| method | build | query (all) | recall@1 | recall@10 |")
     print("|---|---|---|---|---|")
@@ -127,8 +132,10 @@ def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_
 
     def row(method, build, query, indices):
         found = true_distances(x, q, indices)
+        recall = knn_recall(found, ref_d, rtol=1e-6)
+        points.append((method, query[0], recall))
         print(f"| {method} | {build} | {fmt(*query)} | {knn_recall(found[:, :1], ref_d[:, :1], rtol=1e-6):.3f} | "
-              f"{knn_recall(found, ref_d, rtol=1e-6):.3f} |", flush=True)
+              f"{recall:.3f} |", flush=True)
 
     *t, idx = timed(lambda: numpy_brute_force(x, q, k), rounds)
     row("numpy brute force (matmul + argpartition)", "-", t, idx)
@@ -158,6 +165,31 @@ def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_
         *t, (_, idx) = timed(lambda: index.search(q, k, max_visits=visits, max_candidates=candidates), rounds)
         label = "defaults" if budgets is None else f"visits {visits}, candidates {candidates}"
         row(f"pyinverse DCIIndex 2x{num_simple} ({label})", fmt(*build[:3]), t, idx)
+
+
+def recall_time_plot(path: str) -> None:
+    """Recall@10 against query time: DCI over its budgets as a line, the other methods as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(POINTS), figsize=(5 * len(POINTS), 4.2), squeeze=False)
+    for ax, (dataset, points) in zip(axes[0], POINTS.items()):
+        dci = sorted((t, r) for method, t, r in points if "DCI" in method)
+        ax.plot([t for t, _ in dci], [r for _, r in dci], "o-", color="tab:red", label="pyinverse DCI (budgets)")
+        for method, t, r in points:
+            if "DCI" not in method:
+                ax.scatter([t], [r], marker="s" if "faiss" in method else "^", s=30, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("query time, all queries (s, one thread)")
+        ax.set_ylabel("recall@10")
+        ax.set_title(dataset, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nwrote {path}")
 
 
 def batched_table(rounds: int, cases) -> None:
@@ -232,6 +264,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every peer (default 1)")
+    parser.add_argument("--plot", help="also write the recall-time figure (PNG) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pyinverse.set_num_threads(args.threads)
@@ -245,14 +278,18 @@ def run(args) -> None:
     n, num_queries, rounds = (10000, 100, 1) if args.quick else (100000, 1000, 3)
     print(f"threads {args.threads} (torch {torch.get_num_threads()}, pyinverse {pyinverse.get_num_threads()}), "
           f"faiss {faiss.__version__ if faiss else 'not installed'}")
-    defaults, cheap = (6, None), (6, (6 * n // 10, 100))  # cheap: a tenth of the visits, 100 candidates
-    knn_table("blobs", *blobs(n, num_queries), 10, rounds, [defaults, cheap], hnsw=True)
-    knn_table("patches", *photo_patches(n, num_queries), 10, rounds, [defaults, cheap], hnsw=True)
-    knn_table("digits", *digits(), 10, rounds, [defaults, (10, None)], hnsw=True)
+    # DCI's budgets: the defaults (a pass of every simple index), a third of the visits with 300
+    # candidates, a tenth with 100: three points of its recall-time curve.
+    budgets = [(6, None), (6, (2 * n, 300)), (6, (6 * n // 10, 100))]
+    knn_table("blobs", *blobs(n, num_queries), 10, rounds, budgets, hnsw=True)
+    knn_table("patches", *photo_patches(n, num_queries), 10, rounds, budgets, hnsw=True)
+    knn_table("digits", *digits(), 10, rounds, [(6, None), (10, None), (6, (300, 30))], hnsw=True)
     batched_table(rounds, [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)])
     flat_table([(10000, 128), (10000, 784)] if args.quick else
                [(n, d) for n in (10000, 100000) for d in (128, 784, 3072)])
     imle_table([(2000, 192), (2000, 3072)] if args.quick else [(10000, 192), (5000, 3072)])
+    if args.plot:
+        recall_time_plot(args.plot)
 
 
 if __name__ == "__main__":
