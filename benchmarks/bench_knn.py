@@ -118,13 +118,11 @@ def true_distances(x, q, indices):
     return ((x[indices].astype(np.float64) - q[:, None, :].astype(np.float64)) ** 2).sum(-1)
 
 
-# (method, query seconds, recall@10) per dataset, for --plot
-POINTS: dict[str, list[tuple[str, float, float]]] = {}
-
-
-def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_settings, hnsw: bool) -> None:
+def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_settings,
+              hnsw: bool) -> list[tuple[str, float, float]]:
+    """Prints the table; returns (method, query seconds, recall@10) per row, for --plot."""
     n, d = x.shape
-    points = POINTS.setdefault(f"{name} ({n} x {d})", [])
+    points = []
     print(f"\n### {name}: {n} x {d} float32, {len(q)} queries, k = {k}\n")
     print("| method | build | query (all) | recall@1 | recall@10 |")
     print("|---|---|---|---|---|")
@@ -165,17 +163,18 @@ def knn_table(name: str, x: np.ndarray, q: np.ndarray, k: int, rounds: int, dci_
         *t, (_, idx) = timed(lambda: index.search(q, k, max_visits=visits, max_candidates=candidates), rounds)
         label = "defaults" if budgets is None else f"visits {visits}, candidates {candidates}"
         row(f"pyinverse DCIIndex 2x{num_simple} ({label})", fmt(*build[:3]), t, idx)
+    return points
 
 
-def recall_time_plot(path: str) -> None:
+def recall_time_plot(path: str, datasets: dict[str, list[tuple[str, float, float]]]) -> None:
     """Recall@10 against query time: DCI over its budgets as a line, the other methods as points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(POINTS), figsize=(5 * len(POINTS), 4.2), squeeze=False)
-    for ax, (dataset, points) in zip(axes[0], POINTS.items()):
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    for ax, (dataset, points) in zip(axes[0], datasets.items()):
         dci = sorted((t, r) for method, t, r in points if "DCI" in method)
         ax.plot([t for t, _ in dci], [r for _, r in dci], "o-", color="tab:red", label="pyinverse DCI (budgets)")
         for method, t, r in points:
@@ -207,6 +206,13 @@ def batched_table(rounds: int, cases) -> None:
               flush=True)
 
 
+def faiss_flat(x: np.ndarray, q: np.ndarray, k: int):
+    """faiss IndexFlatL2: build on x, search q; (distances, indices)."""
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    return index.search(q, k)
+
+
 def flat_table(cases, k: int = 10, num_queries: int = 1000) -> None:
     """exact_knn against faiss IndexFlatL2 (build + search) at the issue's sizes: isotropic blobs
     (100 unit-normal centres, spread 0.3), 1000 queries from the same blobs."""
@@ -220,12 +226,7 @@ def flat_table(cases, k: int = 10, num_queries: int = 1000) -> None:
             print(f"| {n} x {d} | {ours:.3f} s | – | – |", flush=True)
             continue
 
-        def flat():
-            index = faiss.IndexFlatL2(d)
-            index.add(x)
-            return index.search(q, k)
-
-        theirs, _, _, _ = timed(flat, 3)
+        theirs, _, _, _ = timed(lambda: faiss_flat(x, q, k), 3)
         print(f"| {n} x {d} | {ours:.3f} s | {theirs:.3f} s | {ours / theirs:.2f} |", flush=True)
 
 
@@ -241,22 +242,18 @@ def imle_table(cases) -> None:
         peers = {f"pyinverse knn.search (auto: {choose_method(n, n, d)})": lambda: search(samples, targets, 1)[1],
                  "pyinverse DCI (defaults)": lambda: search(samples, targets, 1, method="dci")[1]}
         if faiss is not None:
-            def flat():
-                index = faiss.IndexFlatL2(d)
-                index.add(samples)
-                return index.search(targets, 1)[1]
-
             def hnsw():
                 index = faiss.IndexHNSWFlat(d, 16)
                 index.add(samples)
                 return index.search(targets, 1)[1]
 
-            peers.update({"faiss IndexFlatL2": flat, "faiss IndexHNSWFlat M=16 ef=16": hnsw})
+            peers.update({"faiss IndexFlatL2": lambda: faiss_flat(samples, targets, 1)[1],
+                          "faiss IndexHNSWFlat M=16 ef=16": hnsw})
         for method, fn in peers.items():
             start = time.perf_counter()
             indices = fn()
             seconds = time.perf_counter() - start
-            recall = knn_recall(true_distances(samples, targets, np.asarray(indices)), ref_d, rtol=1e-6)
+            recall = knn_recall(true_distances(samples, targets, indices), ref_d, rtol=1e-6)
             print(f"| {n} x {d} | {method} | {fmt(seconds, seconds, seconds)} | {recall:.3f} |", flush=True)
 
 
@@ -281,15 +278,17 @@ def run(args) -> None:
     # DCI's budgets: the defaults (a pass of every simple index), a third of the visits with 300
     # candidates, a tenth with 100: three points of its recall-time curve.
     budgets = [(6, None), (6, (2 * n, 300)), (6, (6 * n // 10, 100))]
-    knn_table("blobs", *blobs(n, num_queries), 10, rounds, budgets, hnsw=True)
-    knn_table("patches", *photo_patches(n, num_queries), 10, rounds, budgets, hnsw=True)
-    knn_table("digits", *digits(), 10, rounds, [(6, None), (10, None), (6, (300, 30))], hnsw=True)
+    datasets = {}
+    for name, (x, q), settings in (("blobs", blobs(n, num_queries), budgets),
+                                   ("patches", photo_patches(n, num_queries), budgets),
+                                   ("digits", digits(), [(6, None), (10, None), (6, (300, 30))])):
+        datasets[f"{name} ({x.shape[0]} x {x.shape[1]})"] = knn_table(name, x, q, 10, rounds, settings, hnsw=True)
     batched_table(rounds, [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)])
     flat_table([(10000, 128), (10000, 784)] if args.quick else
                [(n, d) for n in (10000, 100000) for d in (128, 784, 3072)])
     imle_table([(2000, 192), (2000, 3072)] if args.quick else [(10000, 192), (5000, 3072)])
     if args.plot:
-        recall_time_plot(args.plot)
+        recall_time_plot(args.plot, datasets)
 
 
 if __name__ == "__main__":

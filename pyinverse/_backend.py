@@ -130,6 +130,13 @@ def describe(x: Any, name: str, op: str) -> ArrayInfo:
                      _byte_strides_to_elements(op, name, x.strides, x.itemsize), x.dtype)
 
 
+def check_choice(value: Any, name: str, choices: tuple[str, ...], op: str) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` naming ``op`` and ``name``."""
+    if value not in choices:
+        raise ValueError(f"{op}: '{name}' must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
 def require_float(info: ArrayInfo, name: str, op: str) -> None:
     if info.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: '{name}' must be float32 or float64, got {info.dtype}")

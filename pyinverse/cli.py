@@ -44,7 +44,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # shard of the images; rank 0 prints and writes the report, the others stay quiet.
     from . import distributed
 
-    owned = distributed.init_from_env()
+    distributed.init_from_env()
     try:
         return _evaluate_ranks(args)
     except distributed.SharedError:
@@ -52,8 +52,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise  # rank 0 reports an error every rank saw
         return 2
     finally:
-        if owned:
-            distributed.destroy()
+        distributed.destroy()  # only a group that init_from_env created
 
 
 def _evaluate_ranks(args: argparse.Namespace) -> int:

@@ -285,9 +285,3 @@ def on_main(compute: Callable[[], T]) -> T:
     if error is not None:
         raise SharedError(error)
     return value
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op in one process)."""
-    if active():
-        _dist().barrier()

@@ -51,21 +51,20 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
     record: dict = {"kind": kind, "images": int(images.shape[0]), "image_shape": list(images.shape[1:]),
                     "epochs": epochs, "seed": seed}
     if kind == "features":
-        from .metrics.feature_training import DEGRADATIONS, Source, train_feature_net
+        from .metrics.feature_training import Source, feature_metadata, train_feature_net
         from .metrics.features import save_feature_net
 
         if min(images.shape[2:]) < 40 or images.shape[1] not in (1, 3):
             raise ValueError(f"{where}: the feature network takes gray or RGB images of at least 40x40, "
                              f"got {images.shape}")
         sources = [Source(f"image_{i}", "photo", image[None]) for i, image in enumerate(images)]
-        steps = max(20, epochs * FEATURE_STEPS_PER_EPOCH)
+        steps = epochs * FEATURE_STEPS_PER_EPOCH
         net, metrics = train_feature_net(sources, sources, np.random.default_rng(seed), steps=steps, seed=seed,
                                          validation_size=min(2000, 20 * len(sources)), log=lambda line: print(
                                              line, flush=True))
         record.update(steps=steps, **metrics)
         metadata = {key: json.dumps(value) for key, value in record.items()}
-        metadata.update(classes=json.dumps([source.name for source in sources]),
-                        degradations=json.dumps(list(DEGRADATIONS)))
+        metadata.update(feature_metadata(sources))
         save_feature_net(net, out, metadata, overwrite=overwrite)
         return record
     if kind == "vae":

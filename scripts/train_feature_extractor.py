@@ -29,7 +29,6 @@ unless ``--overwrite`` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from pyinverse.data import PHOTO_SPLITS, digits, lfw_faces, load_photo
-from pyinverse.metrics.feature_training import DEGRADATIONS, Source, train_feature_net
+from pyinverse.metrics.feature_training import DEGRADATIONS, Source, feature_metadata, train_feature_net
 from pyinverse.metrics.features import SHIPPED_WEIGHTS, save_feature_net
 
 GRAY_PHOTOS = ("brick", "grass", "gravel", "camera", "coins", "moon", "page", "text", "cell")
@@ -108,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{metrics['validation_images']} images), degradation {degradation_accuracy:.4f} "
           f"({len(DEGRADATIONS)} classes, {metrics['rated_crops']} photo crops)")
     metadata = {
-        "classes": json.dumps([source.name for source in train_sources]),
-        "degradations": json.dumps(list(DEGRADATIONS)),
+        **feature_metadata(train_sources),
         "seed": str(args.seed), "steps": str(args.steps), "batch_size": str(args.batch_size),
         "lr": str(args.lr), "weight_decay": str(args.weight_decay),
         "validation_source_accuracy": f"{source_accuracy:.4f}",

@@ -79,8 +79,9 @@ def _write_pngs(folder, images):
     from PIL import Image
 
     folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    for i, image in enumerate(images):  # (C, H, W), C = 1 or 3
+        pixels = ((image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
 
 
 @pytest.mark.parametrize("kind", ["flow", "cimle"])
@@ -111,16 +112,12 @@ def test_train_on_a_folder_then_restore_with_the_file(tmp_path, kind, capsys):
 
 
 def test_train_vae_on_a_folder(tmp_path, capsys, monkeypatch):
-    from PIL import Image
-
     from pyinverse import training
     from pyinverse.data import photo_patches
     from pyinverse.ot import DeepOT, load_vae
 
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for i, patch in enumerate(photo_patches("train", size=40)[:6]):
-        Image.fromarray((patch.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    _write_pngs(folder, photo_patches("train", size=40)[:6])
     monkeypatch.setattr(training, "VAE_STEPS_PER_EPOCH", 10)  # CI trains a tiny configuration
     out = tmp_path / "vae.safetensors"
     assert main(["train", "vae", "--images", str(folder), "--out", str(out), "--epochs", "1"]) == 0, \
@@ -135,17 +132,13 @@ def test_train_vae_on_a_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_train_features_on_a_folder_then_fid_with_them(tmp_path, capsys, monkeypatch):
-    from PIL import Image
-
     from pyinverse import training
     from pyinverse.data import photo_patches
     from pyinverse.metrics import FID, FeatureExtractor
 
     folder = tmp_path / "photos"
-    folder.mkdir()
     patches = photo_patches("train", size=48, stride=48)
-    for i, patch in enumerate(patches[:5]):
-        Image.fromarray((patch.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    _write_pngs(folder, patches[:5])
     monkeypatch.setattr(training, "FEATURE_STEPS_PER_EPOCH", 20)  # CI trains a tiny configuration
     out = tmp_path / "features.safetensors"
     assert main(["train", "features", "--images", str(folder), "--out", str(out), "--epochs", "1"]) == 0, \

@@ -169,22 +169,94 @@ class AlignedBuffer {
   T* data_;
 };
 
-// Per-thread scratch of the extremes path, reused across tiles.
+// Per-thread scratch of the extremes path, reused across tiles, and the steps both extremes loops
+// share: resetting a tile, reading a sample row of it, the float64 sums, writing its outputs.
 template <typename T>
 struct ExtremesScratch {
   using Vec = typename Simd<T>::Vec;
   ExtremesScratch(int64_t low_slots, int64_t high_slots, int64_t lanes, int64_t value_rows)
-      : low(low_slots * (lanes / Simd<T>::kWidth)),
+      : low_slots(low_slots),
+        high_slots(high_slots),
+        lanes(lanes),
+        low(low_slots * (lanes / Simd<T>::kWidth)),
         high(high_slots * (lanes / Simd<T>::kWidth)),
-        nan_count(lanes / Simd<T>::kWidth),
+        nan(lanes / Simd<T>::kWidth),
         value(lanes * value_rows),
         shift(lanes),
         sum(lanes),
         sum_squares(lanes) {}
-  AlignedBuffer<Vec> low, high, nan_count;
-  AlignedBuffer<T> value;
+  int64_t low_slots, high_slots, lanes;
+  AlignedBuffer<Vec> low;   // [low_slots][lanes / W], each slot sorted ascending across slots
+  AlignedBuffer<Vec> high;  // [high_slots][lanes / W], descending
+  AlignedBuffer<Vec> nan;   // omit: NaN count; propagate: nonzero once a NaN was seen
+  AlignedBuffer<T> value;   // [value_rows][lanes] gathered rows of strided or partial tiles
   AlignedBuffer<double> shift, sum, sum_squares;
+
+  PYINV_ALWAYS_INLINE void reset(bool stats) {
+    const int64_t vectors = lanes / Simd<T>::kWidth;
+    const T inf = std::numeric_limits<T>::infinity();
+    std::fill(low.data(), low.data() + low_slots * vectors, Vec{} + inf);
+    std::fill(high.data(), high.data() + high_slots * vectors, Vec{} - inf);
+    std::fill(nan.data(), nan.data() + vectors, Vec{});
+    if (stats) {
+      std::fill(sum.data(), sum.data() + lanes, 0.0);
+      std::fill(sum_squares.data(), sum_squares.data() + lanes, 0.0);
+    }
+  }
+
+  // Sample row k of the tile: in place for a full contiguous tile, else gathered into value row
+  // `slot` (padding lanes are never written out).
+  PYINV_ALWAYS_INLINE const T* row(const QuantileProblem& problem, const TileGrid& grid, const TileSpan& span,
+                                   const T* data, int64_t k, int64_t slot) {
+    const T* row = data + span.input_offset + k * problem.sample_stride;
+    if (grid.inner_stride == 1 && span.count == lanes) return row;
+    T* gathered = value.data() + slot * lanes;
+    for (int64_t t = 0; t < lanes; ++t) gathered[t] = t < span.count ? row[t * grid.inner_stride] : T(0);
+    return gathered;
+  }
+
+  // float64 sums for mean/std, shifted by the first sample (k == 0) for accuracy.
+  template <bool kOmitNan>
+  PYINV_ALWAYS_INLINE void add_stats(const T* row, bool first) {
+    double* shift_ = shift.data();
+    double* sum_ = sum.data();
+    double* sum_squares_ = sum_squares.data();
+    if (first) {
+      for (int64_t t = 0; t < lanes; ++t) shift_[t] = stats_shift(row[t]);
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < lanes; ++t) {
+      const T x = row[t];
+      const double d = (kOmitNan && x != x) ? 0.0 : static_cast<double>(x) - shift_[t];
+      sum_[t] += d;
+      sum_squares_[t] += d * d;
+    }
+  }
 };
+
+// The quantiles (and stats) of a tile's pixels from the kept extremes.
+template <typename T, bool kOmitNan, bool kStats>
+PYINV_ALWAYS_INLINE void write_tile(const QuantileProblem& problem, const ExtremePlan& plan, const TileSpan& span,
+                                    const Outputs<T>& out, const ExtremesScratch<T>& scratch) {
+  constexpr int64_t W = Simd<T>::kWidth;
+  const int64_t NV = scratch.lanes / W, S = problem.num_samples;
+  for (int64_t t = 0; t < span.count; ++t) {
+    const int64_t w = t / W, lane = t % W;
+    const T nan = scratch.nan.data()[w][lane];
+    const bool poisoned = !kOmitNan && nan != T(0);
+    const int64_t n_valid = kOmitNan ? S - static_cast<int64_t>(nan) : S;
+    auto value_at_rank = [&](int64_t rank) -> T {
+      if (rank < plan.k_low) return scratch.low.data()[rank * NV + w][lane];
+      return scratch.high.data()[(n_valid - 1 - rank) * NV + w][lane];  // plan_extremes: < k_high
+    };
+    write_quantiles<T>(problem, out, span.pixel + t, n_valid, poisoned, value_at_rank);
+    if (kStats) {
+      write_stats<T>(problem, out, span.pixel + t, scratch.shift.data()[t], scratch.sum.data()[t],
+                     scratch.sum_squares.data()[t], n_valid, poisoned);
+    }
+  }
+}
+
 // Min/max of whole vectors with the semantics of `a < b ? a : b` and `a > b ? a : b` (the second
 // operand when unordered or equal), which is exactly what x86 minps/maxps compute; GCC only emits
 // those for the selects under -ffinite-math-only, which would also fold our NaN checks away.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._backend import check_choice
 from .dci import DCIIndex
 from .exact import describe_points, exact_knn
 
@@ -38,8 +39,7 @@ def search(x: Any, q: Any, k: int, *, method: str = "auto", seed: int = 0, **dci
         ties go to the smaller index.
     """
     op = "knn.search"
-    if method not in METHODS:
-        raise ValueError(f"{op}: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    check_choice(method, "method", METHODS, op)
     points = describe_points(x, "x", op)
     queries = describe_points(q, "q", op, dim=points.shape[1])
     if method == "auto":

@@ -11,6 +11,7 @@ digits) and mild brightness / contrast jitter are augmentations the features sho
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Callable
 
@@ -22,7 +23,7 @@ from PIL import Image
 from .distortion import gaussian_window
 from .features import DEFAULT_WIDTHS, NATIVE_SIZE, FeatureNet
 
-__all__ = ["DEGRADATIONS", "Source", "train_feature_net"]
+__all__ = ["DEGRADATIONS", "Source", "feature_metadata", "train_feature_net"]
 
 DEGRADATIONS = ("clean", "blur", "noise", "pixelate", "jpeg")
 CLEAN_FRACTION = 0.4
@@ -118,6 +119,11 @@ def make_batch(sources: list[Source], size: int, rng: np.random.Generator,
         degradations.append(degradation)
     return (torch.stack(images), torch.from_numpy(labels.astype(np.int64)),
             torch.tensor(degradations, dtype=torch.int64))
+
+
+def feature_metadata(sources: list[Source]) -> dict[str, str]:
+    """The class and degradation names a FeatureNet file stores (what FeatureExtractor reads)."""
+    return {"classes": json.dumps([source.name for source in sources]), "degradations": json.dumps(list(DEGRADATIONS))}
 
 
 def train_feature_net(train_sources: list[Source], validation_sources: list[Source], rng: np.random.Generator, *,

@@ -15,6 +15,7 @@ from .._backend import (
     FLOAT_DTYPES,
     ArrayInfo,
     allocate,
+    check_choice,
     check_device_available,
     describe,
     is_c_contiguous,
@@ -121,11 +122,6 @@ def _run_kernel(info: ArrayInfo, axis: int, levels: np.ndarray, method: str, nan
     )
 
 
-def _check_choice(value: Any, name: str, choices: tuple, op: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{op}: '{name}' must be one of {', '.join(choices)}; got {value!r}")
-
-
 def _unwrap_scalar(result: Any, info: ArrayInfo) -> Any:
     # numpy returns a scalar for a 0-d result; torch and cupy keep 0-d arrays.
     return result[()] if info.kind == "numpy" and result.ndim == 0 else result
@@ -165,8 +161,8 @@ def quantile(a: Any, q: Any, axis: int = 0, method: str = "linear", nan_policy: 
     """
     op = "quantile"
     levels, scalar_q = _quantile_levels(q, op)
-    _check_choice(method, "method", QUANTILE_METHODS, op)
-    _check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
+    check_choice(method, "method", QUANTILE_METHODS, op)
+    check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
     a, info, axis, original_dtype = _prepare(a, axis, op)
     rest = info.shape[:axis] + info.shape[axis + 1:]
     shape = rest if scalar_q else (len(levels), *rest)
@@ -203,8 +199,8 @@ def sample_stats(samples: Any, q: Any = (0.05, 0.95), axis: int = 0, ddof: int =
         levels, scalar_q = np.zeros(0), False
     else:
         levels, scalar_q = _quantile_levels(q, op)
-    _check_choice(method, "method", QUANTILE_METHODS, op)
-    _check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
+    check_choice(method, "method", QUANTILE_METHODS, op)
+    check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"{op}: 'ddof' must be a non-negative int, got {ddof!r}")
     samples, info, axis, _ = _prepare(samples, axis, op)

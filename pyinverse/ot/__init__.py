@@ -7,7 +7,7 @@ __all__ = ["GaussianMoments", "frechet_distance", "trace_sqrt_product", "wassers
 # Gaussian OT maps, the Deep OT autoencoder and Deep OT itself (issue 6).
 from .deep_ot import DEEP_OT_MODES, DeepOT
 from .gaussian import GaussianOT, gaussian_ot_matrix, ledoit_wolf_shrinkage
-from .vae import SHIPPED_VAE, ConvVAE, default_vae, load_vae, random_crops, save_vae, train_vae, vae_loss
+from .vae import SHIPPED_VAE, ConvVAE, default_vae, load_vae, save_vae, train_vae, vae_loss
 
 __all__ += ["DEEP_OT_MODES", "ConvVAE", "DeepOT", "GaussianOT", "SHIPPED_VAE", "default_vae", "gaussian_ot_matrix",
-            "ledoit_wolf_shrinkage", "load_vae", "random_crops", "save_vae", "train_vae", "vae_loss"]
+            "ledoit_wolf_shrinkage", "load_vae", "save_vae", "train_vae", "vae_loss"]

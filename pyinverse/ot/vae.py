@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ConvVAE", "SHIPPED_VAE", "default_vae", "load_vae", "random_crops", "save_vae", "train_vae", "vae_loss"]
+__all__ = ["ConvVAE", "SHIPPED_VAE", "default_vae", "load_vae", "save_vae", "train_vae", "vae_loss"]
 
 FORMAT = "pyinverse.ConvVAE.v1"
 SHIPPED_VAE = Path(__file__).resolve().parent.parent / "models" / "vae_photo32.safetensors"
@@ -129,7 +129,7 @@ def vae_loss(images: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Ten
     return rec + kl, rec, kl
 
 
-def random_crops(images: Sequence[torch.Tensor], count: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+def _random_crops(images: Sequence[torch.Tensor], count: int, size: int, rng: np.random.Generator) -> torch.Tensor:
     """``count`` random ``size`` x ``size`` crops (random horizontal flips) of ``images`` (each
     (C, H, W), H and W >= size), an image drawn in proportion to its area: (count, C, size, size)."""
     areas = np.array([image.shape[1] * image.shape[2] for image in images], dtype=np.float64)
@@ -164,7 +164,7 @@ def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: 
     losses = []
     vae.train()
     for step in range(1, steps + 1):
-        batch = random_crops(images, batch_size, crop, rng)
+        batch = _random_crops(images, batch_size, crop, rng)
         reconstruction, mean, log_var = vae(batch)
         loss, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
         optimizer.zero_grad(set_to_none=True)

@@ -121,7 +121,7 @@ def sections_to_json(sections: Sequence[Section]) -> list:
     """Sections as JSON-ready data (figures base64), for :func:`sections_from_json`."""
     def block(b: Any) -> dict:
         if isinstance(b, Table):
-            return {"table": {"title": b.title, "columns": list(b.columns), "rows": _plain(b.rows), "note": b.note,
+            return {"table": {"title": b.title, "columns": list(b.columns), "rows": [list(r) for r in b.rows], "note": b.note,
                               "digits": b.digits}}
         if isinstance(b, Figure):
             return {"figure": {"title": b.title, "png": base64.b64encode(b.png).decode("ascii"), "caption": b.caption}}
@@ -148,15 +148,6 @@ def sections_from_json(data: Any) -> list[Section]:
         return sections
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"sections_from_json: not a serialised report section ({type(exc).__name__}: {exc})") from None
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as plain Python (NaN and inf kept as floats)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
 
 
 def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],

@@ -126,11 +126,13 @@ def study(num_test: int, num_clean: int, seed: int, verbose: bool = True) -> tup
     return rows, examples
 
 
+COLUMNS = ["task", "signal", "PSNR dB ↑", "SSIM ↑", "perceptual ↓", "FID ↓", "KID x1e3 ↓", "latent W2 ↓"]
+
+
 def markdown(rows: list[dict], config: dict) -> str:
     lines = [f"Deep OT on held-out 32x32 photo patches ({config['num_test']} test images, Deep OT fitted on "
              f"{config['num_clean']} unpaired clean patches; seed {config['seed']}).", "",
-             "| task | signal | PSNR dB ↑ | SSIM ↑ | perceptual ↓ | FID ↓ | KID x1e3 ↓ | latent W2 ↓ |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for r in rows:
         lines.append(f"| {r['task']} | {r['signal']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['perceptual']:.4f} | "
                      f"{r['fid']:.2f} | {r['kid_x1e3']:.1f} ± {r['kid_std_x1e3']:.1f} | {r['latent_w2']:.3f} |")
@@ -160,9 +162,6 @@ def figure(examples: dict) -> bytes:
                     ax.set_ylabel(task, fontsize=6)
     fig.tight_layout()
     return figure_to_png(fig)
-
-
-COLUMNS = ["task", "signal", "PSNR dB ↑", "SSIM ↑", "perceptual ↓", "FID ↓", "KID x1e3 ↓", "latent W2 ↓"]
 
 
 def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:

@@ -97,7 +97,7 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
         ("flow_posterior", lambda: flow_posterior.study(quick=quick, seed=seed)),
         ("cimle", lambda: imle_samples.study(quick=quick, seed=seed)),
         ("deep_ot", lambda: deep_ot.report_section(quick=quick, seed=seed)),
-        ("tradeoffs", lambda: tradeoffs.report_section(quick=quick, seed=seed)),
+        ("tradeoffs", lambda: tradeoffs.report_section(seed=seed)),
     ]
     config = {"quick": quick, "seed": seed, "version": __version__}
     results, sections = run_stages(out_dir, stages, config, overwrite=overwrite, log=log)

@@ -26,6 +26,7 @@ writes the two PNGs and ``tradeoffs.json`` (atomically; existing files are kept 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -42,6 +43,7 @@ SIGMA = 0.1
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
 
 
+@functools.lru_cache(maxsize=None)  # both figures use the 8x8 one; callers only read it
 def patch_covariance(size: int) -> np.ndarray:
     patches = photo_patches("train", size=size, stride=max(1, size // 2), gray=True)
     return np.cov(patches.reshape(len(patches), -1).astype(np.float64), rowvar=False).reshape(size * size, size * size)
@@ -163,7 +165,7 @@ def study(seed: int = 0) -> tuple[bytes, bytes, dict]:
     return pd_png, up_png, numbers
 
 
-def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
+def report_section(seed: int = 0) -> tuple[dict, list[Section]]:
     """``pyinverse run``'s tradeoff stage (the same with and without --quick): (results, sections)."""
     pd_png, up_png, numbers = study(seed)
     checks = numbers["checks"]
@@ -172,7 +174,7 @@ def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Sectio
         ["(MSE(x_0) - MMSE) d / W2(p_x*, p_x)^2", checks["x0_mse_minus_mmse_over_w2_squared"], 1.0],
         ["distortion >= uncertainty for every estimator", str(checks["distortion_ge_uncertainty_everywhere"]), "True"],
     ])
-    return json_safe(numbers), [Section("Tradeoffs: perception-distortion and uncertainty-perception", [
+    return numbers, [Section("Tradeoffs: perception-distortion and uncertainty-perception", [
         Figure("Perception-distortion (Deep OT's Gaussian experiment)", pd_png,
                f"8x8 gray photo-patch Gaussian model in white noise (sigma {SIGMA}): lines are closed forms, "
                "markers estimates from samples."),

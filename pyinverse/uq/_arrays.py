@@ -95,12 +95,6 @@ def check_levels(q: Any, op: str) -> tuple[float, float]:
     return low, high
 
 
-def check_choice(value: Any, name: str, choices: tuple[str, ...], op: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{op}: '{name}' must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
 def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
     """``samples (S, N, C, H, W)`` with S >= 2 and ``truth (N, C, H, W)``, finite, one library.
 

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..ops.quantile import sample_stats
-from ._arrays import (as_array, check_choice, check_levels, clamp_min_zero, is_torch, like, where)
+from .._backend import check_choice
+from ._arrays import (as_array, check_levels, clamp_min_zero, is_torch, like, where)
 
 SCALINGS = ("multiplicative", "additive")
 CENTERS = ("mean", "median")

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import (check_choice, check_finite_samples, check_levels, check_open_unit, check_samples,
+from .._backend import check_choice
+from ._arrays import (check_finite_samples, check_levels, check_open_unit, check_samples,
                       check_samples_truth, to_numpy64)
 from .bounds import _log_p_value, hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound
 from .coverage import per_image_miscoverage

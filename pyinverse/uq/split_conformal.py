@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..ops.quantile import quantile
-from ._arrays import (check_choice, check_finite_samples, check_levels, check_open_unit, check_samples,
+from .._backend import check_choice
+from ._arrays import (check_finite_samples, check_levels, check_open_unit, check_samples,
                       check_samples_truth)
 from .coverage import per_image_miscoverage
 from .intervals import CENTERS, SCALINGS, sample_intervals_and_mean, scale_intervals, smallest_covering_lambda
