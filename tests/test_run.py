@@ -42,11 +42,22 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     # Bicubic upsampling is far from clean images in the latent space; its twin x_0 is closer.
     assert deep_ot[("4x super-resolution", "x_0")]["latent_w2"] < deep_ot[("4x super-resolution",
                                                                            "bicubic upsampling")]["latent_w2"]
+    # The flows' MAP restorations against the classical baselines, on faces and photo patches.
+    flow_prior = results["flow_prior"]["results"]
+    assert {(r["dataset"], r["task"]) for r in flow_prior} == {(d, t) for d in ("faces", "patches")
+                                                               for t in ("cs", "denoise")}
+    for r in flow_prior:
+        assert f"{np.mean(r['psnr']):.2f} / {np.mean(r['ssim']):.3f}" in page
+    flow = {(r["dataset"], r["task"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "flow"}
+    noisy = {(r["dataset"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "noisy input"}
+    for dataset in ("faces", "patches"):
+        assert flow[(dataset, "cs", 0.3)] > flow[(dataset, "cs", 0.1)]  # more measurements, better estimates
+        assert flow[(dataset, "denoise", 0.1)] > noisy[(dataset, 0.1)] + 2  # the prior removes noise
     checks = results["tradeoffs"]["checks"]
     assert abs(checks["posterior_mse_is_twice_mmse"] - 2.0) < 0.05
     assert abs(checks["x0_mse_minus_mmse_over_w2_squared"] - 1.0) < 0.05
     assert checks["distortion_ge_uncertainty_everywhere"] is True
-    assert page.count("data:image/png;base64,") == 1 + len(restorers) + 1 + 2
+    assert page.count("data:image/png;base64,") == 1 + len(restorers) + 1 + 1 + 2
     assert "report written to" in printed
     assert "reusing" not in printed
     # Never overwritten silently.

@@ -29,7 +29,7 @@ def tasks() -> dict:
     """Task name -> forward operator (each with measurement noise, so the posterior is proper).
 
     Tasks whose measurements are images (the evaluation's SSIM and perceptual validity need
-    them); the flow's compressed-sensing results are in ``examples/flow_prior_table.py``.
+    them); the flow's compressed-sensing and denoising MAP results are :mod:`.flow_prior`.
     """
     return {
         "denoising sigma=0.1": Denoising(0.1),

@@ -5,7 +5,8 @@ for noisy photo patches, checked on held-out and out-of-distribution photos); th
 reference restorers with and without projection; the samples of the shipped restorers, each
 evaluated like a user's samples (validity, distortion, diversity, calibrated intervals,
 perception): the faces flow's Langevin posterior (:mod:`.flow_posterior`) and the cIMLE
-generators (:mod:`.imle_samples`); Deep OT over simple restorers (:mod:`.deep_ot`); and the
+generators (:mod:`.imle_samples`); the flows' MAP restorations of compressed sensing and
+denoising against Lasso and BM3D (:mod:`.flow_prior`); Deep OT over simple restorers (:mod:`.deep_ot`); and the
 perception-distortion and uncertainty-perception tradeoffs (:mod:`.tradeoffs`).
 
 Each stage is saved under ``out_dir/stages/`` when it finishes (atomically, with the run's
@@ -24,7 +25,7 @@ from .. import __version__
 from .._io import atomic_write_text
 from ..demo import run_uq_demo
 from ..report.html import Figure, Section, Table, sections_from_json, sections_to_json, write_report
-from . import deep_ot, flow_posterior, imle_samples, reference_validity, tradeoffs
+from . import deep_ot, flow_posterior, flow_prior, imle_samples, reference_validity, tradeoffs
 
 STAGE_FORMAT = "pyinverse-run-stage-1"
 
@@ -95,6 +96,7 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
         ("uq", lambda: _uq_stage(uq_dir, quick, seed)),
         ("reference_validity", lambda: _validity_stage(quick, seed)),
         ("flow_posterior", lambda: flow_posterior.study(quick=quick, seed=seed)),
+        ("flow_prior", lambda: flow_prior.report_section(quick=quick, seed=seed)),
         ("cimle", lambda: imle_samples.study(quick=quick, seed=seed)),
         ("deep_ot", lambda: deep_ot.report_section(quick=quick, seed=seed)),
         ("tradeoffs", lambda: tradeoffs.report_section(seed=seed)),
