@@ -9,6 +9,7 @@ from pyinverse.flows import Glow, LinearFlow
 from pyinverse.physics import CompressedSensing, Denoising, Inpainting
 from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise, lasso_dct, lasso_fista,
                                lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
+from pyinverse.draws import Draws
 from pyinverse.solvers.latent_map import initial_latents
 from reference import (flows_gaussian_latent_posterior, flows_linear_mle_expected_error, flows_linear_mle_reference,
                        flows_theorem_bounds)
@@ -131,12 +132,12 @@ def test_inits():
     model = tiny_glow(0)
     op = Denoising(0.1)
     y = (0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    generator = torch.Generator().manual_seed(0)
-    random = initial_latents(model, op, y, "random", 3.0, generator, "test")
+    draws = Draws(0, 2, "test")
+    random = initial_latents(model, op, y, "random", 3.0, draws, "test")
     np.testing.assert_allclose(random.norm(dim=1).numpy(), 3.0)
-    pinv = initial_latents(model, op, y, "pinv", None, generator, "test")
+    pinv = initial_latents(model, op, y, "pinv", None, draws, "test")
     np.testing.assert_allclose(model.inverse(pinv).detach().numpy(), y.numpy(), atol=1e-10)  # G(G^-1(y)) = y
-    assert torch.equal(initial_latents(model, op, y, "zero", None, generator, "test"), torch.zeros(2, 16,
+    assert torch.equal(initial_latents(model, op, y, "zero", None, draws, "test"), torch.zeros(2, 16,
                                                                                                   dtype=torch.float64))
     result = latent_map(model, op, y, init="pinv", steps=1)
     np.testing.assert_allclose(result.objective, 0.0, atol=1e-18)  # y is in the range: the start is optimal

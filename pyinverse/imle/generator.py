@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._io import atomic_write, read_model_file
+from ..draws import Draws
 
 FORMAT = "pyinverse.cimle/1"
 MODEL_TYPE = "cimle_unet"
@@ -226,9 +227,10 @@ class ConditionalGenerator(nn.Module):
             y: observations (B, C_in, H, W) at the output resolution (the task's ``lift``), torch
                 or numpy; moved to the generator's device and dtype.
             num_samples: S >= 1.
-            seed: seed of the codes (``None``: torch's global generator). Codes are drawn sample by
-                sample, ``(B, latent_dim)`` each, so ``sample(y, 5, seed=s)[:3]`` equals
-                ``sample(y, 3, seed=s)``.
+            seed: seed of the codes: ``None`` (torch's global generator), an int, or one int per
+                observation (:mod:`pyinverse.draws`: each observation's samples then do not depend
+                on the batch it is in). Codes are drawn sample by sample, so
+                ``sample(y, 5, seed=s)[:3]`` equals ``sample(y, 3, seed=s)``.
             chunk: images per forward pass (memory bound only; results do not depend on it).
             clamp: clamp the samples to [0, 1].
 
@@ -242,8 +244,12 @@ class ConditionalGenerator(nn.Module):
         y = torch.as_tensor(y).to(device=parameter.device, dtype=parameter.dtype)
         if y.ndim != 4:
             raise ValueError(f"{where}: 'y' must have shape (B, C, H, W), got {tuple(y.shape)}")
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-        codes = torch.stack([self.sample_latents(y.shape[0], generator=generator) for _ in range(num_samples)])
+        if seed is None:
+            codes = torch.stack([self.sample_latents(y.shape[0]) for _ in range(num_samples)])
+        else:
+            draws = Draws(seed, y.shape[0], where)
+            codes = torch.stack([draws.randn(1, self.latent_dim, dtype=torch.float32) for _ in range(num_samples)])
+            codes = codes.to(device=parameter.device, dtype=parameter.dtype)
         flat_y = y.unsqueeze(0).expand(num_samples, *y.shape).reshape(-1, *y.shape[1:])
         flat_z = codes.reshape(-1, self.latent_dim)
         out = torch.cat([self(flat_y[i:i + chunk], flat_z[i:i + chunk]) for i in range(0, flat_y.shape[0], chunk)])

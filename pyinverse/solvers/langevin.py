@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..draws import Draws
 from ..flows.base import FlowModel
 from .latent_map import (_nonneg_float, _positive_float, _positive_int, initial_latents, latent_map,
                          measurement_tensor)
@@ -75,7 +76,9 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
             ``(B, D)`` tensor; a little noise is added so chains differ.
         adapt: adapt MALA's per-chain step size during burn-in.
         target_accept: the acceptance rate the adaptation aims at.
-        seed: seeds all the randomness (CPU generator: same draws on every device).
+        seed: seeds all the randomness (CPU generators: same draws on every device): an int, or
+            one int per measurement, which makes each measurement's samples independent of the
+            batch it is in (:mod:`pyinverse.draws`; how ``torchrun`` runs shard the images).
         map_steps: Adam steps of the ``"map"`` initialisation.
 
     Returns:
@@ -109,24 +112,18 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
     chains = min(n_samples, 8) if chains is None else _positive_int(chains, where, "chains")
     if not (isinstance(target_accept, numbers.Real) and 0 < target_accept < 1):
         raise ValueError(f"{where}: 'target_accept' must be in (0, 1), got {target_accept!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise ValueError(f"{where}: 'seed' must be an int in [0, 2**63), got {seed!r}")
-
     batch, dim = y_t.shape[0], model.latent_dim
-    generator = torch.Generator().manual_seed(int(seed))
-    if isinstance(init, str) and init == "map":
-        start = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps"),
-                           seed=int(seed)).z
-    elif isinstance(init, str) and init == "random":
-        start = initial_latents(model, operator, y_t, "random", math.sqrt(dim), generator, where)
+    draws = Draws(seed, batch, where)
+    if isinstance(init, str) and init == "map":  # deterministic from a zero start, one image at a time
+        start = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps")).z
     else:
-        start = initial_latents(model, operator, y_t, init, None, generator, where)
+        start = initial_latents(model, operator, y_t, init, None, draws, where)
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype=model.dtype, device=model.device)
+    def randn(per_measurement):
+        return draws.randn(per_measurement, dim).to(dtype=model.dtype, device=model.device)
 
     # Rows: chain-major, (chains * B, D); row c * B + b is chain c of measurement b.
-    z = start.repeat(chains, 1) + math.sqrt(step_size) * randn(chains * batch, dim)
+    z = start.repeat(chains, 1) + math.sqrt(step_size) * randn(chains)
     target = y_t.repeat((chains,) + (1,) * (y_t.dim() - 1))
     eta = torch.full((chains * batch,), step_size, dtype=model.dtype, device=model.device)
 
@@ -155,7 +152,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         if not bool(torch.isfinite(log_p).all()):
             raise FloatingPointError(f"{where}: the log posterior is not finite at the start")
         for step in range(1, total + 1):
-            noise = randn(chains * batch, dim)
+            noise = randn(chains)
             proposal = z + eta[:, None] * grad + torch.sqrt(2 * eta)[:, None] * noise
             p_log, p_grad = log_post_and_grad(proposal)
             if method == "ula":
@@ -170,7 +167,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
                 log_ratio = (p_log - log_p + backward_q - forward_q).double()
                 log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -math.inf))
                 accept_prob = log_ratio.clamp(max=0).exp()
-                uniform = torch.rand(chains * batch, generator=generator, dtype=torch.float64).to(model.device)
+                uniform = draws.rand(chains).to(model.device)
                 accept = uniform < accept_prob
                 z = torch.where(accept[:, None], proposal, z)
                 log_p = torch.where(accept, p_log, log_p)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..draws import Draws
 from ..flows.base import FlowModel, standard_normal_log_prob
 
 INITS = ("zero", "random", "pinv")
@@ -110,7 +111,7 @@ def _positive_int(value, where, name):
 
 
 def initial_latents(model: FlowModel, operator: Any, y: torch.Tensor, init: Any, init_norm: float | None,
-                    generator: torch.Generator, where: str) -> torch.Tensor:
+                    draws: Draws, where: str) -> torch.Tensor:
     """The starting latents ``(B, D)`` for one restart (see :func:`latent_map`'s ``init``)."""
     batch, dim = y.shape[0], model.latent_dim
     if isinstance(init, torch.Tensor):
@@ -122,7 +123,7 @@ def initial_latents(model: FlowModel, operator: Any, y: torch.Tensor, init: Any,
     if init == "zero":
         return torch.zeros(batch, dim, dtype=model.dtype, device=model.device)
     if init == "random":
-        direction = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+        direction = draws.randn(1, dim)
         norm = math.sqrt(dim) if init_norm is None else init_norm
         direction *= norm / direction.norm(dim=1, keepdim=True).clamp_min(1e-300)
         return direction.to(dtype=model.dtype, device=model.device)
@@ -329,7 +330,8 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
             latents at ``init_norm``; per image the run with the lowest objective is kept.
         tol, patience: an image stops when its best objective improved by less than
             ``tol * |objective|`` over the last ``patience`` steps.
-        seed: seeds the random starts (a CPU generator: the same starts on every device).
+        seed: seeds the random starts (CPU generators: the same starts on every device): an int, or
+            one int per measurement (:mod:`pyinverse.draws`: starts then do not depend on the batch).
         on_divergence: ``"warn"`` (status ``"diverged"``, best finite iterate kept, a
             ``RuntimeWarning``) or ``"raise"`` (``FloatingPointError``).
 
@@ -361,13 +363,10 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
     tol = _nonneg_float(tol, where, "tol")
     if init_norm is not None:
         init_norm = _nonneg_float(init_norm, where, "init_norm")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise ValueError(f"{where}: 'seed' must be an int in [0, 2**63), got {seed!r}")
-
-    generator = torch.Generator().manual_seed(int(seed))
-    starts = [initial_latents(model, operator, y_t, init, init_norm, generator, where)]
+    draws = Draws(seed, y_t.shape[0], where)
+    starts = [initial_latents(model, operator, y_t, init, init_norm, draws, where)]
     for _ in range(restarts - 1):
-        starts.append(initial_latents(model, operator, y_t, "random", init_norm, generator, where))
+        starts.append(initial_latents(model, operator, y_t, "random", init_norm, draws, where))
     z0 = torch.cat(starts, 0)
     objective = make_objective(model, operator, y_t, gamma, prior)
 
