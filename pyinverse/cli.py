@@ -27,26 +27,41 @@ def _default_out_dir(kind: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return _on_ranks(_run_ranks, args)
+
+
+def _run_ranks(args: argparse.Namespace) -> int:
+    from . import distributed
     from .studies.run import run_study
 
-    out = Path(args.out) if args.out else _default_out_dir("run")
-    print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
+    # every rank writes where rank 0 chose (a default folder is named by the time)
+    out = distributed.broadcast_object(Path(args.out) if args.out else _default_out_dir("run"))
+    stages = tuple(args.stages.split(",")) if args.stages else None
+    if distributed.is_main():
+        print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
     results = run_study(out, quick=args.quick, seed=args.seed, overwrite=args.overwrite,
-                        log=lambda line: print(line, flush=True))
-    print(f"held-out risk {results['uq']['held_out_risk']:.4f} (alpha {results['uq']['alpha']}), "
-          f"{results['seconds']:.1f} s")
-    print(f"report written to {out / 'report' / 'index.html'}")
+                        log=lambda line: print(line, flush=True), **({"stages": stages} if stages else {}))
+    if results is None:  # not rank 0
+        return 0
+    if "uq" in results:
+        print(f"held-out risk {results['uq']['held_out_risk']:.4f} (alpha {results['uq']['alpha']})")
+    ranks = f" ({results['processes']} processes)" if "processes" in results else ""
+    print(f"{results['seconds']:.1f} s{ranks}; report written to {out / 'report' / 'index.html'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    # Under torchrun (WORLD_SIZE > 1) the ranks join one process group and each evaluates its
-    # shard of the images; rank 0 prints and writes the report, the others stay quiet.
+    return _on_ranks(_evaluate_ranks, args)
+
+
+def _on_ranks(handler, args: argparse.Namespace) -> int:
+    # Under torchrun (WORLD_SIZE > 1) the ranks join one process group and share the images;
+    # rank 0 prints and writes, the others stay quiet.
     from . import distributed
 
     distributed.init_from_env()
     try:
-        return _evaluate_ranks(args)
+        return handler(args)
     except distributed.SharedError:
         if distributed.is_main():
             raise  # rank 0 reports an error every rank saw
@@ -161,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="a small configuration (about a minute on 2 cores)")
     run.add_argument("--out", help="output folder (default: a new runs/run-<time> folder)")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    run.add_argument("--stages", help="comma-separated names of the stages to run (default: all; a wrong name "
+                                      "lists them)")
     run.add_argument("--overwrite", action="store_true",
                      help="rerun everything into a non-empty --out (without it, an unfinished run there resumes)")
     run.set_defaults(handler=_run)

@@ -270,16 +270,16 @@ def agreed(step: Callable[[], T], errors: tuple[type[BaseException], ...] = (Val
     return value
 
 
-def on_main(compute: Callable[[], T]) -> T:
-    """Run ``compute`` on rank 0 and hand its result (small, picklable) to every rank; a
-    ``ValueError`` it raises is raised on every rank as :class:`SharedError`."""
+def on_main(compute: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError,)) -> T:
+    """Run ``compute`` on rank 0 and hand its result (small, picklable) to every rank; one of
+    ``errors`` that it raises is raised on every rank as :class:`SharedError`."""
     if not active():
         return compute()
     outcome: tuple[Any, str | None] = (None, None)
     if is_main():
         try:
             outcome = (compute(), None)
-        except ValueError as error:
+        except errors as error:
             outcome = (None, str(error))
     value, error = broadcast_object(outcome)
     if error is not None:

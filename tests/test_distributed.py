@@ -83,6 +83,27 @@ def figure(page):
     return re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", page)
 
 
+def _environment():
+    """This interpreter's import path, one thread, and no torchrun variables of an outer run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def torchrun(folder, arguments, timeout=300):
+    """``python -m pyinverse *arguments`` on 2 gloo processes, rank r in ``folder/rank<r>``."""
+    launch = folder / "launch.py"
+    launch.write_text(_LAUNCH)
+    for rank in range(2):
+        (folder / f"rank{rank}").mkdir()
+    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(launch), *arguments], cwd=folder, env=_environment(), capture_output=True, text=True,
+                             timeout=timeout)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process
+
+
 def test_two_gloo_processes_match_one(tmp_path, capsys):
     rng = np.random.default_rng(11)
     truth = rng.random((NUM_IMAGES, 1, SIZE, SIZE), dtype=np.float32)
@@ -92,17 +113,7 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
     for name, array in (("samples", samples), ("inputs", inputs), ("truth", truth)):
         np.save(tmp_path / f"{name}.npy", array)
         arguments += [f"--{name}", str(tmp_path / f"{name}.npy")]
-    launch = tmp_path / "launch.py"
-    launch.write_text(_LAUNCH)
-    for rank in range(2):
-        (tmp_path / f"rank{rank}").mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(launch), *arguments, "--out", "out"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stderr[-3000:]
+    process = torchrun(tmp_path, [*arguments, "--out", "out"])
     # Rank 0 printed once and wrote the report; rank 1 wrote nothing at all.
     assert process.stdout.count("report written to out/report/index.html (2 processes)") == 1, process.stdout
     assert process.stdout.count("validity: PSNR") == 1
@@ -124,3 +135,32 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
     # The figure shows the first 4 images, 3 from rank 0 and 1 from rank 1: the same picture.
     pages = [(folder / "report" / "index.html").read_text() for folder in (tmp_path / "one", tmp_path / "rank0" / "out")]
     assert len(figure(pages[0])) == 1 and figure(pages[0]) == figure(pages[1])
+
+
+@pytest.mark.slow
+def test_run_on_two_gloo_processes_matches_one(tmp_path):
+    """`pyinverse run --quick` under torchrun: the restorers' samples are drawn where their images
+    are and the evaluations reduced, so their stages equal the one-process run's; a rank-0 stage
+    (reference validity) runs once, and only rank 0 writes. Both runs use one thread per process:
+    MALA's accept/reject turns a different float summation order (another thread count) into
+    different chains."""
+    stages = ["reference_validity", "flow_posterior", "cimle"]
+    arguments = ["run", "--quick", "--stages", ",".join(stages), "--out", "out"]
+    process = torchrun(tmp_path, arguments, timeout=900)
+    assert process.stdout.count("report written to out/report/index.html") == 1, process.stdout
+    assert "(2 processes)" in process.stdout
+    assert list((tmp_path / "rank1").iterdir()) == []
+    out = tmp_path / "rank0" / "out"
+    assert sorted(p.name for p in (out / "stages").iterdir()) == sorted(["run.json", *[f"{s}.json" for s in stages]])
+    sharded = json.loads((out / "report" / "results.json").read_text())
+    (tmp_path / "one").mkdir()
+    one = subprocess.run([sys.executable, "-m", "pyinverse", *arguments], cwd=tmp_path / "one", env=_environment(),
+                         capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single = json.loads((tmp_path / "one" / "out" / "report" / "results.json").read_text())
+    assert sharded["processes"] == 2 and "processes" not in single
+    for stage in stages:
+        compare(single[stage], sharded[stage], stage)
+    # the same figures: the first images of each task come from rank 0's shard, gathered
+    pages = [(folder / "report" / "index.html").read_text() for folder in (tmp_path / "one" / "out", out)]
+    assert figure(pages[0]) == figure(pages[1]) and len(figure(pages[0])) == 1 + len(single["cimle"]["tasks"])

@@ -6,13 +6,22 @@ reference restorers with and without projection; the samples of the shipped rest
 evaluated like a user's samples (validity, distortion, diversity, calibrated intervals,
 perception): the faces flow's Langevin posterior (:mod:`.flow_posterior`) and the cIMLE
 generators (:mod:`.imle_samples`); the flows' MAP restorations of compressed sensing and
-denoising against Lasso and BM3D (:mod:`.flow_prior`); Deep OT over simple restorers (:mod:`.deep_ot`); and the
-perception-distortion and uncertainty-perception tradeoffs (:mod:`.tradeoffs`).
+denoising against Lasso and BM3D (:mod:`.flow_prior`); Deep OT over simple restorers
+(:mod:`.deep_ot`); and the perception-distortion and uncertainty-perception tradeoffs
+(:mod:`.tradeoffs`).
 
 Each stage is saved under ``out_dir/stages/`` when it finishes (atomically, with the run's
 configuration), so a run that was interrupted resumes: the same command reuses the finished
 stages and runs the rest. A folder that holds another configuration's stages, or a finished
 report, is refused unless ``overwrite``.
+
+Under ``torchrun --nproc-per-node N -m pyinverse run`` the stages that sample the shipped
+restorers (:data:`SHARDED_STAGES`) share their images among the ranks: each rank draws the samples
+of its images (with per-image seeds, so the draws are those of one process) and the evaluation
+reduces every accumulator over the ranks, so the numbers equal the single-process run's up to the
+order of float additions. The other stages fit one model on all their data (the uq posterior,
+Deep OT's maps, the flow table's validation) or are small; they run on rank 0 while the others
+wait (within gloo's 30-minute timeout), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from .. import distributed as dist
 from .._io import atomic_write_text
 from ..demo import run_uq_demo
 from ..report.html import Figure, Section, Table, sections_from_json, sections_to_json, write_report
@@ -33,15 +43,56 @@ Stage = Callable[[], "tuple[object, list[Section]]"]
 
 
 def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dict, *, overwrite: bool = False,
-               log: Callable[[str], None] = print) -> tuple[dict, list[Section]]:
+               log: Callable[[str], None] = print, sharded: tuple[str, ...] = ()) -> tuple[dict, list[Section]]:
     """Run ``stages`` (name, callable returning (JSON-able results, sections)) in order, saving each one that
     finishes to ``out_dir/stages/<name>.json``; stages already saved with the same ``config`` are
     loaded instead of run. Returns the results by stage name and all sections in order.
 
     Raises ``FileExistsError`` if ``out_dir/stages`` holds stages of another configuration (unless
     ``overwrite``, which also reruns every stage) and ``ValueError`` if a saved stage is corrupt.
+
+    Under ``torchrun`` (several processes) rank 0 alone reads and writes the files and decides what
+    to rerun; the stages named in ``sharded`` run on every rank (they share their images among the
+    ranks and combine what each found), the others on rank 0 while the rest wait. Rank 0 returns
+    everything; the other ranks return nothing (``{}, []``). Errors of rank 0's checks are raised on
+    every rank (:class:`pyinverse.distributed.SharedError`).
     """
     stage_dir = Path(out_dir) / "stages"
+    dist.on_main(lambda: _prepare_stage_dir(stage_dir, config, overwrite), errors=(ValueError, OSError))
+    results: dict = {}
+    sections: list[Section] = []
+    for name, stage in stages:
+        path = stage_dir / f"{name}.json"
+        saved: dict = {}  # filled on rank 0 only
+
+        def load_if_finished() -> bool:
+            if path.exists() and not overwrite:
+                saved["results"], saved["sections"] = _saved_stage(path, config)
+            return bool(saved)
+
+        if dist.on_main(load_if_finished):
+            if dist.is_main():
+                results[name] = saved["results"]
+                sections.extend(sections_from_json(saved["sections"]))
+                log(f"{name}: reusing the finished stage in {path}")
+            continue
+        if not (dist.is_main() or name in sharded):
+            continue
+        started = time.perf_counter()
+        stage_results, stage_sections = stage()
+        if dist.is_main():
+            record = {"format": STAGE_FORMAT, "config": config, "results": stage_results,
+                      "sections": sections_to_json(stage_sections)}
+            # NaN stays NaN here (Python's json reads it back); results.json is made standard later.
+            atomic_write_text(path, json.dumps(record, default=_plain_number) + "\n", overwrite=True)
+            log(f"{name}: {time.perf_counter() - started:.1f} s")
+            results[name] = stage_results
+            sections.extend(stage_sections)
+    return results, sections
+
+
+def _prepare_stage_dir(stage_dir: Path, config: dict, overwrite: bool) -> None:
+    """Refuse another configuration's stages; write this run's manifest."""
     manifest = stage_dir / "run.json"
     wanted = {"format": STAGE_FORMAT, "config": config}
     if manifest.exists() and not overwrite:
@@ -55,58 +106,66 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
                               "or pass --overwrite")
     else:
         atomic_write_text(manifest, json.dumps(wanted, indent=2) + "\n", overwrite=True)
-    results: dict = {}
-    sections: list[Section] = []
-    for name, stage in stages:
-        path = stage_dir / f"{name}.json"
-        if path.exists() and not overwrite:
-            saved = _read_json(path)
-            if not isinstance(saved, dict) or saved.get("format") != STAGE_FORMAT or saved.get("config") != config:
-                raise ValueError(f"{path} is not a finished stage of this run; delete it or pass --overwrite")
-            stage_results, stage_sections = saved["results"], sections_from_json(saved["sections"])
-            log(f"{name}: reusing the finished stage in {path}")
-        else:
-            started = time.perf_counter()
-            stage_results, stage_sections = stage()
-            record = {"format": STAGE_FORMAT, "config": config, "results": stage_results,
-                      "sections": sections_to_json(stage_sections)}
-            # NaN stays NaN here (Python's json reads it back); results.json is made standard later.
-            atomic_write_text(path, json.dumps(record, default=_plain_number) + "\n", overwrite=True)
-            log(f"{name}: {time.perf_counter() - started:.1f} s")
-        results[name] = stage_results
-        sections.extend(stage_sections)
-    return results, sections
+
+
+def _saved_stage(path: Path, config: dict) -> tuple[object, list]:
+    """A finished stage's (results, sections as JSON), checked against this run's ``config``."""
+    saved = _read_json(path)
+    if not isinstance(saved, dict) or saved.get("format") != STAGE_FORMAT or saved.get("config") != config:
+        raise ValueError(f"{path} is not a finished stage of this run; delete it or pass --overwrite")
+    return saved["results"], saved["sections"]
+
+
+STAGES = ("uq", "reference_validity", "flow_posterior", "flow_prior", "cimle", "deep_ot", "tradeoffs")
+SHARDED_STAGES = ("flow_posterior", "cimle")  # the restorers' samples: drawn where their images are
 
 
 def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite: bool = False,
-              log: Callable[[str], None] = print) -> dict:
-    """Run every study into ``out_dir`` (``uq/`` files, ``stages/``, ``report/index.html``,
-    ``report/results.json``), resuming an interrupted run of the same configuration."""
+              log: Callable[[str], None] = print, stages: tuple[str, ...] = STAGES) -> dict | None:
+    """Run the ``stages`` (default: all of :data:`STAGES`, in that order) into ``out_dir`` (``uq/``
+    files, ``stages/``, ``report/index.html``, ``report/results.json``), resuming an interrupted
+    run of the same configuration. Returns the results (``None`` on ranks other than 0 under
+    ``torchrun``, where the :data:`SHARDED_STAGES` share their images among the ranks)."""
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown or not stages or len(set(stages)) != len(stages):
+        raise ValueError(f"run: 'stages' must be distinct names among {', '.join(STAGES)}, got {list(stages)}")
+    stages = tuple(name for name in STAGES if name in stages)  # the report keeps one order
     out_dir = Path(out_dir)
     report_dir = out_dir / "report"
-    if report_dir.exists() and any(report_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{report_dir} already holds a report; choose another --out or pass --overwrite")
     uq_dir = out_dir / "uq"
-    if (not overwrite and not (out_dir / "stages" / "run.json").exists() and uq_dir.exists()
-            and any(uq_dir.iterdir())):
-        raise FileExistsError(f"{uq_dir} holds files of another run; choose another --out or pass --overwrite")
+    dist.on_main(lambda: _check_out_dir(out_dir, overwrite), errors=(ValueError, OSError))
     started = time.perf_counter()
-    stages = [
+    runners = {
         # The uq stage rewrites its own files: past the check above they come from this run.
-        ("uq", lambda: _uq_stage(uq_dir, quick, seed)),
-        ("reference_validity", lambda: _validity_stage(quick, seed)),
-        ("flow_posterior", lambda: flow_posterior.study(quick=quick, seed=seed)),
-        ("flow_prior", lambda: flow_prior.report_section(quick=quick, seed=seed)),
-        ("cimle", lambda: imle_samples.study(quick=quick, seed=seed)),
-        ("deep_ot", lambda: deep_ot.report_section(quick=quick, seed=seed)),
-        ("tradeoffs", lambda: tradeoffs.report_section(seed=seed)),
-    ]
-    config = {"quick": quick, "seed": seed, "version": __version__}
-    results, sections = run_stages(out_dir, stages, config, overwrite=overwrite, log=log)
+        "uq": lambda: _uq_stage(uq_dir, quick, seed),
+        "reference_validity": lambda: _validity_stage(quick, seed),
+        "flow_posterior": lambda: flow_posterior.study(quick=quick, seed=seed),
+        "flow_prior": lambda: flow_prior.report_section(quick=quick, seed=seed),
+        "cimle": lambda: imle_samples.study(quick=quick, seed=seed),
+        "deep_ot": lambda: deep_ot.report_section(quick=quick, seed=seed),
+        "tradeoffs": lambda: tradeoffs.report_section(seed=seed),
+    }
+    config = {"quick": quick, "seed": seed, "version": __version__, **({} if stages == STAGES else
+                                                                       {"stages": list(stages)})}
+    results, sections = run_stages(out_dir, [(name, runners[name]) for name in stages], config,
+                                   overwrite=overwrite, log=log, sharded=SHARDED_STAGES)
+    if not dist.is_main():
+        return None
     results = {"quick": quick, "seed": seed, **results, "seconds": round(time.perf_counter() - started, 3)}
+    if dist.active():
+        results["processes"] = dist.world_size()
     write_report(report_dir, "pyinverse study", f"{'Quick' if quick else 'Full'} run on the bundled data, seed {seed}.",
                  sections, results, overwrite=overwrite)
     return results
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    report_dir, uq_dir = out_dir / "report", out_dir / "uq"
+    if report_dir.exists() and any(report_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{report_dir} already holds a report; choose another --out or pass --overwrite")
+    if (not overwrite and not (out_dir / "stages" / "run.json").exists() and uq_dir.exists()
+            and any(uq_dir.iterdir())):
+        raise FileExistsError(f"{uq_dir} holds files of another run; choose another --out or pass --overwrite")
 
 
 def _uq_stage(uq_dir: Path, quick: bool, seed: int) -> tuple[dict, list[Section]]:
