@@ -17,7 +17,10 @@ the tests check against a float64 brute force). Times: median of the rounds (min
 build = index construction, query = all queries in one batched call.
 
 batched_nearest: (B, m, d) candidates vs (B, d) targets (cIMLE: m samples per input), against the
-torch expression ((c - t[:, None]) ** 2).sum(-1).argmin(1).
+torch expression ((c - t[:, None]) ** 2).sum(-1).argmin(1) and a torch.cdist + argmin loop over
+the inputs.
+--only grid: DCI, faiss Flat and HNSW at N in {1e4, 1e5} x d in {128, 784, 3072} on clusters near
+16-d subspaces (low intrinsic dimension) and on isotropic clusters.
 IMLE workload: an index over N fresh samples searched by N targets with k = 1, build included.
 """
 from __future__ import annotations
@@ -68,6 +71,23 @@ def blobs(n: int, num_queries: int, d: int = 64, clusters: int = 1000, spread: f
     centers = rng.standard_normal((clusters, d))
     labels = rng.integers(0, clusters, n + num_queries)
     points = (centers[labels] + spread * rng.standard_normal((n + num_queries, d))).astype(np.float32)
+    return points[:n], points[n:]
+
+
+def subspace_clusters(n: int, num_queries: int, d: int, clusters: int = 100, rank: int = 16,
+                      noise: float = 0.01):
+    """Low intrinsic dimension: each of ``clusters`` clusters lies near its own random ``rank``-
+    dimensional subspace through a unit-normal centre (unit-variance coordinates in it, isotropic
+    noise of std ``noise`` off it)."""
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((clusters, d)).astype(np.float32)
+    bases = np.linalg.qr(rng.standard_normal((clusters, d, rank)))[0].astype(np.float32)  # (clusters, d, rank)
+    labels = rng.integers(0, clusters, n + num_queries)
+    points = np.empty((n + num_queries, d), dtype=np.float32)
+    for c in range(clusters):  # per cluster: no (N, d, rank) temporary
+        rows = np.flatnonzero(labels == c)
+        coordinates = rng.standard_normal((rows.size, rank)).astype(np.float32)
+        points[rows] = centers[c] + coordinates @ bases[c].T + noise * rng.standard_normal((rows.size, d))
     return points[:n], points[n:]
 
 
@@ -193,17 +213,50 @@ def recall_time_plot(path: str, datasets: dict[str, list[tuple[str, float, float
 
 def batched_table(rounds: int, cases) -> None:
     print("\n### batched_nearest: B targets, each against its own m candidates\n")
-    print("| B x m x d (float32) | pyinverse batched_nearest | torch expression | speed-up | same indices |")
-    print("|---|---|---|---|---|")
+    print("| B x m x d (float32) | pyinverse batched_nearest | torch expression | speed-up | "
+          "torch.cdist + argmin, loop over inputs | speed-up | same indices |")
+    print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for b, m, d in cases:
         c = torch.from_numpy(rng.random((b, m, d), dtype=np.float32))
         t = torch.from_numpy(rng.random((b, d), dtype=np.float32))
         ours = timed(lambda: batched_nearest(c, t), rounds)
         peer = timed(lambda: ((c - t[:, None]) ** 2).sum(-1).argmin(1), rounds)
-        same = bool(torch.equal(ours[3][0], peer[3]))
-        print(f"| {b} x {m} x {d} | {fmt(*ours[:3])} | {fmt(*peer[:3])} | {peer[0] / ours[0]:.1f}x | {same} |",
-              flush=True)
+        loop = timed(lambda: torch.cat([torch.cdist(t[i:i + 1], c[i]).argmin(1) for i in range(b)]), rounds)
+        same = bool(torch.equal(ours[3][0], peer[3]) and torch.equal(ours[3][0], loop[3]))
+        print(f"| {b} x {m} x {d} | {fmt(*ours[:3])} | {fmt(*peer[:3])} | {peer[0] / ours[0]:.1f}x | "
+              f"{fmt(*loop[:3])} | {loop[0] / ours[0]:.1f}x | {same} |", flush=True)
+
+
+def grid_table(cases, k: int = 10, num_queries: int = 200) -> None:
+    """DCI (default budgets), faiss IndexFlatL2 and IndexHNSWFlat (M=16, efSearch=64) at the issue's
+    sizes, on clusters near 16-dimensional subspaces and on isotropic clusters: build time, query
+    time of all queries in one call, recall@10 (tie-aware, against exact_knn). One run each."""
+    print(f"\n### DCI vs faiss over the size grid: {num_queries} queries, k = {k}, one run each\n")
+    print("| data | N x d | method | build | query | recall@10 |")
+    print("|---|---|---|---|---|---|")
+    for kind, make in (("16-d subspace clusters", lambda n, d: subspace_clusters(n, num_queries, d)),
+                       ("isotropic clusters", lambda n, d: blobs(n, num_queries, d=d, clusters=100, spread=0.3))):
+        for n, d in cases:
+            x, q = make(n, d)
+            ref_d, _ = exact_knn(x, q, k)
+            methods = {}
+            index = DCIIndex(d, num_composite=2, num_simple=6, seed=0)
+            methods["pyinverse DCIIndex 2x6 (defaults)"] = (lambda: index.add(x), lambda: index.search(q, k)[1])
+            if faiss is not None:
+                flat = faiss.IndexFlatL2(d)
+                methods["faiss IndexFlatL2"] = (lambda: flat.add(x), lambda: flat.search(q, k)[1])
+                graph = faiss.IndexHNSWFlat(d, 16)
+                graph.hnsw.efSearch = 64
+                methods["faiss IndexHNSWFlat M=16 ef=64"] = (lambda: graph.add(x), lambda: graph.search(q, k)[1])
+            for method, (build, query) in methods.items():
+                start = time.perf_counter()
+                build()  # once: adding twice would index every point twice
+                build_time = time.perf_counter() - start
+                query_time, _, _, indices = timed(query, 1)
+                recall = knn_recall(true_distances(x, q, indices), ref_d, rtol=1e-6)
+                print(f"| {kind} | {n} x {d} | {method} | {fmt(build_time, build_time, build_time)} | "
+                      f"{fmt(query_time, query_time, query_time)} | {recall:.3f} |", flush=True)
 
 
 def faiss_flat(x: np.ndarray, q: np.ndarray, k: int):
@@ -262,6 +315,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every peer (default 1)")
     parser.add_argument("--plot", help="also write the recall-time figure (PNG) here")
+    parser.add_argument("--only", choices=("grid", "batched"), help="only the size grid (DCI / faiss on "
+                        "subspace and isotropic clusters, about 30 minutes) or only batched_nearest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pyinverse.set_num_threads(args.threads)
@@ -273,6 +328,12 @@ def main() -> None:
 
 def run(args) -> None:
     n, num_queries, rounds = (10000, 100, 1) if args.quick else (100000, 1000, 3)
+    batched_cases = [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)]
+    if args.only == "batched":
+        return batched_table(rounds, batched_cases)
+    if args.only == "grid":
+        return grid_table([(10000, 128), (10000, 784)] if args.quick else
+                          [(n, d) for n in (10000, 100000) for d in (128, 784, 3072)])
     print(f"threads {args.threads} (torch {torch.get_num_threads()}, pyinverse {pyinverse.get_num_threads()}), "
           f"faiss {faiss.__version__ if faiss else 'not installed'}")
     # DCI's budgets: the defaults (a pass of every simple index), a third of the visits with 300
@@ -283,7 +344,7 @@ def run(args) -> None:
                                    ("patches", photo_patches(n, num_queries), budgets),
                                    ("digits", digits(), [(6, None), (10, None), (6, (300, 30))])):
         datasets[f"{name} ({x.shape[0]} x {x.shape[1]})"] = knn_table(name, x, q, 10, rounds, settings, hnsw=True)
-    batched_table(rounds, [(256, 16, 3072), (4096, 8, 64), (64, 100, 768)])
+    batched_table(rounds, batched_cases)
     flat_table([(10000, 128), (10000, 784)] if args.quick else
                [(n, d) for n in (10000, 100000) for d in (128, 784, 3072)])
     imle_table([(2000, 192), (2000, 3072)] if args.quick else [(10000, 192), (5000, 3072)])

@@ -39,11 +39,16 @@ def test_bad_seeds(seed, match):
         Draws(seed, 3, "here")
 
 
-def test_langevin_samples_of_an_image_do_not_depend_on_its_batch():
-    model = tiny_glow(0)
+def _inpainting_problem(num_images, seed):
+    """A float64 tiny Glow, an inpainting operator with noise, and measurements of random images."""
     op = Inpainting(fraction=0.5, seed=0, noise_sigma=0.1)
-    x = 0.3 + 0.4 * torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    y = op(x, seed=0)
+    generator = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.4 * torch.rand(num_images, 1, 4, 4, generator=generator, dtype=torch.float64)
+    return tiny_glow(0), op, op(x, seed=0)
+
+
+def test_langevin_samples_of_an_image_do_not_depend_on_its_batch():
+    model, op, y = _inpainting_problem(3, seed=1)
     seeds = item_seeds(5, range(3))
     options = dict(n_samples=4, chains=2, thin=2, burn_in=10, map_steps=20)
     batch = latent_langevin(model, op, y, seed=seeds, **options)
@@ -56,10 +61,7 @@ def test_langevin_samples_of_an_image_do_not_depend_on_its_batch():
 
 
 def test_random_restarts_of_an_image_do_not_depend_on_its_batch():
-    model = tiny_glow(0)
-    op = Inpainting(fraction=0.5, seed=0, noise_sigma=0.1)
-    x = 0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    y = op(x, seed=0)
+    model, op, y = _inpainting_problem(2, seed=2)
     seeds = item_seeds(1, range(2))
     batch = latent_map(model, op, y, init="random", restarts=2, steps=15, seed=seeds)
     alone = latent_map(model, op, y[1:], init="random", restarts=2, steps=15, seed=seeds[1:])
