@@ -511,3 +511,17 @@ def test_search_rejects_bad_arguments(rng):
         search(x, q, 3, method="dci", ef_search=10)
     with pytest.raises(ValueError, match="'q' must have 8 columns"):
         search(x, q[:, :4], 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 7, 3072])
+def test_norm_bound_of_added_points_is_an_upper_bound_and_tight(dtype, dim):
+    from pyinverse.knn.dci import _max_norm_upper_bound
+
+    rng = np.random.default_rng()
+    points = torch.tensor(rng.standard_normal((50, dim)) * 10.0 ** rng.uniform(-3, 3, (50, 1)), dtype=dtype)
+    exact = np.sqrt((points.double().numpy() ** 2).sum(1)).max()  # of the values as stored
+    bound = _max_norm_upper_bound(points)
+    assert exact <= bound <= exact * (1 + 1e-3)
+    huge = torch.full((2, dim), 1e30, dtype=torch.float32)  # squares overflow float32: float64 instead
+    assert _max_norm_upper_bound(huge) == pytest.approx(1e30 * np.sqrt(dim), rel=1e-6)

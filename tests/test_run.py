@@ -108,3 +108,11 @@ def test_sections_round_trip_through_json():
     assert again == sections
     with pytest.raises(ValueError, match="not a serialised report section"):
         sections_from_json([{"title": "s", "text": "", "blocks": [{"chart": {}}]}])
+
+
+def test_unknown_or_repeated_stage_names_are_refused_before_any_work(tmp_path, capsys):
+    for stages in ("uq,bogus", "uq,uq", ""):
+        assert main(["run", "--quick", "--stages", stages, "--out", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert "'stages' must be distinct names among uq, reference_validity" in error or not stages, error
+    assert not (tmp_path / "out").exists()
