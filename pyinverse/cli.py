@@ -34,13 +34,12 @@ def _run_ranks(args: argparse.Namespace) -> int:
     from . import distributed
     from .studies.run import run_study
 
+    settings = _run_settings(args)
     # every rank writes where rank 0 chose (a default folder is named by the time)
-    out = distributed.broadcast_object(Path(args.out) if args.out else _default_out_dir("run"))
-    stages = tuple(args.stages.split(",")) if args.stages else None
+    out = distributed.broadcast_object(Path(settings.pop("out")) if "out" in settings else _default_out_dir("run"))
     if distributed.is_main():
         print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
-    results = run_study(out, quick=args.quick, seed=args.seed, overwrite=args.overwrite,
-                        log=lambda line: print(line, flush=True), **({"stages": stages} if stages else {}))
+    results = run_study(out, overwrite=args.overwrite, log=lambda line: print(line, flush=True), **settings)
     if results is None:  # not rank 0
         return 0
     if "uq" in results:
@@ -48,6 +47,48 @@ def _run_ranks(args: argparse.Namespace) -> int:
     ranks = f" ({results['processes']} processes)" if "processes" in results else ""
     print(f"{results['seconds']:.1f} s{ranks}; report written to {out / 'report' / 'index.html'}")
     return 0
+
+
+# `run --config FILE`: the keys a file may set, with their types; flags on the command line win.
+RUN_CONFIG_KEYS = {"quick": bool, "seed": int, "stages": list, "out": str}
+_EXPECTED = {bool: "true or false", int: "an int", list: "a list of stage names", str: "a string"}
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    """run_study's quick / seed / stages and the output folder ("out", when given), from --config and the flags."""
+    settings = {"quick": False, "seed": 0}
+    if args.config:
+        settings.update(_read_run_config(Path(args.config)))
+    given = {"quick": args.quick, "seed": args.seed, "out": args.out,
+             "stages": args.stages.split(",") if args.stages is not None else None}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    if "stages" in settings:
+        settings["stages"] = tuple(settings["stages"])
+    return settings
+
+
+def _read_run_config(path: Path) -> dict:
+    """A TOML (.toml) or JSON (.json) file of RUN_CONFIG_KEYS, checked."""
+    import json
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        config = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"--config {path}: not a readable {'TOML' if path.suffix == '.toml' else 'JSON'} file "
+                         f"({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path}: expected a table of settings, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {unknown}; expected some of {sorted(RUN_CONFIG_KEYS)}")
+    for key, value in config.items():
+        kind = RUN_CONFIG_KEYS[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) or \
+                (kind is list and not all(isinstance(name, str) for name in value)):
+            raise ValueError(f"--config {path}: '{key}' must be {_EXPECTED[kind]}, got {value!r}")
+    return config
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -173,9 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyinverse", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the study on the bundled default data")
-    run.add_argument("--quick", action="store_true", help="a small configuration (about a minute on 2 cores)")
+    run.add_argument("--config", help="a TOML or JSON file setting any of quick, seed, stages, out (the flags "
+                                      "below win over it)")
+    run.add_argument("--quick", action="store_true", default=None,
+                     help="a small configuration (about two minutes on 2 cores)")
     run.add_argument("--out", help="output folder (default: a new runs/run-<time> folder)")
-    run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    run.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     run.add_argument("--stages", help="comma-separated names of the stages to run (default: all; a wrong name "
                                       "lists them)")
     run.add_argument("--overwrite", action="store_true",

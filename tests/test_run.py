@@ -116,3 +116,37 @@ def test_unknown_or_repeated_stage_names_are_refused_before_any_work(tmp_path, c
         error = capsys.readouterr().err
         assert "'stages' must be distinct names among uq, reference_validity" in error or not stages, error
     assert not (tmp_path / "out").exists()
+
+
+def test_config_file_sets_the_run_and_flags_win(tmp_path, monkeypatch):
+    from pyinverse import cli
+
+    calls = []
+    monkeypatch.setattr("pyinverse.studies.run.run_study", lambda out, **kw: calls.append((out, kw)) or {
+        "seconds": 0.0})
+    (tmp_path / "run.toml").write_text('quick = true\nseed = 7\nstages = ["uq", "cimle"]\nout = "from-config"\n')
+    (tmp_path / "run.json").write_text('{"seed": 3}')
+    assert main(["run", "--config", str(tmp_path / "run.toml")]) == 0
+    assert main(["run", "--config", str(tmp_path / "run.toml"), "--seed", "1", "--out", str(tmp_path / "o")]) == 0
+    assert main(["run", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "p")]) == 0
+    assert main(["run", "--out", str(tmp_path / "q")]) == 0
+    settings = [(str(out), kw["quick"], kw["seed"], kw.get("stages")) for out, kw in calls]
+    assert settings == [("from-config", True, 7, ("uq", "cimle")), (str(tmp_path / "o"), True, 1, ("uq", "cimle")),
+                        (str(tmp_path / "p"), False, 3, None), (str(tmp_path / "q"), False, 0, None)]
+    assert cli.RUN_CONFIG_KEYS.keys() == {"quick", "seed", "stages", "out"}
+
+
+@pytest.mark.parametrize("text, suffix, message", [
+    ("quick = 1", ".toml", "'quick' must be true or false"), ('seed = "7"', ".toml", "'seed' must be an int"),
+    ("seed = true", ".toml", "'seed' must be an int"), ("stages = [1]", ".toml", "'stages' must be a list of stage"),
+    ("speed = 2", ".toml", "unknown settings ['speed']"), ("quick = ", ".toml", "not a readable TOML file"),
+    ("[1, 2]", ".json", "expected a table of settings"), ("{", ".json", "not a readable JSON file")])
+def test_bad_config_files_get_one_line_errors(tmp_path, capsys, text, suffix, message):
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text)
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+    assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not a readable TOML file" in capsys.readouterr().err
