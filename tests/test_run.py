@@ -16,6 +16,10 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     page = (out / "report" / "index.html").read_text()
     uq = results["uq"]
     assert uq["held_out_risk"] <= uq["alpha"]  # the RCPS guarantee on this split
+    curve = uq["coverage_curve"]  # RCPS at every alpha on one split: a lower alpha, a wider interval
+    assert curve["alpha"] == sorted(curve["alpha"]) and uq["alpha"] in curve["alpha"]
+    assert np.all(np.diff(curve["lambda_hat"]) <= 0) and np.all(np.diff(curve["held_out_coverage"]) <= 0)
+    assert curve["held_out_coverage"][curve["alpha"].index(uq["alpha"])] == pytest.approx(uq["held_out_coverage"])
     for number in (uq["lambda_hat"], uq["held_out_risk"], uq["ood_risk"]):
         assert f"{number:.4g}" in page
     assert len(results["reference_validity"]) == 7
@@ -57,7 +61,7 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     assert abs(checks["posterior_mse_is_twice_mmse"] - 2.0) < 0.05
     assert abs(checks["x0_mse_minus_mmse_over_w2_squared"] - 1.0) < 0.05
     assert checks["distortion_ge_uncertainty_everywhere"] is True
-    assert page.count("data:image/png;base64,") == 1 + len(restorers) + 1 + 1 + 2
+    assert page.count("data:image/png;base64,") == 2 + len(restorers) + 1 + 1 + 2
     assert "report written to" in printed
     assert "reusing" not in printed
     # Never overwritten silently.
