@@ -34,7 +34,7 @@ def _run_ranks(args: argparse.Namespace) -> int:
     from . import distributed
     from .studies.run import run_study
 
-    settings = _run_settings(args)
+    settings = distributed.agreed(lambda: _run_settings(args))  # a bad file or name: one error, from rank 0
     # every rank writes where rank 0 chose (a default folder is named by the time)
     out = distributed.broadcast_object(Path(settings.pop("out")) if "out" in settings else _default_out_dir("run"))
     if distributed.is_main():
@@ -56,6 +56,8 @@ _EXPECTED = {bool: "true or false", int: "an int", list: "a list of stage names"
 
 def _run_settings(args: argparse.Namespace) -> dict:
     """run_study's quick / seed / stages and the output folder ("out", when given), from --config and the flags."""
+    from .studies.run import checked_stages
+
     settings = {"quick": False, "seed": 0}
     if args.config:
         settings.update(_read_run_config(Path(args.config)))
@@ -63,7 +65,7 @@ def _run_settings(args: argparse.Namespace) -> dict:
              "stages": args.stages.split(",") if args.stages is not None else None}
     settings.update({key: value for key, value in given.items() if value is not None})
     if "stages" in settings:
-        settings["stages"] = tuple(settings["stages"])
+        settings["stages"] = checked_stages(tuple(settings["stages"]))
     return settings
 
 

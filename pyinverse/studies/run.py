@@ -120,16 +120,20 @@ STAGES = ("uq", "reference_validity", "flow_posterior", "flow_prior", "cimle", "
 SHARDED_STAGES = ("flow_posterior", "cimle")  # the restorers' samples: drawn where their images are
 
 
+def checked_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """``stages`` in the report's order; ``ValueError`` unless they are distinct names of :data:`STAGES`."""
+    if not stages or any(name not in STAGES for name in stages) or len(set(stages)) != len(stages):
+        raise ValueError(f"run: 'stages' must be distinct names among {', '.join(STAGES)}, got {list(stages)}")
+    return tuple(name for name in STAGES if name in stages)
+
+
 def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite: bool = False,
               log: Callable[[str], None] = print, stages: tuple[str, ...] = STAGES) -> dict | None:
     """Run the ``stages`` (default: all of :data:`STAGES`, in that order) into ``out_dir`` (``uq/``
     files, ``stages/``, ``report/index.html``, ``report/results.json``), resuming an interrupted
     run of the same configuration. Returns the results (``None`` on ranks other than 0 under
     ``torchrun``, where the :data:`SHARDED_STAGES` share their images among the ranks)."""
-    unknown = [name for name in stages if name not in STAGES]
-    if unknown or not stages or len(set(stages)) != len(stages):
-        raise ValueError(f"run: 'stages' must be distinct names among {', '.join(STAGES)}, got {list(stages)}")
-    stages = tuple(name for name in STAGES if name in stages)  # the report keeps one order
+    stages = checked_stages(stages)
     out_dir = Path(out_dir)
     report_dir = out_dir / "report"
     uq_dir = out_dir / "uq"
