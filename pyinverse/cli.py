@@ -39,7 +39,8 @@ def _run_ranks(args: argparse.Namespace) -> int:
     out = distributed.broadcast_object(Path(settings.pop("out")) if "out" in settings else _default_out_dir("run"))
     if distributed.is_main():
         print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
-    results = run_study(out, overwrite=args.overwrite, log=lambda line: print(line, flush=True), **settings)
+    results = run_study(out, overwrite=args.overwrite, log=lambda line: print(line, flush=True), progress=True,
+                        **settings)
     if results is None:  # not rank 0
         return 0
     if "uq" in results:

@@ -154,3 +154,13 @@ def test_bad_config_files_get_one_line_errors(tmp_path, capsys, text, suffix, me
     assert not (tmp_path / "out").exists()
     assert main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "not a readable TOML file" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_the_stages_on_stderr(tmp_path, capsys):
+    calls = []
+    run_stages(tmp_path, [("a", _stage("a", calls)), ("b", _stage("b", calls))], {"quick": True}, log=print,
+               progress=True)
+    captured = capsys.readouterr()
+    assert "pyinverse run" in captured.err and "2/2" in captured.err and "pyinverse run" not in captured.out
+    run_stages(tmp_path, [("a", _stage("a", calls))], {"quick": True}, log=print)  # resumed, and quiet
+    assert capsys.readouterr().err == ""

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from .. import __version__
 from .. import distributed as dist
 from .._io import atomic_write_text
@@ -43,13 +45,15 @@ Stage = Callable[[], "tuple[object, list[Section]]"]
 
 
 def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dict, *, overwrite: bool = False,
-               log: Callable[[str], None] = print, sharded: tuple[str, ...] = ()) -> tuple[dict, list[Section]]:
+               log: Callable[[str], None] = print, sharded: tuple[str, ...] = (),
+               progress: bool = False) -> tuple[dict, list[Section]]:
     """Run ``stages`` (name, callable returning (JSON-able results, sections)) in order, saving each one that
     finishes to ``out_dir/stages/<name>.json``; stages already saved with the same ``config`` are
     loaded instead of run. Returns the results by stage name and all sections in order.
 
     Raises ``FileExistsError`` if ``out_dir/stages`` holds stages of another configuration (unless
     ``overwrite``, which also reruns every stage) and ``ValueError`` if a saved stage is corrupt.
+    ``progress`` shows a progress bar over the stages (stderr).
 
     Under ``torchrun`` (several processes) rank 0 alone reads and writes the files and decides what
     to rerun; the stages named in ``sharded`` run on every rank (they share their images among the
@@ -61,7 +65,10 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
     dist.on_main(lambda: _prepare_stage_dir(stage_dir, config, overwrite), errors=(ValueError, OSError))
     results: dict = {}
     sections: list[Section] = []
-    for name, stage in stages:
+    # One step per stage, on stderr (the log lines go to stdout); rank 0 only.
+    bar = tqdm(stages, desc="pyinverse run", unit="stage", disable=not progress or not dist.is_main())
+    for name, stage in bar:
+        bar.set_postfix_str(name)
         path = stage_dir / f"{name}.json"
         saved: dict = {}  # filled on rank 0 only
 
@@ -128,11 +135,13 @@ def checked_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite: bool = False,
-              log: Callable[[str], None] = print, stages: tuple[str, ...] = STAGES) -> dict | None:
+              log: Callable[[str], None] = print, stages: tuple[str, ...] = STAGES,
+              progress: bool = False) -> dict | None:
     """Run the ``stages`` (default: all of :data:`STAGES`, in that order) into ``out_dir`` (``uq/``
     files, ``stages/``, ``report/index.html``, ``report/results.json``), resuming an interrupted
-    run of the same configuration. Returns the results (``None`` on ranks other than 0 under
-    ``torchrun``, where the :data:`SHARDED_STAGES` share their images among the ranks)."""
+    run of the same configuration, with a progress bar over the stages if ``progress``. Returns the
+    results (``None`` on ranks other than 0 under ``torchrun``, where the :data:`SHARDED_STAGES`
+    share their images among the ranks)."""
     stages = checked_stages(stages)
     out_dir = Path(out_dir)
     report_dir = out_dir / "report"
@@ -152,7 +161,7 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
     config = {"quick": quick, "seed": seed, "version": __version__, **({} if stages == STAGES else
                                                                        {"stages": list(stages)})}
     results, sections = run_stages(out_dir, [(name, runners[name]) for name in stages], config,
-                                   overwrite=overwrite, log=log, sharded=SHARDED_STAGES)
+                                   overwrite=overwrite, log=log, sharded=SHARDED_STAGES, progress=progress)
     if not dist.is_main():
         return None
     results = {"quick": quick, "seed": seed, **results, "seconds": round(time.perf_counter() - started, 3)}
