@@ -114,7 +114,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         raise ValueError(f"{where}: 'target_accept' must be in (0, 1), got {target_accept!r}")
     batch, dim = y_t.shape[0], model.latent_dim
     draws = Draws(seed, batch, where)
-    if isinstance(init, str) and init == "map":  # deterministic from a zero start, one image at a time
+    if isinstance(init, str) and init == "map":  # from a zero start, each image on its own: no draws
         start = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps")).z
     else:
         start = initial_latents(model, operator, y_t, init, None, draws, where)
