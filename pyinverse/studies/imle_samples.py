@@ -1,7 +1,7 @@
 """Samples of the shipped cIMLE generators, evaluated like any restorer's samples.
 
 For every task with a shipped generator (:func:`pyinverse.imle.shipped_tasks`: 4x and 8x
-super-resolution of LFW faces, colourisation and JPEG decompression of photo patches), S samples per held-out image (never seen in
+super-resolution and JPEG decompression of LFW faces, colourisation of photo patches), S samples per held-out image (never seen in
 training) are scored by :func:`pyinverse.evaluation.evaluate_shard`: validity, distortion and
 diversity, raw and RCPS-calibrated intervals, FID/KID. RCPS runs at alpha = delta = 0.1 where the
 held-out set allows it (22 calibration images), else at 0.2.
