@@ -43,10 +43,9 @@ class Draws:
     """
 
     def __init__(self, seed: Any, batch: int, where: str):
-        if isinstance(seed, (numbers.Integral, bool)):
+        if isinstance(seed, numbers.Integral):  # bool included: refused by _check_seed
             self.per_image = False
-            self.seed = _check_seed(seed, where, "seed")
-            self.generators = [torch.Generator().manual_seed(self.seed)]
+            self.generators = [torch.Generator().manual_seed(_check_seed(seed, where, "seed"))]
         else:
             try:
                 seeds = [_check_seed(s, where, "seed") for s in seed]
@@ -56,7 +55,6 @@ class Draws:
             if len(seeds) != batch:
                 raise ValueError(f"{where}: 'seed' holds {len(seeds)} seeds for {batch} images; give one per image")
             self.per_image = True
-            self.seed = seeds[0] if seeds else 0
             self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.batch = batch
 
