@@ -62,11 +62,12 @@ def study(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
     chosen = list(tasks().items())[:1] if quick else list(tasks().items())
     results: dict = {"num_images": NUM_IMAGES, "alpha": ALPHA, "delta": DELTA, "tasks": {}}
     sections = []
+    # float64: MALA's accept/reject turns float32 rounding that depends on the batch's size (how
+    # many images a rank holds) into different chains; in float64 the shards' draws are the
+    # single process's (measured: bit-identical, 20 images vs 10 + 10; float32 differed by 0.1).
+    models = {name: load_pretrained(name).double() for name in dict.fromkeys(model for _, (model, _) in chosen)}
     for index, (name, (model_name, operator)) in enumerate(chosen):
-        # float64: MALA's accept/reject turns float32 rounding that depends on the batch's size (how
-        # many images a rank holds) into different chains; in float64 the shards' draws are the
-        # single process's (measured: bit-identical, 20 images vs 10 + 10; float32 differed by 0.1).
-        model, truth = load_pretrained(model_name).double(), held_out_images(model_name)
+        model, truth = models[model_name], held_out_images(model_name)
         part = dist.my_shard(truth.shape[0])
         y = operator(torch.from_numpy(truth).double(), seed=seed + 1 + index)[part]  # all images' noise, then the shard
         draw = latent_langevin(model, operator, y, n_samples=num_samples, burn_in=burn_in, thin=5,

@@ -144,9 +144,8 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
     share their images among the ranks)."""
     stages = checked_stages(stages)
     out_dir = Path(out_dir)
-    report_dir = out_dir / "report"
-    uq_dir = out_dir / "uq"
-    dist.on_main(lambda: _check_out_dir(out_dir, overwrite), errors=(ValueError, OSError))
+    report_dir, uq_dir = out_dir / "report", out_dir / "uq"
+    dist.on_main(lambda: _check_out_dir(out_dir, report_dir, uq_dir, overwrite), errors=(ValueError, OSError))
     started = time.perf_counter()
     runners = {
         # The uq stage rewrites its own files: past the check above they come from this run.
@@ -172,8 +171,7 @@ def run_study(out_dir: str | Path, quick: bool = True, seed: int = 0, overwrite:
     return results
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    report_dir, uq_dir = out_dir / "report", out_dir / "uq"
+def _check_out_dir(out_dir: Path, report_dir: Path, uq_dir: Path, overwrite: bool) -> None:
     if report_dir.exists() and any(report_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{report_dir} already holds a report; choose another --out or pass --overwrite")
     if (not overwrite and not (out_dir / "stages" / "run.json").exists() and uq_dir.exists()
