@@ -182,11 +182,13 @@ def test_dci_all_points_identical(rng):
     np.testing.assert_array_equal(dist, np.full((2, 100), 4.0))
 
 
-def test_dci_incremental_add_equals_one_add(rng):
-    x, q = clustered(rng, 1000, 30, 12, 20, 0.2)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, num_simple", [(12, 6), (1, 5), (37, 5)])  # 12 or 10 directions, dims with a tail
+def test_dci_incremental_add_equals_one_add(rng, dtype, d, num_simple):
+    x, q = clustered(rng, 1000, 30, d, 20, 0.2, dtype)
     x[500:520] = x[:20]  # duplicates across chunks: ties between old and new keys
-    one = build(x, seed=3)
-    many = build(x, chunks=7, seed=3)
+    one = build(x, seed=3, num_simple=num_simple)
+    many = build(x, chunks=7, seed=3, num_simple=num_simple)
     assert one.ntotal == many.ntotal == 1000
     torch.testing.assert_close(one._keys, many._keys, rtol=0, atol=0)
     torch.testing.assert_close(one._ids, many._ids, rtol=0, atol=0)
@@ -194,10 +196,39 @@ def test_dci_incremental_add_equals_one_add(rng):
         np.testing.assert_array_equal(a, b)
     # the sorted arrays are the projections of the points, ordered by (key, id)
     keys, ids = one._keys.numpy(), one._ids.numpy().astype(np.int64)
-    projections = (one._directions().numpy().astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
-    np.testing.assert_array_equal(keys, np.take_along_axis(projections, ids, 1))
+    projections = (one._directions().numpy().astype(np.float64) @ x.astype(np.float64).T).astype(dtype)
+    if dtype == np.float32:  # float64 sums rounded to float32: the summation order does not show
+        np.testing.assert_array_equal(keys, np.take_along_axis(projections, ids, 1))
+    else:
+        np.testing.assert_allclose(keys, np.take_along_axis(projections, ids, 1), rtol=1e-12, atol=1e-14)
     for row_keys, row_ids in zip(keys, ids):
         np.testing.assert_array_equal(np.lexsort((row_ids, row_keys)), np.arange(len(row_ids)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dci_add_without_copy_indexes_in_place_when_it_can(rng, dtype):
+    x, q = clustered(rng, 300, 20, 9, 5, 0.3, dtype)
+    copied, in_place = DCIIndex(9, seed=4), DCIIndex(9, seed=4)
+    copied.add(x)
+    in_place.add(x, copy=False)
+    assert np.shares_memory(in_place._data.numpy(), x) and not np.shares_memory(copied._data.numpy(), x)
+    for a, b in zip(copied.search(q, 5), in_place.search(q, 5)):
+        np.testing.assert_array_equal(a, b)
+    # a second add, another dtype or a strided view: copied anyway
+    in_place.add(x[:10], copy=False)
+    assert not np.shares_memory(in_place._data.numpy(), x) and in_place.ntotal == 310
+    other = DCIIndex(9, dtype="float64" if dtype == np.float32 else "float32")
+    other.add(x, copy=False)
+    strided = DCIIndex(9)
+    strided.add(np.asfortranarray(x), copy=False)
+    for index in (other, strided):
+        assert not np.shares_memory(index._data.numpy(), x)
+    bad = x.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"row\(s\) \[3\]"):
+        DCIIndex(9).add(bad, copy=False)
+    with pytest.raises(TypeError, match="'copy' must be a bool"):
+        DCIIndex(9).add(x, copy="no")
 
 
 def test_dci_torch_inputs_and_reset(rng):
@@ -356,6 +387,10 @@ def test_dci_errors(rng):
     with pytest.raises(ValueError, match=r"DCIIndex.add: 'x' has NaN or inf in row\(s\) \[2, 7\]"):
         index.add(bad)
     assert index.ntotal == 0
+    single = DCIIndex(3, dtype="float32")  # values that overflow the index's dtype are refused too
+    with pytest.raises(ValueError, match=r"'x' has NaN or inf in row\(s\) \[1\]"):
+        single.add(np.array([[0.0, 1.0, 2.0], [1e300, 0.0, 0.0]]))
+    assert single.ntotal == 0
     index.add(x)
     q = x[:3].copy()
     q[1, 0] = np.inf

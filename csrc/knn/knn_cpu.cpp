@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -35,6 +36,110 @@ int64_t grain_for(int64_t items, int64_t cost_per_item, int64_t target = 1 << 16
   return std::min(by_cost, by_balance);
 }
 
+// The projections of NP points (rows of `points`, float64) on P directions (float64) into
+// out[r * P + p], bit for bit knn_dot's: four directions at a time, each with knn_dot's four partial
+// sums (lanes i mod 4, in order; the tail into lane 0; then (s0 + s1) + (s2 + s3)). Each load of a
+// direction serves NP points and each load of a point four directions, and the lanes vectorise
+// (AVX2 clone: one 4-wide register per (point, direction)).
+template <int NP>
+PYINV_ALWAYS_INLINE void dci_project_rows(const double* points, const double* directions, int64_t P, int64_t dim,
+                                          double* out) {
+  const int64_t body = dim - dim % 4;
+  int64_t p = 0;
+  for (; p + 4 <= P; p += 4) {
+    const double* u = directions + p * dim;
+    double acc[NP][4][4] = {};
+    for (int64_t i = 0; i < body; i += 4) {
+      for (int r = 0; r < NP; ++r) {
+        for (int q = 0; q < 4; ++q) {
+#pragma omp simd
+          for (int lane = 0; lane < 4; ++lane) acc[r][q][lane] += points[r * dim + i + lane] * u[q * dim + i + lane];
+        }
+      }
+    }
+    for (int r = 0; r < NP; ++r) {
+      for (int q = 0; q < 4; ++q) {
+        for (int64_t i = body; i < dim; ++i) acc[r][q][0] += points[r * dim + i] * u[q * dim + i];
+        out[r * P + p + q] = (acc[r][q][0] + acc[r][q][1]) + (acc[r][q][2] + acc[r][q][3]);
+      }
+    }
+  }
+  for (; p < P; ++p) {
+    for (int r = 0; r < NP; ++r) out[r * P + p] = knn_dot(directions + p * dim, points + r * dim, dim);
+  }
+}
+
+// Two points at a time when `count` is 2, else one.
+PYINV_TARGET_CLONES void dci_project(const double* points, int64_t count, const double* directions, int64_t P,
+                                     int64_t dim, double* out) {
+  if (count == 2) {
+    dci_project_rows<2>(points, directions, P, dim, out);
+  } else {
+    dci_project_rows<1>(points, directions, P, dim, out);
+  }
+}
+
+// Float keys as unsigned integers in the same order (negative floats reversed below the positive
+// ones); keys are finite and never -0 (dci_round_key), so the order is the floats' order.
+template <typename T>
+using KeyBits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+
+template <typename T>
+KeyBits<T> ordered_bits(T key) {
+  using U = KeyBits<T>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  U bits;
+  std::memcpy(&bits, &key, sizeof(U));
+  return (bits & sign) ? ~bits : (bits | sign);
+}
+
+template <typename T>
+T key_from_ordered_bits(KeyBits<T> bits) {
+  using U = KeyBits<T>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  bits = (bits & sign) ? (bits & ~sign) : ~bits;
+  T key;
+  std::memcpy(&key, &bits, sizeof(U));
+  return key;
+}
+
+// Stable LSD radix sort of keys[0..n) (bytes, least significant first; a byte that every key shares
+// is skipped), carrying ids; `key_scratch` / `id_scratch` hold n each. Stability keeps equal keys
+// in the order of their ids when the ids come ascending, as std::sort on (key, id) would.
+template <typename U>
+void radix_sort(U* keys, int32_t* ids, U* key_scratch, int32_t* id_scratch, int64_t n) {
+  constexpr int kBytes = sizeof(U);
+  std::vector<int64_t> counts(static_cast<size_t>(kBytes) * 256, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int b = 0; b < kBytes; ++b) ++counts[b * 256 + ((keys[i] >> (8 * b)) & 255)];
+  }
+  U* from_keys = keys;
+  int32_t* from_ids = ids;
+  U* to_keys = key_scratch;
+  int32_t* to_ids = id_scratch;
+  for (int b = 0; b < kBytes; ++b) {
+    int64_t* count = counts.data() + b * 256;
+    if (count[(from_keys[0] >> (8 * b)) & 255] == n) continue;
+    int64_t offset = 0;
+    for (int digit = 0; digit < 256; ++digit) {
+      const int64_t c = count[digit];
+      count[digit] = offset;
+      offset += c;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t to = count[(from_keys[i] >> (8 * b)) & 255]++;
+      to_keys[to] = from_keys[i];
+      to_ids[to] = from_ids[i];
+    }
+    std::swap(from_keys, to_keys);
+    std::swap(from_ids, to_ids);
+  }
+  if (from_keys != keys) {
+    std::copy(from_keys, from_keys + n, keys);
+    std::copy(from_ids, from_ids + n, ids);
+  }
+}
+
 template <typename T>
 void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys, const int32_t* old_ids,
                   const T* new_data, int64_t n_new, T* out_keys, int32_t* out_ids) {
@@ -42,21 +147,32 @@ void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys,
   const int64_t dim = shape.dim;
   const int64_t n_old = shape.n;
   const int64_t n_total = n_old + n_new;
-  using Entry = std::pair<T, int32_t>;
-  std::vector<Entry> fresh(static_cast<size_t>(P * n_new));
+  using U = KeyBits<T>;
+  std::vector<U> fresh(static_cast<size_t>(P * n_new));  // the new keys as ordered bits, direction-major
+  // The keys are dci_key's (float64 dot products rounded to T): the directions and each point are
+  // widened to float64 once, instead of once per product, and the products run blocked.
+  const std::vector<double> wide_directions(directions, directions + P * dim);
   // Point-major: the P directions stay in cache while each new point is read once.
   parallel_for(n_new, grain_for(n_new, P * dim), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const T* point = new_data + i * dim;
-      for (int64_t p = 0; p < P; ++p) {
-        fresh[p * n_new + i] = Entry(dci_key(directions + p * dim, point, dim), static_cast<int32_t>(n_old + i));
+    std::vector<double> points(static_cast<size_t>(2 * dim));
+    std::vector<double> dots(static_cast<size_t>(2 * P));
+    for (int64_t i = begin; i < end; i += 2) {
+      const int64_t count = std::min<int64_t>(2, end - i);
+      std::copy(new_data + i * dim, new_data + (i + count) * dim, points.begin());
+      dci_project(points.data(), count, wide_directions.data(), P, dim, dots.data());
+      for (int64_t r = 0; r < count; ++r) {
+        for (int64_t p = 0; p < P; ++p) fresh[p * n_new + i + r] = ordered_bits(dci_round_key<T>(dots[r * P + p]));
       }
     }
   });
   parallel_for(P, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> row_ids(static_cast<size_t>(n_new));
+    std::vector<U> key_scratch(static_cast<size_t>(n_new));
+    std::vector<int32_t> id_scratch(static_cast<size_t>(n_new));
     for (int64_t p = begin; p < end; ++p) {
-      Entry* row = fresh.data() + p * n_new;
-      std::sort(row, row + n_new);  // (key, id): equal keys keep ascending ids
+      U* row = fresh.data() + p * n_new;
+      for (int64_t i = 0; i < n_new; ++i) row_ids[static_cast<size_t>(i)] = static_cast<int32_t>(n_old + i);
+      radix_sort(row, row_ids.data(), key_scratch.data(), id_scratch.data(), n_new);  // ties: ascending ids
       // Merge: on equal keys the old entry goes first, its id being smaller than every new id.
       const T* keys = old_keys + p * n_old;
       const int32_t* ids = old_ids + p * n_old;
@@ -64,12 +180,13 @@ void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys,
       int32_t* ids_out = out_ids + p * n_total;
       int64_t a = 0, b = 0, o = 0;
       while (a < n_old && b < n_new) {
-        if (!(row[b].first < keys[a])) {
+        const T key = key_from_ordered_bits<T>(row[b]);
+        if (!(key < keys[a])) {
           keys_out[o] = keys[a];
           ids_out[o++] = ids[a++];
         } else {
-          keys_out[o] = row[b].first;
-          ids_out[o++] = row[b++].second;
+          keys_out[o] = key;
+          ids_out[o++] = row_ids[b++];
         }
       }
       for (; a < n_old; ++a, ++o) {
@@ -77,8 +194,8 @@ void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys,
         ids_out[o] = ids[a];
       }
       for (; b < n_new; ++b, ++o) {
-        keys_out[o] = row[b].first;
-        ids_out[o] = row[b].second;
+        keys_out[o] = key_from_ordered_bits<T>(row[b]);
+        ids_out[o] = row_ids[b];
       }
     }
   });

@@ -53,9 +53,14 @@ PYINV_HOST_DEVICE double knn_dot(const T* a, const T* b, int64_t dim) {
 // turns -0 into +0, so that keys have one total order on every device (CUB's radix sort on the GPU
 // orders -0 before +0; std::sort on the CPU calls them equal).
 template <typename T>
-PYINV_HOST_DEVICE T dci_key(const T* direction, const T* point, int64_t dim) {
-  const T key = static_cast<T>(knn_dot(direction, point, dim));
+PYINV_HOST_DEVICE T dci_round_key(double dot) {
+  const T key = static_cast<T>(dot);
   return key + T(0);
+}
+
+template <typename T>
+PYINV_HOST_DEVICE T dci_key(const T* direction, const T* point, int64_t dim) {
+  return dci_round_key<T>(knn_dot(direction, point, dim));
 }
 
 // (distance, index) order of the results: smaller distance first, then smaller index.

@@ -53,5 +53,5 @@ def search(x: Any, q: Any, k: int, *, method: str = "auto", seed: int = 0, **dci
     if unknown:
         raise TypeError(f"{op}: unknown DCI options {sorted(unknown)}")
     index = DCIIndex(points.shape[1], seed=seed, **build)
-    index.add(x)
+    index.add(x, copy=False)  # a throw-away index: no copy of the points
     return index.search(q, k, **dci_options)
