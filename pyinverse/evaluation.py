@@ -303,7 +303,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     num_samples, local_images = samples.shape[:2]
     stop = start + local_images
     results: dict = {"num_samples": int(num_samples), "num_images": int(num_images),
-                     "operator": getattr(operator, "spec", str(operator)), "alpha": alpha, "delta": delta, "q": list(q)}
+                     "operator": getattr(operator, "spec", None) or repr(operator), "alpha": alpha, "delta": delta,
+                     "q": list(q)}
     sections: list[Section] = []
 
     scores = validity(operator, inputs, samples)

@@ -11,6 +11,7 @@ import torch
 
 from pyinverse.data import photo_patches
 from pyinverse.ot import DeepOT
+from pyinverse.ot.deep_ot import _patch_classes
 from pyinverse.ot.vae import SHIPPED_VAE, ConvVAE, load_vae, save_vae, vae_loss
 from pyinverse.tradeoffs import gaussian_denoising_experiment
 from tests.reference import frechet_distance_reference
@@ -90,7 +91,7 @@ def small_vae():
     return vae
 
 
-@pytest.mark.parametrize("mode", ["shared", "position", "full"])
+@pytest.mark.parametrize("mode", ["shared", "position", "class", "full"])
 @pytest.mark.parametrize("patch_size", [1, 2])
 def test_patch_layout_round_trip(small_vae, mode, patch_size):
     deep_ot = DeepOT(small_vae, patch_size=patch_size, mode=mode)
@@ -98,12 +99,13 @@ def test_patch_layout_round_trip(small_vae, mode, patch_size):
     samples = deep_ot._patches(latents, "test")
     per_patch = 2 * patch_size ** 2
     positions = (4 // patch_size) * (6 // patch_size)
-    expected = {"shared": (5 * positions, per_patch), "position": (positions, 5, per_patch), "full": (5, 48)}[mode]
+    expected = {"shared": (5 * positions, per_patch), "class": (5 * positions, per_patch),
+                "position": (positions, 5, per_patch), "full": (5, 48)}[mode]
     assert samples.shape == expected
     assert torch.equal(deep_ot._unpatch(samples, tuple(latents.shape)), latents)
     if mode != "full":  # a patch holds one latent block: channel-major p x p values
         block = latents[0, :, :patch_size, :patch_size].reshape(-1).double().numpy()
-        first = samples[0] if mode == "shared" else samples[0, 0]
+        first = samples[0, 0] if mode == "position" else samples[0]
         np.testing.assert_array_equal(first, block)
 
 
@@ -131,6 +133,48 @@ def test_latent_map_matches_clean_latent_moments(small_vae, seed, mode):
     assert float((same.transport(clean) - reconstruction).abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_class_mode_maps_each_class_onto_its_clean_patches(small_vae, seed):
+    rng = np.random.default_rng(seed)
+    clean = torch.from_numpy(rng.uniform(0, 1, (80, 3, 8, 8)).astype(np.float32))
+    restored = (clean[:60] * 0.5 + 0.25).clone()
+    deep_ot = DeepOT(small_vae, patch_size=1, mode="class", num_classes=3, seed=seed, shrinkage=None)
+    deep_ot.fit(restored, clean)
+    source = deep_ot._patches(deep_ot.latents(restored), "test")  # (240, 2)
+    target = deep_ot._patches(deep_ot.latents(clean), "test")     # (320, 2)
+    centres = deep_ot.class_centres_
+    assert deep_ot.ot_.num_groups_ == len(centres) and 1 <= len(centres) <= 3
+    # every patch is in the class of its nearest centre (float64 brute force)
+    nearest = lambda x: np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)  # noqa: E731
+    source_classes, target_classes = nearest(source), nearest(target)
+    np.testing.assert_array_equal(deep_ot.class_counts_, [np.bincount(source_classes, minlength=len(centres)),
+                                                         np.bincount(target_classes, minlength=len(centres))])
+    moved = deep_ot.ot_.transform(source, source_classes)
+    for k in range(len(centres)):
+        a, b = moved[source_classes == k], target[target_classes == k]
+        np.testing.assert_allclose(a.mean(0), b.mean(0), atol=1e-8)
+        np.testing.assert_allclose(np.cov(a, rowvar=False), np.cov(b, rowvar=False), atol=1e-8)
+    x0 = deep_ot.transport(restored)
+    assert x0.shape == restored.shape and 0 <= float(x0.min()) <= float(x0.max()) <= 1
+    # one class is the shared mode's map
+    single = DeepOT(small_vae, patch_size=1, mode="class", num_classes=1, shrinkage=None).fit(restored, clean)
+    shared = DeepOT(small_vae, patch_size=1, mode="shared", shrinkage=None).fit(restored, clean)
+    np.testing.assert_allclose(single.ot_.matrix_[0], shared.ot_.matrix_, atol=1e-10)
+    assert float((single.transport(restored) - shared.transport(restored)).abs().max()) < 1e-5
+    assert single.latent_w2(restored, clean) == pytest.approx(shared.latent_w2(restored, clean), rel=1e-12)
+
+
+def test_patch_classes_drop_thin_classes():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    source = np.concatenate([c + 0.1 * rng.standard_normal((30, 2)) for c in centres])
+    target = np.concatenate([c + 0.1 * rng.standard_normal((30, 2)) for c in centres[:2]] + [centres[2:] + 0.01])
+    kept, source_classes, target_classes = _patch_classes(source, target, 3, seed=0)
+    assert len(kept) == 2  # the third cluster has one clean patch: dropped, its patches reassigned
+    assert np.bincount(source_classes).min() >= 2 and np.bincount(target_classes).min() >= 2
+    assert source_classes.size == 90 and target_classes.size == 61
+
+
 def test_interpolate(small_vae):
     rng = np.random.default_rng(0)
     clean = rng.uniform(0, 1, (30, 3, 8, 8)).astype(np.float32)
@@ -155,7 +199,11 @@ def test_interpolate(small_vae):
 
 def test_deep_ot_bad_input(small_vae):
     with pytest.raises(ValueError, match="'mode'"):
-        DeepOT(small_vae, mode="class")
+        DeepOT(small_vae, mode="classes")
+    with pytest.raises(ValueError, match="'num_classes' must be an int >= 1"):
+        DeepOT(small_vae, mode="class", num_classes=0)
+    with pytest.raises(ValueError, match="'seed' must be an int >= 0"):
+        DeepOT(small_vae, mode="class", seed=-1)
     with pytest.raises(ValueError, match="'patch_size'"):
         DeepOT(small_vae, patch_size=0)
     with pytest.raises(TypeError, match="'vae'"):

@@ -193,6 +193,64 @@ def test_batched_equals_separate_fits(seed, n):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("d", [1, 3, 12])
+@pytest.mark.parametrize("shrinkage", ["auto", None, 0.3])
+def test_grouped_fit_equals_one_fit_per_group(seed, d, shrinkage):
+    rng = np.random.default_rng(seed)
+    groups = 4
+    source_groups = rng.permutation(np.repeat(np.arange(groups), rng.integers(2, 40, groups)))
+    target_groups = rng.permutation(np.repeat(np.arange(groups), rng.integers(2, 40, groups)))
+    offsets = 3.0 * rng.standard_normal((groups, d))
+    source = rng.standard_normal((source_groups.size, d)) * rng.uniform(0.2, 2, d) + offsets[source_groups]
+    target = rng.standard_normal((target_groups.size, d)) - offsets[target_groups]
+    grouped = GaussianOT(shrinkage=shrinkage).fit(source, target, source_groups=source_groups,
+                                                  target_groups=target_groups)
+    assert grouped.batched_ and grouped.num_groups_ == groups and grouped.matrix_.shape == (groups, d, d)
+    moved = grouped.transform(source, source_groups)
+    for g in range(groups):
+        single = GaussianOT(shrinkage=shrinkage).fit(source[source_groups == g], target[target_groups == g])
+        np.testing.assert_allclose(grouped.matrix_[g], single.matrix_, atol=1e-10)
+        np.testing.assert_allclose(grouped.w2_[g], single.w2_, rtol=1e-10)
+        np.testing.assert_allclose(grouped.shrinkage_source_[g], single.shrinkage_source_, atol=1e-12)
+        np.testing.assert_allclose(moved[source_groups == g], single.transform(source[source_groups == g]),
+                                   atol=1e-9)
+    if shrinkage is not None:  # else groups of <= d samples have singular covariances: no inverse
+        np.testing.assert_allclose(grouped.inverse_transform(moved, source_groups), source, atol=1e-7)
+    as_torch = grouped.transform(torch.from_numpy(source), torch.from_numpy(source_groups))
+    assert isinstance(as_torch, torch.Tensor) and as_torch.dtype == torch.float64
+    np.testing.assert_allclose(as_torch.numpy(), moved, atol=1e-12)
+    assert grouped.transform(source[:0], source_groups[:0]).shape == (0, d)
+
+
+def test_grouped_bad_input():
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((10, 2)), np.array([0, 1] * 5)
+    with pytest.raises(ValueError, match="both 'source_groups' and 'target_groups'"):
+        GaussianOT().fit(x, x, source_groups=labels)
+    with pytest.raises(ValueError, match=r"'target_groups' must be ints of shape \(10,\)"):
+        GaussianOT().fit(x, x, source_groups=labels, target_groups=labels[:4])
+    with pytest.raises(ValueError, match="'source_groups' must be ints"):
+        GaussianOT().fit(x, x, source_groups=labels.astype(float), target_groups=labels)
+    with pytest.raises(ValueError, match=">= 0"):
+        GaussianOT().fit(x, x, source_groups=labels - 1, target_groups=labels)
+    lonely = labels.copy()
+    lonely[0] = 2
+    with pytest.raises(ValueError, match="group 2 has 0 source and 1 target"):
+        GaussianOT().fit(x, x, source_groups=labels, target_groups=lonely)
+    with pytest.raises(ValueError, match=r"with groups, 'source' must be samples \(N, d\)"):
+        GaussianOT().fit(x[None], x, source_groups=labels, target_groups=labels)
+    with pytest.raises(ValueError, match="same dimension"):
+        GaussianOT().fit(x, x[:, :1], source_groups=labels, target_groups=labels)
+    grouped = GaussianOT().fit(x, x, source_groups=labels, target_groups=labels)
+    with pytest.raises(ValueError, match="'groups'.*required"):
+        grouped.transform(x)
+    with pytest.raises(ValueError, match=r"'groups' must be in \[0, 2\)"):
+        grouped.transform(x, labels + 1)
+    with pytest.raises(ValueError, match="'groups'.*refused"):
+        GaussianOT().fit(x, x).transform(x, labels)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("n, d", [(20, 50), (500, 3), (5, 1), (100, 100), (2, 4)])
 def test_ledoit_wolf_matches_scikit_learn(seed, n, d):
     covariance = pytest.importorskip("sklearn.covariance")

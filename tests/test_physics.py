@@ -23,6 +23,7 @@ from pyinverse.physics import (
     Inpainting,
     LinearOperator,
     Operator,
+    RowSpace,
     by_name,
     cgls,
 )
@@ -844,3 +845,35 @@ def test_operator_base_is_documented_contract():
         assert isinstance(factory(), LinearOperator)
     assert isinstance(JPEG(10), Operator) and not isinstance(JPEG(10), LinearOperator)
     assert "pseudo-inverse" in LinearOperator.__doc__ and "noise" in Operator.__doc__
+
+
+# --- RowSpace: a linear operator's measurements as images -----------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_row_space_is_the_orthogonal_projector_onto_the_rows_of_A(seed):
+    rng = np.random.default_rng(seed)
+    cs = CompressedSensing(0.3, seed=seed, noise_sigma=0.05)
+    x = torch.from_numpy(rng.uniform(0, 1, (3, 1, 8, 8)))
+    view = RowSpace(cs)
+    # float64 reference: P = A^T (A A^T)^-1 A on the flattened image
+    view.A(x)  # binds the operator to 8x8 images
+    a = cs.matrix.numpy()
+    projector = a.T @ np.linalg.solve(a @ a.T, a)
+    np.testing.assert_allclose(view.A(x).reshape(3, -1).numpy(), x.reshape(3, -1).numpy() @ projector, atol=1e-9)
+    np.testing.assert_allclose(view.A(view.A(x)).numpy(), view.A(x).numpy(), atol=1e-9)  # idempotent
+    u, v = torch.from_numpy(rng.standard_normal((2, 1, 8, 8))), torch.from_numpy(rng.standard_normal((2, 1, 8, 8)))
+    assert float((view.A(u) * v).sum()) == pytest.approx(float((u * view.A_adjoint(v)).sum()), rel=1e-9)
+    # an image consistent with y is P-equal to A^+ y; the residual in image space is A^+ (A x - y)
+    y = cs(x, seed=4)
+    np.testing.assert_allclose(view.A(cs.project(x, y)).numpy(), view.observe(y).numpy(), atol=1e-9)
+    np.testing.assert_allclose((view.A(x) - view.observe(y)).numpy(), cs.A_pinv(cs.A(x) - y).numpy(), atol=1e-9)
+    np.testing.assert_allclose(view(x, seed=4).numpy(), view.observe(y).numpy(), atol=1e-12)
+    assert view.output_shape((3, 1, 8, 8)) == (3, 1, 8, 8) and view.noise_sigma == 0.05 and view.linear
+
+
+def test_row_space_bad_input():
+    with pytest.raises(TypeError, match="linear operator"):
+        RowSpace(JPEG(10))
+    view = RowSpace(CompressedSensing(0.5, seed=0, image_shape=(1, 8, 8)))
+    with pytest.raises(ValueError):
+        view.A(torch.rand(2, 1, 9, 9))

@@ -30,7 +30,10 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     # The shipped restorers' samples, each evaluated like a user's samples (one figure per task).
     restorers = [*results["flow_posterior"]["tasks"].values(), *results["cimle"]["tasks"].values()]
     assert set(results["cimle"]["tasks"]) == set(shipped_tasks()) >= {"sr4", "colour"}
-    assert len(restorers) == 1 + len(shipped_tasks())
+    assert len(restorers) == 2 + len(shipped_tasks())
+    # compressed sensing's vector measurements, evaluated in the row space of the matrix
+    (cs,) = [task for name, task in results["flow_posterior"]["tasks"].items() if "compressed sensing" in name]
+    assert cs["operator"].startswith("RowSpace(CompressedSensing(cs:0.3") and cs["validity"]["psnr"] > 25
     shown = lambda value: value if isinstance(value, str) else f"{value:.4g}"  # noqa: E731  (inf is "inf" in JSON)
     for task in restorers:
         assert shown(task["validity"]["psnr"]) in page  # a JPEG sample can re-encode to the input exactly: inf
@@ -40,12 +43,15 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
         assert 0 <= rcps["risk"] <= 1 and rcps["coverage"] == 1 - rcps["risk"]
     # Deep OT over simple restorers and the two tradeoffs, with their closed-form checks.
     deep_ot = {(row["task"], row["signal"]): row for row in results["deep_ot"]["rows"]}
-    assert {signal for _, signal in deep_ot} >= {"x_0", "D(E(x))", "bicubic upsampling"}
+    assert {signal for _, signal in deep_ot} >= {"x_0", "x_0, 8 classes", "D(E(x))", "bicubic upsampling",
+                                                 "cIMLE, mean of 16", "flow MAP (patches Glow)"}
     for row in deep_ot.values():
         assert f"{row['psnr']:.4g}" in page and f"{row['latent_w2']:.4g}" in page
     # Bicubic upsampling is far from clean images in the latent space; its twin x_0 is closer.
     assert deep_ot[("4x super-resolution", "x_0")]["latent_w2"] < deep_ot[("4x super-resolution",
                                                                            "bicubic upsampling")]["latent_w2"]
+    # so are the colours of the twin of the cIMLE generator's mean (grayish where unsure)
+    assert deep_ot[("colourisation", "x_0")]["latent_w2"] < deep_ot[("colourisation", "cIMLE, mean of 16")]["latent_w2"]
     # The flows' MAP restorations against the classical baselines, on faces and photo patches.
     flow_prior = results["flow_prior"]["results"]
     assert {(r["dataset"], r["task"]) for r in flow_prior} == {(d, t) for d in ("faces", "patches")
@@ -61,7 +67,14 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     assert abs(checks["posterior_mse_is_twice_mmse"] - 2.0) < 0.05
     assert abs(checks["x0_mse_minus_mmse_over_w2_squared"] - 1.0) < 0.05
     assert checks["distortion_ge_uncertainty_everywhere"] is True
-    assert page.count("data:image/png;base64,") == 2 + len(restorers) + 1 + 1 + 2
+    # The shipped cIMLE generators: tempering toward a sample trades uncertainty for perception.
+    for name, task in results["tradeoffs"]["restorers"].items():
+        points = {p["name"]: p for p in task["points"]}
+        assert set(points) == {"baseline", "tau=0", "tau=0.25", "tau=0.5", "tau=0.75", "tau=1"}
+        assert points["tau=1"]["uncertainty"] > points["tau=0"]["uncertainty"]
+        assert points["tau=1"]["perception"] < points["tau=0"]["perception"]
+        assert f"{points['tau=1']['perception']:.4g}" in page
+    assert page.count("data:image/png;base64,") == 2 + len(restorers) + 1 + 1 + 3
     assert "report written to" in printed
     assert "reusing" not in printed
     # Never overwritten silently.
@@ -164,3 +177,23 @@ def test_progress_bar_counts_the_stages_on_stderr(tmp_path, capsys):
     assert "pyinverse run" in captured.err and "2/2" in captured.err and "pyinverse run" not in captured.out
     run_stages(tmp_path, [("a", _stage("a", calls))], {"quick": True}, log=print)  # resumed, and quiet
     assert capsys.readouterr().err == ""
+
+
+def test_stages_show_their_own_bars_only_inside_a_run_with_progress(tmp_path, capsys):
+    from pyinverse.studies import progress
+
+    shown = []
+
+    def stage():
+        with progress.bar(3, "inner steps") as bar:
+            shown.append(not bar.disable)
+        assert list(progress.steps(range(3), "inner items")) == [0, 1, 2]
+        return {"ran": True}, []
+
+    assert list(progress.steps("ab", "quiet")) == ["a", "b"]
+    with progress.bar(2, "quiet") as bar:
+        assert bar.disable
+    assert capsys.readouterr().err == ""
+    run_stages(tmp_path, [("s", stage)], {"quick": True}, log=print, progress=True)
+    run_stages(tmp_path / "other", [("s", stage)], {"quick": True}, log=print)
+    assert shown == [True, False] and not progress.active()

@@ -220,6 +220,10 @@ def test_langevin_thinned_chains_and_map_init():
     assert result.samples.shape == (6, 2, 1, 4, 4) and np.isfinite(result.samples.numpy()).all()
     # samples of one chain are 3 steps apart: not all equal
     assert not torch.equal(result.latents[0], result.latents[2])
+    # a progress bar over the 20 + 2 * 3 + 1 steps changes nothing else
+    shown = latent_langevin(model, op, op(x, seed=0), n_samples=6, chains=2, thin=3, burn_in=20, map_steps=30,
+                            progress=True)
+    assert torch.equal(shown.samples, result.samples)
 
 
 def test_langevin_errors():

@@ -16,22 +16,29 @@ clean images that need not correspond to them:
 
 Latent patch modes: ``"shared"`` (default; every patch position is a sample of one Gaussian, as
 in the paper: B x P samples of dimension L p^2), ``"position"`` (one map per patch position, P
-maps fitted in one batched call; needs more images), ``"full"`` (the whole latent as one vector
-of dimension L h w; only with many images or strong shrinkage).
+maps fitted in one batched call; needs more images), ``"class"`` (one map per patch class: the
+restored patches are clustered by k-means into ``num_classes`` classes, each clean patch joins
+the class of its nearest centre, and class k's restored patches are mapped to class k's clean
+ones; a Gaussian mixture instead of one Gaussian, so flat and textured patches get their own
+maps), ``"full"`` (the whole latent as one vector of dimension L h w; only with many images or
+strong shrinkage).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2, vq
 
 from .gaussian import GaussianOT
 from .vae import ConvVAE, default_vae
 
 __all__ = ["DEEP_OT_MODES", "DeepOT"]
 
-DEEP_OT_MODES = ("shared", "position", "full")
+DEEP_OT_MODES = ("shared", "position", "class", "full")
+MIN_CLASS_SIZE = 2  # patches per class and side: the fewest a covariance (ddof 1) can use
 
 
 def _as_images(images: Any, fn: str, name: str, channels: int) -> tuple[torch.Tensor, bool]:
@@ -58,14 +65,19 @@ class DeepOT:
             crops, latents at half resolution).
         patch_size: side p of the latent patches (the latent's height and width must be multiples
             of it: images must be multiples of ``vae.factor * p`` pixels).
-        mode: ``"shared"``, ``"position"`` or ``"full"`` (see the module docstring).
+        mode: ``"shared"``, ``"position"``, ``"class"`` or ``"full"`` (see the module docstring).
+        num_classes: ``"class"`` mode: k-means classes of restored patches (classes left with
+            fewer than 2 restored or clean patches are dropped and their patches reassigned).
+        seed: ``"class"`` mode: seed of the k-means initialisation (k-means++).
         shrinkage, ridge: covariance regularisation of :class:`~pyinverse.ot.gaussian.GaussianOT`
-            (default Ledoit-Wolf on both sides).
+            (default Ledoit-Wolf on both sides, per map).
         batch_size: images per VAE call.
 
     Attributes after :meth:`fit`: ``ot_`` (the fitted GaussianOT; ``ot_.w2_`` is the latent W2
-    between restored and clean patches), ``latent_shape_`` ``(L, h, w)``, ``num_restored_``,
-    ``num_clean_``.
+    between restored and clean patches, one per map in ``"position"`` and ``"class"`` modes),
+    ``latent_shape_`` ``(L, h, w)``, ``num_restored_``, ``num_clean_``; in ``"class"`` mode
+    ``class_centres_`` ``(K, L p^2)`` (float64, the classes kept) and ``class_counts_`` ``(2, K)``
+    (restored and clean patches per class).
 
     Example:
         >>> deep_ot = DeepOT().fit(restored, clean)      # (B, 3, 32, 32), (M, 3, 32, 32) in [0, 1]
@@ -74,17 +86,20 @@ class DeepOT:
     """
 
     def __init__(self, vae: ConvVAE | None = None, *, patch_size: int = 2, mode: str = "shared",
-                 shrinkage: Any = "auto", ridge: float = 0.0, batch_size: int = 256) -> None:
+                 num_classes: int = 8, seed: int = 0, shrinkage: Any = "auto", ridge: float = 0.0,
+                 batch_size: int = 256) -> None:
         if vae is not None and not isinstance(vae, ConvVAE):
             raise TypeError(f"DeepOT: 'vae' must be a ConvVAE or None, got {type(vae).__name__}")
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"DeepOT: 'patch_size' must be an int >= 1, got {patch_size!r}")
         if mode not in DEEP_OT_MODES:
             raise ValueError(f"DeepOT: 'mode' must be one of {DEEP_OT_MODES}, got {mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"DeepOT: 'batch_size' must be an int >= 1, got {batch_size!r}")
+        for name, value, least in (("batch_size", batch_size, 1), ("num_classes", num_classes, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"DeepOT: '{name}' must be an int >= {least}, got {value!r}")
         self.vae = vae if vae is not None else default_vae()
         self.patch_size, self.mode, self.batch_size = patch_size, mode, batch_size
+        self.num_classes, self.seed = num_classes, seed
         self.shrinkage, self.ridge = shrinkage, ridge
         GaussianOT(shrinkage=shrinkage, ridge=ridge)  # validate the regularisation now
 
@@ -104,8 +119,8 @@ class DeepOT:
         return torch.cat([self.vae.decode(batch.to(device)).cpu() for batch in latents.split(self.batch_size)])
 
     def _patches(self, latents: torch.Tensor, fn: str) -> np.ndarray:
-        """Latents (B, L, h, w) -> float64 samples: shared (B P, L p p), position (P, B, L p p),
-        full (B, L h w)."""
+        """Latents (B, L, h, w) -> float64 samples: shared and class (B P, L p p), position
+        (P, B, L p p), full (B, L h w)."""
         b, channels, h, w = latents.shape
         p = self.patch_size
         if self.mode == "full":
@@ -115,7 +130,7 @@ class DeepOT:
                              f"multiples of {p * self.vae.factor} pixels)")
         blocks = latents.reshape(b, channels, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         blocks = blocks.reshape(b, (h // p) * (w // p), channels * p * p).double().numpy()
-        return blocks.reshape(-1, blocks.shape[-1]) if self.mode == "shared" else blocks.transpose(1, 0, 2)
+        return blocks.transpose(1, 0, 2) if self.mode == "position" else blocks.reshape(-1, blocks.shape[-1])
 
     def _unpatch(self, samples: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         b, channels, h, w = shape
@@ -136,12 +151,20 @@ class DeepOT:
         fn = "DeepOT.fit"
         restored_latents = self.latents(_as_images(restored, fn, "restored", self.vae.channels)[0])
         clean_latents = self.latents(_as_images(clean, fn, "clean", self.vae.channels)[0])
-        if self.mode != "shared" and restored_latents.shape[1:] != clean_latents.shape[1:]:
+        if self.mode in ("position", "full") and restored_latents.shape[1:] != clean_latents.shape[1:]:
             raise ValueError(f"{fn}: mode={self.mode!r} needs 'restored' and 'clean' of one image size, got latents "
                              f"{tuple(restored_latents.shape[1:])} and {tuple(clean_latents.shape[1:])}")
         source = self._patches(restored_latents, fn)
         target = self._patches(clean_latents, fn)
-        self.ot_ = GaussianOT(shrinkage=self.shrinkage, ridge=self.ridge).fit(source, target)
+        ot_map = GaussianOT(shrinkage=self.shrinkage, ridge=self.ridge)
+        if self.mode == "class":
+            self.class_centres_, source_classes, target_classes = _patch_classes(source, target, self.num_classes,
+                                                                                 self.seed)
+            self.class_counts_ = np.stack([np.bincount(c, minlength=len(self.class_centres_))
+                                           for c in (source_classes, target_classes)])
+            self.ot_ = ot_map.fit(source, target, source_groups=source_classes, target_groups=target_classes)
+        else:
+            self.ot_ = ot_map.fit(source, target)
         self.latent_shape_ = tuple(restored_latents.shape[1:])
         self.num_restored_, self.num_clean_ = int(restored_latents.shape[0]), int(clean_latents.shape[0])
         return self
@@ -157,10 +180,12 @@ class DeepOT:
         self._check_fitted(fn)
         tensor, was_numpy = _as_images(restored, fn, "restored", self.vae.channels)
         latents = self.latents(tensor)
-        if self.mode != "shared" and tuple(latents.shape[1:]) != self.latent_shape_:
+        if self.mode in ("position", "full") and tuple(latents.shape[1:]) != self.latent_shape_:
             raise ValueError(f"{fn}: mode={self.mode!r} was fitted on latents {self.latent_shape_}, got "
                              f"{tuple(latents.shape[1:])}")
-        moved = self._unpatch(self.ot_.transform(self._patches(latents, fn)), tuple(latents.shape))
+        patches = self._patches(latents, fn)
+        classes = vq(patches, self.class_centres_)[0] if self.mode == "class" else None
+        moved = self._unpatch(self.ot_.transform(patches, classes), tuple(latents.shape))
         out = self.decode(moved)
         return out.numpy() if was_numpy else out.to(tensor.dtype)
 
@@ -192,7 +217,9 @@ class DeepOT:
     def latent_w2(self, images: Any, reference: Any) -> float:
         """W2 between the Gaussian fits of the latent patches of ``images`` and of ``reference``
         (same patch mode and regularisation as the map; in ``"position"`` mode the root of the sum
-        of the per-position W2^2). The "latent W2" column of the paper's table."""
+        of the per-position W2^2; in ``"class"`` mode that of ``"shared"``, one Gaussian over all
+        patches, so the number compares across modes). The "latent W2" column of the paper's
+        table."""
         fn = "DeepOT.latent_w2"
         a = self._patches(self.latents(_as_images(images, fn, "images", self.vae.channels)[0]), fn)
         b = self._patches(self.latents(_as_images(reference, fn, "reference", self.vae.channels)[0]), fn)
@@ -200,5 +227,23 @@ class DeepOT:
         return float(np.sqrt(np.sum(np.square(w2))))
 
     def __repr__(self) -> str:
-        return (f"DeepOT(patch_size={self.patch_size}, mode={self.mode!r}, shrinkage={self.shrinkage!r}, "
+        classes = f", num_classes={self.num_classes}, seed={self.seed}" if self.mode == "class" else ""
+        return (f"DeepOT(patch_size={self.patch_size}, mode={self.mode!r}{classes}, shrinkage={self.shrinkage!r}, "
                 f"ridge={self.ridge})")
+
+
+def _patch_classes(source: np.ndarray, target: np.ndarray, num_classes: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means (k-means++ init) centres of the source patches and every patch's class, after
+    dropping classes with fewer than MIN_CLASS_SIZE patches on either side (their patches go to
+    the nearest kept centre)."""
+    with warnings.catch_warnings():  # an empty cluster is dropped below like any thin one
+        warnings.simplefilter("ignore", UserWarning)
+        centres, _ = kmeans2(source, min(num_classes, len(source)), iter=20, minit="++", seed=seed)
+    while True:
+        source_classes, target_classes = vq(source, centres)[0], vq(target, centres)[0]
+        counts = [np.bincount(c, minlength=len(centres)) for c in (source_classes, target_classes)]
+        keep = (counts[0] >= MIN_CLASS_SIZE) & (counts[1] >= MIN_CLASS_SIZE)
+        if keep.all() or not keep.any():  # nothing kept: GaussianOT.fit names the thin class
+            return centres, source_classes, target_classes
+        centres = centres[keep]

@@ -185,7 +185,9 @@ class GaussianOT:
       (the patch-wise mode of Deep OT: one map per latent patch position), all P fitted at once
       with the batched small-matrix kernel when d <= 64;
     * moments ``(mean, cov)``: ``(d,)`` and ``(d, d)``, or ``(P, d)`` and ``(P, d, d)``;
-    * a :class:`~pyinverse.ot.moments.GaussianMoments` accumulator.
+    * a :class:`~pyinverse.ot.moments.GaussianMoments` accumulator;
+    * samples ``(N, d)`` with a group label per sample (``source_groups``, ``target_groups``):
+      one map per group (the per-class mode of Deep OT), groups of any sizes.
 
     The sides need not have the same number of samples (the data are unpaired).
 
@@ -202,7 +204,7 @@ class GaussianOT:
     ``mean_target_`` ``(d,)``, ``cov_source_``, ``cov_target_`` ``(d, d)`` (after shrinkage and
     ridge), ``shrinkage_source_``, ``shrinkage_target_`` (the intensities used), ``matrix_`` ``A``
     ``(d, d)`` (symmetric PSD), ``w2_`` (the W2 distance between the two fitted Gaussians: a
-    float, or ``(P,)``), ``batched_``.
+    float, or ``(P,)``), ``batched_``, ``num_groups_`` (G in grouped mode, where P = G; else None).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -282,23 +284,39 @@ class GaussianOT:
             cov = cov + self.ridge * eye
         return cov, lam
 
-    def fit(self, source: Any, target: Any) -> "GaussianOT":
-        """Fit the map from the ``source`` distribution to the ``target`` one; returns ``self``."""
+    def fit(self, source: Any, target: Any, *, source_groups: Any = None,
+            target_groups: Any = None) -> "GaussianOT":
+        """Fit the map from the ``source`` distribution to the ``target`` one; returns ``self``.
+
+        With ``source_groups`` and ``target_groups`` (int labels in ``[0, G)``, one per sample of
+        ``source`` ``(N, d)`` and ``target`` ``(M, d)``), fits G independent maps, group g's source
+        samples to group g's target samples (groups may differ in size; each needs more than
+        ``ddof`` samples on both sides): the per-class mode of Deep OT. The fit is then batched
+        with P = G, and :meth:`transform` takes each point's group.
+        """
         op = "GaussianOT.fit"
-        mean_s, cov_s, samples_s = self._side(source, "source")
-        mean_t, cov_t, samples_t = self._side(target, "target")
-        if mean_s.shape != mean_t.shape:
-            raise ValueError(f"{op}: 'source' and 'target' must have the same dimension (and batch size), got "
-                             f"{_shape_text(mean_s)} and {_shape_text(mean_t)}")
-        batched = any(_is_batched(v) for v in (source, target))
-        cov_s, lam_s = self._regularise(cov_s, samples_s, "source")
-        cov_t, lam_t = self._regularise(cov_t, samples_t, "target")
+        if (source_groups is None) != (target_groups is None):
+            raise ValueError(f"{op}: give both 'source_groups' and 'target_groups', or neither")
+        num_groups = None
+        if source_groups is not None:
+            (mean_s, cov_s, lam_s), (mean_t, cov_t, lam_t), num_groups = self._grouped_sides(
+                source, source_groups, target, target_groups)
+            batched = True
+        else:
+            mean_s, cov_s, samples_s = self._side(source, "source")
+            mean_t, cov_t, samples_t = self._side(target, "target")
+            if mean_s.shape != mean_t.shape:
+                raise ValueError(f"{op}: 'source' and 'target' must have the same dimension (and batch size), got "
+                                 f"{_shape_text(mean_s)} and {_shape_text(mean_t)}")
+            batched = any(_is_batched(v) for v in (source, target))
+            cov_s, lam_s = self._regularise(cov_s, samples_s, "source")
+            cov_t, lam_t = self._regularise(cov_t, samples_t, "target")
         matrix, cross = _ot_matrix(cov_s, cov_t, self.eps)
         w2_squared = (np.square(mean_s - mean_t).sum(-1) + np.trace(cov_s, axis1=-2, axis2=-1)
                       + np.trace(cov_t, axis1=-2, axis2=-1) - 2.0 * cross)
         w2 = np.sqrt(np.clip(w2_squared, 0.0, None))
         unbatch = (lambda a: a) if batched else (lambda a: a[0])
-        self.batched_ = batched
+        self.batched_, self.num_groups_ = batched, num_groups
         self.mean_source_, self.mean_target_ = unbatch(mean_s), unbatch(mean_t)
         self.cov_source_, self.cov_target_ = unbatch(cov_s), unbatch(cov_t)
         self.shrinkage_source_ = unbatch(lam_s) if batched else float(lam_s[0])
@@ -307,6 +325,37 @@ class GaussianOT:
         self.w2_ = w2 if batched else float(w2[0])
         self._inverse_matrix = None
         return self
+
+    def _grouped_sides(self, source: Any, source_groups: Any, target: Any, target_groups: Any) -> tuple:
+        """(mean, cov, shrinkage) of the source, the same of the target, each with a leading group
+        axis, regularised group by group; and the number of groups G."""
+        op = "GaussianOT.fit"
+        sides = []
+        for name, value, groups in (("source", source, source_groups), ("target", target, target_groups)):
+            samples = _as_float64(value, name, op)
+            if samples.ndim != 2 or samples.shape[1] < 1:
+                raise ValueError(f"{op}: with groups, '{name}' must be samples (N, d), got shape {samples.shape}")
+            sides.append((samples, _as_groups(groups, samples.shape[0], f"{name}_groups", op)))
+        (samples_s, groups_s), (samples_t, groups_t) = sides
+        if samples_s.shape[1] != samples_t.shape[1]:
+            raise ValueError(f"{op}: 'source' and 'target' must have the same dimension, got d={samples_s.shape[1]} "
+                             f"and d={samples_t.shape[1]}")
+        num_groups = int(max(groups_s.max(initial=-1), groups_t.max(initial=-1))) + 1
+        counts_s = np.bincount(groups_s, minlength=num_groups)
+        counts_t = np.bincount(groups_t, minlength=num_groups)
+        thin = np.flatnonzero((counts_s <= self.ddof) | (counts_t <= self.ddof))
+        if thin.size:
+            g = int(thin[0])
+            raise ValueError(f"{op}: every group needs more than ddof={self.ddof} samples on both sides; group {g} "
+                             f"has {counts_s[g]} source and {counts_t[g]} target samples")
+        fitted = []
+        for samples, groups in ((samples_s, groups_s), (samples_t, groups_t)):
+            parts = [self._side(samples[groups == g], "") for g in range(num_groups)]
+            regularised = [self._regularise(cov, member, "") for _, cov, member in parts]
+            fitted.append((np.concatenate([mean for mean, _, _ in parts]),
+                           np.concatenate([cov for cov, _ in regularised]),
+                           np.concatenate([lam for _, lam in regularised])))
+        return fitted[0], fitted[1], num_groups
 
     # -- applying -----------------------------------------------------------------------------------
     def _check_fitted(self, op: str) -> None:
@@ -327,53 +376,85 @@ class GaussianOT:
             self._inverse_matrix = inverse if self.batched_ else inverse[0]
         return self._inverse_matrix
 
-    def _apply(self, x: Any, matrix: np.ndarray, mean_in: np.ndarray, mean_out: np.ndarray, op: str) -> Any:
+    def _apply(self, x: Any, groups: Any, matrix: np.ndarray, mean_in: np.ndarray, mean_out: np.ndarray,
+               op: str) -> Any:
         d = matrix.shape[-1]
-        expected = f"(P, N, d) = ({matrix.shape[0]}, N, {d})" if self.batched_ else f"(N, d) = (N, {d})"
+        grouped = self.num_groups_ is not None
+        if grouped != (groups is not None):
+            raise ValueError(f"{op}: 'groups' (one int per row of 'x') is required by a map fitted with groups "
+                             "and refused otherwise")
+        if grouped or not self.batched_:
+            expected, ok_ndim = f"(N, d) = (N, {d})", 2
+        else:
+            expected, ok_ndim = f"(P, N, d) = ({matrix.shape[0]}, N, {d})", 3
         shape = tuple(getattr(x, "shape", np.shape(x)))
-        ok = (len(shape) == 3 and shape[0] == matrix.shape[0] and shape[2] == d) if self.batched_ \
-            else (len(shape) == 2 and shape[1] == d)
-        if not ok:
+        if len(shape) != ok_ndim or shape[-1] != d or (ok_ndim == 3 and shape[0] != matrix.shape[0]):
             raise ValueError(f"{op}: 'x' must have shape {expected}, got {shape}")
+        if grouped:
+            groups = _as_groups(groups, shape[0], "groups", op)
+            if groups.size and groups.max() >= self.num_groups_:
+                raise ValueError(f"{op}: 'groups' must be in [0, {self.num_groups_}), got {groups.max()}")
         if _is_torch(x):
             import torch
 
             if not x.is_floating_point():
                 raise TypeError(f"{op}: 'x' must be a float tensor, got {x.dtype}")
             work = x.to(torch.float64)
-            a = torch.from_numpy(matrix).to(x.device)
-            result = (work - torch.from_numpy(mean_in).to(x.device).unsqueeze(-2)) @ a \
-                + torch.from_numpy(mean_out).to(x.device).unsqueeze(-2)
-            return result.to(x.dtype)
-        array = np.asarray(x)
-        if array.dtype.kind != "f":
-            raise TypeError(f"{op}: 'x' must hold floats, got dtype {array.dtype}")
-        result = (array.astype(np.float64) - mean_in[..., None, :]) @ matrix + mean_out[..., None, :]
-        return result.astype(array.dtype, copy=False)
+            as_work = lambda a: torch.from_numpy(a).to(x.device)  # noqa: E731
+            restore = lambda a: a.to(x.dtype)  # noqa: E731
+        else:
+            array = np.asarray(x)
+            if array.dtype.kind != "f":
+                raise TypeError(f"{op}: 'x' must hold floats, got dtype {array.dtype}")
+            work = array.astype(np.float64)
+            as_work = lambda a: a  # noqa: E731
+            restore = lambda a: a.astype(array.dtype, copy=False)  # noqa: E731
+        if not grouped:
+            return restore((work - as_work(mean_in)[..., None, :]) @ as_work(matrix) + as_work(mean_out)[..., None, :])
+        # one matrix product per group present (G is small; gathering N (d, d) matrices is not)
+        result = work.clone() if _is_torch(work) else work.copy()
+        for g in np.unique(groups):
+            rows = as_work(np.flatnonzero(groups == g))
+            result[rows] = (work[rows] - as_work(mean_in[g])) @ as_work(matrix[g]) + as_work(mean_out[g])
+        return restore(result)
 
-    def transform(self, x: Any) -> Any:
+    def transform(self, x: Any, groups: Any = None) -> Any:
         """Map source points to the target: ``mu_t + (x - mu_s) A``.
 
         Args:
-            x: ``(N, d)`` (batched mode: ``(P, N, d)``), float numpy array or torch tensor.
+            x: ``(N, d)`` (batched mode: ``(P, N, d)``; grouped mode: ``(N, d)``), float numpy
+                array or torch tensor.
+            groups: grouped mode only: the group of each row, ints ``(N,)`` in ``[0, G)``.
 
         Returns:
             The same shape, array type, device and dtype (computed in float64; differentiable
             for torch inputs).
         """
         self._check_fitted("GaussianOT.transform")
-        return self._apply(x, self.matrix_, self.mean_source_, self.mean_target_, "GaussianOT.transform")
+        return self._apply(x, groups, self.matrix_, self.mean_source_, self.mean_target_, "GaussianOT.transform")
 
-    def inverse_transform(self, x: Any) -> Any:
+    def inverse_transform(self, x: Any, groups: Any = None) -> Any:
         """Map target points back to the source: ``mu_s + (x - mu_t) A^-1`` (shapes as
         :meth:`transform`). With PD covariances ``inverse_transform(transform(x)) == x``."""
         self._check_fitted("GaussianOT.inverse_transform")
-        return self._apply(x, self.inverse_matrix_, self.mean_target_, self.mean_source_,
+        return self._apply(x, groups, self.inverse_matrix_, self.mean_target_, self.mean_source_,
                            "GaussianOT.inverse_transform")
 
     def __repr__(self) -> str:
         return (f"GaussianOT(shrinkage={self.shrinkage!r}, ridge={self.ridge}, ddof={self.ddof}, "
                 f"eps={self.eps})")
+
+
+def _as_groups(groups: Any, count: int, name: str, op: str) -> np.ndarray:
+    """Group labels: int64 ``(count,)``, all >= 0."""
+    if _is_torch(groups):
+        groups = groups.detach().cpu().numpy()
+    labels = np.asarray(groups)
+    if labels.dtype.kind not in "iu" or labels.shape != (count,):
+        raise ValueError(f"{op}: '{name}' must be ints of shape ({count},), got {labels.dtype} {labels.shape}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{op}: '{name}' must be >= 0, got {labels.min()}")
+    return labels.astype(np.int64, copy=False)
 
 
 def _is_batched(value: Any) -> bool:

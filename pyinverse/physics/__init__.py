@@ -21,6 +21,7 @@ from .factory import OPERATOR_NAMES, by_name
 from .grayscale import LUMA_WEIGHTS, Grayscale
 from .inpainting import Inpainting
 from .jpeg import JPEG
+from .row_space import RowSpace
 
 __all__ = [
     "CompressedSensing",
@@ -34,6 +35,7 @@ __all__ = [
     "LinearOperator",
     "OPERATOR_NAMES",
     "Operator",
+    "RowSpace",
     "by_name",
     "cgls",
     "gaussian_blur_matrix",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..draws import Draws
 from ..flows.base import FlowModel
@@ -54,7 +55,7 @@ class LangevinResult:
 def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16, *, noise_sigma: float | None = None,
                     method: str = "mala", step_size: float = 1e-3, burn_in: int = 300, thin: int = 10,
                     chains: int | None = None, init: Any = "map", adapt: bool = True, target_accept: float = 0.574,
-                    seed: int = 0, map_steps: int = 300) -> LangevinResult:
+                    seed: int = 0, map_steps: int = 300, progress: bool = False) -> LangevinResult:
     """``n_samples`` posterior samples per measurement from Langevin dynamics in latent space.
 
     Args:
@@ -80,6 +81,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
             one int per measurement, which makes each measurement's samples independent of the
             batch it is in (:mod:`pyinverse.draws`; how ``torchrun`` runs shard the images).
         map_steps: Adam steps of the ``"map"`` initialisation.
+        progress: show a tqdm progress bar over the Langevin steps (stderr).
 
     Returns:
         :class:`LangevinResult` with ``samples`` ``(S, B, C, H, W)`` (not clipped).
@@ -151,7 +153,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         log_p, grad = log_post_and_grad(z)
         if not bool(torch.isfinite(log_p).all()):
             raise FloatingPointError(f"{where}: the log posterior is not finite at the start")
-        for step in range(1, total + 1):
+        for step in tqdm(range(1, total + 1), desc="latent_langevin", unit="step", leave=False, disable=not progress):
             noise = randn(chains)
             proposal = z + eta[:, None] * grad + torch.sqrt(2 * eta)[:, None] * noise
             p_log, p_grad = log_post_and_grad(proposal)

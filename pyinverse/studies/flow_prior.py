@@ -48,6 +48,7 @@ from ..metrics.distortion import psnr, ssim
 from ..physics import CompressedSensing, Denoising
 from ..report.html import Figure, Section, Table, figure_to_png
 from ..solvers import bm3d_denoise, lasso_fista, latent_map
+from . import progress
 
 CS_NOISE = 0.01
 LASSO_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -133,6 +134,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
     results = []
     examples = {}
     began = time.perf_counter()
+    bar = progress.bar(len(data) * (len(grid.ratios) + len(grid.sigmas)), "flow prior: settings")
     for name, spec in data.items():
         model = models[spec["model"]]
         shape = tuple(model.image_shape)
@@ -163,6 +165,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                     examples[(name, method)] = estimate[0, 0].clamp(0, 1).numpy()
             log(f"[{time.perf_counter() - began:6.0f} s] {name} cs {ratio}: " + ", ".join(
                 f"{r['method']} {np.mean(r['psnr']):.2f}" for r in results[-3:]))
+            bar.update()
         examples[(name, "truth")] = test[0, 0].numpy()
         for sigma in grid.sigmas:
             op = Denoising(sigma)
@@ -185,6 +188,8 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                                     hyper=hyper, psnr=p, ssim=s, seconds=seconds))
             log(f"[{time.perf_counter() - began:6.0f} s] {name} denoise {sigma}: " + ", ".join(
                 f"{r['method']} {np.mean(r['psnr']):.2f}" for r in results[-len(entries):]))
+            bar.update()
+    bar.close()
     return dict(results=results, examples=examples, seconds=time.perf_counter() - began, bm3d=use_bm3d,
                 grid=asdict(grid), models={k: m.training_info.get("held_out_bpd") for k, m in models.items()})
 

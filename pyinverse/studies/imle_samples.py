@@ -16,6 +16,7 @@ from ..evaluation import evaluate_shard
 from ..imle import TASKS, load_pretrained, shipped_tasks
 from ..report.html import Section
 from ..uq import minimum_calibration_size
+from . import progress
 
 MAX_IMAGES = 60
 
@@ -30,7 +31,7 @@ def study(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
     num_samples = 16 if quick else 50
     results: dict = {"tasks": {}}
     sections = []
-    for name in shipped_tasks():
+    for name in progress.steps(shipped_tasks(), "cIMLE: tasks"):
         task, generator = TASKS[name], load_pretrained(name)
         truth = task.held_out(MAX_IMAGES)  # evenly spaced, so every held-out photo contributes
         part = dist.my_shard(truth.shape[0])

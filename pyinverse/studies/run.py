@@ -38,6 +38,7 @@ from .._io import atomic_write_text
 from ..demo import run_uq_demo
 from ..report.html import Figure, Section, Table, figure_to_png, sections_from_json, sections_to_json, write_report
 from . import deep_ot, flow_posterior, flow_prior, imle_samples, reference_validity, tradeoffs
+from . import progress as stage_progress
 
 STAGE_FORMAT = "pyinverse-run-stage-1"
 
@@ -53,7 +54,7 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
 
     Raises ``FileExistsError`` if ``out_dir/stages`` holds stages of another configuration (unless
     ``overwrite``, which also reruns every stage) and ``ValueError`` if a saved stage is corrupt.
-    ``progress`` shows a progress bar over the stages (stderr).
+    ``progress`` shows a progress bar over the stages and the stages' own bars (stderr).
 
     Under ``torchrun`` (several processes) rank 0 alone reads and writes the files and decides what
     to rerun; the stages named in ``sharded`` run on every rank (they share their images among the
@@ -67,34 +68,35 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
     sections: list[Section] = []
     # One step per stage, on stderr (the log lines go to stdout); rank 0 only.
     bar = tqdm(stages, desc="pyinverse run", unit="stage", disable=not progress or not dist.is_main())
-    for name, stage in bar:
-        bar.set_postfix_str(name)
-        path = stage_dir / f"{name}.json"
-        saved: dict = {}  # filled on rank 0 only
+    with stage_progress.shown(progress):
+        for name, stage in bar:
+            bar.set_postfix_str(name)
+            path = stage_dir / f"{name}.json"
+            saved: dict = {}  # filled on rank 0 only
 
-        def load_if_finished() -> bool:
-            if path.exists() and not overwrite:
-                saved["results"], saved["sections"] = _saved_stage(path, config)
-            return bool(saved)
+            def load_if_finished() -> bool:
+                if path.exists() and not overwrite:
+                    saved["results"], saved["sections"] = _saved_stage(path, config)
+                return bool(saved)
 
-        if dist.on_main(load_if_finished):
+            if dist.on_main(load_if_finished):
+                if dist.is_main():
+                    results[name] = saved["results"]
+                    sections.extend(sections_from_json(saved["sections"]))
+                    log(f"{name}: reusing the finished stage in {path}")
+                continue
+            if not (dist.is_main() or name in sharded):
+                continue
+            started = time.perf_counter()
+            stage_results, stage_sections = stage()
             if dist.is_main():
-                results[name] = saved["results"]
-                sections.extend(sections_from_json(saved["sections"]))
-                log(f"{name}: reusing the finished stage in {path}")
-            continue
-        if not (dist.is_main() or name in sharded):
-            continue
-        started = time.perf_counter()
-        stage_results, stage_sections = stage()
-        if dist.is_main():
-            record = {"format": STAGE_FORMAT, "config": config, "results": stage_results,
-                      "sections": sections_to_json(stage_sections)}
-            # NaN stays NaN here (Python's json reads it back); results.json is made standard later.
-            atomic_write_text(path, json.dumps(record, default=_plain_number) + "\n", overwrite=True)
-            log(f"{name}: {time.perf_counter() - started:.1f} s")
-            results[name] = stage_results
-            sections.extend(stage_sections)
+                record = {"format": STAGE_FORMAT, "config": config, "results": stage_results,
+                          "sections": sections_to_json(stage_sections)}
+                # NaN stays NaN here (Python's json reads it back); results.json is made standard later.
+                atomic_write_text(path, json.dumps(record, default=_plain_number) + "\n", overwrite=True)
+                log(f"{name}: {time.perf_counter() - started:.1f} s")
+                results[name] = stage_results
+                sections.extend(stage_sections)
     return results, sections
 
 

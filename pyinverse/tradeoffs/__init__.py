@@ -10,7 +10,7 @@
   estimator families, plots.
 """
 from .curves import (gaussian_denoising_experiment, gaussian_uncertainty_perception, perception_distortion_points,
-                     plot_perception_distortion, plot_uncertainty_perception)
+                     plot_perception_distortion, plot_uncertainty_perception, uncertainty_perception_points)
 from .divergence import kl_divergence_gaussian, renyi_divergence_gaussian
 from .entropy import (ENTROPY_METHODS, conditional_entropy_power, entropy_estimate, entropy_power,
                       error_entropy_power, gaussian_entropy, gaussian_entropy_power)
@@ -37,6 +37,7 @@ __all__ = [
     "plot_uncertainty_perception",
     "renyi_divergence_gaussian",
     "scaled_divergence_per_dim",
+    "uncertainty_perception_points",
     "up_bounds",
     "up_function_gaussian",
 ]

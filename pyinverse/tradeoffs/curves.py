@@ -15,6 +15,8 @@ and from samples, curves for any family of estimators, and their plots.
   power of the error, closed form and both estimators) and distortion, with the bounds.
 * :func:`perception_distortion_points` — MSE and W2 (between Gaussian fits) for any named family
   of estimators; :func:`plot_perception_distortion`, :func:`plot_uncertainty_perception`.
+* :func:`uncertainty_perception_points` — uncertainty, perception and distortion of real image
+  restorers (deterministic or sampling), on patches pooled over the images.
 
 Units: MSE is per dimension (mean over the d coordinates of the expected squared error), W2 is
 the distance between the d-dimensional laws (not normalised), entropy powers are per dimension.
@@ -29,7 +31,7 @@ import numpy as np
 from ..ops.sqrtm import wasserstein2_gaussian
 from ..ot.gaussian import GaussianOT, gaussian_ot_matrix
 from .divergence import renyi_divergence_gaussian
-from .entropy import error_entropy_power, gaussian_entropy_power
+from .entropy import entropy_estimate, entropy_power, error_entropy_power, gaussian_entropy_power
 from .up_function import eta, perception_regime
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "perception_distortion_points",
     "plot_perception_distortion",
     "plot_uncertainty_perception",
+    "uncertainty_perception_points",
 ]
 
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -269,6 +272,84 @@ def perception_distortion_points(truth: Any, estimates: Mapping[str, Any], refer
             raise ValueError(f"{op}: estimates[{name!r}] must have the shape of 'truth' {x.shape}, "
                              f"got {estimate.shape}")
         out.append({"name": str(name), "mse": _mse(estimate, x), "w2": _w2_samples(estimate, ref)})
+    return out
+
+
+def _patch_rows(images: np.ndarray, patch_size: int) -> np.ndarray:
+    """(..., C, H, W) -> (count, C p p): every non-overlapping p x p patch, all channels."""
+    *lead, c, h, w = images.shape
+    p = patch_size
+    blocks = images.reshape(-1, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(-1, c * p * p)
+
+
+def uncertainty_perception_points(truth: Any, estimates: Mapping[str, Any], reference: Any = None, *,
+                                  patch_size: int = 4) -> list[dict]:
+    """Uncertainty, perception and distortion of image restorers, on p x p patches.
+
+    With real data the truth given an observation cannot be sampled, so the error patches
+    ``X_hat - X`` are pooled over the observations (and over a restorer's samples):
+
+    * uncertainty: the entropy power per dimension of the error patches (Gaussian log-determinant
+      estimator, bias-corrected). It estimates ``N(X_hat - X)``, which is at least the average
+      conditional ``N(X_hat - X | Y)`` of Cohen et al. (conditioning cannot raise entropy);
+    * perception: the Rényi divergence of order 1/2 (nats) between the Gaussian fits of the
+      estimates' patches and of the reference's patches (lower is better);
+    * distortion: the MSE per value. ``distortion >= uncertainty`` holds for the Gaussian estimate
+      up to its bias correction (``det(S)^(1/d) <= tr(S) / d <= MSE``).
+
+    Args:
+        truth: ground truth ``(N, C, H, W)`` (numpy or torch), H and W multiples of ``patch_size``.
+        estimates: name -> ``(N, C, H, W)`` (a deterministic restorer) or ``(S, N, C, H, W)``
+            (S samples per observation, each paired with its truth).
+        reference: clean images ``(M, C, H', W')`` for the perception term (default ``truth``).
+        patch_size: side p of the patches (dimension ``d = C p^2``; needs more patches than d).
+
+    Returns:
+        One dict per estimator, in order: ``name``, ``distortion``, ``uncertainty``,
+        ``perception``, ``num_patches``.
+    """
+    op = "uncertainty_perception_points"
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"{op}: 'patch_size' must be an int >= 1, got {patch_size!r}")
+
+    def images(a: Any, name: str, ndims: tuple[int, ...]) -> np.ndarray:
+        a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=np.float64)
+        if a.ndim not in ndims or a.shape[-1] % patch_size or a.shape[-2] % patch_size:
+            raise ValueError(f"{op}: '{name}' must have {' or '.join(f'{n} dimensions' for n in ndims)} with H and W "
+                             f"multiples of patch_size={patch_size}, got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{op}: '{name}' holds NaN or inf")
+        return a
+
+    x = images(truth, "truth", (4,))
+    ref = _patch_rows(x if reference is None else images(reference, "reference", (4,)), patch_size)
+    if ref.shape[1] != x.shape[1] * patch_size ** 2:
+        raise ValueError(f"{op}: 'reference' must have the channels of 'truth' ({x.shape[1]}), got "
+                         f"{ref.shape[1] // patch_size ** 2}")
+    if ref.shape[0] < 2:
+        raise ValueError(f"{op}: 'reference' gives {ref.shape[0]} patch of {patch_size} x {patch_size}; a covariance "
+                         "needs at least 2")
+    ref_mean, ref_cov = ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False))
+    out = []
+    for name, value in estimates.items():
+        estimate = images(value, f"estimates[{name!r}]", (4, 5))
+        if estimate.shape[-4:] != x.shape:
+            raise ValueError(f"{op}: estimates[{name!r}] must have shape {x.shape} or (S, *{x.shape}), "
+                             f"got {estimate.shape}")
+        errors = _patch_rows(estimate - x, patch_size)
+        rows = _patch_rows(estimate, patch_size)
+        if errors.shape[0] <= errors.shape[1]:
+            raise ValueError(f"{op}: estimates[{name!r}] gives {errors.shape[0]} patches of dimension "
+                             f"{errors.shape[1]}; the Gaussian estimator needs more patches than dimensions")
+        out.append({
+            "name": str(name),
+            "distortion": _mse(estimate, np.broadcast_to(x, estimate.shape)),
+            "uncertainty": float(entropy_power(entropy_estimate(errors), errors.shape[1])),
+            "perception": float(renyi_divergence_gaussian(rows.mean(0), np.atleast_2d(np.cov(rows, rowvar=False)),
+                                                          ref_mean, ref_cov, order=0.5)),
+            "num_patches": int(errors.shape[0]),
+        })
     return out
 
 
