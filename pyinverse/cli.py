@@ -163,7 +163,7 @@ def _restore(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
     inputs = load_images(args.inputs, "inputs")
     samples = restore(args.method, inputs, model=args.model, operator=args.operator, num_samples=args.samples,
-                      seed=args.seed)
+                      seed=args.seed, progress=True)
     def write(path: Path) -> None:
         with open(path, "wb") as handle:  # a handle: np.save would append ".npy" to the temp name
             np.save(handle, samples)

@@ -42,7 +42,7 @@ def _check_images(inputs: np.ndarray, shape: tuple, what: str) -> None:
 
 
 def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_samples: int = 16,
-            seed: int = 0) -> np.ndarray:
+            seed: int = 0, progress: bool = False) -> np.ndarray:
     """Samples ``(S, N, C, H, W)`` float32 in [0, 1] for the observations ``inputs``.
 
     Args:
@@ -54,6 +54,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
             string); required for the flow methods, fixed by the task for ``cimle``.
         num_samples: S >= 1 (``flow-map`` gives S = 1).
         seed: seeds every random draw.
+        progress: show a progress bar over the Langevin steps (``flow-langevin``; stderr).
     """
     from .physics import by_name
     from .solvers import latent_langevin, latent_map
@@ -98,5 +99,5 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         raise ValueError(f"restore: flow-langevin needs an operator with measurement noise "
                          f"(e.g. '{operator.spec}:noise_sigma=0.02'); the posterior of noiseless "
                          "measurements is degenerate")
-    draw = latent_langevin(flow, operator, y, n_samples=num_samples, seed=seed)
+    draw = latent_langevin(flow, operator, y, n_samples=num_samples, seed=seed, progress=progress)
     return draw.samples.detach().clamp(0, 1).numpy()
