@@ -191,6 +191,8 @@ class DCIIndex:
             ValueError: wrong shape, NaN / inf rows (named), more than 2^31 - 1 points in all.
         """
         op = "DCIIndex.add"
+        if not isinstance(copy, bool):
+            raise TypeError(f"{op}: 'copy' must be a bool, got {copy!r}")
         info = describe_points(x, "x", op, dim=self._dim)
         n_new = info.shape[0]
         if self.ntotal + n_new > _INT32_MAX:
@@ -202,8 +204,6 @@ class DCIIndex:
         n_old = self.ntotal
         dtype = self._dtype if self._dtype is not None else info.dtype
         device = self._device if self._device_fixed else source.device
-        if not isinstance(copy, bool):
-            raise TypeError(f"{op}: 'copy' must be a bool, got {copy!r}")
         if (not copy and n_old == 0 and source.dtype == _torch_dtype(dtype) and source.device == device
                 and source.is_contiguous()):
             data = xt = source
