@@ -116,14 +116,14 @@ def _on_ranks(handler, args: argparse.Namespace) -> int:
 
 def _evaluate_ranks(args: argparse.Namespace) -> int:
     from . import distributed
-    from .data.arrays import load_images, load_samples
+    from .data.arrays import load_images, load_inputs, load_samples
     from .evaluation import evaluate_samples
     from .physics import by_name
     from .report.html import write_report
 
     operator = distributed.agreed(lambda: by_name(args.operator))  # an unknown name fails before any file is read
     samples, inputs, truth = distributed.agreed(lambda: (
-        load_samples(args.samples), load_images(args.inputs, "inputs"),
+        load_samples(args.samples), load_inputs(args.inputs, "inputs"),
         load_images(args.truth, "truth") if args.truth else None))
     out = Path(args.out) if args.out else _default_out_dir("eval")
     report_dir = out / "report"
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate your own samples against their inputs")
     evaluate.add_argument("--samples", required=True,
                           help="(S, N, C, H, W) array (.npy/.npz/.pt) or a folder with one sub-folder of PNGs per input")
-    evaluate.add_argument("--inputs", required=True, help="(N, C, H, W) array or a folder of PNGs (sorted)")
+    evaluate.add_argument("--inputs", required=True, help="(N, C, H, W) array or a folder of PNGs (sorted); (N, m) "
+                          "measurement vectors (e.g. compressed sensing) are evaluated in the row space of A")
     evaluate.add_argument("--truth", help="optional clean images (N, C, H, W): distortion, coverage, calibration, FID/KID")
     evaluate.add_argument("--operator", required=True, help="forward process NAME[:ARGS], e.g. downsample:4, grayscale, jpeg:10")
     evaluate.add_argument("--alpha", type=float, default=0.1, help="RCPS risk level (default 0.1)")

@@ -15,6 +15,10 @@ width, std, diversity, coverage widths) are float64 sums reduced over the ranks;
 global seeded calibration/test split, gathers the calibration pixels' smallest covering lambdas
 on rank 0 for the exact order statistic and tests on every rank's share of the test images; FID
 all-reduces its feature moments and KID gathers the features in the single-process order.
+
+Vector measurements (compressed sensing: inputs ``(N, m)``) are evaluated in the row space of the
+operator's matrix (:class:`pyinverse.physics.RowSpace`): validity compares each sample's
+``A^+ A x`` with ``A^+ y``, which is measurement consistency weighted by ``A^+``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch
 from . import distributed as dist
 from . import sample_stats
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
-from .physics import by_name
+from .physics import RowSpace, by_name
 from .report.html import Figure, Section, Table, figure_to_png
 from .report.uncertainty_map import uncertainty_map
 from .uq import RCPS, coverage_report
@@ -72,6 +76,24 @@ def _check_inputs(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth:
         raise ValueError(f"{where}: truth must have shape {samples.shape[1:]} (N, C, H, W) like one "
                          f"stack of samples, got {truth.shape}")
     return operator
+
+
+def _image_measurements(samples: Any, inputs: Any, operator: Any) -> tuple[Any, Any]:
+    """``(operator, inputs)``, or for vector measurements of a linear operator (inputs ``(N, m)``,
+    the operator's output for the samples' images) ``(RowSpace(operator), A^+ inputs)``."""
+    if isinstance(operator, str):
+        operator = by_name(operator)
+    shape, image = tuple(np.shape(inputs)), tuple(np.shape(samples))[1:]
+    if not getattr(operator, "linear", False) or len(shape) != 2 or len(image) != 4:
+        return operator, inputs
+    try:
+        vector = tuple(operator.output_shape(image)) == shape
+    except ValueError:  # not the operator's images: _check_inputs says so
+        return operator, inputs
+    if not vector:
+        return operator, inputs
+    view = RowSpace(operator)
+    return view, view.observe(np.asarray(inputs, dtype=np.float64))
 
 
 _CHECKED = (("samples", 1), ("inputs", 0), ("truth", 0))  # each array's image axis
@@ -163,6 +185,7 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
     drawn on rank 0 only (from the first ``max_figure_images`` images, gathered); the other
     ranks' sections hold the tables.
     """
+    operator, inputs = _image_measurements(samples, inputs, operator)
     if not dist.active():
         samples = np.asarray(samples, dtype=np.float32)
         inputs = np.asarray(inputs, dtype=np.float32)
@@ -196,6 +219,7 @@ def evaluate_shard(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth
     evaluation up to the order of float additions (the same seeded RCPS split over all images);
     the figure is drawn on rank 0 only. In one process: ``start=0``, ``num_images=n``.
     """
+    operator, inputs = _image_measurements(samples, inputs, operator)
     samples = np.asarray(samples, dtype=np.float32)
     inputs = np.asarray(inputs, dtype=np.float32)
     truth = None if truth is None else np.asarray(truth, dtype=np.float32)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from pyinverse.cli import main
-from pyinverse.physics import Downsample
+from pyinverse.evaluation import evaluate_samples
+from pyinverse.physics import CompressedSensing, Downsample, RowSpace
 
 NUM_SAMPLES, NUM_IMAGES, SIZE = 3, 6, 16
 
@@ -104,3 +105,36 @@ def test_bad_inputs_end_in_one_line(tmp_path, problem, capsys):
     assert "does not exist" in run_expecting_error(capsys, tmp_path, tmp_path / "missing.npy", tmp_path / "y.npy")
     np.save(tmp_path / "four.npy", samples[0])
     assert "(S, N, C, H, W)" in run_expecting_error(capsys, tmp_path, tmp_path / "four.npy", tmp_path / "y.npy")
+
+
+def test_vector_measurements_are_evaluated_in_the_row_space(tmp_path, problem, capsys):
+    samples, _, truth = problem
+    spec = "cs:0.4:seed=3:noise_sigma=0.01"
+    operator = CompressedSensing(0.4, seed=3, noise_sigma=0.01)
+    y = operator(torch.from_numpy(truth).double(), seed=1).numpy()  # (N, m) vectors
+    assert y.shape == (NUM_IMAGES, round(0.4 * SIZE * SIZE))
+    by_vectors = evaluate_samples(samples, y, spec, truth, alpha=0.3, delta=0.3)
+    view = RowSpace(CompressedSensing(0.4, seed=3, noise_sigma=0.01, image_shape=(1, SIZE, SIZE)))
+    by_images = evaluate_samples(samples, view.observe(y).astype(np.float32), view, truth, alpha=0.3, delta=0.3)
+    assert by_vectors.results["operator"].startswith("RowSpace(CompressedSensing(cs:0.4:seed=3")
+    for key in ("psnr", "ssim", "perceptual"):
+        assert by_vectors.results["validity"][key] == pytest.approx(by_images.results["validity"][key], rel=1e-6)
+    # consistent samples are valid: their row-space images equal A^+ y
+    consistent = operator.project(torch.from_numpy(samples.reshape(-1, 1, SIZE, SIZE)).double(),
+                                  torch.from_numpy(np.tile(y, (NUM_SAMPLES, 1))))
+    projected = consistent.reshape(samples.shape).float().numpy()
+    assert evaluate_samples(projected, y, spec, truth, alpha=0.3, delta=0.3).results["validity"]["psnr"] > 60
+    # from the command line
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    np.save(tmp_path / "t.npy", truth)
+    assert main(["evaluate", "--samples", str(tmp_path / "s.npy"), "--inputs", str(tmp_path / "y.npy"), "--truth",
+                 str(tmp_path / "t.npy"), "--operator", spec, "--out", str(tmp_path / "report"), "--alpha", "0.3",
+                 "--delta", "0.3"]) == 0
+    assert (tmp_path / "report" / "report" / "index.html").exists()
+    np.save(tmp_path / "int.npy", np.ones(y.shape, dtype=np.int64))
+    assert "must be floats" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "int.npy",
+                                                   operator=spec)
+    np.save(tmp_path / "short.npy", y[:, :10].astype(np.float32))
+    assert "inputs must have shape" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "short.npy",
+                                                           operator=spec)

@@ -59,12 +59,29 @@ def load_images(path: str | os.PathLike, what: str = "inputs") -> np.ndarray:
         return image_folder(path)
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise ValueError(f"{what}: {path} is neither a folder of images nor one of {', '.join(ARRAY_SUFFIXES)}")
-    array = _read_array_file(path, what)
+    return _images_from_array(_read_array_file(path, what), path, what)
+
+
+def _images_from_array(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.ndim == 3:
         array = array[:, None]
     if array.ndim != 4:
         raise ValueError(f"{what}: {path} holds an array of shape {array.shape}; expected (N, C, H, W)")
     return _to_unit_float32(array, f"{what} {path}")
+
+
+def load_inputs(path: str | os.PathLike, what: str = "inputs") -> np.ndarray:
+    """Observations: images as :func:`load_images`, or measurement vectors ``(N, m)`` (floats in any
+    range, e.g. compressed sensing's) from an array file, returned as float32 ``(N, m)``."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES):
+        return load_images(path, what)
+    array = _read_array_file(path, what)
+    if array.ndim != 2:
+        return _images_from_array(array, path, what)
+    if array.dtype.kind != "f":
+        raise ValueError(f"{what}: {path} holds {array.dtype} vectors; measurement vectors (N, m) must be floats")
+    return array.astype(np.float32, copy=False)
 
 
 def load_samples(path: str | os.PathLike, what: str = "samples") -> np.ndarray:

@@ -9,9 +9,9 @@ RCPS-calibrated per-pixel intervals (calibrated on half of the images, tested on
 and FID/KID in the shipped feature space. Twenty images allow RCPS at alpha = delta = 0.2 only
 (``pyinverse.uq.minimum_calibration_size``): the calibration guarantee is stated at that level.
 
-Compressed sensing's measurements are vectors; its validity is measured in the row space of the
-matrix (:class:`pyinverse.physics.RowSpace`: each sample's ``A^+ A x`` against ``A^+ y``), which
-is measurement consistency weighted by ``A^+``.
+Compressed sensing's measurements are vectors; the evaluation measures its validity in the row
+space of the matrix (:class:`pyinverse.physics.RowSpace`: each sample's ``A^+ A x`` against
+``A^+ y``), which is measurement consistency weighted by ``A^+``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..data import lfw_faces
 from ..draws import item_seeds
 from ..evaluation import evaluate_shard
 from ..flows import load_pretrained
-from ..physics import CompressedSensing, Denoising, Inpainting, RowSpace
+from ..physics import CompressedSensing, Denoising, Inpainting
 from ..report.html import Section
 from ..solvers import latent_langevin
 from . import progress
@@ -78,9 +78,7 @@ def study(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
                                seed=item_seeds(seed + index, range(part.start, part.stop)), map_steps=map_steps,
                                progress=progress.active())
         samples = draw.samples.detach().clamp(0, 1).float().numpy()
-        view = operator if y.ndim == 4 else RowSpace(operator)  # vector measurements: their row-space images
-        inputs = y if view is operator else view.observe(y)
-        evaluation = evaluate_shard(samples, inputs.float().numpy(), view, truth[part], start=part.start,
+        evaluation = evaluate_shard(samples, y.numpy(), operator, truth[part], start=part.start,
                                     num_images=truth.shape[0], alpha=ALPHA, delta=DELTA, seed=seed)
         results["tasks"][name] = {"model": f"{model_name} (Glow, shipped)", "operator_spec": operator.spec,
                                   "num_samples": num_samples, "mala_acceptance": dist.global_mean(draw.acceptance),
