@@ -47,6 +47,10 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
                                                  "cIMLE, mean of 16", "flow MAP (patches Glow)"}
     for row in deep_ot.values():
         assert f"{row['psnr']:.4g}" in page and f"{row['latent_w2']:.4g}" in page
+        assert f"{row['validity_psnr']:.4g}" in page
+    # colourisation keeps the luma: the cIMLE mean reproduces its input far better than Deep OT's twin
+    assert deep_ot[("colourisation", "cIMLE, mean of 16")]["validity_psnr"] > deep_ot[("colourisation", "x_0")][
+        "validity_psnr"] + 3
     # Bicubic upsampling is far from clean images in the latent space; its twin x_0 is closer.
     assert deep_ot[("4x super-resolution", "x_0")]["latent_w2"] < deep_ot[("4x super-resolution",
                                                                            "bicubic upsampling")]["latent_w2"]
