@@ -31,7 +31,7 @@ import numpy as np
 from ..ops.sqrtm import wasserstein2_gaussian
 from ..ot.gaussian import GaussianOT, gaussian_ot_matrix
 from .divergence import renyi_divergence_gaussian
-from .entropy import entropy_estimate, entropy_power, error_entropy_power, gaussian_entropy_power
+from .entropy import conditional_entropy_power, error_entropy_power, gaussian_entropy_power
 from .up_function import eta, perception_regime
 
 __all__ = [
@@ -345,7 +345,7 @@ def uncertainty_perception_points(truth: Any, estimates: Mapping[str, Any], refe
         out.append({
             "name": str(name),
             "distortion": _mse(estimate, np.broadcast_to(x, estimate.shape)),
-            "uncertainty": float(entropy_power(entropy_estimate(errors), errors.shape[1])),
+            "uncertainty": conditional_entropy_power(errors),  # one pooled set of error patches
             "perception": float(renyi_divergence_gaussian(rows.mean(0), np.atleast_2d(np.cov(rows, rowvar=False)),
                                                           ref_mean, ref_cov, order=0.5)),
             "num_patches": int(errors.shape[0]),
