@@ -301,7 +301,8 @@ PYBIND11_MODULE(_C, m) {
       "coupling_apply",
       [](const std::string& device, int device_index, const std::string& dtype, const std::string& scale,
          double clamp, bool inverse, int64_t batch, int64_t features, CouplingOperand in, CouplingOperand h,
-         CouplingOperand t, CouplingOperand out, uintptr_t logdet, uintptr_t stream) {
+         CouplingOperand t, CouplingOperand out, uintptr_t logdet, uintptr_t stream, CouplingOperand multiplier,
+         CouplingOperand slope) {
         const char* op = inverse ? "affine_coupling_inverse" : "affine_coupling";
         CouplingProblem problem;
         problem.dtype = parse_dtype(dtype, op);
@@ -313,13 +314,15 @@ PYBIND11_MODULE(_C, m) {
         problem.validate(op);
         auto input = [](CouplingOperand o) { return CouplingInput{as_ptr<const void>(o.first), o.second}; };
         auto output = [](CouplingOperand o) { return CouplingOutput{as_ptr<void>(o.first), o.second}; };
+        const CouplingSaved saved{output(multiplier), output(slope)};
         py::gil_scoped_release release;
         if (device == "cpu") {
-          coupling_apply_cpu(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet));
+          coupling_apply_cpu(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet), saved);
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
           cuda_set_device(device_index, op);
-          coupling_apply_cuda(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet), stream);
+          coupling_apply_cuda(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet), stream,
+                              saved);
 #else
           (void)stream;
           (void)device_index;
@@ -331,15 +334,17 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("device"), py::arg("device_index"), py::arg("dtype"), py::arg("scale"), py::arg("clamp"),
       py::arg("inverse"), py::arg("batch"), py::arg("features"), py::arg("input"), py::arg("h"), py::arg("t"),
-      py::arg("out"), py::arg("logdet"), py::arg("stream"),
-      "Fused affine coupling and per-sample logdet; see pyinverse.ops.coupling.");
+      py::arg("out"), py::arg("logdet"), py::arg("stream"), py::arg("multiplier") = CouplingOperand{0, 0},
+      py::arg("slope") = CouplingOperand{0, 0},
+      "Fused affine coupling and per-sample logdet (optionally saving the multiplier and slope for the "
+      "backward); see pyinverse.ops.coupling.");
   m.def(
       "coupling_backward",
       [](const std::string& device, int device_index, const std::string& dtype, const std::string& scale,
          double clamp, bool inverse, int64_t batch, int64_t features, CouplingOperand known, bool known_is_output,
          CouplingOperand h, CouplingOperand t, CouplingOperand grad_out, uintptr_t grad_logdet,
          CouplingOperand grad_in, CouplingOperand grad_h, CouplingOperand grad_t, CouplingOperand reconstructed,
-         uintptr_t stream) {
+         uintptr_t stream, CouplingOperand saved_multiplier, CouplingOperand saved_slope) {
         const char* op = "affine_coupling_vjp";
         CouplingProblem problem;
         problem.dtype = parse_dtype(dtype, op);
@@ -362,6 +367,8 @@ PYBIND11_MODULE(_C, m) {
         grads.grad_h = output(grad_h);
         grads.grad_t = output(grad_t);
         grads.reconstructed = output(reconstructed);
+        grads.saved_multiplier = input(saved_multiplier);
+        grads.saved_slope = input(saved_slope);
         grads.validate(problem, op);
         py::gil_scoped_release release;
         if (device == "cpu") {
@@ -383,6 +390,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("inverse"), py::arg("batch"), py::arg("features"), py::arg("known"), py::arg("known_is_output"),
       py::arg("h"), py::arg("t"), py::arg("grad_out"), py::arg("grad_logdet"), py::arg("grad_in"),
       py::arg("grad_h"), py::arg("grad_t"), py::arg("reconstructed"), py::arg("stream"),
+      py::arg("saved_multiplier") = CouplingOperand{0, 0}, py::arg("saved_slope") = CouplingOperand{0, 0},
       "Vector-Jacobian product of the affine coupling (optionally reconstructing its input); see "
       "pyinverse.ops.coupling.affine_coupling_vjp.");
 }

@@ -422,3 +422,66 @@ def test_torch_fast_path_equals_the_generic_path():
         affine_coupling(x, h, t[:, :2])
     strided = affine_coupling(x.transpose(2, 3), h.transpose(2, 3), t.transpose(2, 3), scale="atan")
     np.testing.assert_array_equal(strided.output.transpose(2, 3).numpy(), generic.output)
+
+
+@pytest.mark.parametrize("scale", COUPLING_SCALES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("layout", ["contiguous", "channel slices"])
+def test_autograd_backward_from_saved_equals_the_vjp_from_h(scale, dtype, inverse, layout):
+    """The autograd forward keeps exp(+-s) and ds/dh and its backward reads them instead of h: the
+    gradients must be the same bits as the vjp from h, on saturated, infinite and NaN h too."""
+    generator = torch.Generator().manual_seed(13)
+    shape = (3, 4, 5, 2 * 8192 // 20 + 3)  # rows of more than one work item
+    if layout == "contiguous":
+        x, h, t = (torch.randn(shape, generator=generator, dtype=dtype) for _ in range(3))
+    else:  # the three operands as channel slices of one subnet-like output (no copies)
+        x, h, t = torch.randn(shape[0], 3 * shape[1], *shape[2:], generator=generator, dtype=dtype).split(shape[1], 1)
+        assert not h.is_contiguous()
+    h = h * 4
+    h[0, 0, 0, :4] = torch.tensor([float("inf"), -float("inf"), 60.0, float("nan")], dtype=dtype)
+    g = torch.randn(shape, generator=generator, dtype=dtype)
+    gl = torch.randn(shape[0], generator=generator, dtype=dtype)
+    leaves = [a.detach().clone().requires_grad_() for a in (x, h, t)] if layout == "contiguous" else \
+        [a.requires_grad_() for a in torch.cat([x, h, t], 1).detach().split(shape[1], 1)]
+    function = affine_coupling_inverse if inverse else affine_coupling
+    counted = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda a: counted.append(a) or a, lambda a: a):
+        out, logdet = function(*leaves, clamp=1.5, scale=scale)
+    assert len(counted) == 3  # x_b, the multiplier and the slope; h is not kept
+    torch.autograd.backward((out, logdet), (g, gl))
+    known = dict(x_b=out.detach()) if inverse else dict(x_b=x)
+    expected = affine_coupling_vjp(g.numpy(), gl.numpy(), h.detach().numpy(), t.detach().numpy(),
+                                   **{k: v.detach().numpy() for k, v in known.items()}, inverse=inverse, clamp=1.5,
+                                   scale=scale)
+    for leaf, reference in zip(leaves, expected[:3]):
+        np.testing.assert_array_equal(leaf.grad.numpy(), reference)
+    # a gradient that arrives expanded (not per-sample contiguous) and no logdet gradient
+    for leaf in leaves:
+        leaf.grad = None
+    out, _ = function(*leaves, clamp=1.5, scale=scale)
+    out.backward(torch.ones((), dtype=dtype).expand(shape))
+    expected = affine_coupling_vjp(np.ones(shape, out.detach().numpy().dtype), None, h.detach().numpy(),
+                                   t.detach().numpy(), **{k: v.detach().numpy() for k, v in known.items()},
+                                   inverse=inverse, clamp=1.5, scale=scale)
+    for leaf, reference in zip(leaves, expected[:3]):
+        np.testing.assert_array_equal(leaf.grad.numpy(), reference)
+
+
+def test_backward_from_saved_refuses_the_scaled_side():
+    """The kernel's own check: a backward from saved values differentiates from the unscaled side x."""
+    from pyinverse import _C
+
+    a = torch.zeros(2, 3)
+    rows = (a.data_ptr(), 3)
+    for inverse in (False, True):
+        with pytest.raises(ValueError, match="unscaled side x"):
+            _C.coupling_backward(device="cpu", device_index=0, dtype="float32", scale="exp", clamp=1.0,
+                                 inverse=inverse, batch=2, features=3, known=rows, known_is_output=not inverse,
+                                 h=(0, 0), t=(0, 0), grad_out=rows, grad_logdet=0, grad_in=rows, grad_h=(0, 0),
+                                 grad_t=(0, 0), reconstructed=(0, 0), stream=0, saved_multiplier=rows,
+                                 saved_slope=rows)
+    with pytest.raises(ValueError, match="both the multiplier and the slope"):
+        _C.coupling_apply(device="cpu", device_index=0, dtype="float32", scale="exp", clamp=1.0, inverse=False,
+                          batch=2, features=3, input=rows, h=rows, t=rows, out=rows, logdet=0, stream=0,
+                          multiplier=rows)

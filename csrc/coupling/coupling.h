@@ -28,6 +28,12 @@
 //   forward:  grad_x = g e^s,   grad_t = g,          grad_h = (g x e^s + gl) ds/dh
 //   inverse:  grad_y = g e^-s,  grad_t = -g e^-s,    grad_h = -(g x + gl) ds/dh
 // t is read only when needed: forward from the output, inverse from the input, or to reconstruct.
+//
+// Saving forward + backward from saved (what autograd uses): the forward may also write, per
+// element, the direction's multiplier m (e^s forward, e^-s inverse) and the slope ds/dh. A
+// backward given them reads neither h nor t and evaluates no elementary function; it needs the
+// unscaled side x as `known` (the forward's input, the inverse's output). Results are the same
+// bits as the backward from h (the multiplier and slope are computed by the same code).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -59,9 +65,17 @@ struct CouplingProblem {
   void validate(const char* op) const;  // throws ValueError naming what is wrong
 };
 
-// The coupling in the problem's direction: out = coupling(in; h, t), logdet (B,) (may be null).
+// What a saving forward writes for the backward (both absent, or both present).
+struct CouplingSaved {
+  CouplingOutput multiplier;  // e^s (forward) or e^-s (inverse)
+  CouplingOutput slope;       // ds/dh
+  bool present() const { return multiplier.data != nullptr; }
+};
+
+// The coupling in the problem's direction: out = coupling(in; h, t), logdet (B,) (may be null),
+// and optionally what the backward from saved needs.
 void coupling_apply_cpu(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                        CouplingOutput out, void* logdet);
+                        CouplingOutput out, void* logdet, const CouplingSaved& saved = {});
 
 struct CouplingGradients {
   CouplingInput known;         // the direction's input, or its output when known_is_output
@@ -74,6 +88,10 @@ struct CouplingGradients {
   CouplingOutput grad_h;
   CouplingOutput grad_t;
   CouplingOutput reconstructed;  // the direction's input; only with known_is_output
+  CouplingInput saved_multiplier;  // from a saving forward: then h and t are not read
+  CouplingInput saved_slope;
+
+  bool from_saved() const { return saved_multiplier.data != nullptr; }
 
   bool needs_t(const CouplingProblem& problem) const {
     return reconstructed.data != nullptr || (known_is_output != problem.inverse);
@@ -86,7 +104,7 @@ void coupling_backward_cpu(const CouplingProblem& problem, const CouplingGradien
 #if PYINV_WITH_CUDA
 // Same contracts on device pointers, enqueued on `stream` (a cudaStream_t as an integer).
 void coupling_apply_cuda(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                         CouplingOutput out, void* logdet, uintptr_t stream);
+                         CouplingOutput out, void* logdet, uintptr_t stream, const CouplingSaved& saved = {});
 void coupling_backward_cuda(const CouplingProblem& problem, const CouplingGradients& grads, uintptr_t stream);
 #endif
 

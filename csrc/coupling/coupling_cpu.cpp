@@ -41,8 +41,14 @@ void CouplingProblem::validate(const char* op) const {
 void CouplingGradients::validate(const CouplingProblem& problem, const char* op) const {
   if (problem.batch == 0 || problem.features == 0) return;
   PYINV_CHECK(known.data != nullptr, op, "the known side of the coupling (input or output) is missing");
-  PYINV_CHECK(h.data != nullptr, op, "'h' is missing");
   PYINV_CHECK(grad_out.data != nullptr, op, "the output gradient is missing");
+  if (from_saved()) {
+    PYINV_CHECK(saved_slope.data != nullptr, op, "the saved slope is missing");
+    PYINV_CHECK(known_is_output == problem.inverse && reconstructed.data == nullptr, op,
+                "a backward from saved values needs the unscaled side x as 'known' and cannot reconstruct");
+    return;
+  }
+  PYINV_CHECK(h.data != nullptr, op, "'h' is missing");
   PYINV_CHECK(reconstructed.data == nullptr || known_is_output, op,
               "reconstructing the input needs the output as the known side");
   PYINV_CHECK(t.data != nullptr || !needs_t(problem), op, "'t' is needed for this gradient and is missing");
@@ -145,16 +151,28 @@ template <typename T>
 struct ApplyArgs {
   const CouplingProblem* problem;
   Rows<T> in, h, t;
-  MutableRows<T> out;
+  MutableRows<T> out, multiplier, slope;  // multiplier / slope: only in a saving forward
   ItemGrid grid;
   double* partial_logdet;  // one per item
   T clamp, atan_gain;
   bool bounded_exp;
 };
 
-template <typename T, Scale kScale, bool kInverse, bool kBoundedExp>
-PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* out, int64_t begin, int64_t end, T clamp,
-                                      T atan_gain) {
+// One output element from its log-scale; a saving forward also keeps the multiplier.
+template <typename T, bool kInverse, bool kBoundedExp, bool kSave, typename V>
+PYINV_ALWAYS_INLINE V apply_value(const V& in, const V& s, const V& t, V& multiplier) {
+  if constexpr (kSave) {
+    multiplier = coupling::coupling_multiplier<T, kInverse, kBoundedExp>(s);
+    return kInverse ? (in - t) * multiplier : in * multiplier + t;
+  } else {
+    return kInverse ? coupling::coupling_inverse_value<T, kBoundedExp>(in, s, t)
+                    : coupling::coupling_forward_value<T, kBoundedExp>(in, s, t);
+  }
+}
+
+template <typename T, Scale kScale, bool kInverse, bool kBoundedExp, bool kSave>
+PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* out, T* multiplier, T* slope,
+                                      int64_t begin, int64_t end, T clamp, T atan_gain) {
   constexpr int64_t W = vmath::Pack<T>::kLanes;
   alignas(64) T log_scales[kBlock];
   LaneSums sums;
@@ -162,21 +180,27 @@ PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* ou
   for (int64_t block = begin; block < vector_end; block += kBlock) {
     const int64_t block_end = std::min(vector_end, block + kBlock);
     for (int64_t i = block; i < block_end; i += W) {
-      const auto ls = coupling::log_scale<T, kScale, false>(load(h + i), clamp, atan_gain);
+      const auto ls = coupling::log_scale<T, kScale, kSave>(load(h + i), clamp, atan_gain);
       store(log_scales + (i - block), ls.s);
+      if constexpr (kSave) store(slope + i, ls.ds);
       sums.add(ls.s);
     }
     for (int64_t i = block; i < block_end; i += W) {
-      const Vec<T> s = load(log_scales + (i - block));
-      store(out + i, kInverse ? coupling::coupling_inverse_value<T, kBoundedExp>(load(in + i), s, load(t + i))
-                              : coupling::coupling_forward_value<T, kBoundedExp>(load(in + i), s, load(t + i)));
+      Vec<T> m;
+      store(out + i, apply_value<T, kInverse, kBoundedExp, kSave>(load(in + i), load(log_scales + (i - block)),
+                                                                  load(t + i), m));
+      if constexpr (kSave) store(multiplier + i, m);
     }
   }
   double tail = 0.0;
   for (int64_t i = vector_end; i < end; ++i) {  // the same arithmetic on scalars: identical bits to a lane
-    const auto ls = coupling::log_scale<T, kScale, false>(h[i], clamp, atan_gain);
-    out[i] = kInverse ? coupling::coupling_inverse_value<T, kBoundedExp>(in[i], ls.s, t[i])
-                      : coupling::coupling_forward_value<T, kBoundedExp>(in[i], ls.s, t[i]);
+    const auto ls = coupling::log_scale<T, kScale, kSave>(h[i], clamp, atan_gain);
+    T m;
+    out[i] = apply_value<T, kInverse, kBoundedExp, kSave>(in[i], ls.s, t[i], m);
+    if constexpr (kSave) {
+      multiplier[i] = m;
+      slope[i] = ls.ds;
+    }
     tail += static_cast<double>(ls.s);
   }
   return sums.total() + tail;
@@ -184,11 +208,17 @@ PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* ou
 
 template <typename T, Scale kScale, bool kInverse, bool kBoundedExp = false>
 PYINV_ALWAYS_INLINE void apply_items_typed(const ApplyArgs<T>& args, int64_t first, int64_t last) {
+  const bool save = args.multiplier.data != nullptr;
   for (int64_t item = first; item < last; ++item) {
     const int64_t b = args.grid.row(item);
-    args.partial_logdet[item] = apply_span<T, kScale, kInverse, kBoundedExp>(
-        args.in.row(b), args.h.row(b), args.t.row(b), args.out.row(b), args.grid.begin(item), args.grid.end(item),
-        args.clamp, args.atan_gain);
+    const T *in = args.in.row(b), *h = args.h.row(b), *t = args.t.row(b);
+    T *out = args.out.row(b), *multiplier = args.multiplier.row(b), *slope = args.slope.row(b);
+    const int64_t begin = args.grid.begin(item), end = args.grid.end(item);
+    args.partial_logdet[item] =
+        save ? apply_span<T, kScale, kInverse, kBoundedExp, true>(in, h, t, out, multiplier, slope, begin, end,
+                                                                  args.clamp, args.atan_gain)
+             : apply_span<T, kScale, kInverse, kBoundedExp, false>(in, h, t, out, multiplier, slope, begin, end,
+                                                                   args.clamp, args.atan_gain);
   }
 }
 
@@ -247,7 +277,7 @@ void apply_items_dispatch(const ApplyArgs<double>& args, int64_t first, int64_t 
 
 template <typename T>
 void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                 CouplingOutput out, void* logdet_out) {
+                 CouplingOutput out, void* logdet_out, const CouplingSaved& saved) {
   const int64_t B = problem.batch;
   T* logdet = static_cast<T*>(logdet_out);
   if (problem.features == 0) {
@@ -263,6 +293,8 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
                     typed<T>(h),
                     typed<T>(t),
                     typed<T>(out),
+                    typed<T>(saved.multiplier),
+                    typed<T>(saved.slope),
                     grid,
                     partial.data(),
                     static_cast<T>(problem.clamp),
@@ -283,7 +315,7 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
 template <typename T>
 struct BackwardArgs {
   const CouplingProblem* problem;
-  Rows<T> known, h, t, grad_out;
+  Rows<T> known, h, t, grad_out, saved_multiplier, saved_slope;
   const T* grad_logdet;
   MutableRows<T> grad_in, grad_h, grad_t, reconstructed;
   ItemGrid grid;
@@ -346,6 +378,41 @@ PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, i
   }
 }
 
+// From a saving forward: no elementary function, one pass over memory.
+template <typename T, bool kInverse>
+PYINV_ALWAYS_INLINE void backward_saved_span(const RowPointers<T>& p, const T* multiplier, const T* slope,
+                                             T grad_logdet, int64_t begin, int64_t end) {
+  constexpr int64_t W = vmath::Pack<T>::kLanes;
+  const Vec<T> gl = vmath::splat<Vec<T>>(grad_logdet);
+  const int64_t vector_end = begin + (end - begin) / W * W;
+  for (int64_t i = begin; i < vector_end; i += W) {
+    const auto g = coupling::coupling_grads_saved<kInverse>(load(p.known + i), load(p.grad_out + i), gl,
+                                                            load(multiplier + i), load(slope + i));
+    if (p.grad_in) store(p.grad_in + i, g.grad_in);
+    if (p.grad_h) store(p.grad_h + i, g.grad_h);
+    if (p.grad_t) store(p.grad_t + i, g.grad_t);
+  }
+  for (int64_t i = vector_end; i < end; ++i) {
+    const auto g = coupling::coupling_grads_saved<kInverse>(p.known[i], p.grad_out[i], grad_logdet, multiplier[i],
+                                                            slope[i]);
+    if (p.grad_in) p.grad_in[i] = g.grad_in;
+    if (p.grad_h) p.grad_h[i] = g.grad_h;
+    if (p.grad_t) p.grad_t[i] = g.grad_t;
+  }
+}
+
+template <typename T, bool kInverse>
+PYINV_ALWAYS_INLINE void backward_saved_items(const BackwardArgs<T>& args, int64_t first, int64_t last) {
+  for (int64_t item = first; item < last; ++item) {
+    const int64_t b = args.grid.row(item);
+    const RowPointers<T> p{args.known.row(b),   nullptr,            nullptr,            args.grad_out.row(b),
+                           args.grad_in.row(b), args.grad_h.row(b), args.grad_t.row(b), nullptr};
+    backward_saved_span<T, kInverse>(p, args.saved_multiplier.row(b), args.saved_slope.row(b),
+                                     args.grad_logdet ? args.grad_logdet[b] : T(0), args.grid.begin(item),
+                                     args.grid.end(item));
+  }
+}
+
 template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp>
 PYINV_ALWAYS_INLINE void backward_items_typed(const BackwardArgs<T>& args, int64_t first, int64_t last) {
   for (int64_t item = first; item < last; ++item) {
@@ -397,7 +464,13 @@ PYINV_ALWAYS_INLINE void backward_items_direction(const BackwardArgs<T>& args, i
 template <typename T>
 PYINV_ALWAYS_INLINE void backward_items(const BackwardArgs<T>& args, int64_t first, int64_t last,
                                         bool known_is_output) {
-  if (args.problem->inverse) {
+  if (args.saved_multiplier.data) {
+    if (args.problem->inverse) {
+      backward_saved_items<T, true>(args, first, last);
+    } else {
+      backward_saved_items<T, false>(args, first, last);
+    }
+  } else if (args.problem->inverse) {
     backward_items_direction<T, true>(args, first, last, known_is_output);
   } else {
     backward_items_direction<T, false>(args, first, last, known_is_output);
@@ -428,6 +501,8 @@ void backward_typed(const CouplingProblem& problem, const CouplingGradients& gra
                              typed<T>(grads.h),
                              typed<T>(grads.t),
                              typed<T>(grads.grad_out),
+                             typed<T>(grads.saved_multiplier),
+                             typed<T>(grads.saved_slope),
                              static_cast<const T*>(grads.grad_logdet),
                              typed<T>(grads.grad_in),
                              typed<T>(grads.grad_h),
@@ -446,16 +521,18 @@ void backward_typed(const CouplingProblem& problem, const CouplingGradients& gra
 }  // namespace
 
 void coupling_apply_cpu(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                        CouplingOutput out, void* logdet) {
+                        CouplingOutput out, void* logdet, const CouplingSaved& saved) {
   const char* op = problem.inverse ? "affine_coupling_inverse" : "affine_coupling";
   problem.validate(op);
   if (problem.batch > 0 && problem.features > 0) {
     PYINV_CHECK(in.data && h.data && t.data && out.data, op, "an input or the output is missing");
+    PYINV_CHECK(saved.present() == (saved.slope.data != nullptr), op,
+                "a saving forward writes both the multiplier and the slope");
   }
   if (problem.dtype == DType::Float32) {
-    apply_typed<float>(problem, in, h, t, out, logdet);
+    apply_typed<float>(problem, in, h, t, out, logdet, saved);
   } else {
-    apply_typed<double>(problem, in, h, t, out, logdet);
+    apply_typed<double>(problem, in, h, t, out, logdet, saved);
   }
 }
 

@@ -56,10 +56,11 @@ __device__ double block_sum(double value, double* warp_sums) {
   return total;
 }
 
-template <typename T, Scale kScale, bool kInverse>
+template <typename T, Scale kScale, bool kInverse, bool kSave>
 __global__ void __launch_bounds__(kThreads)
-    apply_kernel(DeviceRows<T> in, DeviceRows<T> h, DeviceRows<T> t, DeviceMutableRows<T> out, DeviceGrid grid,
-                 T clamp, T atan_gain, double* partial) {
+    apply_kernel(DeviceRows<T> in, DeviceRows<T> h, DeviceRows<T> t, DeviceMutableRows<T> out,
+                 DeviceMutableRows<T> multiplier, DeviceMutableRows<T> slope, DeviceGrid grid, T clamp, T atan_gain,
+                 double* partial) {
   __shared__ double warp_sums[kThreads / 32];
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
     const int64_t b = item / grid.chunks_per_row;
@@ -69,11 +70,20 @@ __global__ void __launch_bounds__(kThreads)
     const T* h_row = h.row(b);
     const T* t_row = t.row(b);
     T* out_row = out.row(b);
+    T* multiplier_row = multiplier.row(b);
+    T* slope_row = slope.row(b);
     double sum = 0.0;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const auto ls = coupling::log_scale<T, kScale, false>(h_row[i], clamp, atan_gain);
-      out_row[i] = kInverse ? coupling::coupling_inverse_value<T>(in_row[i], ls.s, t_row[i])
-                            : coupling::coupling_forward_value<T>(in_row[i], ls.s, t_row[i]);
+      const auto ls = coupling::log_scale<T, kScale, kSave>(h_row[i], clamp, atan_gain);
+      if constexpr (kSave) {
+        const T m = coupling::coupling_multiplier<T, kInverse>(ls.s);
+        out_row[i] = kInverse ? (in_row[i] - t_row[i]) * m : in_row[i] * m + t_row[i];
+        multiplier_row[i] = m;
+        slope_row[i] = ls.ds;
+      } else {
+        out_row[i] = kInverse ? coupling::coupling_inverse_value<T>(in_row[i], ls.s, t_row[i])
+                              : coupling::coupling_forward_value<T>(in_row[i], ls.s, t_row[i]);
+      }
       sum += static_cast<double>(ls.s);
     }
     const double total = block_sum(sum, warp_sums);
@@ -127,6 +137,32 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename T, bool kInverse>
+__global__ void __launch_bounds__(kThreads)
+    backward_saved_kernel(DeviceRows<T> known, DeviceRows<T> grad_out, DeviceRows<T> multiplier, DeviceRows<T> slope,
+                          const T* grad_logdet, DeviceMutableRows<T> grad_in, DeviceMutableRows<T> grad_h,
+                          DeviceMutableRows<T> grad_t, DeviceGrid grid) {
+  for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
+    const int64_t b = item / grid.chunks_per_row;
+    const int64_t begin = (item % grid.chunks_per_row) * kChunk;
+    const int64_t end = min(grid.features, begin + kChunk);
+    const T gl = grad_logdet ? grad_logdet[b] : T(0);
+    const T* known_row = known.row(b);
+    const T* g_row = grad_out.row(b);
+    const T* multiplier_row = multiplier.row(b);
+    const T* slope_row = slope.row(b);
+    T* grad_in_row = grad_in.row(b);
+    T* grad_h_row = grad_h.row(b);
+    T* grad_t_row = grad_t.row(b);
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const auto g = coupling::coupling_grads_saved<kInverse>(known_row[i], g_row[i], gl, multiplier_row[i], slope_row[i]);
+      if (grad_in_row) grad_in_row[i] = g.grad_in;
+      if (grad_h_row) grad_h_row[i] = g.grad_h;
+      if (grad_t_row) grad_t_row[i] = g.grad_t;
+    }
+  }
+}
+
 template <typename T>
 DeviceRows<T> device_rows(CouplingInput rows) {
   return {static_cast<const T*>(rows.data), rows.row_stride};
@@ -146,32 +182,43 @@ unsigned grid_blocks(const DeviceGrid& grid) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(grid.batch * grid.chunks_per_row, kMaxBlocks)));
 }
 
-template <typename T, bool kInverse>
-void launch_apply_direction(const CouplingProblem& problem, DeviceRows<T> in, DeviceRows<T> h, DeviceRows<T> t,
-                            DeviceMutableRows<T> out, const DeviceGrid& grid, double* partial, cudaStream_t stream) {
+struct ApplyOperands {
+  CouplingInput in, h, t;
+  CouplingOutput out;
+  CouplingSaved saved;
+};
+
+template <typename T, Scale kScale, bool kInverse>
+void launch_apply_scaled(const CouplingProblem& problem, const ApplyOperands& ops, const DeviceGrid& grid,
+                         double* partial, cudaStream_t stream) {
   const T clamp = static_cast<T>(problem.clamp);
   const T atan_gain = static_cast<T>(problem.clamp * coupling::kAtanGain);
   const unsigned blocks = grid_blocks(grid);
+  const auto in = device_rows<T>(ops.in), h = device_rows<T>(ops.h), t = device_rows<T>(ops.t);
+  const auto out = device_rows<T>(ops.out), multiplier = device_rows<T>(ops.saved.multiplier),
+             slope = device_rows<T>(ops.saved.slope);
+  if (ops.saved.present()) {
+    apply_kernel<T, kScale, kInverse, true><<<blocks, kThreads, 0, stream>>>(in, h, t, out, multiplier, slope, grid,
+                                                                            clamp, atan_gain, partial);
+  } else {
+    apply_kernel<T, kScale, kInverse, false><<<blocks, kThreads, 0, stream>>>(in, h, t, out, multiplier, slope, grid,
+                                                                             clamp, atan_gain, partial);
+  }
+}
+
+template <typename T, bool kInverse>
+void launch_apply_direction(const CouplingProblem& problem, const ApplyOperands& ops, const DeviceGrid& grid,
+                            double* partial, cudaStream_t stream) {
   switch (problem.scale) {
-    case Scale::Tanh:
-      apply_kernel<T, Scale::Tanh, kInverse><<<blocks, kThreads, 0, stream>>>(in, h, t, out, grid, clamp, atan_gain, partial);
-      break;
-    case Scale::Atan:
-      apply_kernel<T, Scale::Atan, kInverse><<<blocks, kThreads, 0, stream>>>(in, h, t, out, grid, clamp, atan_gain, partial);
-      break;
-    case Scale::Sigmoid:
-      apply_kernel<T, Scale::Sigmoid, kInverse><<<blocks, kThreads, 0, stream>>>(in, h, t, out, grid, clamp, atan_gain,
-                                                                                 partial);
-      break;
-    case Scale::Exp:
-      apply_kernel<T, Scale::Exp, kInverse><<<blocks, kThreads, 0, stream>>>(in, h, t, out, grid, clamp, atan_gain, partial);
-      break;
+    case Scale::Tanh: launch_apply_scaled<T, Scale::Tanh, kInverse>(problem, ops, grid, partial, stream); break;
+    case Scale::Atan: launch_apply_scaled<T, Scale::Atan, kInverse>(problem, ops, grid, partial, stream); break;
+    case Scale::Sigmoid: launch_apply_scaled<T, Scale::Sigmoid, kInverse>(problem, ops, grid, partial, stream); break;
+    case Scale::Exp: launch_apply_scaled<T, Scale::Exp, kInverse>(problem, ops, grid, partial, stream); break;
   }
 }
 
 template <typename T>
-void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                 CouplingOutput out, void* logdet, cudaStream_t stream) {
+void apply_typed(const CouplingProblem& problem, const ApplyOperands& ops, void* logdet, cudaStream_t stream) {
   const char* op = problem.inverse ? "affine_coupling_inverse (cuda)" : "affine_coupling (cuda)";
   if (problem.batch == 0) return;
   const DeviceGrid grid = make_grid(problem);
@@ -180,11 +227,9 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
   double* partial = partial_sums.as<double>();
   if (items > 0) {
     if (problem.inverse) {
-      launch_apply_direction<T, true>(problem, device_rows<T>(in), device_rows<T>(h), device_rows<T>(t),
-                                      device_rows<T>(out), grid, partial, stream);
+      launch_apply_direction<T, true>(problem, ops, grid, partial, stream);
     } else {
-      launch_apply_direction<T, false>(problem, device_rows<T>(in), device_rows<T>(h), device_rows<T>(t),
-                                       device_rows<T>(out), grid, partial, stream);
+      launch_apply_direction<T, false>(problem, ops, grid, partial, stream);
     }
     cuda_check(cudaGetLastError(), op, "kernel launch");
   }
@@ -238,7 +283,20 @@ template <typename T>
 void backward_typed(const CouplingProblem& problem, const CouplingGradients& grads, cudaStream_t stream) {
   if (problem.batch == 0 || problem.features == 0) return;
   const DeviceGrid grid = make_grid(problem);
-  if (problem.inverse) {
+  if (grads.from_saved()) {
+    const auto known = device_rows<T>(grads.known), grad_out = device_rows<T>(grads.grad_out),
+               multiplier = device_rows<T>(grads.saved_multiplier), slope = device_rows<T>(grads.saved_slope);
+    const auto grad_in = device_rows<T>(grads.grad_in), grad_h = device_rows<T>(grads.grad_h),
+               grad_t = device_rows<T>(grads.grad_t);
+    const auto grad_logdet = static_cast<const T*>(grads.grad_logdet);
+    if (problem.inverse) {
+      backward_saved_kernel<T, true><<<grid_blocks(grid), kThreads, 0, stream>>>(
+          known, grad_out, multiplier, slope, grad_logdet, grad_in, grad_h, grad_t, grid);
+    } else {
+      backward_saved_kernel<T, false><<<grid_blocks(grid), kThreads, 0, stream>>>(
+          known, grad_out, multiplier, slope, grad_logdet, grad_in, grad_h, grad_t, grid);
+    }
+  } else if (problem.inverse) {
     launch_backward_direction<T, true>(problem, grads, grid, stream);
   } else {
     launch_backward_direction<T, false>(problem, grads, grid, stream);
@@ -249,17 +307,20 @@ void backward_typed(const CouplingProblem& problem, const CouplingGradients& gra
 }  // namespace
 
 void coupling_apply_cuda(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
-                         CouplingOutput out, void* logdet, uintptr_t stream) {
+                         CouplingOutput out, void* logdet, uintptr_t stream, const CouplingSaved& saved) {
   const char* op = problem.inverse ? "affine_coupling_inverse" : "affine_coupling";
   problem.validate(op);
   if (problem.batch > 0 && problem.features > 0) {
     PYINV_CHECK(in.data && h.data && t.data && out.data, op, "an input or the output is missing");
+    PYINV_CHECK(saved.present() == (saved.slope.data != nullptr), op,
+                "a saving forward writes both the multiplier and the slope");
   }
   auto cuda_stream = reinterpret_cast<cudaStream_t>(stream);
+  const ApplyOperands ops{in, h, t, out, saved};
   if (problem.dtype == DType::Float32) {
-    apply_typed<float>(problem, in, h, t, out, logdet, cuda_stream);
+    apply_typed<float>(problem, ops, logdet, cuda_stream);
   } else {
-    apply_typed<double>(problem, in, h, t, out, logdet, cuda_stream);
+    apply_typed<double>(problem, ops, logdet, cuda_stream);
   }
 }
 

@@ -224,6 +224,31 @@ PYINV_COUPLING_FN ElementGrads<V> coupling_inverse_grads(const V& known, const V
   return out;
 }
 
+// The multiplier of the direction: e^s (forward) or e^-s (inverse); coupling_*_value above
+// compute the same bits as x m + t and (y - t) m.
+template <typename T, bool kInverse, bool kBoundedExp = false, typename V>
+PYINV_COUPLING_FN V coupling_multiplier(const V& s) {
+  return elementary_exp<T, kBoundedExp>(kInverse ? -s : s);
+}
+
+// Gradients from a saving forward's multiplier m and slope ds/dh; `x` is the unscaled side (the
+// forward's input, the inverse's output). The arithmetic of coupling_forward_grads (known input)
+// and coupling_inverse_grads (known output), so the same bits.
+template <bool kInverse, typename V>
+PYINV_COUPLING_FN ElementGrads<V> coupling_grads_saved(const V& x, const V& g, const V& gl, const V& multiplier,
+                                                      const V& slope) {
+  ElementGrads<V> out;
+  out.grad_in = g * multiplier;
+  if constexpr (kInverse) {
+    out.grad_h = -((g * x + gl) * slope);
+    out.grad_t = -out.grad_in;
+  } else {
+    out.grad_h = (g * (x * multiplier) + gl) * slope;
+    out.grad_t = g;
+  }
+  return out;
+}
+
 #if !defined(__CUDACC__)
 #pragma GCC diagnostic pop
 #endif

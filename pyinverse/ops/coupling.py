@@ -24,7 +24,10 @@ Arrays are numpy arrays, torch tensors (CPU, or CUDA with a CUDA build) or cupy 
 elements must be contiguous, but the batch stride is free: channel slices of a contiguous
 ``(B, C, H, W)`` tensor (such as ``a[:, :C]`` and ``a[:, C:]`` of a subnet output) are read in
 place; other layouts are copied to a contiguous array first. Torch tensors that require grad go
-through a ``torch.autograd.Function`` whose backward is the fused ``affine_coupling_vjp``.
+through a ``torch.autograd.Function``: its forward pass also keeps ``exp(+-s)`` and ``ds/dh`` (with
+``x_b``: three tensors of the input's size, as torch eager keeps), so that its backward is one
+pass of plain arithmetic, the same bits as ``affine_coupling_vjp`` from ``h``. For memory, use the
+reversible flows (``pyinverse.flows.reversible``), which keep no activations at all.
 """
 from __future__ import annotations
 
@@ -151,7 +154,8 @@ def _torch_needs_grad(*arrays: Any) -> bool:
 # A flow calls the coupling a few dozen times per step on small tensors, so the generic
 # validation above (describe every array, then allocate through _backend) cost more than the
 # kernel. Torch tensors that already have the kernels' layout (one dtype and device, equal
-# shapes, C-contiguous) take this path: the same checks from torch's own attributes.
+# shapes, each sample's elements contiguous: C-contiguous tensors, and channel slices such as a
+# subnet output's two halves) take this path: the same checks from torch's own attributes.
 
 class _TorchCall(NamedTuple):
     device: str
@@ -170,7 +174,7 @@ def _torch_call(arrays: tuple) -> _TorchCall | None:
         return None
     for a in arrays:
         if (not isinstance(a, torch.Tensor) or a.dtype != first.dtype or a.device != first.device
-                or a.shape != first.shape or a.layout != torch.strided or not a.is_contiguous()):
+                or a.shape != first.shape or a.layout != torch.strided or not _samples_contiguous(a)):
             return None
     if first.ndim < 1 or first.numel() == 0 or first.device.type not in ("cpu", "cuda"):
         return None
@@ -185,14 +189,29 @@ def _torch_call(arrays: tuple) -> _TorchCall | None:
                       first.numel() // batch, stream)
 
 
+def _samples_contiguous(tensor: Any) -> bool:
+    """Whether each sample's elements (all axes after the first) are contiguous in C order."""
+    if tensor.is_contiguous():
+        return True
+    expected = 1
+    for extent, stride in zip(reversed(tensor.shape[1:]), reversed(tensor.stride()[1:])):
+        if extent != 1 and stride != expected:
+            return False
+        expected *= extent
+    return tensor.stride(0) >= expected or tensor.shape[0] == 1
+
+
 def _rows(tensor: Any, call: _TorchCall) -> tuple[int, int]:
-    return (tensor.data_ptr(), call.features)
+    return (tensor.data_ptr(), tensor.stride(0) if call.batch > 1 else call.features)
 
 
 # ---- the kernels -----------------------------------------------------------------------------------
 
-def _apply(source: Any, h: Any, t: Any, clamp: float, scale: str, inverse: bool, op: str) -> CouplingResult:
-    call = _torch_call((source, h, t))
+def _apply(source: Any, h: Any, t: Any, clamp: float, scale: str, inverse: bool, op: str,
+           saved: tuple | None = None) -> CouplingResult:
+    """The coupling; ``saved`` (two tensors like ``source``, torch fast path only) also receives the
+    multiplier exp(+-s) and the slope ds/dh that ``_vjp_from_saved`` uses."""
+    call = _torch_call((source, h, t, *(saved or ())))
     if call is not None:
         import torch
 
@@ -202,8 +221,10 @@ def _apply(source: Any, h: Any, t: Any, clamp: float, scale: str, inverse: bool,
             device=call.device, device_index=max(call.device_index, 0), dtype=call.dtype, scale=scale,
             clamp=clamp, inverse=inverse, batch=call.batch, features=call.features, input=_rows(source, call),
             h=_rows(h, call), t=_rows(t, call), out=_rows(out, call), logdet=logdet.data_ptr(), stream=call.stream,
+            **({} if saved is None else dict(multiplier=_rows(saved[0], call), slope=_rows(saved[1], call))),
         )
         return CouplingResult(out, logdet)
+    assert saved is None, "saving is for the torch fast path only"
     name = "y_b" if inverse else "x_b"
     ops = _operands(op, {name: source, "h": h, "t": t})
     first = ops[name].info
@@ -277,6 +298,30 @@ def _vjp(grad_out: Any, grad_logdet: Any, h: Any, t: Any, x_b: Any, y_b: Any, in
     return CouplingGrads(*(o.array if o is not None else None for o in outputs))
 
 
+def _vjp_from_saved(grad_out: Any, grad_logdet: Any, x_b: Any, multiplier: Any, slope: Any, inverse: bool,
+                    need: tuple[bool, bool, bool]) -> CouplingGrads:
+    """The backward from a saving forward (torch tensors of one layout, ``x_b`` the unscaled side):
+    one pass over memory, no elementary function; the same values as ``_vjp`` from ``h``."""
+    import torch
+
+    if not _samples_contiguous(grad_out):
+        grad_out = grad_out.contiguous()
+    call = _torch_call((grad_out, x_b, multiplier, slope))
+    if grad_logdet is not None:
+        grad_logdet = grad_logdet.contiguous()
+    outputs = [torch.empty_like(grad_out) if wanted else None for wanted in need]
+    _C.coupling_backward(
+        device=call.device, device_index=max(call.device_index, 0), dtype=call.dtype, scale="exp", clamp=1.0,
+        inverse=inverse, batch=call.batch, features=call.features, known=_rows(x_b, call), known_is_output=inverse,
+        h=_ABSENT, t=_ABSENT, grad_out=_rows(grad_out, call),
+        grad_logdet=0 if grad_logdet is None else grad_logdet.data_ptr(),
+        **{name: _rows(o, call) if o is not None else _ABSENT for name, o in zip(("grad_in", "grad_h", "grad_t"), outputs)},
+        reconstructed=_ABSENT, stream=call.stream, saved_multiplier=_rows(multiplier, call),
+        saved_slope=_rows(slope, call),
+    )
+    return CouplingGrads(*outputs, None)
+
+
 # ---- torch autograd ----------------------------------------------------------------------------------
 
 _FUNCTION = None
@@ -296,24 +341,33 @@ def _autograd_function():
         @staticmethod
         def forward(ctx, source, h, t, clamp, scale, inverse):
             op = "affine_coupling_inverse" if inverse else "affine_coupling"
-            out, logdet = _apply(source, h, t, clamp, scale, inverse, op)
-            ctx.clamp, ctx.scale, ctx.inverse = clamp, scale, inverse
-            # Forward: differentiate from the input x_b (t is not needed). Inverse: from the output
-            # x_b, again without t. Either way two tensors of the input's size are kept.
-            ctx.save_for_backward(out if inverse else source, h)
+            # Differentiate from the unscaled side x_b: the forward's input, the inverse's output.
+            # On the torch fast path the pass also keeps the multiplier exp(+-s) and the slope
+            # ds/dh (three tensors of the input's size, as torch eager keeps), so the backward
+            # evaluates no tanh / exp again (its kernel 4x faster). Otherwise x_b and h are kept.
+            saved = None
+            if _torch_call((source, h, t)) is not None:
+                saved = (torch.empty_like(source), torch.empty_like(source))
+            out, logdet = _apply(source, h, t, clamp, scale, inverse, op, saved)
+            ctx.clamp, ctx.scale, ctx.inverse, ctx.from_saved = clamp, scale, inverse, saved is not None
+            ctx.save_for_backward(out if inverse else source, *(saved or (h,)))
             return out, logdet
 
         @staticmethod
         @once_differentiable
         def backward(ctx, grad_out, grad_logdet):
-            x_b, h = ctx.saved_tensors
+            x_b, *kept = ctx.saved_tensors
             need_source, need_h, need_t = ctx.needs_input_grad[:3]
             if grad_out is None:
                 grad_out = torch.zeros_like(x_b)
             inverse = ctx.inverse
             # Forward direction: grad_t is grad_out itself; no pass needed for it.
-            grads = _vjp(grad_out, grad_logdet, h, None, x_b, None, inverse, False, ctx.clamp, ctx.scale,
-                         (need_source, need_h, need_t and inverse), "affine_coupling (backward)")
+            need = (need_source, need_h, need_t and inverse)
+            if ctx.from_saved:
+                grads = _vjp_from_saved(grad_out, grad_logdet, x_b, *kept, inverse, need)
+            else:
+                grads = _vjp(grad_out, grad_logdet, kept[0], None, x_b, None, inverse, False, ctx.clamp, ctx.scale,
+                             need, "affine_coupling (backward)")
             grad_t = grads.grad_t if inverse else (grad_out if need_t else None)
             return grads.grad_input, grads.grad_h, grad_t, None, None, None
 
