@@ -16,12 +16,14 @@ NCCL for CUDA tensors when a GPU is visible). Each rank then works on :func:`sha
   needs to report it.
 
 Without an initialised process group (or with one process) every helper is the identity: code
-written with them runs unchanged in a single process.
+written with them runs unchanged in a single process. So it is inside :func:`alone`, where one
+rank works by itself while the others wait (the run's stages that fit one model on all their data).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -32,6 +34,7 @@ class SharedError(ValueError):
     """An error raised alike on every rank (by :func:`agree` or :func:`on_main`)."""
 
 _OWNED = False  # whether init_from_env created the process group (and destroy may end it)
+_ALONE = 0  # depth of the alone() blocks this process is in
 
 
 def _dist():
@@ -65,8 +68,22 @@ def is_main() -> bool:
 
 
 def active() -> bool:
-    """Whether there is more than one process to combine results with."""
-    return world_size() > 1
+    """Whether there is more than one process to combine results with (never inside :func:`alone`)."""
+    return _ALONE == 0 and world_size() > 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within this block the process combines nothing with the others: every helper here, and the
+    accumulators that reduce over ranks (FID, KID, GaussianMoments.all_reduce), act as in a single
+    process. For work that one rank does while the others wait at their next collective, which
+    a reduction inside it would otherwise meet (a hang, or another step's data)."""
+    global _ALONE
+    _ALONE += 1
+    try:
+        yield
+    finally:
+        _ALONE -= 1
 
 
 def env_world_size() -> int:

@@ -130,8 +130,9 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
     compare(single, sharded)
     # The lambda is the same order statistic of the same per-pixel values, and the held-out risks
     # are fractions of pixel counts averaged in the single-process order: exact.
-    for key in ("lambda", "risk", "coverage", "max_image_risk", "fraction_images_above_alpha"):
-        assert sharded["uncertainty"]["rcps"][key] == rcps[key], key
+    for kind in ("rcps", "mean_band"):
+        for key in ("lambda", "risk", "coverage", "max_image_risk", "fraction_images_above_alpha"):
+            assert sharded["uncertainty"][kind][key] == single["uncertainty"][kind][key], (kind, key)
     # The figure shows the first 4 images, 3 from rank 0 and 1 from rank 1: the same picture.
     pages = [(folder / "report" / "index.html").read_text() for folder in (tmp_path / "one", tmp_path / "rank0" / "out")]
     assert len(figure(pages[0])) == 1 and figure(pages[0]) == figure(pages[1])
@@ -165,3 +166,58 @@ def test_run_on_two_gloo_processes_matches_one(tmp_path):
     pages = [(folder / "report" / "index.html").read_text() for folder in (tmp_path / "one" / "out", out)]
     tasks = len(single["flow_posterior"]["tasks"]) + len(single["cimle"]["tasks"])
     assert figure(pages[0]) == figure(pages[1]) and len(figure(pages[0])) == tasks
+
+
+_ALONE_SCRIPT = r"""
+import json, sys
+import torch
+from pyinverse import distributed
+from pyinverse.metrics import FID
+from pyinverse.ot.moments import GaussianMoments
+
+distributed.init_from_env()
+rank = distributed.rank()
+flat = lambda images: images.flatten(1)
+out = {}
+if rank == 0:  # rank 0 works by itself while rank 1 waits in the collective below
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(40, 1, 2, 3, generator=generator), torch.rand(30, 1, 2, 3, generator=generator)
+    with distributed.alone():
+        assert not distributed.active()
+        fid = FID(flat)
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        out["fid_alone"] = fid.compute()
+        moments = GaussianMoments()
+        moments.update(flat(real).double().numpy())
+        out["count_alone"] = moments.all_reduce().count
+    assert distributed.active()
+total = torch.tensor([rank + 1.0])
+torch.distributed.all_reduce(total)  # both ranks meet here, whatever rank 0 did alone
+out["total"] = float(total)
+print(json.dumps(out))
+sys.stdout.flush()
+distributed.destroy()
+"""
+
+
+def test_alone_keeps_one_ranks_reductions_to_itself(tmp_path):
+    """Inside distributed.alone() rank 0's FID and moments reduce nothing, so the collective that
+    rank 1 waits in meets rank 0's next one (without it: a mismatched all-reduce or a hang)."""
+    script = tmp_path / "alone.py"
+    script.write_text(_ALONE_SCRIPT)
+    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script)], env=_environment(), capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-3000:]
+    lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2 and all(line["total"] == 3.0 for line in lines)
+    (first,) = [line for line in lines if "fid_alone" in line]
+    assert first["count_alone"] == 40
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(40, 1, 2, 3, generator=generator), torch.rand(30, 1, 2, 3, generator=generator)
+    from pyinverse.metrics import FID
+
+    fid = FID(lambda images: images.flatten(1))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    assert first["fid_alone"] == pytest.approx(fid.compute(), rel=1e-12)

@@ -26,17 +26,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..ops.sqrtm import frechet_distance
 from ..ot.moments import GaussianMoments
 from ._inputs import to_tensor
 
 Extractor = Callable[[torch.Tensor], Any]
 _GRAM_LIMIT = 4096  # up to this many features in all, KID computes the kernel matrices once
-
-
-def _distributed() -> bool:
-    return (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1)
 
 
 def _check_real_flag(real: Any, fn: str) -> bool:
@@ -149,7 +145,7 @@ class FID(_FeatureAccumulator):
     def compute(self) -> float:
         """The FID of everything added so far (on every rank, if torch.distributed is initialised)."""
         real, fake = self.real, self.fake
-        if _distributed():
+        if dist.active():
             real, fake = copy.deepcopy(real), copy.deepcopy(fake)
             real.all_reduce()
             fake.all_reduce()
@@ -175,13 +171,13 @@ def unbiased_mmd2(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) ->
 
 def _all_gather_rows(rows: torch.Tensor, feature_dim: int | None) -> torch.Tensor:
     """Concatenate every rank's (N_r, d) rows in rank order (ranks may hold different N_r)."""
-    dist = torch.distributed
-    nccl = dist.get_backend() == "nccl"  # NCCL only moves CUDA tensors
+    collectives = torch.distributed
+    nccl = collectives.get_backend() == "nccl"  # NCCL only moves CUDA tensors
     device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-    world = dist.get_world_size()
+    world = collectives.get_world_size()
     shape = torch.tensor([rows.shape[0], feature_dim or 0], dtype=torch.int64, device=device)
     shapes = [torch.zeros_like(shape) for _ in range(world)]
-    dist.all_gather(shapes, shape)
+    collectives.all_gather(shapes, shape)
     counts = [int(s[0]) for s in shapes]
     dims = {int(s[1]) for s, c in zip(shapes, counts) if c > 0}
     if len(dims) > 1:
@@ -190,7 +186,7 @@ def _all_gather_rows(rows: torch.Tensor, feature_dim: int | None) -> torch.Tenso
     padded = torch.zeros(max(counts), dim, dtype=torch.float64, device=device)
     padded[: rows.shape[0]] = rows.to(device)
     gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
+    collectives.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts)]).cpu()
 
 
@@ -244,7 +240,7 @@ class KID(_FeatureAccumulator):
 
     def _stacked(self, chunks: list[torch.Tensor]) -> torch.Tensor:
         rows = torch.cat(chunks) if chunks else torch.zeros(0, self.feature_dim or 0, dtype=torch.float64)
-        return _all_gather_rows(rows, self.feature_dim) if _distributed() else rows
+        return _all_gather_rows(rows, self.feature_dim) if dist.active() else rows
 
     def compute(self) -> tuple[float, float]:
         """(mean, std) of the unbiased MMD^2 over ``num_subsets`` subsets (all ranks' features)."""

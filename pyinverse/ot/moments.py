@@ -12,17 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import distributed
 from .._backend import describe
 
 __all__ = ["GaussianMoments"]
-
-
-def _is_distributed() -> bool:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return False
-    return dist.is_available() and dist.is_initialized()
 
 
 class GaussianMoments:
@@ -160,10 +153,10 @@ class GaussianMoments:
     # -- distributed --------------------------------------------------------------------------------
     def all_reduce(self, group: Any = None) -> "GaussianMoments":
         """Combine the accumulators of all ranks of ``group`` (default: the world) in place, so
-        every rank ends with the statistics of all samples. A no-op unless ``torch.distributed``
-        is initialised. Two sum-reductions: counts and sums first, then each rank's comoment
+        every rank ends with the statistics of all samples. A no-op without several processes
+        (and inside :func:`pyinverse.distributed.alone`). Two sum-reductions: counts and sums first, then each rank's comoment
         shifted to the global mean (exact, no raw second moments). Returns ``self``."""
-        if not _is_distributed():
+        if not distributed.active():  # one process, or inside distributed.alone()
             return self
         import torch
         import torch.distributed as dist

@@ -25,6 +25,7 @@ wait (within gloo's 30-minute timeout), and rank 0 alone writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -88,7 +89,10 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
             if not (dist.is_main() or name in sharded):
                 continue
             started = time.perf_counter()
-            stage_results, stage_sections = stage()
+            # Rank 0 alone runs the unsharded stages: their reductions (FID, RCPS) must not
+            # meet the collective the other ranks wait in.
+            with contextlib.nullcontext() if name in sharded else dist.alone():
+                stage_results, stage_sections = stage()
             if dist.is_main():
                 record = {"format": STAGE_FORMAT, "config": config, "results": stage_results,
                           "sections": sections_to_json(stage_sections)}
