@@ -3,6 +3,7 @@ in `pyinverse run --quick`, tests/test_run.py)."""
 from dataclasses import asdict
 
 import numpy as np
+import pytest
 
 from pyinverse.studies import flow_prior
 
@@ -17,7 +18,8 @@ def _report(rng, bm3d):
                 for method in methods:
                     results.append(dict(dataset=dataset, ood=False, task=task, level=level, method=method, hyper=None,
                                         psnr=rng.uniform(10, 40, 3).tolist(), ssim=rng.uniform(0, 1, 3).tolist(),
-                                        seconds=0.0))
+                                        validity=rng.uniform(10, 60, 3).tolist(), perception=rng.uniform(0, 5),
+                                        mse=rng.uniform(1e-4, 1e-2), truth_validity=[20.0 + level] * 3, seconds=0.0))
     return dict(results=results, grid=asdict(grid), bm3d=bm3d, models={"faces": 6.2, "patches": 4.1}, seconds=60.0,
                 examples={})
 
@@ -59,3 +61,50 @@ def test_findings_count_the_flows_wins_and_markdown_bolds_the_best():
     assert text.count("**") == 2 * (2 * 2 + 1 * 2)  # one best cell per data set and level, in both tables
     assert "Command: `cmd`" in text
     assert "BM3D is not installed" in flow_prior.markdown(_report(rng, bm3d=False), "cmd")
+
+
+def test_quality_tables_hold_validity_perception_and_the_truths_yardstick():
+    rng = np.random.default_rng()
+    report = _report(rng, bm3d=True)
+    for task, methods in (("cs", list(flow_prior.CS_METHODS)), ("denoise", flow_prior.denoising_methods(report))):
+        columns, rows = flow_prior.quality_table(report, task)
+        levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+        assert columns[1:] == [f"{d}: {m}" for d in ("faces", "patches") for m in ["truth"] + methods]
+        for row, level in zip(rows, levels):
+            for column, cell in zip(columns[1:], row[1:]):
+                dataset, method = column.split(": ")
+                if method == "truth":
+                    assert cell == f"{20.0 + level:.1f}"
+                    continue
+                r = next(r for r in report["results"]
+                         if (r["dataset"], r["task"], r["level"], r["method"]) == (dataset, task, level, method))
+                assert cell == f"{np.mean(r['validity']):.1f} / {r['perception']:.2f}"
+    text = flow_prior.markdown(report, "cmd")
+    assert text.count("validity (dB) / perception (nats)") == 2
+    assert flow_prior.perception_distortion_figure(report).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_validity_and_perception_of_real_estimates(seed):
+    """Validity against the formula in float64 numpy; perception 0 for the truth, > 0 for a blur."""
+    import torch
+
+    from pyinverse.physics import CompressedSensing, Denoising
+
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.uniform(0, 1, (3, 1, 12, 12)))
+    op = Denoising(0.1)
+    y = op(x, seed=seed)
+    expected = -10 * np.log10(((x.numpy() - y.numpy()) ** 2).reshape(3, -1).mean(1))
+    np.testing.assert_allclose(flow_prior.validity(op, x, y), expected, rtol=1e-12)
+    cs = CompressedSensing(0.5, seed=seed, image_shape=(1, 12, 12), noise_sigma=0.01)
+    y_cs = cs(x, seed=seed)
+    matrix = cs.A(torch.eye(144, dtype=torch.float64).reshape(144, 1, 12, 12)).numpy().T  # (m, n)
+    expected = -10 * np.log10(((x.numpy().reshape(3, -1) @ matrix.T - y_cs.numpy()) ** 2).mean(1))
+    np.testing.assert_allclose(flow_prior.validity(cs, x, y_cs), expected, rtol=1e-9)
+    assert abs(np.mean(expected) - 40) < 3  # the truth's yardstick: -20 log10(0.01)
+    truth_quality = flow_prior.quality(op, x, y, x)
+    assert truth_quality["perception"] == pytest.approx(0, abs=1e-9) and truth_quality["mse"] == 0
+    assert np.all(np.isinf(truth_quality["psnr"]))
+    blurred = (x + x.roll(1, -1) + x.roll(-1, -1)) / 3
+    assert flow_prior.quality(op, blurred, y, x)["perception"] > 0.1

@@ -2,8 +2,8 @@
 
     python -m pyinverse.studies.flow_prior --out runs/flow_prior_table [--threads 1]
 
-writes ``table.md`` (markdown), ``results.json`` (every number, per image) and ``figure.png`` to
-``--out`` (atomically; existing files are kept unless ``--overwrite``): the full grid below, 8 test
+writes ``table.md`` (markdown), ``results.json`` (every number, per image), ``figure.png`` and
+``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless ``--overwrite``): the full grid below, 8 test
 images per data set, 8.5 minutes on one idle core (measured). ``pyinverse run`` includes the full
 grid as its ``flow_prior`` stage; with ``--quick`` the in-distribution data sets only, m/n in
 {0.1, 0.3}, sigma = 0.1, 2 test and 2 validation images.
@@ -26,7 +26,18 @@ true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (t
 ``lambda`` per level, the flow's denoising ``gamma`` in {2, 4, 8} x sigma^2) are chosen by mean
 PSNR on *validation* images of the in-distribution set (disjoint from the test images);
 out-of-distribution sets reuse the in-distribution choice (no peeking). Outputs are clipped to
-[0, 1] before PSNR / SSIM.
+[0, 1] before they are scored.
+
+Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
+* validity, as in the evaluation paper's Table 1: the PSNR (data range 1) of its noiseless
+  measurements ``A(x_hat)`` against the observation ``y``. The true image itself scores about
+  ``-20 log10(noise sigma)`` (40 dB for compressed sensing, 20 dB at sigma = 0.1): far below
+  that, the estimate contradicts its observation; far above, it reproduces the noise;
+* perception: the Renyi divergence of order 1/2 (nats) between the Gaussian fits of the
+  estimates' 4x4 patches and of the clean test images' patches
+  (``pyinverse.tradeoffs.uncertainty_perception_points``), which also places every method in
+  the perception-distortion plane (the figure's second row). With 8 images per cell this is
+  an index of how far the patch statistics are off, not a calibrated FID.
 """
 from __future__ import annotations
 
@@ -48,6 +59,7 @@ from ..metrics.distortion import psnr, ssim
 from ..physics import CompressedSensing, Denoising
 from ..report.html import Figure, Section, Table, figure_to_png
 from ..solvers import bm3d_denoise, lasso_fista, latent_map
+from ..tradeoffs import uncertainty_perception_points
 from . import progress
 
 CS_NOISE = 0.01
@@ -56,6 +68,7 @@ CS_GAMMA = 0.0  # the paper's compressed-sensing setting: regularised by the z =
 FLOW_STEPS = 100  # L-BFGS iterations
 CS_METHODS = ("flow", "lasso-dct", "lasso-wavelet")
 EXAMPLE_RATIO = 0.1  # the figure's reconstructions
+PATCH = 4  # side of the patches whose statistics give the perception index
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,20 @@ def scores(estimate: torch.Tensor, truth: torch.Tensor) -> tuple[list[float], li
     return psnr(estimate, truth).tolist(), ssim(estimate, truth).tolist()
 
 
+def validity(op, estimate: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """PSNR (dB, data range 1) of each image's noiseless measurements ``A(x_hat)`` against ``y``."""
+    residual = op.A(estimate.to(torch.float64).clamp(0, 1)) - y.to(torch.float64)
+    return (-10 * torch.log10(residual.flatten(1).square().mean(1))).tolist()
+
+
+def quality(op, estimate: torch.Tensor, y: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Per-image PSNR / SSIM / validity, and the set's patch perception index and MSE."""
+    p, s = scores(estimate, truth)
+    point = uncertainty_perception_points(truth, {"x": estimate.to(torch.float64).clamp(0, 1)}, patch_size=PATCH)[0]
+    return dict(psnr=p, ssim=s, validity=validity(op, estimate, y), perception=point["perception"],
+                mse=point["distortion"])
+
+
 def flow_map(model, op, y, gamma):
     return latent_map(model, op, y, gamma=gamma, init="zero", optimizer="lbfgs", steps=FLOW_STEPS).x.detach()
 
@@ -148,6 +175,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                 "lasso-wavelet": (LASSO_GRID, lambda yy, v: lasso(op, yy, v, "wavelet", shape)),
             }
             y = op(test, seed=seed + 2)
+            truth_validity = validity(op, test, y)
             for method, (values, solve) in methods.items():
                 key = (spec["model"], "cs", ratio, method)
                 if method == "flow":
@@ -158,9 +186,9 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                 began_method = time.perf_counter()
                 estimate = solve(y, chosen[key])
                 seconds = time.perf_counter() - began_method
-                p, s = scores(estimate, test)
                 results.append(dict(dataset=name, ood=spec["ood"], task="cs", level=ratio, method=method,
-                                    hyper=chosen[key], psnr=p, ssim=s, seconds=seconds))
+                                    hyper=chosen[key], **quality(op, estimate, y, test), seconds=seconds,
+                                    truth_validity=truth_validity))
                 if ratio == EXAMPLE_RATIO:
                     examples[(name, method)] = estimate[0, 0].clamp(0, 1).numpy()
             log(f"[{time.perf_counter() - began:6.0f} s] {name} cs {ratio}: " + ", ".join(
@@ -182,10 +210,11 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                 began_method = time.perf_counter()
                 entries.append(("bm3d", sigma, bm3d_denoise(y, sigma), time.perf_counter() - began_method))
             entries.append(("noisy input", None, y, 0.0))
+            truth_validity = validity(op, test, y)
             for method, hyper, estimate, seconds in entries:
-                p, s = scores(estimate, test)
                 results.append(dict(dataset=name, ood=spec["ood"], task="denoise", level=sigma, method=method,
-                                    hyper=hyper, psnr=p, ssim=s, seconds=seconds))
+                                    hyper=hyper, **quality(op, estimate, y, test), seconds=seconds,
+                                    truth_validity=truth_validity))
             log(f"[{time.perf_counter() - began:6.0f} s] {name} denoise {sigma}: " + ", ".join(
                 f"{r['method']} {np.mean(r['psnr']):.2f}" for r in results[-len(entries):]))
             bar.update()
@@ -220,6 +249,28 @@ def task_table(report: dict, task: str) -> tuple[list[str], list[list[str]], lis
     return columns, rows, best
 
 
+def quality_table(report: dict, task: str) -> tuple[list[str], list[list[str]]]:
+    """One task's validity and perception, in task_table's layout: a "validity (dB) / perception
+    (nats)" cell per data set and method, after a column with the truth's validity (the yardstick)."""
+    results = report["results"]
+    names = list(dict.fromkeys(r["dataset"] for r in results))
+    methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
+    levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+    columns = ["m/n" if task == "cs" else "sigma"]
+    for name in names:
+        columns += [f"{name}: truth"] + [f"{name}: {m}" for m in methods]
+    rows = []
+    for level in levels:
+        row = [f"{level}"]
+        for name in names:
+            row.append(f"{np.mean(_result(results, name, task, level, methods[0])['truth_validity']):.1f}")
+            for m in methods:
+                r = _result(results, name, task, level, m)
+                row.append(f"{np.mean(r['validity']):.1f} / {r['perception']:.2f}")
+        rows.append(row)
+    return columns, rows
+
+
 def findings(report: dict) -> list[str]:
     """Where the flow wins and where it does not, one line each."""
     results = report["results"]
@@ -243,12 +294,21 @@ def findings(report: dict) -> list[str]:
     return lines
 
 
+def _result(results, dataset, task, level, method) -> dict:
+    return next(r for r in results if (r["dataset"], r["task"], r["level"], r["method"]) == (dataset, task, level, method))
+
+
 def _cell(results, dataset, task, level, method) -> tuple[float, float]:
-    r = next(r for r in results if (r["dataset"], r["task"], r["level"], r["method"]) == (dataset, task, level, method))
+    r = _result(results, dataset, task, level, method)
     return float(np.mean(r["psnr"])), float(np.mean(r["ssim"]))
 
 
 TASK_TITLES = {"cs": "Compressed sensing (y = A x + 0.01 n, A Gaussian)", "denoise": "Denoising (y = x + sigma n)"}
+QUALITY_NOTE = ("Validity: PSNR (dB) of the estimate's noiseless measurements A(x_hat) against y (the truth's own "
+                "value, about -20 log10(noise sigma), is the yardstick: far below it the estimate contradicts its "
+                "observation, far above it reproduces the noise). Perception: Renyi-1/2 divergence (nats) between "
+                f"Gaussian fits of {PATCH}x{PATCH} patches of the estimates and of the clean test images (0 is "
+                "perfect; an index, from few images).")
 
 
 def markdown(report: dict, command: str) -> str:
@@ -261,6 +321,11 @@ def markdown(report: dict, command: str) -> str:
         lines += ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         lines += ["| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, marks)) + " |"
                   for row, marks in zip(rows, best)]
+        columns, rows = quality_table(report, task)
+        lines += ["", f"{title}: validity (dB) / perception (nats)", "",
+                  "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", QUALITY_NOTE]
     lines += ["", "## Where the flow wins and where it does not", ""]
     lines += [line if line.startswith("  ") else f"- {line}" for line in findings(report)]
     lines += ["", f"Total time {report['seconds'] / 60:.1f} min. Command: `{command}`.", ""]
@@ -301,9 +366,40 @@ def figure(report: dict) -> bytes:
     return figure_to_png(fig)
 
 
+def perception_distortion_figure(report: dict) -> bytes:
+    """Every method's (MSE, perception) per level: a panel per task and data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    names = list(dict.fromkeys(r["dataset"] for r in results))
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.6), squeeze=False)
+    for row, task in enumerate(TASK_TITLES):
+        methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
+        levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+        for col, name in enumerate(names):
+            ax = axes[row, col]
+            for method in methods:
+                points = [_result(results, name, task, level, method) for level in levels]
+                ax.plot([p["mse"] for p in points], [p["perception"] for p in points], marker="o", label=method)
+                for level, p in zip(levels, points):
+                    ax.annotate(f"{level}", (p["mse"], p["perception"]), fontsize=6)
+            ax.set_xscale("log")
+            ax.set_title(f"{name}: {'m/n' if task == 'cs' else 'sigma'}", fontsize=9)
+            ax.set_xlabel("distortion (MSE)")
+            ax.set_ylabel("perception (nats)")
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_to_png(fig)
+
+
 def settings(report: dict) -> dict:
     return dict(report["grid"], cs_noise=CS_NOISE, lasso_grid=LASSO_GRID, cs_gamma=CS_GAMMA,
-                flow_lbfgs_steps=FLOW_STEPS, torch=torch.__version__)
+                flow_lbfgs_steps=FLOW_STEPS, perception_patch=PATCH, torch=torch.__version__)
 
 
 def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
@@ -317,8 +413,12 @@ def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Sectio
         columns, rows, _ = task_table(report, task)
         tables.append(Table(f"{title}: mean PSNR (dB) / SSIM over {count} test images", columns, rows,
                             note=note if task == "denoise" else ""))
+        columns, rows = quality_table(report, task)
+        tables.append(Table(f"{title}: validity (dB) / perception (nats)", columns, rows, note=QUALITY_NOTE))
     blocks = tables + [Figure("Flow prior: compressed sensing", figure(report),
-                              f"PSNR against m/n; reconstructions of one test image at m/n = {EXAMPLE_RATIO}.")]
+                              f"PSNR against m/n; reconstructions of one test image at m/n = {EXAMPLE_RATIO}."),
+                       Figure("Flow prior: perception-distortion", perception_distortion_figure(report),
+                              "Each method's distortion (MSE) and perception index per level (annotated).")]
     results = {"settings": settings(report), "bm3d": report["bm3d"], "models": report["models"],
                "seconds": report["seconds"], "results": report["results"]}
     return results, [Section("Flow prior (latent MAP) vs classical baselines", blocks)]
@@ -336,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     use_bm3d = importlib.util.find_spec("bm3d") is not None
     if not use_bm3d:
         print("bm3d is not installed: denoising runs without the BM3D baseline", file=sys.stderr)
-    targets = [args.out / name for name in ("table.md", "results.json", "figure.png")]
+    targets = [args.out / name for name in ("table.md", "results.json", "figure.png", "perception_distortion.png")]
     for target in targets:  # before minutes of work, not after
         if target.exists() and not args.overwrite:
             raise FileExistsError(f"flow_prior: '{target}' exists; pass --overwrite")
@@ -347,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     serialisable = dict(report, examples=None, settings=dict(settings(report), threads=args.threads))
     atomic_write_text(targets[0], table, overwrite=args.overwrite)
     atomic_write_text(targets[1], json.dumps(serialisable, indent=1), overwrite=args.overwrite)
-    png = figure(report)
-    atomic_write(targets[2], lambda path: path.write_bytes(png), overwrite=args.overwrite)
+    for target, png in zip(targets[2:], (figure(report), perception_distortion_figure(report))):
+        atomic_write(target, lambda path, png=png: path.write_bytes(png), overwrite=args.overwrite)
     print(table)
     print(f"wrote {', '.join(str(t) for t in targets)}")
     return 0
