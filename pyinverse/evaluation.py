@@ -31,10 +31,11 @@ import torch
 from . import distributed as dist
 from . import sample_stats
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
+from .metrics.validity import ssim_sigma_for
 from .physics import RowSpace, by_name
 from .report.html import Figure, Section, Table, figure_to_png
 from .report.uncertainty_map import uncertainty_map
-from .uq import RCPS, coverage_report
+from .uq import RCPS, BandRCPS, coverage_report
 from .uq._arrays import to_numpy64
 from .uq.bounds import hoeffding_bentkus_upper_bound
 from .uq.coverage import per_image_miscoverage
@@ -279,19 +280,82 @@ def _coverage(lower: Any, upper: Any, truth: np.ndarray, alpha: float, positions
     }
 
 
+def calibrated(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, *, start: int = 0, num_images: int | None = None,
+               seed: int = 0) -> dict:
+    """Calibrate ``rcps`` (an :class:`~pyinverse.uq.RCPS` or :class:`~pyinverse.uq.BandRCPS`) on a
+    seeded half of the images and measure its intervals on the other half.
+
+    Args:
+        samples: ``(S, n, C, H, W)``: this rank's images ``[start, start + n)`` of ``num_images``
+            (one process: all of them; a deterministic restorer with a band: S = 1).
+        truth: ``(n, C, H, W)`` their true images.
+        seed: draws the split over all ``num_images`` images, the same on every rank and as in
+            one process.
+
+    Returns:
+        ``lambda``, the image counts and :func:`pyinverse.uq.coverage_report`'s held-out numbers
+        (combined over the ranks), or ``{"skipped": why}`` when too few images can be spared
+        (:func:`pyinverse.uq.minimum_calibration_size`).
+    """
+    num_images = samples.shape[1] if num_images is None else num_images
+    order = np.random.default_rng(seed).permutation(num_images)
+    calibration, test = order[: num_images // 2], order[num_images // 2:]
+    needed = minimum_calibration_size(rcps.alpha, rcps.delta)
+    if len(calibration) < needed:
+        return {"skipped": f"needs at least {needed} calibration images (2 x {needed} inputs with truth) for "
+                           f"alpha={rcps.alpha}, delta={rcps.delta}"}
+    rcps = _fit_rcps(rcps, samples, truth, calibration, start)
+    positions, local = _local(test, start, start + samples.shape[1]) if dist.active() else (None, test)
+    lower, upper = rcps.predict(samples[:, local]) if local.size else (None, None)
+    held_out = _coverage(lower, upper, truth[local], rcps.alpha, positions)
+    return {"lambda": float(rcps.lambda_), "calibration_images": int(len(calibration)), "test_images": int(len(test)),
+            **held_out}
+
+
+def evaluate_point_shard(estimate: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.ndarray, *, start: int = 0,
+                         num_images: int | None = None, alpha: float = 0.1, delta: float = 0.1, seed: int = 0) -> dict:
+    """A deterministic restorer's numbers, next to a sampler's: distortion, validity and a
+    calibrated band ``estimate +- lambda`` (:class:`~pyinverse.uq.BandRCPS` on the same seeded
+    split as :func:`evaluate_shard`'s RCPS).
+
+    Args:
+        estimate: ``(n, C, H, W)`` restored images ``[start, start + n)`` of ``num_images`` (one
+            process: all of them), finite; inputs, operator, truth as :func:`evaluate_shard`.
+
+    Returns:
+        ``psnr``, ``ssim`` (against the truth), ``validity_psnr`` (its noiseless measurements
+        against the input, dB) and ``band`` (:func:`calibrated`), combined over the ranks.
+    """
+    estimate = np.asarray(estimate, dtype=np.float32)
+    if estimate.ndim != 4 or not np.isfinite(estimate).all():
+        raise ValueError(f"evaluate_point_shard: 'estimate' must be finite (n, C, H, W), got shape {estimate.shape}")
+    operator, inputs = _image_measurements(estimate[None], inputs, operator)
+    truth = np.asarray(truth, dtype=np.float32)
+    estimate_t, truth_t = torch.from_numpy(estimate), torch.from_numpy(truth)
+    scores = validity(operator, np.asarray(inputs, dtype=np.float32), estimate[None], metrics=("psnr",))
+    return {
+        "psnr": float(dist.gather_rows(psnr(estimate_t, truth_t)).mean()),
+        "ssim": float(dist.gather_rows(ssim(estimate_t, truth_t, sigma=ssim_sigma_for(*truth.shape[-2:]))).mean()),
+        "validity_psnr": float(dist.gather_rows(scores["psnr_per_image"]).mean()),
+        "band": calibrated(BandRCPS(alpha=alpha, delta=delta), estimate[None], truth, start=start,
+                           num_images=num_images, seed=seed),
+    }
+
+
 def _fit_rcps(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, calibration: np.ndarray, start: int) -> RCPS:
     """``rcps.fit`` on the global calibration images, each rank holding some of them: the per-pixel
     smallest covering lambdas are gathered on rank 0, which takes the exact order statistic
     (:func:`pyinverse.uq.rcps.exact_lambda_hat`, order-independent) and shares the scale."""
     if not dist.active():
         return rcps.fit(samples[:, calibration], truth[calibration])
-    if rcps.lambdas is not None or rcps.scaling != "multiplicative":
-        raise ValueError("evaluate: distributed RCPS supports the exact multiplicative calibration only")
+    if rcps.lambdas is not None:
+        raise ValueError("evaluate: distributed RCPS supports the exact calibration only (lambdas=None)")
     _, local = _local(calibration, start, start + samples.shape[1])
     lambda_star = (to_numpy64(rcps.smallest_covering_lambda(samples[:, local], truth[local])) if local.size
                    else np.zeros((0, *truth.shape[1:])))
     pooled = dist.gather_rows(lambda_star, to_all=False)
-    rcps.lambda_, rcps.calibration_risk_ = dist.on_main(lambda: exact_lambda_hat(pooled, rcps.alpha, rcps.delta, 0.0))
+    rcps.lambda_, rcps.calibration_risk_ = dist.on_main(
+        lambda: exact_lambda_hat(pooled, rcps.alpha, rcps.delta, rcps.lower_limit))
     rcps.calibration_ucb_ = hoeffding_bentkus_upper_bound(rcps.calibration_risk_, len(calibration), rcps.delta)
     rcps.n_calibration_ = len(calibration)
     return rcps
@@ -354,7 +418,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         variance_pairs = 2.0 * num_samples / (num_samples - 1) * stats.std.astype(np.float64) ** 2
         results["distortion"] = {
             "psnr_of_mean": float(dist.gather_rows(psnr(mean_t, truth_t)).mean()),
-            "ssim_of_mean": float(dist.gather_rows(ssim(mean_t, truth_t)).mean()),
+            # Wang et al.'s window where it fits, else the widest that does (small images, e.g. 8x8 digits)
+            "ssim_of_mean": float(dist.gather_rows(ssim(mean_t, truth_t, sigma=ssim_sigma_for(*truth.shape[-2:]))).mean()),
             "psnr_of_samples": float(per_sample_psnr.mean()), "psnr_best_of_s": float(per_sample_psnr.max(axis=0).mean()),
             "perceptual_of_samples": float(np.mean([distances.mean() for distances in perceptual])),
             "diversity_rms_pairwise": float(np.sqrt(dist.global_mean(variance_pairs))),
@@ -368,22 +433,16 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         raw = _coverage(stats.quantiles[0], stats.quantiles[1], truth, alpha)
         results["uncertainty"]["raw_coverage"] = raw
         uncertainty_rows[0] = ["raw sample intervals", raw["mean_width"], raw["risk"], raw["coverage"]]
-        # The split is drawn over all N images, the same on every rank and as in one process.
-        order = np.random.default_rng(seed).permutation(num_images)
-        calibration, test = order[: num_images // 2], order[num_images // 2:]
-        needed = minimum_calibration_size(alpha, delta)
-        if len(calibration) >= needed:
-            rcps = _fit_rcps(RCPS(alpha=alpha, delta=delta, q=q), samples, truth, calibration, start)
-            positions, local = _local(test, start, stop) if dist.active() else (None, test)
-            lower, upper = rcps.predict(samples[:, local]) if local.size else (None, None)
-            held_out = _coverage(lower, upper, truth[local], alpha, positions)
-            results["uncertainty"]["rcps"] = {"lambda": float(rcps.lambda_), "calibration_images": int(len(calibration)),
-                                              "test_images": int(len(test)), **held_out}
-            uncertainty_rows.append([f"RCPS-calibrated (lambda={rcps.lambda_:.3g}, {len(calibration)} calibration images)",
-                                     held_out["mean_width"], held_out["risk"], held_out["coverage"]])
-        else:
-            results["uncertainty"]["rcps"] = {"skipped": f"needs at least {needed} calibration images "
-                                                         f"(2 x {needed} inputs with truth) for alpha={alpha}, delta={delta}"}
+        rcps = calibrated(RCPS(alpha=alpha, delta=delta, q=q), samples, truth, start=start, num_images=num_images,
+                          seed=seed)
+        band = calibrated(BandRCPS(alpha=alpha, delta=delta), samples, truth, start=start, num_images=num_images,
+                          seed=seed)
+        results["uncertainty"]["rcps"], results["uncertainty"]["mean_band"] = rcps, band
+        if "skipped" not in rcps:
+            uncertainty_rows.append([f"RCPS-calibrated (lambda={rcps['lambda']:.3g}, {rcps['calibration_images']} "
+                                     "calibration images)", rcps["mean_width"], rcps["risk"], rcps["coverage"]])
+            uncertainty_rows.append([f"sample mean +- lambda, one width (RCPS, lambda={band['lambda']:.3g})",
+                                     band["mean_width"], band["risk"], band["coverage"]])
         if num_images >= 2:
             fid, kid_mean, kid_std = _perception(samples, truth_t, num_images, seed)
             results["perception"] = {"fid": fid, "kid": kid_mean, "kid_std": kid_std,
@@ -403,7 +462,9 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         f"Per-pixel intervals from the {q[0]:g}/{q[1]:g} sample quantiles",
         ["intervals", "mean width", f"risk (miscoverage; target {alpha:g})", "coverage"], uncertainty_rows,
         note="RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
-             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out images.")]
+             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out images. "
+             "The one-width band around the sample mean, calibrated the same way, is the yardstick: sample intervals "
+             "narrower than it at the same risk locate the uncertainty.")]
     if dist.is_main():
         figure_samples, figure_inputs, figure_mean, figure_width, *figure_truth = figure_data
         parts.append(Figure("Inputs, samples and uncertainty",

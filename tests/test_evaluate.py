@@ -107,6 +107,29 @@ def test_bad_inputs_end_in_one_line(tmp_path, problem, capsys):
     assert "(S, N, C, H, W)" in run_expecting_error(capsys, tmp_path, tmp_path / "four.npy", tmp_path / "y.npy")
 
 
+def test_mean_band_is_calibrated_on_the_rcps_split_and_measured_on_the_rest():
+    """The one-width band around the sample mean: its half-width is the exact RCPS order statistic
+    of the calibration half's |truth - mean|, its held-out numbers are counted here in numpy."""
+    rng = np.random.default_rng(8)
+    num_images, seed = 50, 3
+    truth = rng.random((num_images, 1, 8, 8), dtype=np.float32)
+    samples = np.clip(truth[None] + 0.05 * rng.standard_normal((6, *truth.shape)), 0, 1).astype(np.float32)
+    inputs = Downsample(2).A(torch.from_numpy(truth)).numpy()
+    results = evaluate_samples(samples, inputs, "downsample:2", truth, alpha=0.1, delta=0.1, seed=seed).results
+    band = results["uncertainty"]["mean_band"]
+    order = np.random.default_rng(seed).permutation(num_images)
+    calibration, test = order[:25], order[25:]
+    errors = np.abs(truth.astype(np.float64) - samples.astype(np.float64).mean(axis=0))
+    from pyinverse.uq import exact_lambda_hat
+
+    assert band["lambda"] == pytest.approx(exact_lambda_hat(errors[calibration], 0.1, 0.1, 0.0)[0], rel=1e-6)
+    outside = (errors[test] > band["lambda"]).reshape(len(test), -1).mean(axis=1)
+    assert band["risk"] == pytest.approx(outside.mean(), abs=2 / errors[test].size)
+    assert band["mean_width"] == pytest.approx(2 * band["lambda"], rel=1e-6)
+    assert band["calibration_images"] == 25 and band["test_images"] == 25
+    assert "skipped" not in results["uncertainty"]["rcps"]
+
+
 def test_vector_measurements_are_evaluated_in_the_row_space(tmp_path, problem, capsys):
     samples, _, truth = problem
     spec = "cs:0.4:seed=3:noise_sigma=0.01"

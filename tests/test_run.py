@@ -39,8 +39,17 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
         assert shown(task["validity"]["psnr"]) in page  # a JPEG sample can re-encode to the input exactly: inf
         assert shown(task["distortion"]["psnr_best_of_s"]) in page
         assert task["distortion"]["psnr_best_of_s"] >= task["distortion"]["psnr_of_samples"]
-        rcps = task["uncertainty"]["rcps"]
+        rcps, band = task["uncertainty"]["rcps"], task["uncertainty"]["mean_band"]
         assert 0 <= rcps["risk"] <= 1 and rcps["coverage"] == 1 - rcps["risk"]
+        assert band["mean_width"] == pytest.approx(2 * band["lambda"], rel=1e-5) and f"{band['mean_width']:.4g}" in page
+    # Deterministic restorers of the posterior's images with calibrated bands: the flows' MAP (the
+    # chains' start), Lasso-DCT for compressed sensing, BM3D for denoising where installed.
+    for name, task in results["flow_posterior"]["tasks"].items():
+        labels = set(task["point_estimates"])
+        assert "MAP" in labels and (not name.startswith("faces, compressed") or "Lasso-DCT (lambda=0.003)" in labels)
+        for point in task["point_estimates"].values():
+            assert point["band"]["risk"] <= task["alpha"] and f"{point['band']['mean_width']:.4g}" in page
+            assert f"{point['validity_psnr']:.4g}" in page and point["psnr"] > 15
     # Deep OT over simple restorers and the two tradeoffs, with their closed-form checks.
     deep_ot = {(row["task"], row["signal"]): row for row in results["deep_ot"]["rows"]}
     assert {signal for _, signal in deep_ot} >= {"x_0", "x_0, 8 classes", "D(E(x))", "bicubic upsampling",
@@ -48,6 +57,9 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     for row in deep_ot.values():
         assert f"{row['psnr']:.4g}" in page and f"{row['latent_w2']:.4g}" in page
         assert f"{row['validity_psnr']:.4g}" in page
+        band = row["band"]  # 100 test images (60 for the flow): half calibrate the band, half measure it
+        assert band["mean_width"] == pytest.approx(2 * band["lambda"], rel=1e-5) and f"{band['mean_width']:.4g}" in page
+        assert band["risk"] <= 0.1 and band["test_images"] == band["calibration_images"]
     # colourisation keeps the luma: the cIMLE mean reproduces its input far better than Deep OT's twin
     assert deep_ot[("colourisation", "cIMLE, mean of 16")]["validity_psnr"] > deep_ot[("colourisation", "x_0")][
         "validity_psnr"] + 3
@@ -62,6 +74,11 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
                                                                for t in ("cs", "denoise")}
     for r in flow_prior:
         assert f"{np.mean(r['psnr']):.2f} / {np.mean(r['ssim']):.3f}" in page
+        # (results.json spells infinity "inf": the noisy input reproduces its observation exactly)
+        assert f"{np.mean(np.asarray(r['validity'], dtype=float)):.1f} / {r['perception']:.2f}" in page
+        # the validity yardstick: the truth's own measurements score about -20 log10(noise sigma)
+        noise = 0.01 if r["task"] == "cs" else r["level"]
+        assert abs(np.mean(r["truth_validity"]) + 20 * np.log10(noise)) < 2, r
     flow = {(r["dataset"], r["task"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "flow"}
     noisy = {(r["dataset"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "noisy input"}
     for dataset in ("faces", "patches"):
@@ -78,7 +95,7 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
         assert points["tau=1"]["uncertainty"] > points["tau=0"]["uncertainty"]
         assert points["tau=1"]["perception"] < points["tau=0"]["perception"]
         assert f"{points['tau=1']['perception']:.4g}" in page
-    assert page.count("data:image/png;base64,") == 2 + len(restorers) + 1 + 1 + 3
+    assert page.count("data:image/png;base64,") == 2 + len(restorers) + 1 + 2 + 3
     assert "report written to" in printed
     assert "reusing" not in printed
     # Never overwritten silently.

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyinverse.demo import GaussianMixtureDenoisingPosterior, ledoit_wolf_covariance, run_uq_demo
-from pyinverse.uq import (RCPS, PixelwiseConformal, conformal_rank, coverage_report, exact_lambda_hat,
+from pyinverse.uq import (RCPS, BandRCPS, PixelwiseConformal, conformal_rank, coverage_report, exact_lambda_hat,
                           hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound, minimum_calibration_size,
                           miscoverage_curves, per_image_miscoverage, sample_intervals, scale_intervals,
                           select_lambda, smallest_covering_lambda)
@@ -336,6 +336,54 @@ def test_rcps_end_to_end_held_out_risk_below_alpha():
     held_out = rcps.risk(samples[:, 400:], truth[400:])
     assert held_out.shape == (800,) and held_out.dtype == np.float64
     assert held_out.mean() <= 0.1 and rcps.lambda_ > 1.0  # the overconfident sampler is widened
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("num_samples", [1, 6])
+def test_band_rcps_is_the_order_statistic_of_the_absolute_errors(seed, kind, num_samples):
+    """A point estimate's band: lambda_hat is the exact RCPS order statistic of |truth - estimate|
+    (float64 numpy), the estimate the samples' mean (S = 1: the sample itself), and predict is
+    estimate -+ lambda_hat with exactly the calibration risk."""
+    rng = np.random.default_rng(seed)
+    samples, truth = synthetic_problem(rng, num_images=90, num_samples=num_samples)
+    band = BandRCPS(alpha=0.15, delta=0.1).fit(as_kind(samples, kind, np.float64), as_kind(truth, kind, np.float64))
+    estimate = samples.mean(axis=0)
+    errors = np.abs(truth - estimate)
+    flat = np.sort(errors.ravel())
+    # Independent scan: the smallest error threshold whose HB p-value stays below delta for every
+    # larger threshold (the pixels above it, as a fraction of all, are the calibration risk).
+    risks = 1.0 - np.arange(1, flat.size + 1) / flat.size
+    admissible = np.array([uq_hb_p_value(r, 90, 0.15) < 0.1 for r in risks])
+    first = np.flatnonzero(~admissible)[-1] + 1 if not admissible.all() else 0
+    assert band.lambda_ == pytest.approx(flat[first], rel=1e-12)
+    lower, upper = band.predict(as_kind(samples, kind, np.float64))
+    lower, upper = (np.asarray(a) for a in (lower, upper))
+    np.testing.assert_allclose(lower, estimate - band.lambda_, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(upper, estimate + band.lambda_, rtol=0, atol=1e-12)
+    assert band.calibration_ucb_ < 0.15 and band.n_calibration_ == 90
+    assert np.mean(errors > band.lambda_) == pytest.approx(band.calibration_risk_, abs=1e-15)
+    # the same scale as additive RCPS on zero-width intervals at the estimate (S = 2 copies)
+    copies = np.stack([estimate, estimate])
+    assert RCPS(alpha=0.15, delta=0.1, scaling="additive").fit(copies, truth).lambda_ == pytest.approx(
+        band.lambda_, rel=1e-12)
+
+
+def test_band_rcps_held_out_risk_and_bad_inputs():
+    rng = np.random.default_rng(4)
+    samples, truth = synthetic_problem(rng, num_images=1200, num_samples=1)
+    band = BandRCPS(alpha=0.1, delta=0.1).fit(samples[:, :400], truth[:400])
+    assert band.risk(samples[:, 400:], truth[400:]).mean() <= 0.1
+    with pytest.raises(ValueError, match="S >= 1 samples"):
+        BandRCPS().fit(samples[:0], truth)
+    bad = samples.copy()
+    bad[0, 3, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        BandRCPS().fit(bad, truth)
+    with pytest.raises(RuntimeError, match="BandRCPS.predict: call fit"):
+        BandRCPS().predict(samples)
+    with pytest.raises(ValueError, match="need at least 22"):
+        BandRCPS(alpha=0.1, delta=0.1).fit(samples[:, :21], truth[:21])
 
 
 def test_rcps_too_few_images_and_zero_width_intervals():

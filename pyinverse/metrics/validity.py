@@ -21,7 +21,7 @@ _SSIM_TRUNCATE = 3.5
 _SSIM_SIGMA = 1.5
 
 
-def _ssim_sigma_for(height: int, width: int) -> float:
+def ssim_sigma_for(height: int, width: int) -> float:
     """Wang et al.'s sigma 1.5 when its 11-tap window fits, else the widest window that fits."""
     if min(height, width) >= gaussian_window(_SSIM_SIGMA, _SSIM_TRUNCATE).numel():
         return _SSIM_SIGMA
@@ -109,7 +109,7 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
         observations = observations.to(torch.float32)
 
     if "ssim" in metrics:
-        ssim_sigma = (_ssim_sigma_for(*observations.shape[-2:]) if ssim_sigma is None
+        ssim_sigma = (ssim_sigma_for(*observations.shape[-2:]) if ssim_sigma is None
                       else positive_float(ssim_sigma, fn, "ssim_sigma"))
     if "perceptual" in metrics and perceptual is None:
         from .features import perceptual_distance as perceptual

@@ -2,7 +2,8 @@
 
 * intervals from per-pixel sample quantiles, scaled by lambda (:mod:`.intervals`);
 * RCPS: one scale that controls each image's fraction of uncovered pixels at level ``alpha``
-  with probability ``1 - delta`` (Hoeffding–Bentkus bound, :mod:`.rcps`, :mod:`.bounds`);
+  with probability ``1 - delta`` (Hoeffding–Bentkus bound, :mod:`.rcps`, :mod:`.bounds`); the
+  same for a point estimate's constant band ``estimate +- lambda`` (``BandRCPS``);
 * per-pixel split conformal: marginal coverage ``1 - alpha`` at every pixel (:mod:`.split_conformal`);
 * coverage reports (:mod:`.coverage`).
 
@@ -15,10 +16,11 @@ from .bounds import hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound
 from .coverage import coverage_report, per_image_miscoverage
 from .intervals import (CENTERS, SCALINGS, SampleIntervals, sample_intervals, scale_intervals,
                         smallest_covering_lambda)
-from .rcps import RCPS, exact_lambda_hat, minimum_calibration_size, miscoverage_curves, select_lambda
+from .rcps import RCPS, BandRCPS, exact_lambda_hat, minimum_calibration_size, miscoverage_curves, select_lambda
 from .split_conformal import PixelwiseConformal, conformal_rank
 
 __all__ = [
+    "BandRCPS",
     "CENTERS",
     "PixelwiseConformal",
     "RCPS",

@@ -95,12 +95,13 @@ def check_levels(q: Any, op: str) -> tuple[float, float]:
     return low, high
 
 
-def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
-    """``samples (S, N, C, H, W)`` with S >= 2 and ``truth (N, C, H, W)``, finite, one library.
+def check_samples_truth(samples: Any, truth: Any, op: str, min_samples: int = 2) -> tuple[Any, Any]:
+    """``samples (S, N, C, H, W)`` with S >= ``min_samples`` and ``truth (N, C, H, W)``, finite, one
+    library.
 
     ``truth`` is moved into ``samples``' library and device when they differ.
     """
-    samples = check_samples(samples, op)
+    samples = check_samples(samples, op, min_samples)
     truth = as_array(truth, "truth", op)
     expected = tuple(samples.shape[1:])
     if tuple(truth.shape) != expected:
@@ -113,17 +114,17 @@ def check_samples_truth(samples: Any, truth: Any, op: str) -> tuple[Any, Any]:
     return samples, truth
 
 
-def check_samples(samples: Any, op: str) -> Any:
-    """``samples (S, N, C, H, W)``: S >= 2 posterior samples (axis 0) of N images, float32/64."""
+def check_samples(samples: Any, op: str, min_samples: int = 2) -> Any:
+    """``samples (S, N, C, H, W)``: S >= ``min_samples`` posterior samples (axis 0) of N images."""
     samples = as_array(samples, "samples", op)
     if samples.ndim != 5:
         raise ValueError(f"{op}: 'samples' must have shape (S, N, C, H, W), got {tuple(samples.shape)}")
     if samples.shape[1] < 1 or min(samples.shape[2:]) < 1:
         raise ValueError(f"{op}: 'samples' (S, N, C, H, W) must hold at least one image with at least one "
                          f"pixel, got shape {tuple(samples.shape)}")
-    if samples.shape[0] < 2:
-        raise ValueError(f"{op}: 'samples' (S, N, C, H, W) must hold S >= 2 samples per image on axis 0 "
-                         f"(intervals need spread), got S={samples.shape[0]}")
+    if samples.shape[0] < min_samples:
+        raise ValueError(f"{op}: 'samples' (S, N, C, H, W) must hold S >= {min_samples} samples per image on axis "
+                         f"0{' (intervals need spread)' if min_samples > 1 else ''}, got S={samples.shape[0]}")
     return samples
 
 

@@ -232,6 +232,13 @@ class RCPS:
             lambdas = grid
         self.lambdas = lambdas
 
+    _min_samples = 2
+
+    @property
+    def lower_limit(self) -> float:
+        """The smallest admissible scale: 0 for multiplicative scaling."""
+        return 0.0 if self.scaling == "multiplicative" else -np.inf
+
     def _intervals(self, samples: Any, op: str):
         # The kernel reads the sample axis 0 through its stride: no transposed copy.
         (lower, center, upper), mean = sample_intervals_and_mean(samples, self.q, 0, self.center, op)
@@ -241,8 +248,8 @@ class RCPS:
     def smallest_covering_lambda(self, samples: Any, truth: Any) -> Any:
         """Per-pixel smallest covering scales ``(N, C, H, W)`` float64 (caller's library), from
         ``samples (S, N, C, H, W)`` and ``truth (N, C, H, W)``."""
-        op = "RCPS.smallest_covering_lambda"
-        samples, truth = check_samples_truth(samples, truth, op)
+        op = f"{type(self).__name__}.smallest_covering_lambda"
+        samples, truth = check_samples_truth(samples, truth, op, self._min_samples)
         lower, center, upper = self._intervals(samples, op)
         return smallest_covering_lambda(lower, center, upper, truth, self.scaling)
 
@@ -254,14 +261,14 @@ class RCPS:
                 axis 0), finite.
             truth: ``(N, C, H, W)`` the true images.
         """
-        op = "RCPS.fit"
-        samples, truth = check_samples_truth(samples, truth, op)
+        op = f"{type(self).__name__}.fit"
+        samples, truth = check_samples_truth(samples, truth, op, self._min_samples)
         lower, center, upper = self._intervals(samples, op)
         lambda_star = to_numpy64(smallest_covering_lambda(lower, center, upper, truth, self.scaling))
         num_images = lambda_star.shape[0]
         if self.lambdas is None:
-            lower_limit = 0.0 if self.scaling == "multiplicative" else -np.inf
-            self.lambda_, self.calibration_risk_ = exact_lambda_hat(lambda_star, self.alpha, self.delta, lower_limit)
+            self.lambda_, self.calibration_risk_ = exact_lambda_hat(lambda_star, self.alpha, self.delta,
+                                                                    self.lower_limit)
         else:
             risk_hat = miscoverage_curves(lambda_star, self.lambdas).mean(axis=0)
             self.lambda_ = select_lambda(self.lambdas, risk_hat, num_images, self.alpha, self.delta)
@@ -273,17 +280,58 @@ class RCPS:
     def predict(self, samples: Any) -> tuple[Any, Any]:
         """Calibrated intervals ``(lower, upper)`` for ``samples (S, N, C, H, W)``: each
         ``(N, C, H, W)``, in the caller's library and dtype."""
-        op = "RCPS.predict"
+        op = f"{type(self).__name__}.predict"
         if not hasattr(self, "lambda_"):
             raise RuntimeError(f"{op}: call fit(samples, truth) on calibration data first")
-        samples = check_samples(samples, op)
+        samples = check_samples(samples, op, self._min_samples)
         lower, center, upper = self._intervals(samples, op)
         return scale_intervals(lower, center, upper, self.lambda_, self.scaling)
 
     def risk(self, samples: Any, truth: Any) -> np.ndarray:
         """Per-image miscoverage of ``predict``'s intervals for ``samples (S, N, C, H, W)`` and
         ``truth (N, C, H, W)``: float64 numpy ``(N,)`` in [0, 1]."""
-        op = "RCPS.risk"
-        samples, truth = check_samples_truth(samples, truth, op)
+        op = f"{type(self).__name__}.risk"
+        samples, truth = check_samples_truth(samples, truth, op, self._min_samples)
         lower, upper = self.predict(samples)
         return per_image_miscoverage(lower, upper, truth)
+
+
+class BandRCPS(RCPS):
+    """RCPS for a point estimate: the band ``estimate +- lambda``, one width at every pixel.
+
+    The estimate is the samples' mean (or median) over axis 0, so a deterministic restorer is
+    ``S = 1``. The guarantee is RCPS's: with probability >= ``1 - delta`` over the calibration
+    set, a new image's expected fraction of pixels outside the band is <= ``alpha``. For a
+    sampler the band is the yardstick of its adaptive intervals (:class:`RCPS`): at the same
+    risk, sample intervals that are narrower on average carry information about where the
+    restorer is unsure; wider ones do not.
+
+    Args:
+        alpha, delta: as :class:`RCPS`.
+        center: ``"mean"`` or ``"median"`` of the samples.
+
+    Attributes (after ``fit``): ``lambda_`` (the band's half-width, in pixel units),
+    ``calibration_risk_``, ``calibration_ucb_``, ``n_calibration_``.
+
+    Example:
+        >>> band = BandRCPS(alpha=0.1, delta=0.1).fit(cal_restored[None], cal_truth)  # (1,N,C,H,W)
+        >>> lower, upper = band.predict(test_restored[None])                         # restored -+ lambda_
+    """
+
+    _min_samples = 1
+
+    def __init__(self, alpha: float = 0.1, delta: float = 0.1, center: str = "mean"):
+        super().__init__(alpha, delta, scaling="additive", center=center)
+
+    @property
+    def lower_limit(self) -> float:
+        return 0.0
+
+    def _intervals(self, samples: Any, op: str):
+        if samples.shape[0] == 1:
+            estimate = samples[0]
+            check_finite_samples(estimate, op)
+        else:
+            (_, estimate, _), mean = sample_intervals_and_mean(samples, self.q, 0, self.center, op)
+            check_finite_samples(mean, op)
+        return estimate, estimate, estimate
