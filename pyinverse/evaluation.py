@@ -419,7 +419,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         results["distortion"] = {
             "psnr_of_mean": float(dist.gather_rows(psnr(mean_t, truth_t)).mean()),
             # Wang et al.'s window where it fits, else the widest that does (small images, e.g. 8x8 digits)
-            "ssim_of_mean": float(dist.gather_rows(ssim(mean_t, truth_t, sigma=ssim_sigma_for(*truth.shape[-2:]))).mean()),
+            "ssim_of_mean": float(dist.gather_rows(ssim(mean_t, truth_t, sigma=ssim_sigma_for(*truth.shape[-2:])))
+                                  .mean()),
             "psnr_of_samples": float(per_sample_psnr.mean()), "psnr_best_of_s": float(per_sample_psnr.max(axis=0).mean()),
             "perceptual_of_samples": float(np.mean([distances.mean() for distances in perceptual])),
             "diversity_rms_pairwise": float(np.sqrt(dist.global_mean(variance_pairs))),
@@ -462,8 +463,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         f"Per-pixel intervals from the {q[0]:g}/{q[1]:g} sample quantiles",
         ["intervals", "mean width", f"risk (miscoverage; target {alpha:g})", "coverage"], uncertainty_rows,
         note="RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
-             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out images. "
-             "The one-width band around the sample mean, calibrated the same way, is the yardstick: sample intervals "
+             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out "
+             "images. The one-width band around the sample mean, calibrated the same way, is the yardstick: sample intervals "
              "narrower than it at the same risk locate the uncertainty.")]
     if dist.is_main():
         figure_samples, figure_inputs, figure_mean, figure_width, *figure_truth = figure_data

@@ -315,7 +315,8 @@ def _vjp_from_saved(grad_out: Any, grad_logdet: Any, x_b: Any, multiplier: Any, 
         inverse=inverse, batch=call.batch, features=call.features, known=_rows(x_b, call), known_is_output=inverse,
         h=_ABSENT, t=_ABSENT, grad_out=_rows(grad_out, call),
         grad_logdet=0 if grad_logdet is None else grad_logdet.data_ptr(),
-        **{name: _rows(o, call) if o is not None else _ABSENT for name, o in zip(("grad_in", "grad_h", "grad_t"), outputs)},
+        **{name: _rows(o, call) if o is not None else _ABSENT
+           for name, o in zip(("grad_in", "grad_h", "grad_t"), outputs)},
         reconstructed=_ABSENT, stream=call.stream, saved_multiplier=_rows(multiplier, call),
         saved_slope=_rows(slope, call),
     )

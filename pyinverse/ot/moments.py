@@ -154,8 +154,9 @@ class GaussianMoments:
     def all_reduce(self, group: Any = None) -> "GaussianMoments":
         """Combine the accumulators of all ranks of ``group`` (default: the world) in place, so
         every rank ends with the statistics of all samples. A no-op without several processes
-        (and inside :func:`pyinverse.distributed.alone`). Two sum-reductions: counts and sums first, then each rank's comoment
-        shifted to the global mean (exact, no raw second moments). Returns ``self``."""
+        (and inside :func:`pyinverse.distributed.alone`). Two sum-reductions: counts and sums
+        first, then each rank's comoment shifted to the global mean (exact, no raw second
+        moments). Returns ``self``."""
         if not distributed.active():  # one process, or inside distributed.alone()
             return self
         import torch

@@ -3,8 +3,9 @@
     python -m pyinverse.studies.flow_prior --out runs/flow_prior_table [--threads 1]
 
 writes ``table.md`` (markdown), ``results.json`` (every number, per image), ``figure.png`` and
-``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless ``--overwrite``): the full grid below, 8 test
-images per data set, 8.5 minutes on one idle core (measured). ``pyinverse run`` includes the full
+``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless
+``--overwrite``): the full grid below, 8 test images per data set, 8.5 minutes on one idle core
+(measured). ``pyinverse run`` includes the full
 grid as its ``flow_prior`` stage; with ``--quick`` the in-distribution data sets only, m/n in
 {0.1, 0.3}, sigma = 0.1, 2 test and 2 validation images.
 
@@ -295,7 +296,8 @@ def findings(report: dict) -> list[str]:
 
 
 def _result(results, dataset, task, level, method) -> dict:
-    return next(r for r in results if (r["dataset"], r["task"], r["level"], r["method"]) == (dataset, task, level, method))
+    key = (dataset, task, level, method)
+    return next(r for r in results if (r["dataset"], r["task"], r["level"], r["method"]) == key)
 
 
 def _cell(results, dataset, task, level, method) -> tuple[float, float]:
