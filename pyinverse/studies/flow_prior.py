@@ -374,6 +374,7 @@ def perception_distortion_figure(report: dict) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     results = report["results"]
     names = list(dict.fromkeys(r["dataset"] for r in results))
@@ -389,6 +390,7 @@ def perception_distortion_figure(report: dict) -> bytes:
                 for level, p in zip(levels, points):
                     ax.annotate(f"{level}", (p["mse"], p["perception"]), fontsize=6)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels its minor ticks
             ax.set_title(f"{name}: {'m/n' if task == 'cs' else 'sigma'}", fontsize=9)
             ax.set_xlabel("distortion (MSE)")
             ax.set_ylabel("perception (nats)")
