@@ -37,7 +37,7 @@ Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
 * perception: the Renyi divergence of order 1/2 (nats) between the Gaussian fits of the
   estimates' 4x4 patches and of the clean test images' patches
   (``pyinverse.tradeoffs.uncertainty_perception_points``), which also places every method in
-  the perception-distortion plane (the figure's second row). With 8 images per cell this is
+  the perception-distortion plane (``perception_distortion.png``). With 8 images per cell this is
   an index of how far the patch statistics are off, not a calibrated FID.
 """
 from __future__ import annotations
@@ -228,13 +228,18 @@ def denoising_methods(report: dict) -> list[str]:
     return ["flow"] + (["bm3d"] if report["bm3d"] else []) + ["noisy input"]
 
 
+def _layout(report: dict, task: str) -> tuple[list[str], list[str], list]:
+    """A task's data sets (in run order), methods and levels (m/n or sigma)."""
+    names = list(dict.fromkeys(r["dataset"] for r in report["results"]))
+    methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
+    return names, methods, report["grid"]["ratios" if task == "cs" else "sigmas"]
+
+
 def task_table(report: dict, task: str) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """One task's table in the paper's layout: a row per level, a "PSNR / SSIM" column per data set
     and method. Returns (columns, rows, whether each cell has its data set's best PSNR)."""
     results = report["results"]
-    names = list(dict.fromkeys(r["dataset"] for r in results))
-    methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
-    levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+    names, methods, levels = _layout(report, task)
     columns = ["m/n" if task == "cs" else "sigma"] + [f"{n}: {m}" for n in names for m in methods]
     rows, best = [], []
     for level in levels:
@@ -254,9 +259,7 @@ def quality_table(report: dict, task: str) -> tuple[list[str], list[list[str]]]:
     """One task's validity and perception, in task_table's layout: a "validity (dB) / perception
     (nats)" cell per data set and method, after a column with the truth's validity (the yardstick)."""
     results = report["results"]
-    names = list(dict.fromkeys(r["dataset"] for r in results))
-    methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
-    levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+    names, methods, levels = _layout(report, task)
     columns = ["m/n" if task == "cs" else "sigma"]
     for name in names:
         columns += [f"{name}: truth"] + [f"{name}: {m}" for m in methods]
@@ -377,11 +380,10 @@ def perception_distortion_figure(report: dict) -> bytes:
     from matplotlib.ticker import NullFormatter
 
     results = report["results"]
-    names = list(dict.fromkeys(r["dataset"] for r in results))
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.6), squeeze=False)
+    columns = len(_layout(report, "cs")[0])
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 5.6), squeeze=False)
     for row, task in enumerate(TASK_TITLES):
-        methods = list(CS_METHODS) if task == "cs" else denoising_methods(report)
-        levels = report["grid"]["ratios" if task == "cs" else "sigmas"]
+        names, methods, levels = _layout(report, task)
         for col, name in enumerate(names):
             ax = axes[row, col]
             for method in methods:
