@@ -224,6 +224,10 @@ def test_langevin_thinned_chains_and_map_init():
     shown = latent_langevin(model, op, op(x, seed=0), n_samples=6, chains=2, thin=3, burn_in=20, map_steps=30,
                             progress=True)
     assert torch.equal(shown.samples, result.samples)
+    # the MAP the chains start from is returned: latent_map with gamma = sigma^2, run on its own
+    expected = latent_map(model, op, op(x, seed=0), gamma=0.1**2, steps=30).x
+    torch.testing.assert_close(result.map_images, expected, rtol=0, atol=0)
+    assert latent_langevin(model, op, op(x, seed=0), n_samples=2, burn_in=2, init="zero").map_images is None
 
 
 def test_langevin_errors():

@@ -38,9 +38,13 @@ struct DeviceMutableRows {
   __device__ T* row(int64_t b) const { return data ? data + b * row_stride : nullptr; }
 };
 
+// Work items are (row, chunk of kChunk elements), as on the CPU.
 struct DeviceGrid {
   int64_t batch, features, chunks_per_row;
   __device__ int64_t items() const { return batch * chunks_per_row; }
+  __device__ int64_t row(int64_t item) const { return item / chunks_per_row; }
+  __device__ int64_t begin(int64_t item) const { return (item % chunks_per_row) * kChunk; }
+  __device__ int64_t end(int64_t item) const { return min(features, begin(item) + kChunk); }
 };
 
 __device__ double block_sum(double value, double* warp_sums) {
@@ -63,9 +67,7 @@ __global__ void __launch_bounds__(kThreads)
                  double* partial) {
   __shared__ double warp_sums[kThreads / 32];
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
-    const int64_t b = item / grid.chunks_per_row;
-    const int64_t begin = (item % grid.chunks_per_row) * kChunk;
-    const int64_t end = min(grid.features, begin + kChunk);
+    const int64_t b = grid.row(item), begin = grid.begin(item), end = grid.end(item);
     const T* in_row = in.row(b);
     const T* h_row = h.row(b);
     const T* t_row = t.row(b);
@@ -108,9 +110,7 @@ __global__ void __launch_bounds__(kThreads)
                     T atan_gain) {
   constexpr bool kNeedsT = kReconstruct || (kKnownIsOutput != kInverse);
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
-    const int64_t b = item / grid.chunks_per_row;
-    const int64_t begin = (item % grid.chunks_per_row) * kChunk;
-    const int64_t end = min(grid.features, begin + kChunk);
+    const int64_t b = grid.row(item), begin = grid.begin(item), end = grid.end(item);
     const T gl = grad_logdet ? grad_logdet[b] : T(0);
     const T* known_row = known.row(b);
     const T* h_row = h.row(b);
@@ -143,9 +143,7 @@ __global__ void __launch_bounds__(kThreads)
                           const T* grad_logdet, DeviceMutableRows<T> grad_in, DeviceMutableRows<T> grad_h,
                           DeviceMutableRows<T> grad_t, DeviceGrid grid) {
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
-    const int64_t b = item / grid.chunks_per_row;
-    const int64_t begin = (item % grid.chunks_per_row) * kChunk;
-    const int64_t end = min(grid.features, begin + kChunk);
+    const int64_t b = grid.row(item), begin = grid.begin(item), end = grid.end(item);
     const T gl = grad_logdet ? grad_logdet[b] : T(0);
     const T* known_row = known.row(b);
     const T* g_row = grad_out.row(b);

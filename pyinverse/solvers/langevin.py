@@ -44,12 +44,15 @@ class LangevinResult:
         latents: their latents ``(S, B, D)`` (torch).
         acceptance: mean acceptance rate per measurement after burn-in ``(B,)`` (1.0 for ULA).
         step_size: final step size per measurement, mean over its chains ``(B,)``.
+        map_images: with ``init="map"``, the MAP the chains start from, ``(B, C, H, W)`` (like
+            ``samples``; a deterministic restorer to compare the samples with), else None.
     """
 
     samples: Any
     latents: torch.Tensor
     acceptance: np.ndarray
     step_size: np.ndarray
+    map_images: Any = None
 
 
 def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16, *, noise_sigma: float | None = None,
@@ -116,8 +119,10 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         raise ValueError(f"{where}: 'target_accept' must be in (0, 1), got {target_accept!r}")
     batch, dim = y_t.shape[0], model.latent_dim
     draws = Draws(seed, batch, where)
+    mode = None
     if isinstance(init, str) and init == "map":  # from a zero start, each image on its own: no draws
-        start = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps")).z
+        mode = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps"))
+        start = mode.z
     else:
         start = initial_latents(model, operator, y_t, init, None, draws, where)
 
@@ -194,5 +199,6 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
     images = images.reshape((n_samples, batch) + tuple(model.image_shape))
     acceptance = (accepted / max(counted, 1)).reshape(chains, batch).mean(0).cpu().numpy()
     steps_out = eta.double().reshape(chains, batch).mean(0).cpu().numpy()
-    samples = images.detach().cpu().numpy() if was_numpy else images.detach()
-    return LangevinResult(samples=samples, latents=latents.detach(), acceptance=acceptance, step_size=steps_out)
+    native = lambda a: a.detach().cpu().numpy() if was_numpy else a.detach()  # noqa: E731
+    return LangevinResult(samples=native(images), latents=latents.detach(), acceptance=acceptance, step_size=steps_out,
+                          map_images=None if mode is None else native(torch.as_tensor(mode.x)))

@@ -66,6 +66,7 @@ TILE, TILE_STRIDE = 8, 4
 NUM_CLASSES = 8
 CIMLE_SAMPLES = 16
 FLOW_GAMMA_FACTOR = 4.0  # gamma = factor * sigma^2, the flow-prior table's quick choice
+BAND_LEVEL = 0.1  # alpha = delta of the calibrated bands
 
 
 class TileWiener:
@@ -139,9 +140,6 @@ def shown_input(y: torch.Tensor, size: int) -> torch.Tensor:
     """An observation as an RGB image of the truth's size (nearest upsampling), for figures."""
     y = as_rgb(y)
     return y if y.shape[-1] == size else F.interpolate(y, size=(size, size), mode="nearest")
-
-
-BAND_LEVEL = 0.1  # alpha = delta of the calibrated bands
 
 
 def evaluate(name: str, estimate: torch.Tensor, truth: torch.Tensor, deep_ot: DeepOT, seed: int,

@@ -34,7 +34,7 @@ from ..evaluation import evaluate_point_shard, evaluate_shard
 from ..flows import load_pretrained
 from ..physics import CompressedSensing, Denoising, Inpainting
 from ..report.html import Section, Table
-from ..solvers import bm3d_denoise, lasso_dct, latent_langevin, latent_map
+from ..solvers import bm3d_denoise, lasso_dct, latent_langevin
 from . import progress
 from .flow_prior import CS_NOISE, patches_sample
 
@@ -114,16 +114,15 @@ def study(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
         model, truth = models[model_name], held_out_images(model_name)
         part = dist.my_shard(truth.shape[0])
         y = operator(torch.from_numpy(truth).double(), seed=seed + 1 + index)[part]  # all images' noise, then the shard
-        # The chains start at the MAP (latent_langevin's own "map" start, computed here to score it too).
-        mode = latent_map(model, operator, y, gamma=operator.noise_sigma**2, steps=map_steps)
         draw = latent_langevin(model, operator, y, n_samples=num_samples, burn_in=burn_in, thin=5,
-                               seed=item_seeds(seed + index, range(part.start, part.stop)), init=mode.z,
+                               seed=item_seeds(seed + index, range(part.start, part.stop)), map_steps=map_steps,
                                progress=progress.active())
         samples = draw.samples.detach().clamp(0, 1).float().numpy()
         evaluation = evaluate_shard(samples, y.numpy(), operator, truth[part], start=part.start,
                                     num_images=truth.shape[0], alpha=ALPHA, delta=DELTA, seed=seed)
         points = {}
-        for label, estimate in [("MAP", mode.x.detach()), *baseline(operator, y, tuple(truth.shape[1:]))]:
+        # the chains' start, a deterministic restorer
+        for label, estimate in [("MAP", draw.map_images), *baseline(operator, y, tuple(truth.shape[1:]))]:
             points[label] = evaluate_point_shard(estimate.clamp(0, 1).float().numpy(), y.numpy(), operator,
                                                  truth[part], start=part.start, num_images=truth.shape[0],
                                                  alpha=ALPHA, delta=DELTA, seed=seed)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import check_choice
+from ..ops.quantile import sample_stats
 from ._arrays import (check_finite_samples, check_levels, check_open_unit, check_samples,
                       check_samples_truth, to_numpy64)
 from .bounds import _log_p_value, hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound
@@ -331,7 +332,8 @@ class BandRCPS(RCPS):
         if samples.shape[0] == 1:
             estimate = samples[0]
             check_finite_samples(estimate, op)
-        else:
-            (_, estimate, _), mean = sample_intervals_and_mean(samples, self.q, 0, self.center, op)
-            check_finite_samples(mean, op)
+        else:  # the centre only: no interval quantiles
+            stats = sample_stats(samples, q=0.5 if self.center == "median" else None, axis=0)
+            check_finite_samples(stats.mean, op)
+            estimate = stats.quantiles if self.center == "median" else stats.mean
         return estimate, estimate, estimate
