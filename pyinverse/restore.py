@@ -90,7 +90,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
     if method == "flow-map":
-        # gamma = 4 sigma^2: validation in pyinverse/studies/flow_prior.py picks 2 or 4 sigma^2 per level;
+        # gamma = 4 sigma^2: validation in pyinverse/studies/flow_prior.py picks 2 to 8 sigma^2 per level;
         # noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting)
         result = latent_map(flow, operator, y, gamma=4.0 * operator.noise_sigma ** 2, init="zero",
                             optimizer="lbfgs", steps=100, seed=seed)
