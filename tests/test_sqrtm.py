@@ -127,6 +127,25 @@ def test_sqrtm_scales(rng, scale, n):
     assert relative_error(scaled, np.sqrt(scale) * sqrtm_spd(a)) < 1e-12
 
 
+@pytest.mark.parametrize("n", [3, 20, 70])  # 70: the LAPACK path
+@pytest.mark.parametrize("magnitude", [1e-310, 1e-300, 1e300, 5e307])
+def test_sqrtm_extreme_magnitudes(rng, n, magnitude):
+    """Near the ends of float64 (subnormal, near DBL_MAX) the root is still the closed form
+    Q diag(sqrt(l)) Q^T; the kernel's scaling once gave NaN below 2^-1022 and zeros above 2^1023."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eigenvalues = rng.uniform(0.5, 1.0, n)
+    # Diagonal matrices (a rotation would overflow or flush the products to subnormals), then a
+    # rotated one where the rotated entries stay representable.
+    a = np.diag(eigenvalues * magnitude)
+    np.testing.assert_allclose(sqrtm_spd(a), np.diag(np.sqrt(eigenvalues * magnitude)), rtol=1e-12)
+    inverse = inv_sqrtm_spd(a)
+    np.testing.assert_allclose(inverse, np.diag(1 / np.sqrt(eigenvalues * magnitude)), rtol=1e-12)
+    if 1e-300 <= magnitude <= 1e300:
+        rotated = (q * (eigenvalues * magnitude)) @ q.T
+        expected = (q * np.sqrt(eigenvalues * magnitude)) @ q.T
+        assert relative_error(sqrtm_spd(0.5 * (rotated + rotated.T)), expected) < 1e-12
+
+
 def test_sqrtm_exact_cases():
     np.testing.assert_array_equal(sqrtm_spd(np.eye(5)), np.eye(5))
     np.testing.assert_array_equal(sqrtm_spd(np.diag([4.0, 9.0, 0.25, 0.0])), np.diag([2.0, 3.0, 0.5, 0.0]))
@@ -151,6 +170,9 @@ def test_sqrtm_shapes_strides_and_empty(rng):
     assert relative_error(sqrtm_spd(big[:, :5, :5]), expected[0, :2]) < 1e-12
     assert sqrtm_spd(np.zeros((0, 4, 4))).shape == (0, 4, 4)
     assert sqrtm_spd(np.zeros((3, 0, 0))).shape == (3, 0, 0)
+    for empty in (np.zeros((0, 70, 70)), torch.zeros(0, 70, 70), torch.zeros(2, 0, 70, 70, requires_grad=True)):
+        assert tuple(sqrtm_spd(empty).shape) == tuple(empty.shape)  # the LAPACK path (n > 64)
+        assert tuple(inv_sqrtm_spd(empty).shape) == tuple(empty.shape)
     assert sqrtm_spd(a[0, 0]).shape == (5, 5)
     assert sqrtm_spd(a[0, 0].tolist()).shape == (5, 5)
 
@@ -395,6 +417,19 @@ def test_frechet_closed_form_and_wasserstein_alias(rng):
     assert wasserstein2_gaussian(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(np.sqrt(expected), rel=1e-13)
     assert wasserstein2_gaussian(mu1, np.diag(a), mu2, np.diag(b), squared=True) == fd
     assert wasserstein2_gaussian(np.zeros(2), np.eye(2), np.array([3.0, 4.0]), np.eye(2)) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("magnitude", [1e-200, 1e160, 1e200, 1e300])
+def test_frechet_extreme_magnitudes_and_empty(rng, magnitude):
+    """Covariances near the ends of float64: the closed form for diagonal ones (the cross term's
+    products once overflowed from ~1e154 on, and the distance came out 0)."""
+    a, b = rng.uniform(0.5, 1.0, 3) * magnitude, rng.uniform(1.5, 2.0, 3) * magnitude
+    expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    assert trace_sqrt_product(np.diag(a), np.diag(b)) == pytest.approx(np.sum(np.sqrt(a) * np.sqrt(b)), rel=1e-12)
+    torch_value = trace_sqrt_product(torch.from_numpy(np.diag(a)), torch.from_numpy(np.diag(b)))
+    assert torch_value == pytest.approx(np.sum(np.sqrt(a) * np.sqrt(b)), rel=1e-12)
+    assert frechet_distance(np.zeros(0), np.zeros((0, 0)), np.zeros(0), np.zeros((0, 0))) == 0.0
 
 
 def test_trace_sqrt_product_eigh_path_matches_cholesky_path(rng):

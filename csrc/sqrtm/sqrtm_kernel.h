@@ -9,7 +9,8 @@
 //
 // Algorithm (float64 throughout), the classic dense symmetric eigensolver:
 //  1. load: symmetrise ((a + a^T) / 2, lower triangle kept) and scale by an exact power of 4 so
-//     that every entry is <= 1 in magnitude (no overflow in squares; sqrt(scale) is exact);
+//     that every entry is below 1 in magnitude (below 4 near DBL_MAX; no overflow in squares;
+//     sqrt(scale) is exact);
 //  2. Householder tridiagonalisation Q^T A Q = T (LAPACK dsytd2, lower), Q accumulated backwards;
 //  3. implicit QL with Wilkinson-type shifts on T (EISPACK tql2 / Numerical Recipes tqli), the
 //     Givens rotations applied to Q's columns. Lanes deflate at different rates: a lane that has
@@ -72,13 +73,17 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int64_t pick(int64_t mask, int64_t a, int64
 // are caught by the finiteness check instead).
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double larger(double a, double b) { return a > b ? a : b; }
 
-// The smallest power of 4 above max_abs (1 for 0 or non-finite): dividing by it is exact, leaves
-// every entry below 1 in magnitude, and its square root is an exact power of 2.
+// The smallest power of 4 above max_abs (1 for 0 or non-finite), kept within 4^-511 .. 4^511 so that
+// it and its inverse are normal numbers: dividing by it is exact, leaves every entry below 4 in
+// magnitude (below 1 unless max_abs >= 2^1022; squares cannot overflow either way), and its square
+// root is an exact power of 2. (Unclamped, a subnormal max_abs gave 1 / scale = inf and NaN output,
+// and max_abs >= 2^1023 gave scale = inf and an all-zero root.)
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double exact_scale(double max_abs) {
   if (!(max_abs > 0.0) || !(max_abs < INFINITY)) return 1.0;
   int exponent = 0;
   frexp(max_abs, &exponent);  // max_abs = f * 2^exponent, f in [0.5, 1)
   exponent += exponent & 1;   // round up to even: max_abs / scale < 1, sqrt(scale) = 2^(exponent / 2)
+  exponent = exponent < -1022 ? -1022 : (exponent > 1022 ? 1022 : exponent);
   return ldexp(1.0, exponent);
 }
 

@@ -101,22 +101,23 @@ def _swap(x: Any) -> Any:
 
 def _check_values_lapack(x: Any, library: str, symmetry_tol: float, op: str, name: str = "a") -> None:
     """NaN/inf and symmetry checks of a float64 (..., n, n) array, naming the first bad matrix."""
-    flat = x.reshape(-1, x.shape[-2], x.shape[-1])
+    count, n = math.prod(x.shape[:-2]), x.shape[-1]
+    if count == 0 or n == 0:
+        return  # nothing to check (and reshape(-1, ...) cannot infer a size from 0 elements)
+    flat = x.reshape(count, n * n)
     if library == "torch":
         import torch
 
-        finite = torch.isfinite(flat).flatten(1).all(1).cpu().numpy()
-        scale = flat.abs().flatten(1).amax(1).cpu().numpy()
-        asymmetry = (flat - flat.transpose(-1, -2)).abs().flatten(1).amax(1).cpu().numpy()
+        finite = torch.isfinite(flat).all(1).cpu().numpy()
+        scale = flat.abs().amax(1).cpu().numpy()
+        asymmetry = (flat - _swap(x.reshape(count, n, n)).reshape(count, n * n)).abs().amax(1).cpu().numpy()
     else:
-        count = flat.shape[0]
         with np.errstate(invalid="ignore"):
-            finite = np.isfinite(flat).reshape(count, -1).all(1)
-            scale = np.abs(flat).reshape(count, -1).max(1)
-            asymmetry = np.abs(flat - flat.swapaxes(-1, -2)).reshape(count, -1).max(1)
+            finite = np.isfinite(flat).all(1)
+            scale = np.abs(flat).max(1)
+            asymmetry = np.abs(flat - _swap(x.reshape(count, n, n)).reshape(count, n * n)).max(1)
         if library == "cupy":
             finite, scale, asymmetry = finite.get(), scale.get(), asymmetry.get()
-    count = flat.shape[0]
 
     def which(i: int) -> str:
         return "" if x.ndim == 2 else f" (first in matrix {i} of {count})"
@@ -510,12 +511,26 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str) -> float:
     return float(_spectral_function(eigenvalues, "sqrt", 0.0, False, library).sum())
 
 
+def _power_of_4_above(max_abs: float) -> float:
+    """The smallest power of 4 >= max_abs (1 for 0): dividing by it is exact and its root is too."""
+    if not max_abs > 0:
+        return 1.0
+    exponent = math.frexp(max_abs)[1]
+    return math.ldexp(1.0, min(exponent + (exponent & 1), 1022))
+
+
 def _trace_sqrt(sigma1: Any, sigma2: Any, library: str) -> float:
     if sigma1.shape[0] == 0:
         return 0.0
+    # tr (S1 S2)^1/2 = sqrt(c1 c2) tr ((S1 / c1) (S2 / c2))^1/2: with entries scaled to at most 1,
+    # the products inside cannot overflow (they did from entries ~1e154 on, and the distance came
+    # out 0) nor underflow to 0.
+    scales = [_power_of_4_above(float(abs(s).max())) for s in (sigma1, sigma2)]
+    sigma1, sigma2 = sigma1 / scales[0], sigma2 / scales[1]
+    root_scale = math.sqrt(scales[0]) * math.sqrt(scales[1])
     if library == "numpy":
-        return _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2)
-    return _trace_sqrt_product_eigh(sigma1, sigma2, library)
+        return root_scale * _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2)
+    return root_scale * _trace_sqrt_product_eigh(sigma1, sigma2, library)
 
 
 def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
