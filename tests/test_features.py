@@ -206,6 +206,11 @@ def test_loading_bad_feature_files_gives_clear_errors(tmp_path):
         "nan": ({**tensors, "stages.1.1.weight": torch.full((8,), float("nan"))}, meta, "non-finite"),
         "extra": ({**tensors, "head.weight": torch.zeros(2)}, meta, "unexpected 1 key"),
         "widths": (tensors, {**meta, "widths": "4,8"}, r"unexpected \d+ key"),
+        "negative width": (tensors, {**meta, "widths": "4,8,8,-1"}, "no valid 'widths'"),
+        "huge width": (tensors, {**meta, "widths": "4,8,8,100000000"}, "no valid 'widths'"),
+        "negative classes": (tensors, {**meta, "num_classes": "-3"}, "no valid 'num_classes'"),
+        "class names": (tensors, {**meta, "classes": "not json"}, "invalid 'classes'"),
+        "class list": (tensors, {**meta, "degradations": "[1, 2]"}, "invalid 'degradations'"),
     }
     for name, (state, metadata, message) in cases.items():
         path = tmp_path / f"{name}.safetensors"
@@ -262,6 +267,9 @@ def test_lpips_alex_rejects_mismatched_files(tmp_path):
     torch.save(bad_heads, tmp_path / "vgg_like.pth")
     with pytest.raises(ValueError, match=r"2.weight: shape \(1, 256, 1, 1\), expected \(1, 384, 1, 1\)"):
         LPIPSAlex.from_files(tmp_path / "alexnet.pth", tmp_path / "vgg_like.pth")
+    torch.save({**heads, "0.weight": heads["lin0.model.1.weight"]}, tmp_path / "twice.pth")
+    with pytest.raises(ValueError, match="holds head '0.weight' twice"):
+        LPIPSAlex.from_files(tmp_path / "alexnet.pth", tmp_path / "twice.pth")
     torch.save({**backbone, "extra.weight": torch.zeros(1)}, tmp_path / "not_alexnet.pth")
     with pytest.raises(ValueError, match="not a torchvision AlexNet"):
         LPIPSAlex.from_files(tmp_path / "not_alexnet.pth", None)

@@ -108,12 +108,33 @@ class FeatureNet(nn.Module):
         return self.classifier(features), degradation
 
 
+MAX_METADATA_SIZE = 4096  # widths and head sizes read from a file: bounded before anything is allocated
+
+
 def _expected_metadata_int(metadata: dict, key: str, path: Path) -> int:
     try:
-        return int(metadata[key])
+        value = int(metadata[key])
     except (KeyError, ValueError):
-        raise ValueError(f"load_feature_net: '{path}' has no valid '{key}' in its metadata "
-                         f"(got {metadata.get(key)!r}); not a pyinverse FeatureNet file") from None
+        value = -1
+    if not 0 <= value <= MAX_METADATA_SIZE:
+        raise ValueError(f"load_feature_net: '{path}' has no valid '{key}' in its metadata (expected an integer "
+                         f"in 0..{MAX_METADATA_SIZE}, got {metadata.get(key)!r}); not a pyinverse FeatureNet file")
+    return value
+
+
+def _expected_metadata_names(metadata: dict, key: str, path: Path) -> list[str]:
+    """A JSON list of strings (class or degradation names); absent means none."""
+    text = metadata.get(key)
+    if not text:
+        return []
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"load_feature_net: '{path}' has an invalid '{key}' in its metadata (expected a JSON list "
+                         f"of names, got {text[:80]!r})")
+    return names
 
 
 def load_feature_net(path: str | os.PathLike = SHIPPED_WEIGHTS) -> tuple[FeatureNet, dict]:
@@ -143,9 +164,14 @@ def load_feature_net(path: str | os.PathLike = SHIPPED_WEIGHTS) -> tuple[Feature
     try:
         widths = tuple(int(w) for w in metadata["widths"].split(","))
     except (KeyError, ValueError):
-        raise ValueError(f"load_feature_net: '{path}' has no valid 'widths' in its metadata") from None
+        widths = ()
+    if not 1 <= len(widths) <= 8 or not all(1 <= w <= MAX_METADATA_SIZE for w in widths):
+        raise ValueError(f"load_feature_net: '{path}' has no valid 'widths' in its metadata (expected 1 to 8 "
+                         f"comma-separated integers in 1..{MAX_METADATA_SIZE}, got {metadata.get('widths')!r})")
     num_classes = _expected_metadata_int(metadata, "num_classes", path)
     num_degradations = _expected_metadata_int(metadata, "num_degradations", path)
+    for key in ("classes", "degradations"):
+        _expected_metadata_names(metadata, key, path)
     net = FeatureNet(widths, num_classes, num_degradations)
     check_state_dict(net, tensors, "load_feature_net", str(path), optional_suffixes=())
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
@@ -196,10 +222,8 @@ class FeatureExtractor:
         self.net, self.metadata = load_feature_net(self.path)
         self.net.to(device)
         self.native_size = NATIVE_SIZE
-        classes = self.metadata.get("classes")
-        self.class_names: list[str] = json.loads(classes) if classes else []
-        degradations = self.metadata.get("degradations")
-        self.degradation_names: list[str] = json.loads(degradations) if degradations else []
+        self.class_names = _expected_metadata_names(self.metadata, "classes", self.path)
+        self.degradation_names = _expected_metadata_names(self.metadata, "degradations", self.path)
 
     @property
     def feature_dim(self) -> int:

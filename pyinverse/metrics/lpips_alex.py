@@ -102,9 +102,12 @@ class LPIPSAlex(nn.Module):
             parts = key.split(".")
             if len(parts) == 4 and parts[0].startswith("lin") and parts[1:] == ["model", "1", "weight"] \
                     and parts[0][3:].isdigit():
-                heads[f"{parts[0][3:]}.weight"] = value
+                name = f"{parts[0][3:]}.weight"
             else:
-                heads[key] = value
+                name = key
+            if name in heads:  # both spellings of one head: which one to use is not ours to guess
+                raise ValueError(f"{fn}: '{path}' holds head {name!r} twice (as {key!r} and under its other name)")
+            heads[name] = value
         check_state_dict(self.heads, heads, fn, str(path), optional_suffixes=())
         self.heads.load_state_dict(heads)
 
