@@ -227,6 +227,51 @@ def test_out_argument(rng):
         quantile(a, [0.1, 0.9], out=np.empty((2, 5, 4), np.float32).transpose(0, 2, 1))
 
 
+def test_out_must_be_writeable(tmp_path):
+    a = np.arange(12.0).reshape(3, 4)
+    buf = bytes(32)
+    with pytest.raises(ValueError, match="'out' must be writeable"):
+        quantile(a, 0.5, out=np.frombuffer(buf, np.float64))
+    assert buf == bytes(32)
+    np.save(tmp_path / "out.npy", np.zeros(4))
+    with pytest.raises(ValueError, match="'out' must be writeable"):  # writing it segfaulted
+        quantile(a, 0.5, out=np.load(tmp_path / "out.npy", mmap_mode="r"))
+
+
+SAMPLE_PICKING_METHODS = ["inverted_cdf", "closest_observation", "lower", "higher", "nearest"]
+
+
+@pytest.mark.parametrize("method", SAMPLE_PICKING_METHODS)
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("num_samples", [1, 2, 3, 10, 257])
+def test_integers_beyond_2_53_give_exact_samples(rng, method, dtype, num_samples):
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max, (num_samples, 3, 7), dtype=dtype, endpoint=True)
+    a[:, 0, 0] = info.max  # rounds to 2**63 or 2**64 in float64 (it wrapped to the minimum)
+    a[-1, 1, 0] = info.min
+    for axis in (0, 2):
+        result = quantile(a, LEVELS, axis=axis, method=method)
+        assert result.dtype == dtype
+        assert_same(result, numpy_quantile(a, LEVELS, axis=axis, method=method))
+    assert_same(quantile(a[:, ::-1, ::2], 0.5, method=method), numpy_quantile(a[:, ::-1, ::2], 0.5, method=method))
+    neighbours = np.array([[2**60 + 1], [2**60 + 3], [2**60 + 5]], dtype)  # 2**60 + 3 rounds to 2**60 + 4
+    assert_same(quantile(neighbours, 0.5, method=method), numpy_quantile(neighbours, 0.5, method=method))
+
+
+def test_integer_out_has_the_result_dtype(rng):
+    a = rng.integers(-(2**62), 2**62, (9, 4, 5))
+    out = np.empty((2, 4, 5), np.int64)
+    assert quantile(a, [0.1, 0.9], method="lower", out=out) is out
+    assert_same(out, numpy_quantile(a, [0.1, 0.9], method="lower"))
+    small = a // 2**40  # fits float64: the kernel's path
+    assert quantile(small, [0.1, 0.9], method="nearest", out=out) is out
+    assert_same(out, numpy_quantile(small, [0.1, 0.9], method="nearest"))
+    with pytest.raises(TypeError, match="'out' must have dtype int64"):
+        quantile(a, [0.1, 0.9], method="lower", out=np.empty((2, 4, 5)))
+    with pytest.raises(TypeError, match="'out' must have dtype float64"):  # interpolating methods give float64
+        quantile(a, [0.1, 0.9], out=out)
+
+
 @pytest.mark.parametrize("num_samples", [1, 2, 9, 100, 700])
 @pytest.mark.parametrize("ddof", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -257,6 +302,24 @@ def test_sample_stats_nan_policies(rng, num_samples):
         propagated = sample_stats(a, q=None)
         assert_same(np.isnan(propagated.mean), np.isnan(a).any(axis=0))
         assert propagated.quantiles is None
+
+
+@pytest.mark.parametrize("num_samples", [1, 2, 3])
+def test_sample_stats_without_degrees_of_freedom(rng, num_samples):
+    # np.std divides by max(n - ddof, 0): inf, NaN for a constant pixel; np.nanstd gives NaN.
+    a = rng.standard_normal((num_samples, 5))
+    a[:, 1] = 0.5
+    a[:, 2] = np.nan
+    a[0, 3] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ddof in (num_samples, num_samples + 2):
+            stats = sample_stats(a, q=None, ddof=ddof)
+            assert_same(stats.std, a.std(axis=0, ddof=ddof))
+            np.testing.assert_allclose(stats.mean, a.mean(axis=0), rtol=1e-15)
+            assert_same(sample_stats(a, q=None, ddof=ddof, nan_policy="omit").std, np.nanstd(a, axis=0, ddof=ddof))
+        scalar = sample_stats(a[:, 0], q=None, ddof=num_samples).std
+        assert_same(scalar, a[:, 0].std(ddof=num_samples))
 
 
 def test_sample_stats_infinities():
@@ -401,6 +464,16 @@ def test_torch_integer_and_unsupported_tensors():
         quantile(torch.zeros(3, 3, device="meta"), 0.5)
     with pytest.raises(TypeError, match="strided"):
         quantile(torch.zeros(3, 3).to_sparse(), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint64])
+def test_torch_integers_beyond_2_53(dtype):
+    a = torch.tensor([[2**63 - 1, 2**60 + 1], [2**63 - 2, 2**60 + 3], [5, 2**60 + 5]], dtype=dtype)
+    for method in ("higher", "lower", "nearest"):
+        result = quantile(a, [0.0, 0.5, 1.0], method=method)
+        assert result.dtype == dtype
+        expected = numpy_quantile(a.numpy(), [0.0, 0.5, 1.0], method=method)
+        assert_same(result.numpy(), expected)
 
 
 def test_cupy_round_trip(rng):

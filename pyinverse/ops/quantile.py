@@ -76,26 +76,71 @@ def _normalize_axis(axis: Any, ndim: int, op: str) -> int:
     return int(axis) % ndim
 
 
-def _prepare(a: Any, axis: Any, op: str) -> tuple[Any, ArrayInfo, int, np.dtype]:
-    """Describe the input; integers become float64 (a copy), other dtypes are refused."""
+def _prepare(a: Any, axis: Any, op: str) -> tuple[ArrayInfo, int]:
+    """Describe and check the input; float32, float64 and integers pass (``_as_float`` casts these)."""
     info = describe(a, "a", op)
     axis = _normalize_axis(axis, info.ndim, op)
     check_device_available(info, "a", op)
-    original_dtype = info.dtype
-    if info.dtype not in FLOAT_DTYPES:
-        if info.dtype.kind in "iu":
-            a, info = to_numpy_dtype(info.array, info, np.dtype(np.float64))
-        else:
-            raise TypeError(f"{op}: 'a' must hold float32, float64 or integer values, got {info.dtype}")
+    if info.dtype not in FLOAT_DTYPES and info.dtype.kind not in "iu":
+        raise TypeError(f"{op}: 'a' must hold float32, float64 or integer values, got {info.dtype}")
     if info.shape[axis] == 0:
         raise ValueError(f"{op}: the sample axis (axis={axis}) of 'a' is empty; need at least one sample")
-    return a, info, axis, original_dtype
+    return info, axis
+
+
+def _as_float(info: ArrayInfo) -> ArrayInfo:
+    """The kernel reads float32 and float64: integers become float64 (a copy)."""
+    if info.dtype in FLOAT_DTYPES:
+        return info
+    return to_numpy_dtype(info.array, info, np.dtype(np.float64))[1]
+
+
+def _fits_float64(info: ArrayInfo) -> bool:
+    """Whether float64 holds every value of the integer input exactly (|value| <= 2**53)."""
+    if info.dtype.itemsize < 8 or info.size == 0:
+        return True
+    signed = info.array
+    if info.dtype.kind == "u":
+        # torch has no min/max for uint64; the int64 view keeps values below 2**63 and makes the rest negative.
+        if info.kind == "torch":
+            import torch
+
+            signed = signed.view(torch.int64)
+        else:
+            signed = signed.view(np.int64)  # cupy takes numpy's dtypes
+    low, high = int(signed.min()), int(signed.max())
+    return (0 if info.dtype.kind == "u" else -(2**53)) <= low and high <= 2**53
+
+
+def _integer_samples(info: ArrayInfo, axis: int, levels: np.ndarray, method: str, shape: tuple) -> Any:
+    """The samples a sample-picking method picks from integer input, exactly, shaped ``shape``."""
+    if _fits_float64(info):  # the kernel picks from an exact float64 copy
+        floats = _as_float(info)
+        picked, picked_info = allocate(floats, shape, np.float64)
+        _run_kernel(floats, axis, levels, method, "propagate", 0, picked_info, None, None)
+        return picked
+    # float64 would round these, so sort in the integer dtype. Integers hold no NaN: the order
+    # statistic a level picks depends only on the sample count, and the kernel's pick from
+    # 0, 1, ..., n-1 is its index.
+    index = quantile(np.arange(info.shape[axis], dtype=np.float64), levels, method=method).astype(np.int64)
+    x = info.array
+    if info.kind == "torch":
+        import torch
+
+        index = torch.as_tensor(index, device=x.device)
+        return torch.sort(x, dim=axis).values.index_select(axis, index).movedim(axis, 0).reshape(shape)
+    xp = np
+    if info.kind == "cupy":
+        import cupy as xp
+    return xp.moveaxis(xp.take(xp.sort(x, axis=axis), xp.asarray(index), axis=axis), axis, 0).reshape(shape)
 
 
 def _check_out(out: Any, like: ArrayInfo, shape: tuple, dtype: np.dtype, name: str, op: str) -> ArrayInfo:
     info = describe(out, name, op)
     if (info.kind, info.device, info.device_index) != (like.kind, like.device, like.device_index):
         raise ValueError(f"{op}: '{name}' must be a {like.kind} array on {like.device} like 'a', got {info.kind} on {info.device}")
+    if info.kind == "numpy" and not info.array.flags.writeable:  # a read-only memmap would segfault
+        raise ValueError(f"{op}: '{name}' must be writeable, got a read-only array")
     if info.shape != tuple(shape):
         raise ValueError(f"{op}: '{name}' must have shape {tuple(shape)}, got {info.shape}")
     if info.dtype != dtype:
@@ -140,13 +185,15 @@ def quantile(a: Any, q: Any, axis: int = 0, method: str = "linear", nan_policy: 
         method: one of numpy's 13 methods (``QUANTILE_METHODS``), default "linear".
         nan_policy: "propagate" (a pixel with a NaN sample gets NaN, as ``np.quantile``) or "omit"
             (NaNs are dropped per pixel, as ``np.nanquantile``; an all-NaN pixel gets NaN).
-        out: optional C-contiguous output of the result's shape, dtype, array type and device.
+        out: optional writeable C-contiguous output of the result's shape, dtype, array type and
+            device (for integers and a method that picks a sample, the input's integer dtype).
 
     Returns:
         Shape ``(len(q), *rest)`` for 1-D ``q``, ``rest`` for a scalar ``q``, where ``rest`` is
         ``a.shape`` without ``axis``; the caller's array type and device. float32 input gives
         float32, float64 gives float64, integers give float64 (their own dtype for the methods that
-        pick a sample: inverted_cdf, closest_observation, lower, higher, nearest).
+        pick a sample: inverted_cdf, closest_observation, lower, higher, nearest; the sample exactly,
+        also beyond 2**53, where these sort in the integer dtype instead of running the kernel).
 
     Exactness: identical to numpy, bit for bit, for float64 input and for float32 input with a
     scalar q (numpy interpolates in float32 there). For float32 input with a 1-D q, numpy promotes
@@ -163,16 +210,19 @@ def quantile(a: Any, q: Any, axis: int = 0, method: str = "linear", nan_policy: 
     levels, scalar_q = _quantile_levels(q, op)
     check_choice(method, "method", QUANTILE_METHODS, op)
     check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
-    a, info, axis, original_dtype = _prepare(a, axis, op)
+    info, axis = _prepare(a, axis, op)
     rest = info.shape[:axis] + info.shape[axis + 1:]
     shape = rest if scalar_q else (len(levels), *rest)
+    picks_integers = info.dtype.kind in "iu" and method in _DISCRETE_METHODS
+    dtype = info.dtype if picks_integers or info.dtype in FLOAT_DTYPES else np.dtype(np.float64)
     if out is None:
-        result, result_info = allocate(info, shape, info.dtype)
+        result, result_info = allocate(info, shape, dtype)
     else:
-        result, result_info = out, _check_out(out, info, shape, info.dtype, "out", op)
-    _run_kernel(info, axis, levels, method, nan_policy, 0, result_info, None, None)
-    if original_dtype.kind in "iu" and method in _DISCRETE_METHODS and out is None:
-        result, _ = to_numpy_dtype(result, result_info, original_dtype)
+        result, result_info = out, _check_out(out, info, shape, dtype, "out", op)
+    if picks_integers:
+        result[...] = _integer_samples(info, axis, levels, method, shape)
+    else:
+        _run_kernel(_as_float(info), axis, levels, method, nan_policy, 0, result_info, None, None)
     return _unwrap_scalar(result, info)
 
 
@@ -183,7 +233,10 @@ def sample_stats(samples: Any, q: Any = (0.05, 0.95), axis: int = 0, ddof: int =
     Args:
         samples: ``(..., S, ...)`` with the S samples on ``axis`` (types as ``quantile``).
         q: quantile levels (scalar or 1-D) or None for mean and std only.
-        ddof: the std divisor is ``n - ddof`` (0: population std as ``np.std``; 1: sample std).
+        ddof: the std divisor is ``n - ddof`` (0: population std as ``np.std``; 1: sample std);
+            for ``ddof >= n`` the std is inf as ``np.std``, NaN where the squared deviations sum to 0
+            (a constant pixel; np.std's rounded mean can give inf there) or to NaN; with "omit" NaN,
+            as ``np.nanstd``.
         method, nan_policy: as ``quantile``; with "omit", mean/std are ``np.nanmean``/``np.nanstd``.
 
     Returns:
@@ -203,13 +256,20 @@ def sample_stats(samples: Any, q: Any = (0.05, 0.95), axis: int = 0, ddof: int =
     check_choice(nan_policy, "nan_policy", _NAN_POLICIES, op)
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise ValueError(f"{op}: 'ddof' must be a non-negative int, got {ddof!r}")
-    samples, info, axis, _ = _prepare(samples, axis, op)
+    info, axis = _prepare(samples, axis, op)
+    info = _as_float(info)
     rest = info.shape[:axis] + info.shape[axis + 1:]
     mean, mean_info = allocate(info, rest, info.dtype)
     std, std_info = allocate(info, rest, info.dtype)
     quantiles, quantiles_info = None, None
     if q is not None:
         quantiles, quantiles_info = allocate(info, rest if scalar_q else (len(levels), *rest), info.dtype)
-    _run_kernel(info, axis, levels, method, nan_policy, int(ddof), quantiles_info, mean_info, std_info)
+    # np.std divides by max(n - ddof, 0): with no degrees of freedom left the std is inf, or NaN
+    # where the sum of squared deviations is 0 (the kernel gives NaN for both). np.nanstd gives NaN.
+    no_dof = nan_policy == "propagate" and ddof >= info.shape[axis]
+    _run_kernel(info, axis, levels, method, nan_policy, 0 if no_dof else int(ddof), quantiles_info, mean_info, std_info)
+    if no_dof:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std /= 0  # sqrt(sum / n) / 0: inf where the sum is positive, NaN where it is 0 or NaN
     return SampleStats(_unwrap_scalar(mean, info), _unwrap_scalar(std, info),
                        None if quantiles is None else _unwrap_scalar(quantiles, info))
