@@ -1,6 +1,7 @@
 """pyinverse.knn against a float64 brute force (tests/reference.py), on fresh seeded inputs and the
 hard cases: ties and duplicates (broken by smaller index), d = 1, k = n, empty index, NaN rows,
 incremental add, save / load, exact mode, recall floors of the approximate mode."""
+import json
 import os
 
 import numpy as np
@@ -134,6 +135,29 @@ def test_exact_knn_torch_and_mixed_dtypes(rng):
     knn_assert_same_with_ties(x, q, ref_d, ref_i, dist.numpy(), idx.numpy(), 1e-12)
     empty_d, empty_i = exact_knn(x, np.zeros((0, 6), np.float32), 3)
     assert empty_d.shape == empty_i.shape == (0, 3)
+
+
+def test_exact_knn_float32_too_large_for_float32_products(rng):
+    # Values near 1e19: float32 squared norms and products overflow (3.4e38), the distances to the
+    # nearest points (queries beside them) do not; the ranking must be float64's.
+    x = (rng.standard_normal((500, 8)) * 1e19).astype(np.float32)
+    x[5:15] = np.tile(x[:5], (2, 1)) + (rng.standard_normal((10, 8)) * 1e16).astype(np.float32)
+    q = x[:5] + (rng.standard_normal((5, 8)) * 1e16).astype(np.float32)
+    ref_d, ref_i = knn_brute_force_reference(x, q, 3)
+    dist, idx = exact_knn(x, q, 3)
+    assert dist.dtype == np.float32
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=RTOL[np.float32])
+    # a nearest squared distance beyond float32 (1e40) is refused, not inf; float64 inputs give it
+    far, origin = np.array([[1e20, 0.0], [2e20, 0.0]]), np.zeros((1, 2))
+    with pytest.raises(ValueError, match=r"squared distances of query row\(s\) \[0\] overflow float32.*float64"):
+        exact_knn(far.astype(np.float32), origin.astype(np.float32), 1)
+    ref_d, ref_i = knn_brute_force_reference(far, origin, 2)
+    dist, idx = exact_knn(far, origin, 2)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(dist, ref_d, rtol=RTOL[np.float64])
+    with pytest.raises(ValueError, match="too large: their squared distances may overflow float64"):
+        exact_knn(far * 1e140, origin, 1)
 
 
 def test_views_and_read_only_inputs(rng):
@@ -357,6 +381,7 @@ def test_dci_load_rejects_bad_files(tmp_path):
 
     with safe_open(str(path), "pt") as f:
         metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
     cases = {
         "format": ({**metadata, "format": "other"}, tensors, "not a"),
         "version": ({**metadata, "version": "99"}, tensors, "version"),
@@ -364,6 +389,10 @@ def test_dci_load_rejects_bad_files(tmp_path):
         "norm": (metadata, {**tensors, "directions": tensors["directions"] * 2}, "unit"),
         "nan": (metadata, {**tensors, "data": tensors["data"] * float("nan")}, "NaN"),
         "extra": (metadata, {**tensors, "evil": tensors["data"].clone()}, "exactly"),
+        "float dim": ({**metadata, "config": json.dumps({**config, "dim": 5.7})}, tensors,
+                      "'dim' must be an int, got 5.7"),  # not truncated to 5
+        "text seed": ({**metadata, "config": json.dumps({**config, "seed": "0"})}, tensors,
+                      "'seed' must be an int, got '0'"),
     }
     for name, (meta, tens, message) in cases.items():
         bad = tmp_path / f"{name}.safetensors"
@@ -388,7 +417,7 @@ def test_dci_errors(rng):
         index.add(bad)
     assert index.ntotal == 0
     single = DCIIndex(3, dtype="float32")  # values that overflow the index's dtype are refused too
-    with pytest.raises(ValueError, match=r"'x' has NaN or inf in row\(s\) \[1\]"):
+    with pytest.raises(ValueError, match=r"'x' row\(s\) \[1\] are too large for the index's dtype float32"):
         single.add(np.array([[0.0, 1.0, 2.0], [1e300, 0.0, 0.0]]))
     assert single.ntotal == 0
     index.add(x)
@@ -418,6 +447,43 @@ def test_dci_errors(rng):
         exact_knn(x, x, 11)
     with pytest.raises(ValueError, match="NaN"):
         exact_knn(bad, x, 1)
+
+
+def test_dci_refuses_values_and_distances_beyond_its_dtype(rng):
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    index = DCIIndex(2, dtype="float32")
+    index.add(points)
+    too_large = r"'{}' row\(s\) \[{}\] are too large for the index's dtype float32.*dtype='float64'"
+    with pytest.raises(ValueError, match=too_large.format("q", 0)):  # finite, but not once cast
+        index.search(np.array([[1e39, 0.0]]), 2, exact=True)
+    with pytest.raises(ValueError, match=too_large.format("q", 0)):  # float32, but its keys <u, q> overflow
+        index.search(np.array([[3e38, 3e38]], np.float32), 1)
+    with pytest.raises(ValueError, match=too_large.format("x", 1)):
+        index.add(np.array([[0.0, 0.0], [3e38, 3e38]], np.float32))
+    with pytest.raises(ValueError, match=too_large.format("x", 0)):
+        index.add(np.array([[1e39, 0.0]]))
+    assert index.ntotal == 3
+    far = np.array([[2e19, 2e19]], np.float32)  # fits, but its squared distances (8e38) do not
+    with pytest.raises(ValueError, match=r"squared distances of query row\(s\) \[0\] overflow float32"):
+        index.search(far, 1, exact=True)
+    wide = build(points)  # float64: the float64 brute force's answer
+    for q in (np.array([[1e39, 0.0]]), far.astype(np.float64)):
+        ref_d, ref_i = knn_brute_force_reference(points, q, 2)
+        dist, idx = wide.search(q, 2, exact=True)
+        np.testing.assert_array_equal(idx, ref_i)
+        np.testing.assert_allclose(dist, ref_d, rtol=RTOL[np.float64])
+    with pytest.raises(ValueError, match="overflow float32.*pass float64 queries"):  # beyond q's dtype
+        wide.search(far, 1)
+
+
+def test_dci_budgets_beyond_the_kernel_int_range_mean_unlimited(rng):
+    x, q = clustered(rng, 500, 10, 6, 5, 0.3)
+    index = build(x, num_simple=4)
+    ref_d, ref_i = knn_brute_force_reference(x, q, 5)
+    dist, idx = index.search(q, 5, max_visits=2**70, max_candidates=2**63)
+    knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[np.float32])
+    with pytest.raises(ValueError, match="'max_visits' must be a positive int"):
+        index.search(q, 5, max_visits=-2**70)
 
 
 # --- batched_nearest ------------------------------------------------------------------------------
@@ -454,7 +520,7 @@ def test_batched_nearest_errors(rng):
     c, t = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 2))
     bad = c.copy()
     bad[2, 1, 0] = np.nan
-    with pytest.raises(ValueError, match=r"batch row\(s\) \[2\]"):
+    with pytest.raises(ValueError, match=r"NaN or inf in 'candidates' or 'targets' of batch row\(s\) \[2\]"):
         batched_nearest(bad, t)
     with pytest.raises(ValueError, match="targets"):
         batched_nearest(c, t[:3])
@@ -464,6 +530,26 @@ def test_batched_nearest_errors(rng):
         batched_nearest(c, t.astype(np.float32))
     with pytest.raises(ValueError, match="share one array type"):
         batched_nearest(torch.from_numpy(c), t)
+    bad = c.copy()
+    bad[1, 0, 1] = np.inf  # only that candidate's distance is inf: the argmin alone would skip it
+    for candidates in (bad, torch.from_numpy(bad).float()):
+        targets = t if isinstance(candidates, np.ndarray) else torch.from_numpy(t).float()
+        with pytest.raises(ValueError, match=r"NaN or inf in 'candidates' or 'targets' of batch row\(s\) \[1\]"):
+            batched_nearest(candidates, targets)
+    bad_t = t.copy()
+    bad_t[3, 0] = -np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf in 'candidates' or 'targets' of batch row\(s\) \[3\]"):
+        batched_nearest(c, bad_t)
+
+
+def test_batched_nearest_distances_beyond_float32(rng):
+    candidates, targets = np.array([[[1e20, 0.0], [2e20, 0.0]]]), np.zeros((1, 2))  # nearest: 1e40
+    with pytest.raises(ValueError, match=r"squared distances of batch row\(s\) \[0\] overflow float32.*float64"):
+        batched_nearest(candidates.astype(np.float32), targets.astype(np.float32))
+    idx, dist = batched_nearest(candidates, targets)
+    ref_d, ref_i = knn_brute_force_reference(candidates[0], targets, 1)
+    assert idx[0] == ref_i[0, 0]
+    np.testing.assert_allclose(dist[0], ref_d[0, 0], rtol=RTOL[np.float64])
 
 
 # --- recall ---------------------------------------------------------------------------------------
@@ -546,6 +632,26 @@ def test_search_rejects_bad_arguments(rng):
         search(x, q, 3, method="dci", ef_search=10)
     with pytest.raises(ValueError, match="'q' must have 8 columns"):
         search(x, q[:, :4], 3)
+
+
+@pytest.mark.parametrize("method", ["exact", "dci"])
+def test_search_methods_take_and_return_the_same(rng, method):
+    """What "auto" accepts and returns must not depend on the method it picks."""
+    from pyinverse.knn import search
+
+    options = {} if method == "exact" else {"max_visits": 2**62, "max_candidates": 2**62}  # DCI exact too
+    x64, q32 = rng.standard_normal((300, 6)), rng.standard_normal((12, 6)).astype(np.float32)
+    for x, q in ((x64, q32), (x64.astype(np.float32), q32.astype(np.float64))):
+        ref_d, ref_i = knn_brute_force_reference(x, q, 4)
+        dist, idx = search(x, q, 4, method=method, **options)
+        assert dist.dtype == np.float64 and idx.dtype == np.int64  # the promoted dtype
+        knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[np.float64])
+    dist, idx = search(torch.from_numpy(x64), torch.from_numpy(q32), 4, method=method, **options)
+    assert isinstance(dist, torch.Tensor) and dist.dtype == torch.float64 and idx.dtype == torch.int64
+    with pytest.raises(ValueError, match="knn.search: arrays must share one array type and device"):
+        search(x64, torch.from_numpy(q32), 4, method=method)
+    with pytest.raises(ValueError, match="'x' has no rows"):
+        search(x64[:0], q32, 1, method=method)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

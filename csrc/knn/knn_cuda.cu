@@ -135,14 +135,14 @@ __global__ void batched_nearest_kernel(const T* candidates, const T* targets, in
                                        int64_t* out_indices, T* out_distances) {
   __shared__ double warp_distance[kNearestWarps];
   __shared__ int64_t warp_index[kNearestWarps];
-  __shared__ int warp_nan[kNearestWarps];
+  __shared__ int warp_nonfinite[kNearestWarps];
   const int64_t b = blockIdx.x;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const T* target = targets + b * dim;
   double best = INFINITY;
   int64_t best_index = num_candidates;  // "none yet": loses every tie
-  int any_nan = 0;
+  int any_nonfinite = 0;  // as knn_nearest_of: NaN out for any non-finite distance
   for (int64_t j = warp; j < num_candidates; j += kNearestWarps) {
     const T* candidate = candidates + (b * num_candidates + j) * dim;
     double sum = 0.0;
@@ -151,7 +151,7 @@ __global__ void batched_nearest_kernel(const T* candidates, const T* targets, in
       sum += diff * diff;
     }
     for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    any_nan |= sum != sum;
+    any_nonfinite |= !(sum < INFINITY);
     if (knn_before(sum, j, best, best_index)) {  // j grows, so ties keep the smaller index
       best = sum;
       best_index = j;
@@ -160,12 +160,12 @@ __global__ void batched_nearest_kernel(const T* candidates, const T* targets, in
   if (lane == 0) {
     warp_distance[warp] = best;
     warp_index[warp] = best_index;
-    warp_nan[warp] = any_nan;
+    warp_nonfinite[warp] = any_nonfinite;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < kNearestWarps; ++w) {
-      any_nan |= warp_nan[w];
+      any_nonfinite |= warp_nonfinite[w];
       if (knn_before(warp_distance[w], warp_index[w], best, best_index)) {
         best = warp_distance[w];
         best_index = warp_index[w];
@@ -173,7 +173,7 @@ __global__ void batched_nearest_kernel(const T* candidates, const T* targets, in
     }
     if (best_index == num_candidates) best_index = 0;  // every distance infinite (or NaN)
     out_indices[b] = best_index;
-    out_distances[b] = static_cast<T>(any_nan ? NAN : best);
+    out_distances[b] = static_cast<T>(any_nonfinite ? NAN : best);
   }
 }
 

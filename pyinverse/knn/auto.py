@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import check_choice
+import numpy as np
+
+from .._backend import check_choice, same_place, to_numpy_dtype
 from .dci import DCIIndex
 from .exact import describe_points, exact_knn
 
@@ -34,14 +36,23 @@ def search(x: Any, q: Any, k: int, *, method: str = "auto", seed: int = 0, **dci
     constructor (``num_composite``, ``num_simple``) and ``search`` (``max_visits``,
     ``max_candidates``)); ``"auto"`` picks by :func:`choose_method`.
 
+    Both methods take the same inputs and return the same types, so that ``"auto"`` does not change
+    behaviour as the data grow: ``x`` and ``q`` of one array type and device (numpy, or torch on
+    one device), float32 or float64 (mixed: the promoted dtype, in which DCI then builds its index
+    too), finite, ``1 <= k <= N``.
+
     Returns:
         ``(distances, indices)`` ``(Q, k)``, faiss's layout, in the queries' array type and device;
-        ties go to the smaller index.
+        squared distances in the promoted dtype of ``x`` and ``q``, int64 indices; ties go to the
+        smaller index.
     """
     op = "knn.search"
     check_choice(method, "method", METHODS, op)
     points = describe_points(x, "x", op)
     queries = describe_points(q, "q", op, dim=points.shape[1])
+    same_place({"x": points, "q": queries}, op)
+    if points.shape[0] == 0:  # else DCI would say "the index is empty"
+        raise ValueError(f"{op}: 'x' has no rows; need at least one point")
     if method == "auto":
         method = choose_method(points.shape[0], queries.shape[0], points.shape[1])
     if method == "exact":
@@ -52,6 +63,9 @@ def search(x: Any, q: Any, k: int, *, method: str = "auto", seed: int = 0, **dci
     unknown = set(dci_options) - {"max_visits", "max_candidates"}
     if unknown:
         raise TypeError(f"{op}: unknown DCI options {sorted(unknown)}")
-    index = DCIIndex(points.shape[1], seed=seed, **build)
+    dtype = np.promote_types(points.dtype, queries.dtype)  # exact_knn's output dtype
+    index = DCIIndex(points.shape[1], seed=seed, dtype=dtype, **build)
     index.add(x, copy=False)  # a throw-away index: no copy of the points
+    if queries.dtype != dtype:  # DCIIndex.search answers in the queries' dtype
+        q = to_numpy_dtype(queries.array, queries, dtype)[0]
     return index.search(q, k, **dci_options)

@@ -26,14 +26,14 @@ import torch
 
 from .. import _C
 from .._io import atomic_write
-from .exact import as_tensor, check_finite_rows, check_k, describe_points, to_caller
+from .exact import as_tensor, check_distances_fit, check_finite_rows, check_k, describe_points, to_caller
 
 __all__ = ["DCIIndex"]
 
 _FORMAT = "pyinverse.DCIIndex"
 _FORMAT_VERSION = 1
 _INT32_MAX = 2**31 - 1
-_UNBOUNDED = 2**62
+_UNBOUNDED = 2**62  # more than any query's visits (num_simple n < 2^39) and within the kernel's int64
 _MAX_SIMPLE = 255  # visit counts are 8-bit (csrc/knn/knn.h)
 
 
@@ -53,20 +53,34 @@ def _stream(device: torch.device) -> int:
     return int(torch.cuda.current_stream(device).cuda_stream) if device.type == "cuda" else 0
 
 
-def _max_norm_upper_bound(points: torch.Tensor, name: str = "points", op: str = "DCIIndex.add") -> float:
+def _max_norm_upper_bound(points: torch.Tensor, name: str = "points", op: str = "DCIIndex.add",
+                          source: torch.Tensor | None = None) -> float:
     """An upper bound on every row's norm (the exactness bound of the search needs one), computed in
     the points' dtype: a float64 copy of float32 points took half of ``add``'s time. Squares, sum
     and square root in any order are within gamma = (d + 1) u / (1 - (d + 1) u) of the exact value
     (u: the unit roundoff). The same pass finds NaN / inf rows (their norms are NaN / inf): those
-    raise ValueError naming the rows."""
+    raise ValueError naming the rows, as do rows whose keys ``<u, x>`` (up to the norm) would
+    overflow the dtype. ``source``: the caller's values before the cast to the points' dtype, so that
+    values the cast overflowed are told apart from NaN / inf input."""
     largest = float(torch.linalg.vector_norm(points, dim=1).max())
     terms = points.shape[1] + 1
     unit = torch.finfo(points.dtype).eps / 2
     gamma = terms * unit / (1 - terms * unit)
     if not math.isfinite(largest) or gamma >= 0.5:  # NaN / inf, squares overflowed, or no useful bound
-        check_finite_rows(points, name, op)
+        check_finite_rows(points if source is None else source, name, op)
         largest, gamma = float(torch.linalg.vector_norm(points, dim=1, dtype=torch.float64).max()), 1e-12
-    return largest * (1.0 + gamma)
+    bound = largest * (1.0 + gamma)
+    limit = torch.finfo(points.dtype).max / (1.0 + 1e-6)  # stored unit directions: norms within 1e-6 of 1
+    if not bound <= limit:
+        norms = torch.linalg.vector_norm(points, dim=1, dtype=torch.float64)
+        bad = torch.nonzero(~(norms <= limit)).flatten()[:5].tolist()
+        if points.dtype == torch.float32:  # float64 norms of float32 values: only the cast overflowed
+            reason = f"their norms exceed {limit:.3g}; use DCIIndex(..., dtype='float64')"
+        else:
+            reason = f"their squared norms exceed {torch.finfo(points.dtype).max:.3g}; scale the data down"
+        raise ValueError(f"{op}: '{name}' row(s) {bad} are too large for the index's dtype "
+                         f"{str(points.dtype).removeprefix('torch.')}: {reason}")
+    return bound
 
 
 class DCIIndex:
@@ -188,7 +202,9 @@ class DCIIndex:
         about 80 ms of a 150 ms build).
 
         Raises:
-            ValueError: wrong shape, NaN / inf rows (named), more than 2^31 - 1 points in all.
+            ValueError: wrong shape, NaN / inf rows (named), rows too large for the index's dtype
+                (named: a value or norm above its max, 3.4e38 for float32), more than 2^31 - 1
+                points in all.
         """
         op = "DCIIndex.add"
         if not isinstance(copy, bool):
@@ -213,7 +229,7 @@ class DCIIndex:
             xt = data[n_old:]
             xt.copy_(source)
         # Check the points as stored (NaN / inf rows, or values the cast overflowed) before the index changes.
-        norm_bound = _max_norm_upper_bound(xt, "x", op)
+        norm_bound = _max_norm_upper_bound(xt, "x", op, source)
         self._dtype = dtype
         if not self._device_fixed:
             self._device, self._device_fixed = device, True
@@ -263,6 +279,11 @@ class DCIIndex:
             ``(distances, indices)``: ``(Q, k)`` squared L2 distances (float64 accumulation, in
             ``q``'s dtype) and ``(Q, k)`` int64 ids, rows sorted by (distance, id), in ``q``'s array
             type and device.
+
+        Raises:
+            ValueError: bad shape or ``k``, NaN / inf query rows, query rows too large for the
+                index's dtype (named), returned squared distances beyond the index's or ``q``'s
+                dtype (rows named; float32: use ``dtype='float64'``).
         """
         op = "DCIIndex.search"
         info = describe_points(q, "q", op, dim=self._dim)
@@ -275,13 +296,16 @@ class DCIIndex:
         if exact:
             max_visits = max_candidates = _UNBOUNDED
         else:
-            max_visits = default_visits if max_visits is None else _positive_int(max_visits, "max_visits", op)
+            # Budgets past _UNBOUNDED are all "no limit": clamped into the kernel's int64.
+            max_visits = (default_visits if max_visits is None
+                          else min(_positive_int(max_visits, "max_visits", op), _UNBOUNDED))
             max_candidates = (default_candidates if max_candidates is None
-                              else _positive_int(max_candidates, "max_candidates", op))
-        qt = as_tensor(info)
-        check_finite_rows(qt, "q", op)
-        qt = qt.to(self._device, _torch_dtype(self._dtype)).contiguous()
+                              else min(_positive_int(max_candidates, "max_candidates", op), _UNBOUNDED))
+        source = as_tensor(info)
+        qt = source.to(self._device, _torch_dtype(self._dtype)).contiguous()
         num_queries = qt.shape[0]
+        if num_queries:  # after the cast: NaN / inf rows, or values the cast overflowed
+            _max_norm_upper_bound(qt, "q", op, source)
         distances = torch.empty((num_queries, k), dtype=qt.dtype, device=self._device)
         indices = torch.empty((num_queries, k), dtype=torch.int64, device=self._device)
         if num_queries:
@@ -293,7 +317,13 @@ class DCIIndex:
                           num_queries=num_queries, k=k, max_visits=max_visits, max_candidates=max_candidates,
                           out_distances=distances.data_ptr(), out_indices=indices.data_ptr(),
                           stream=_stream(self._device))
-        return to_caller(distances, info, info.dtype), to_caller(indices, info)
+        # Squared distances beyond the index's dtype come back as inf (and id -1 when they also
+        # overflowed the kernel's float64): refused, as are those beyond q's dtype.
+        check_distances_fit(distances, op, advice="use DCIIndex(..., dtype='float64')"
+                            if self._dtype == np.float32 else None)
+        distances = distances.to(_torch_dtype(info.dtype))
+        check_distances_fit(distances, op, advice="pass float64 queries" if info.dtype == np.float32 else None)
+        return to_caller(distances, info), to_caller(indices, info)
 
     # --- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
@@ -347,10 +377,15 @@ class DCIIndex:
                              f"this pyinverse reads version {_FORMAT_VERSION}")
         try:
             config = json.loads(metadata["config"])
-            dim, num_composite = int(config["dim"]), int(config["num_composite"])
-            num_simple, seed, dtype = int(config["num_simple"]), int(config["seed"]), config["dtype"]
+            sizes = {key: config[key] for key in ("dim", "num_composite", "num_simple", "seed")}
+            dtype = config["dtype"]
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"{op}: '{path}' has an invalid config: {exc}") from None
+        for key, value in sizes.items():  # save writes ints; int() would truncate 5.7
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{op}: '{path}' has an invalid config: '{key}' must be an int, "
+                                 f"got {value!r}")
+        dim, num_composite, num_simple, seed = sizes.values()
         if names != {"data", "directions"}:
             raise ValueError(f"{op}: '{path}' must hold exactly the tensors 'data' and 'directions', got {sorted(names)}")
         if dtype not in (None, "float32", "float64"):

@@ -3,7 +3,8 @@
 Conventions shared by the whole ``pyinverse.knn`` package (faiss's ``IndexFlatL2`` shape):
 
 * distances are **squared** Euclidean distances, accumulated in float64 and returned in the
-  input's float dtype; indices are int64;
+  input's float dtype; indices are int64; a returned distance beyond that dtype's range (float32:
+  3.4e38) raises ``ValueError`` naming the rows rather than coming back as inf;
 * each row of a result is sorted by (distance, index): among equal distances the smaller index
   comes first, as a stable sort of the brute-force distances would give;
 * inputs are numpy arrays or torch tensors (CPU, or CUDA with a CUDA build), float32 or float64,
@@ -83,18 +84,37 @@ def to_caller(t: torch.Tensor, like: ArrayInfo, dtype: np.dtype | None = None) -
     return t.to(like.array.device)
 
 
-def check_finite_rows(t: torch.Tensor, name: str, op: str) -> None:
-    """Raise ValueError naming the first rows of ``t`` (n, ...) that hold NaN or inf."""
+def check_finite_rows(t: torch.Tensor, name: str, op: str) -> float:
+    """Raise ValueError naming the first rows of ``t`` (n, ...) that hold NaN or inf; else return
+    the largest magnitude in ``t`` (0 when empty)."""
     if t.numel() == 0:
-        return
+        return 0.0
     low, high = torch.aminmax(t)  # one pass; NaN propagates, inf shows as itself
     if bool(torch.isfinite(low) & torch.isfinite(high)):
-        return
+        return max(-float(low), float(high))
     finite = torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:5].tolist()
         raise ValueError(f"{op}: '{name}' has NaN or inf in row(s) {bad}"
                          f"{' ...' if int((~finite).sum()) > 5 else ''}; every value must be finite")
+
+
+def check_distances_fit(distances: torch.Tensor, op: str, rows: str = "query row(s)",
+                        advice: str | None = None) -> None:
+    """Raise ValueError naming the rows of ``distances`` ((rows, k) with sorted rows, or (rows,))
+    that are not finite. The inputs were checked finite, so this is a squared distance beyond the
+    dtype's range (a float64 sum rounded to float32 above 3.4e38), never NaN / inf data."""
+    if distances.numel() == 0:
+        return
+    finite = torch.isfinite(distances if distances.ndim == 1 else distances[:, -1])
+    if bool(finite.all()):
+        return
+    bad = torch.nonzero(~finite).flatten()[:5].tolist()
+    dtype = str(distances.dtype).removeprefix("torch.")
+    if advice is None:
+        advice = "pass float64 inputs" if dtype == "float32" else "scale the data down"
+    raise ValueError(f"{op}: the squared distances of {rows} {bad} overflow {dtype} "
+                     f"(above {torch.finfo(distances.dtype).max:.3g}); {advice}")
 
 
 def check_k(k: Any, n: int, op: str, what: str = "points") -> int:
@@ -212,7 +232,8 @@ def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
     mean-centred data, then a shortlist is re-ranked with exact float64 distances. The shortlist
     provably holds the answer: it is widened (per query, in rare cases to all points) until every
     point left out is farther than the k-th by more than the matmul's rounding bound. So results
-    equal a float64 brute force, ties included (broken by smaller index).
+    equal a float64 brute force, ties included (broken by smaller index). float32 data too large
+    for float32 products (``d max|value|^2`` near 3.4e38) are ranked in float64.
 
     Args:
         x: points ``(n, d)``, numpy array or torch tensor (CPU or CUDA), float32 or float64, finite.
@@ -222,6 +243,10 @@ def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
     Returns:
         ``(distances, indices)``: ``(Q, k)`` squared distances in the promoted float dtype of ``x``
         and ``q``, and ``(Q, k)`` int64 indices into ``x``; rows sorted by (distance, index).
+
+    Raises:
+        ValueError: bad shapes or ``k``, NaN / inf rows (named), or returned squared distances
+            beyond the promoted dtype's range (rows named; float32: pass float64 inputs).
 
     Example:
         >>> x = np.random.rand(10000, 64).astype(np.float32)
@@ -237,13 +262,20 @@ def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
     k = check_k(k, n, op)
     out_dtype = _promoted(x_info, q_info)
     xt, qt = as_tensor(x_info), as_tensor(q_info)
-    check_finite_rows(xt, "x", op)
-    check_finite_rows(qt, "q", op)
+    largest = max(check_finite_rows(xt, "x", op), check_finite_rows(qt, "q", op))
     num_queries = qt.shape[0]
     if num_queries == 0:
         empty = torch.empty((0, k), dtype=torch.float64, device=xt.device)
         return to_caller(empty, q_info, out_dtype), to_caller(empty.to(torch.int64), q_info)
     work = torch.float64 if out_dtype == np.float64 else torch.float32
+    # The pre-ranking's centred norms and products stay below 3 (2 sqrt(d) largest)^2: far from the
+    # dtype's max unless d largest^2 comes within 1/256 of it. float32 then ranks in float64; float64
+    # has no wider dtype (and such data have squared distances near its range anyway).
+    if d * largest * largest > torch.finfo(work).max / 256:  # floats: no OverflowError
+        if work == torch.float64:
+            raise ValueError(f"{op}: values up to {largest:.3g} in d = {d} are too large: their squared "
+                             "distances may overflow float64; scale the data down")
+        work = torch.float64
     x_work, q_work = xt.to(work).contiguous(), qt.to(work).contiguous()
     # Distances do not depend on the centre: any centre is exact up to the rounding the bound covers.
     center = x_work.mean(dim=0)
@@ -261,7 +293,9 @@ def exact_knn(x: Any, q: Any, k: int) -> tuple[Any, Any]:
                                  shortlist, unit_roundoff)
         dists.append(dist)
         idxs.append(idx)
-    return to_caller(torch.cat(dists), q_info, out_dtype), to_caller(torch.cat(idxs), q_info)
+    distances = torch.cat(dists).to(getattr(torch, out_dtype.name))
+    check_distances_fit(distances, op)
+    return to_caller(distances, q_info), to_caller(torch.cat(idxs), q_info)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -291,7 +325,8 @@ def batched_nearest(candidates: Any, targets: Any) -> tuple[Any, Any]:
         candidates) and ``(B,)`` squared distances in the input dtype, caller's type and device.
 
     Raises:
-        ValueError: on shape mismatch, m == 0, d == 0, or NaN / inf in a row (named).
+        ValueError: on shape mismatch, m == 0, d == 0, NaN / inf in a row (named), or a nearest
+            squared distance beyond the dtype's range (float32: pass float64 inputs).
 
     Example:
         >>> samples = torch.rand(64, 10, 3 * 32 * 32)   # 10 generated samples per input
@@ -319,12 +354,14 @@ def batched_nearest(candidates: Any, targets: Any) -> tuple[Any, Any]:
     _C.batched_nearest(device=t_info.device, device_index=max(t_info.device_index, 0), dtype=t_info.dtype.name,
                        candidates=c_info.ptr, targets=t_info.ptr, batch=batch, num_candidates=m, dim=d,
                        out_indices=i_info.ptr, out_distances=d_info.ptr, stream=t_info.stream)
-    # A NaN anywhere in a row makes its distance NaN; inf coordinates make every distance infinite.
-    finite = np.isfinite(distances) if t_info.kind == "numpy" else torch.isfinite(distances)
-    if not bool(finite.all()):
-        bad = np.flatnonzero(~np.asarray(finite.cpu() if t_info.kind == "torch" else finite))[:5].tolist()
-        raise ValueError(f"{op}: NaN or inf in 'candidates' or 'targets' of batch row(s) {bad} "
-                         "(or distances overflowing float64); every value must be finite")
+    # The kernel reports NaN for a row with any non-finite distance (NaN / inf values; a pass of
+    # our own over the input cost 40-60% more); an inf left is a float64 sum beyond float32.
+    nearest = as_tensor(d_info)
+    if bool(torch.isnan(nearest).any()):
+        bad = torch.nonzero(torch.isnan(nearest)).flatten()[:5].tolist()
+        raise ValueError(f"{op}: NaN or inf in 'candidates' or 'targets' of batch row(s) {bad} (or squared "
+                         "distances beyond float64's range); every value must be finite")
+    check_distances_fit(nearest, op, rows="batch row(s)")
     return indices, distances
 
 
