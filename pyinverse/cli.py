@@ -26,6 +26,17 @@ def _default_out_dir(kind: str) -> Path:
     return Path("runs") / time.strftime(f"{kind}-%Y%m%d-%H%M%S")
 
 
+def _check_seed(seed: int, option: str = "--seed") -> None:
+    # numpy's generators refuse negative seeds, late: say so before any work
+    if seed < 0:
+        raise ValueError(f"{option} must be an integer >= 0, got {seed}")
+
+
+def _check_out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder (new, or one to resume or overwrite)")
+
+
 def _run(args: argparse.Namespace) -> int:
     return _on_ranks(_run_ranks, args)
 
@@ -65,6 +76,9 @@ def _run_settings(args: argparse.Namespace) -> dict:
     given = {"quick": args.quick, "seed": args.seed, "out": args.out,
              "stages": args.stages.split(",") if args.stages is not None else None}
     settings.update({key: value for key, value in given.items() if value is not None})
+    _check_seed(settings["seed"], "--seed" if args.seed is not None else f"--config {args.config}: 'seed'")
+    if "out" in settings:
+        _check_out_folder(Path(settings["out"]))
     if "stages" in settings:
         settings["stages"] = checked_stages(tuple(settings["stages"]))
     return settings
@@ -121,16 +135,20 @@ def _evaluate_ranks(args: argparse.Namespace) -> int:
     from .physics import by_name
     from .report.html import write_report
 
+    distributed.agreed(lambda: _check_evaluate_options(args))
     operator = distributed.agreed(lambda: by_name(args.operator))  # an unknown name fails before any file is read
-    samples, inputs, truth = distributed.agreed(lambda: (
-        load_samples(args.samples), load_inputs(args.inputs, "inputs"),
-        load_images(args.truth, "truth") if args.truth else None))
     out = Path(args.out) if args.out else _default_out_dir("eval")
     report_dir = out / "report"
     refused = None  # only rank 0 writes, so only its folder matters
-    if distributed.is_main() and report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
-        refused = f"{report_dir} already holds a report; choose another --out or pass --overwrite"
+    if distributed.is_main():
+        if out.exists() and not out.is_dir():
+            refused = f"--out {out} is a file; expected a folder"
+        elif report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
+            refused = f"{report_dir} already holds a report; choose another --out or pass --overwrite"
     distributed.agree(refused)
+    samples, inputs, truth = distributed.agreed(lambda: (
+        load_samples(args.samples), load_inputs(args.inputs, "inputs", getattr(operator, "noise_sigma", 0.0)),
+        load_images(args.truth, "truth") if args.truth else None))
     evaluation = evaluate_samples(samples, inputs, operator, truth, alpha=args.alpha, delta=args.delta, seed=args.seed)
 
     def write() -> None:
@@ -149,11 +167,20 @@ def _evaluate_ranks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_options(args: argparse.Namespace) -> None:
+    """The numeric options, named, before any file is read."""
+    for option, level in (("--alpha", args.alpha), ("--delta", args.delta)):
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"{option} must be in (0, 1), got {level:g}")
+    _check_seed(args.seed)
+
+
 def _restore(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._io import atomic_write
-    from .data.arrays import load_images
+    from .data.arrays import load_inputs
+    from .physics import by_name
     from .restore import restore
 
     out = Path(args.out)
@@ -161,7 +188,12 @@ def _restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must name a .npy file, got {str(out)!r}")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
-    inputs = load_images(args.inputs, "inputs")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be an integer >= 1, got {args.samples}")
+    _check_seed(args.seed)
+    operator = by_name(args.operator) if args.operator else None
+    # images, or measurement vectors (N, m) such as compressed sensing's
+    inputs = load_inputs(args.inputs, "inputs", getattr(operator, "noise_sigma", 0.0))
     samples = restore(args.method, inputs, model=args.model, operator=args.operator, num_samples=args.samples,
                       seed=args.seed, progress=True)
     def write(path: Path) -> None:
@@ -179,6 +211,7 @@ def _train(args: argparse.Namespace) -> int:
     from .data.arrays import load_images
     from .training import train_on_images
 
+    _check_seed(args.seed)
     images = (image_folder(args.images, size=args.size, gray=args.gray) if Path(args.images).is_dir()
               else load_images(args.images, "images"))
     record = train_on_images(args.kind, images, args.out, task=args.task, epochs=args.epochs, seed=args.seed,
@@ -222,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", default=None,
                      help="a small configuration (about three minutes on 2 cores)")
     run.add_argument("--out", help="output folder (default: a new runs/run-<time> folder)")
-    run.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    run.add_argument("--seed", type=int, help="seed of every random choice, >= 0 (default 0)")
     run.add_argument("--stages", help="comma-separated names of the stages to run (default: all; a wrong name "
                                       "lists them)")
     run.add_argument("--overwrite", action="store_true",
@@ -230,26 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     evaluate = commands.add_parser("evaluate", help="evaluate your own samples against their inputs")
     evaluate.add_argument("--samples", required=True,
-                          help="(S, N, C, H, W) array (.npy/.npz/.pt) or a folder with one sub-folder of PNGs per input")
-    evaluate.add_argument("--inputs", required=True, help="(N, C, H, W) array or a folder of PNGs (sorted); (N, m) "
-                          "measurement vectors (e.g. compressed sensing) are evaluated in the row space of A")
-    evaluate.add_argument("--truth", help="optional clean images (N, C, H, W): distortion, coverage, calibration, FID/KID")
+                          help="(S, N, C, H, W) array (.npy/.npz/.pt) or a folder with one sub-folder of PNGs per input "
+                               "(sub-folders and files in natural order: 2 before 10)")
+    evaluate.add_argument("--inputs", required=True, help="(N, C, H, W) array or a folder of PNGs (natural order; "
+                          "one channel if every image is grayscale, else RGB); (N, m) measurement vectors (e.g. "
+                          "compressed sensing) are evaluated in the row space of A")
+    evaluate.add_argument("--truth", help="optional clean images (N, C, H, W) or a folder of PNGs: distortion, "
+                                          "coverage, calibration, FID/KID")
     evaluate.add_argument("--operator", required=True, help="forward process NAME[:ARGS], e.g. downsample:4, grayscale, jpeg:10")
-    evaluate.add_argument("--alpha", type=float, default=0.1, help="RCPS risk level (default 0.1)")
-    evaluate.add_argument("--delta", type=float, default=0.1, help="RCPS error level (default 0.1)")
+    evaluate.add_argument("--alpha", type=float, default=0.1, help="RCPS risk level in (0, 1) (default 0.1)")
+    evaluate.add_argument("--delta", type=float, default=0.1, help="RCPS error level in (0, 1) (default 0.1)")
     evaluate.add_argument("--out", help="output folder (default: a new runs/eval-<time> folder)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the calibration/test split (default 0)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the calibration/test split, >= 0 (default 0)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     evaluate.set_defaults(handler=_evaluate)
     restore = commands.add_parser("restore", help="draw samples from a restorer for your observations")
     restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "cimle"))
     restore.add_argument("--model", required=True,
                          help="shipped name (flows: faces, patches; cimle: sr4, colour) or a model file")
-    restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt) or a folder of PNGs")
+    restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt), (N, m) measurement "
+                         "vectors (e.g. cs:RATIO) or a folder of PNGs (natural order; one channel if every image "
+                         "is grayscale, else RGB)")
     restore.add_argument("--operator", help="forward process NAME[:ARGS] (flow methods; cimle's task fixes it)")
     restore.add_argument("--samples", type=int, default=16, help="samples per input S (default 16)")
     restore.add_argument("--out", required=True, help="the .npy file for the (S, N, C, H, W) samples")
-    restore.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    restore.add_argument("--seed", type=int, default=0, help="seed of every random draw, >= 0 (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     restore.set_defaults(handler=_restore)
     train = commands.add_parser("train", help="train a flow prior, cIMLE generator, VAE or feature network on your images")
@@ -264,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=20,
                        help="training epochs (default 20; vae: 100 steps each, features: 30 steps each)")
     train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")
-    train.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    train.add_argument("--seed", type=int, default=0, help="seed of every random choice, >= 0 (default 0)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     train.set_defaults(handler=_train)
     bench = commands.add_parser("bench", help="run the benchmarks (source checkout) and print the comparison")

@@ -295,7 +295,8 @@ def calibrated(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, *, start: int
     Returns:
         ``lambda``, the image counts and :func:`pyinverse.uq.coverage_report`'s held-out numbers
         (combined over the ranks), or ``{"skipped": why}`` when too few images can be spared
-        (:func:`pyinverse.uq.minimum_calibration_size`).
+        (:func:`pyinverse.uq.minimum_calibration_size`) or when no scale controls the risk
+        (samples without spread: zero-width intervals that miss the truth).
     """
     num_images = samples.shape[1] if num_images is None else num_images
     order = np.random.default_rng(seed).permutation(num_images)
@@ -304,7 +305,12 @@ def calibrated(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, *, start: int
     if len(calibration) < needed:
         return {"skipped": f"needs at least {needed} calibration images (2 x {needed} inputs with truth) for "
                            f"alpha={rcps.alpha}, delta={rcps.delta}"}
-    rcps = _fit_rcps(rcps, samples, truth, calibration, start)
+    try:
+        rcps = _fit_rcps(rcps, samples, truth, calibration, start)
+    except ValueError as error:  # on every rank alike (SharedError) with several
+        if "cannot be controlled" not in str(error):  # exact_lambda_hat's lam* = inf: no scale widens zero widths
+            raise
+        return {"skipped": str(error).removeprefix("exact_lambda_hat: ")}
     positions, local = _local(test, start, start + samples.shape[1]) if dist.active() else (None, test)
     lower, upper = rcps.predict(samples[:, local]) if local.size else (None, None)
     held_out = _coverage(lower, upper, truth[local], rcps.alpha, positions)
@@ -409,6 +415,7 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     width = stats.quantiles[1] - stats.quantiles[0]
     results["uncertainty"] = {"mean_interval_width": dist.global_mean(width), "mean_std": dist.global_mean(stats.std)}
     uncertainty_rows = [["raw sample intervals", results["uncertainty"]["mean_interval_width"], "n/a", "n/a"]]
+    skipped_notes: list[str] = []  # why a calibrated row is missing, shown in the report
 
     if truth is not None:
         mean_t, truth_t = torch.from_numpy(stats.mean), torch.from_numpy(truth)
@@ -442,8 +449,13 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         if "skipped" not in rcps:
             uncertainty_rows.append([f"RCPS-calibrated (lambda={rcps['lambda']:.3g}, {rcps['calibration_images']} "
                                      "calibration images)", rcps["mean_width"], rcps["risk"], rcps["coverage"]])
+        else:
+            skipped_notes.append(f"RCPS-calibrated intervals not available: {rcps['skipped']}.")
+        if "skipped" not in band:
             uncertainty_rows.append([f"sample mean +- lambda, one width (RCPS, lambda={band['lambda']:.3g})",
                                      band["mean_width"], band["risk"], band["coverage"]])
+        else:
+            skipped_notes.append(f"The one-width band around the sample mean is not available: {band['skipped']}.")
         if num_images >= 2:
             fid, kid_mean, kid_std = _perception(samples, truth_t, num_images, seed)
             results["perception"] = {"fid": fid, "kid": kid_mean, "kid_std": kid_std,
@@ -462,7 +474,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     parts: list = [Table(
         f"Per-pixel intervals from the {q[0]:g}/{q[1]:g} sample quantiles",
         ["intervals", "mean width", f"risk (miscoverage; target {alpha:g})", "coverage"], uncertainty_rows,
-        note="RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
+        note=" ".join(skipped_notes) + (" " if skipped_notes else "") +
+             "RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
              "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out "
              "images. The one-width band around the sample mean, calibrated the same way, is the yardstick: sample intervals "
              "narrower than it at the same risk locate the uncertainty.")]

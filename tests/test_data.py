@@ -200,3 +200,33 @@ def test_image_folder_errors(tmp_path):
     for bad in (0, (3,), (2, -1), 2.5, True):
         with pytest.raises(ValueError, match="image_folder: 'size' must be None, a positive int or"):
             image_folder(empty, size=bad)
+
+
+def test_image_folder_keeps_one_channel_when_every_image_is_gray(tmp_path):
+    rng = np.random.default_rng(5)
+    planes = rng.integers(0, 256, size=(3, 6, 5), dtype=np.uint8)
+    Image.fromarray(planes[0], "L").save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([planes[1], planes[2]]), "LA").save(tmp_path / "b.png")  # alpha dropped
+    Image.fromarray(planes[2] > 127).save(tmp_path / "c.png")  # mode "1"
+    deep = rng.integers(0, 65536, size=(6, 5), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d.png")  # mode "I;16"
+    expected = np.stack([planes[0] / 255, planes[1] / 255, (planes[2] > 127) * 1.0, deep / 65535])[:, None]
+    gray = image_folder(tmp_path, gray=None)
+    check_images(gray, (4, 1, 6, 5))
+    np.testing.assert_allclose(gray, expected, rtol=0, atol=1e-7)
+    assert image_folder(tmp_path).shape == (4, 3, 6, 5)  # the default stays RGB
+    # one colour image makes the folder RGB, the gray images repeating their channel
+    colour = write_rgb(tmp_path / "e.png", rng).transpose(2, 0, 1)
+    mixed = image_folder(tmp_path, gray=None)
+    check_images(mixed, (5, 3, 6, 5))
+    np.testing.assert_allclose(mixed[:4], np.repeat(expected, 3, axis=1), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(mixed[4], colour)
+
+
+def test_image_folder_sorts_numbers_as_numbers(tmp_path):
+    names = ["2.png", "10.png", "1.png", "img9.png", "img10.png", "007.png"]
+    for value, name in enumerate(names):
+        Image.fromarray(np.full((2, 2), 10 * value, dtype=np.uint8), "L").save(tmp_path / name)
+    order = ["1.png", "2.png", "007.png", "10.png", "img9.png", "img10.png"]
+    images = image_folder(tmp_path, gray=True)
+    np.testing.assert_array_equal(np.round(images[:, 0, 0, 0] * 255), [10 * names.index(name) for name in order])

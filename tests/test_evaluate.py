@@ -1,5 +1,6 @@
 """`pyinverse evaluate`: a user's samples from files to a report; bad inputs end in one line."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -7,8 +8,10 @@ import torch
 from PIL import Image
 
 from pyinverse.cli import main
+from pyinverse.data.arrays import load_images, load_inputs, load_samples
 from pyinverse.evaluation import evaluate_samples
-from pyinverse.physics import CompressedSensing, Downsample, RowSpace
+from pyinverse.physics import CompressedSensing, Downsample, Grayscale, RowSpace, by_name
+from pyinverse.restore import restore
 
 NUM_SAMPLES, NUM_IMAGES, SIZE = 3, 6, 16
 
@@ -69,16 +72,17 @@ def test_evaluate_from_files_writes_a_consistent_report(tmp_path, problem, fmt, 
     assert results["distortion"]["psnr_of_mean"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-4)
     # Too few images for RCPS at alpha = delta = 0.1: said so, not silently skipped.
     assert "skipped" in results["uncertainty"]["rcps"]
+    assert "RCPS-calibrated intervals not available: needs at least 22 calibration images" in page
     # A second run into the same folder refuses to overwrite.
     assert main(["evaluate", "--samples", str(paths["samples"]), "--inputs", str(paths["inputs"]),
                  "--operator", "downsample:2", "--out", str(out)]) == 2
     assert "already holds a report" in capsys.readouterr().err
 
 
-def run_expecting_error(capsys, tmp_path, samples_path, inputs_path, operator="downsample:2"):
+def run_expecting_error(capsys, tmp_path, samples_path, inputs_path, operator="downsample:2", options=()):
     out = tmp_path / "out"
     code = main(["evaluate", "--samples", str(samples_path), "--inputs", str(inputs_path),
-                 "--operator", operator, "--out", str(out)])
+                 "--operator", operator, "--out", str(out), *options])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and err.startswith("pyinverse evaluate: error:")
@@ -161,3 +165,131 @@ def test_vector_measurements_are_evaluated_in_the_row_space(tmp_path, problem, c
     np.save(tmp_path / "short.npy", y[:, :10].astype(np.float32))
     assert "inputs must have shape" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "short.npy",
                                                            operator=spec)
+
+
+def test_gray_png_inputs_load_as_one_channel(tmp_path, rng, capsys):
+    truth = rng.random((NUM_IMAGES, 3, SIZE, SIZE), dtype=np.float32)
+    samples = np.clip(truth[None] + 0.05 * rng.standard_normal((NUM_SAMPLES, *truth.shape)), 0, 1).astype(np.float32)
+    gray = Grayscale().A(torch.from_numpy(truth)).numpy()
+    save_png_stack(tmp_path / "gray", gray)  # mode "L" files
+    np.save(tmp_path / "s.npy", samples)
+    code = main(["evaluate", "--samples", str(tmp_path / "s.npy"), "--inputs", str(tmp_path / "gray"),
+                 "--operator", "grayscale", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
+    eight_bit = np.round(gray * 255).astype(np.uint8) / np.float32(255)
+    expected = evaluate_samples(samples, eight_bit, "grayscale").results["validity"]
+    assert results["validity"]["psnr"] == pytest.approx(expected["psnr"], rel=1e-6)
+
+
+def test_sample_folders_pair_with_inputs_in_natural_order(tmp_path, rng):
+    samples = rng.random((2, 12, 1, 4, 4), dtype=np.float32)
+    for image in range(12):  # folders 0, 1, ..., 11: not 0, 1, 10, 11, 2, ...
+        save_png_stack(tmp_path / "samples" / str(image), samples[:, image])
+    loaded = load_samples(tmp_path / "samples")
+    assert loaded.shape == samples.shape  # gray PNGs: one channel
+    np.testing.assert_allclose(loaded, np.round(samples * 255).astype(np.uint8) / np.float32(255), rtol=0, atol=1e-7)
+
+
+def test_samples_without_spread_skip_rcps_and_keep_the_report(tmp_path, rng, capsys):
+    truth = rng.random((12, 1, SIZE, SIZE), dtype=np.float32)
+    inputs = Downsample(2).A(torch.from_numpy(truth)).numpy()
+    estimate = np.clip(truth + 0.05 * rng.standard_normal(truth.shape), 0, 1).astype(np.float32)
+    samples = np.stack([estimate, estimate])  # two identical samples: zero-width intervals
+    for name, array in (("s", samples), ("y", inputs), ("t", truth)):
+        np.save(tmp_path / f"{name}.npy", array)
+    out = tmp_path / "out"
+    code = main(["evaluate", "--samples", str(tmp_path / "s.npy"), "--inputs", str(tmp_path / "y.npy"), "--truth",
+                 str(tmp_path / "t.npy"), "--operator", "downsample:2", "--alpha", "0.3", "--delta", "0.3",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert re.match(r"the risk cannot be controlled: more than \d+ of the \d+ calibration pixels have zero-width",
+                    results["uncertainty"]["rcps"]["skipped"])
+    assert results["uncertainty"]["mean_band"]["calibration_images"] == 6  # the band needs no spread
+    assert {"validity", "distortion", "perception"} <= set(results)
+    page = (out / "report" / "index.html").read_text()
+    assert "RCPS-calibrated intervals not available: the risk cannot be controlled" in page
+
+
+def test_float_images_outside_the_unit_range_or_channels_last_are_refused(tmp_path, problem, capsys):
+    samples, inputs, truth = problem
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "y.npy", inputs)
+    np.save(tmp_path / "s255.npy", samples * 255)
+    err = run_expecting_error(capsys, tmp_path, tmp_path / "s255.npy", tmp_path / "y.npy")
+    assert re.search(r"samples .*s255.npy holds float values in \[\d+\.?\d*, 2\d\d\.?\d*\]; expected \[0, 1\] up to overshoot "
+                     r"\(\[-0.25, 1.25\]\): "
+                     r"divide 0..255 values by 255", err), err
+    np.save(tmp_path / "y255.npy", inputs * 255)
+    assert "inputs" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y255.npy")
+    np.save(tmp_path / "t.npy", 2 * truth - 1)
+    with pytest.raises(ValueError, match=r"truth .*t.npy holds float values in \[-0\.9\d*, 0\.9\d*\]; expected "
+                                         r"\[0, 1\] up to overshoot .*map \[-1, 1\] values by \(x \+ 1\) / 2, or clip"):
+        load_images(tmp_path / "t.npy", "truth")
+    # channels-last stacks would be read as C = H
+    np.save(tmp_path / "s_last.npy", samples.transpose(0, 1, 3, 4, 2))
+    err = run_expecting_error(capsys, tmp_path, tmp_path / "s_last.npy", tmp_path / "y.npy")
+    assert re.search(r"looks channels-last; expected \(S, N, C, H, W\): transpose it with "
+                     r"np.transpose\(array, \(0, 1, 4, 2, 3\)\)", err), err
+    np.save(tmp_path / "y_last.npy", inputs.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"inputs: .*y_last.npy holds an array of shape \(6, 8, 8, 1\), which looks "
+                                         r"channels-last; .*\(0, 3, 1, 2\)"):
+        load_inputs(tmp_path / "y_last.npy")
+    # observations may leave [0, 1] by their noise
+    noisy = inputs.copy()
+    noisy[0, 0, 0, 0] = -0.4
+    np.save(tmp_path / "noisy.npy", noisy)
+    np.testing.assert_array_equal(load_inputs(tmp_path / "noisy.npy", noise_sigma=0.1), noisy)
+    with pytest.raises(ValueError, match=r"expected \[0, 1\] up to overshoot \(\[-0.25, 1.25\]\)"):
+        load_inputs(tmp_path / "noisy.npy")
+    with pytest.raises(ValueError, match=r"expected \[0, 1\] up to noise and overshoot \(\[-0.35, 1.35\]\)"):
+        load_inputs(tmp_path / "y255.npy", noise_sigma=0.0125)
+    slightly_off = samples.copy()  # a sampler's overshoot is not a scale error
+    slightly_off[0, 0, 0, 0, 0] = 1.01
+    np.save(tmp_path / "s_off.npy", slightly_off)
+    np.testing.assert_array_equal(load_samples(tmp_path / "s_off.npy"), slightly_off)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--alpha", "1.5"], r"--alpha must be in \(0, 1\), got 1.5"),
+    (["--delta", "0"], r"--delta must be in \(0, 1\), got 0"),
+])
+def test_bad_options_are_named_before_any_file_is_read(tmp_path, capsys, options, message):
+    err = run_expecting_error(capsys, tmp_path, tmp_path / "missing.npy", tmp_path / "missing.npy", options=options)
+    assert re.search(message, err), err
+
+
+def test_out_naming_a_file_is_refused_before_the_evaluation(tmp_path, problem, capsys):
+    samples, inputs, _ = problem
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "y.npy", inputs)
+    (tmp_path / "out").write_text("keep")
+    assert "--out" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy")
+    assert (tmp_path / "out").read_text() == "keep"
+
+
+def test_run_refuses_a_negative_seed_before_creating_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--quick", "--stages", "uq", "--seed", "-1", "--out", str(out)]) == 2
+    assert "--seed must be an integer >= 0, got -1" in capsys.readouterr().err
+    (tmp_path / "c.toml").write_text('seed = -3\nquick = true\nstages = ["uq"]\n')
+    assert main(["run", "--config", str(tmp_path / "c.toml"), "--out", str(out)]) == 2
+    assert "'seed' must be an integer >= 0, got -3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_restore_takes_measurement_vectors(tmp_path, rng, capsys):
+    image = rng.random((1, 1, 24, 24), dtype=np.float32)  # the shipped faces flow's size
+    y = by_name("cs:0.25").A(torch.from_numpy(image)).numpy()
+    assert y.shape == (1, 144)
+    np.save(tmp_path / "y.npy", y)
+    args = ["restore", "--method", "flow-map", "--model", "faces", "--inputs", str(tmp_path / "y.npy"),
+            "--operator", "cs:0.25", "--out", str(tmp_path / "x.npy")]
+    assert main(args) == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), restore("flow-map", y, model="faces", operator="cs:0.25"))
+    for options, message in ((["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+                             (["--samples", "0"], "--samples must be an integer >= 1, got 0")):
+        assert main([*args[:-1], str(tmp_path / "bad.npy"), *options]) == 2
+        assert message in capsys.readouterr().err

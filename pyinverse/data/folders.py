@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -14,11 +15,23 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 # 16-bit and 32-bit integer grayscale modes: scaled by their full range, not clipped to 8 bits.
 _WIDE_GRAY_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+# Modes with one channel of content (LA/La: gray plus an alpha that is dropped, as RGBA's is).
+# Palette images ("P", "PA") may hold colours: they count as colour.
+SINGLE_CHANNEL_MODES = frozenset({"1", "L", "LA", "La", "F", *_WIDE_GRAY_MODES})
+
+
+def natural_sort_key(path: str | os.PathLike) -> tuple:
+    """Sort key of a file or folder name with its digit runs compared as numbers, so ``2.png``
+    comes before ``10.png``; zero-padded names (``002``, ``010``) keep their order."""
+    name = Path(path).name
+    parts = re.split(r"(\d+)", name)  # text at even positions, digits at odd ones: like compares with like
+    return [int(part) if index % 2 else part for index, part in enumerate(parts)], name
 
 
 def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = None,
-                 gray: bool = False) -> np.ndarray:
-    """Load every PNG / JPEG file directly inside ``path`` (sorted by file name).
+                 gray: bool | None = False) -> np.ndarray:
+    """Load every PNG / JPEG file directly inside ``path`` (in natural order of the file names:
+    ``2.png`` before ``10.png``, see :func:`natural_sort_key`).
 
     Files with other extensions and sub-folders are ignored; extensions are matched without
     regard to case. Palette, grayscale and alpha images are converted to RGB (alpha dropped)
@@ -29,10 +42,12 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
         size: ``None`` (every image must have the same height and width), an int (square) or
             ``(height, width)``: each image is resized to it with bicubic interpolation (Pillow)
             and clipped to [0, 1].
-        gray: one channel instead of three.
+        gray: ``True``: one channel (luma); ``False``: three; ``None``: one channel if every
+            image is single-channel (:data:`SINGLE_CHANNEL_MODES`: Pillow modes 1, L, LA, I,
+            I;16, F), else three (grayscale images then repeat their channel).
 
     Returns:
-        float32 ``(N, C, H, W)`` in [0, 1], C = 1 if ``gray`` else 3, N the number of image files.
+        float32 ``(N, C, H, W)`` in [0, 1], C = 1 or 3 as ``gray`` says, N the number of image files.
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``path`` is missing or not a folder.
@@ -50,10 +65,13 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
     if not folder.is_dir():
         raise NotADirectoryError(f"image_folder: 'path' {str(folder)!r} is not a folder")
     target = _parse_size(size)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=natural_sort_key)
     if not files:
         raise ValueError(f"image_folder: no {'/'.join(IMAGE_EXTENSIONS)} files in {str(folder)!r}")
     images = [_read_image(file, gray, target) for file in files]
+    if gray is None and any(len(image) == 3 for image in images):
+        images = [np.repeat(image, 3, axis=0) if len(image) == 1 else image for image in images]
     sizes = {image.shape[1:] for image in images}
     if len(sizes) > 1:
         examples = {}
@@ -80,16 +98,20 @@ def _parse_size(size) -> tuple[int, int] | None:
     return height, width
 
 
-def _read_image(file: Path, gray: bool, target: tuple[int, int] | None) -> np.ndarray:
-    """One file as float32 ``(C, H, W)`` in [0, 1]."""
+def _read_image(file: Path, gray: bool | None, target: tuple[int, int] | None) -> np.ndarray:
+    """One file as float32 ``(C, H, W)`` in [0, 1]; ``gray=None``: C = 1 for a single-channel image."""
     try:
         with Image.open(file) as image:
             image.load()
+            if gray is None:
+                gray = image.mode in SINGLE_CHANNEL_MODES
             if image.mode in _WIDE_GRAY_MODES:
                 gray_plane = np.asarray(image, dtype=np.float32) / np.float32(_WIDE_GRAY_MODES[image.mode])
                 channels = np.clip(gray_plane, 0.0, 1.0)[None]
                 if not gray:
                     channels = np.repeat(channels, 3, axis=0)
+            elif gray and image.mode in SINGLE_CHANNEL_MODES:  # its own values, not luma of repeated ones
+                channels = (np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0))[None]
             else:
                 rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
                 channels = rgb.transpose(2, 0, 1)
