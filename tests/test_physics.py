@@ -412,12 +412,21 @@ def test_jpeg_is_nonlinear_not_differentiable_and_ignores_seed():
         assert abs(float(op.A(tiny)) - value) <= 2 / 255
 
 
-@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan"), float("inf")])
-def test_jpeg_rejects_values_outside_unit_interval(bad):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_jpeg_rejects_non_finite_values(bad):
     x = torch.rand(1, 3, 8, 8)
     x[0, 1, 2, 3] = bad
-    with pytest.raises(ValueError, match=r"JPEG.A: 'x' must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"JPEG.A: 'x' must be finite, got .* at index \[0, 1, 2, 3\]"):
         JPEG(50).A(x)
+
+
+def test_jpeg_saturates_values_outside_unit_interval():
+    """As an 8-bit writer does: the result is that of the clipped image."""
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    off = x.clone()
+    off[0, 1, 2, 3], off[1, 0, 4, 5] = 1.0004, -0.3
+    clipped = off.clamp(0, 1)
+    torch.testing.assert_close(JPEG(50).A(off), JPEG(50).A(clipped), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("quality", [0, 96, 100, -5, 10.0, True, "10"])

@@ -16,8 +16,9 @@ JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
 class JPEG(Operator):
     """Encode each image as a JPEG with Pillow (libjpeg) and decode it: ``(B, C, H, W)`` -> same.
 
-    ``C`` is 1 (saved as mode "L") or 3 ("RGB"). The input, which must lie in [0, 1] (no NaN),
-    is rounded to 8 bits (``round(255 x)``, half to even) before encoding, and the decoded
+    ``C`` is 1 (saved as mode "L") or 3 ("RGB"). The input (finite: NaN / inf raise) is clipped to
+    [0, 1] and rounded to 8 bits (``round(255 x)``, half to even) before encoding, as writing any
+    8-bit image saturates (a sampler's 1.0001 is a white pixel, not an error), and the decoded
     bytes come back as ``k / 255`` in the input's dtype and device. The result equals
     ``Image.open(buf)`` after ``Image.fromarray(u8).save(buf, "JPEG", quality=quality)``
     exactly.
@@ -71,11 +72,10 @@ class JPEG(Operator):
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         values = x.detach().cpu().numpy()
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            raise ValueError(f"JPEG.A: 'x' must lie in [0, 1] without NaN, got values in "
-                             f"[{np.nanmin(values)}, {np.nanmax(values)}] (NaN present: "
-                             f"{bool(np.isnan(values).any())}); clamp with x.clamp(0, 1) first")
-        quantised = np.rint(values * 255.0).astype(np.uint8)
+        if not np.isfinite(values).all():
+            bad = np.argwhere(~np.isfinite(values))[0].tolist()
+            raise ValueError(f"JPEG.A: 'x' must be finite, got {values[tuple(bad)]} at index {bad}")
+        quantised = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
         options = {"quality": self.quality}
         if self.subsampling is not None:
             options["subsampling"] = self.subsampling
