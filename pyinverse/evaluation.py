@@ -405,11 +405,21 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     per_sample = {m: dist.gather_rows(scores[f"{m}_per_sample"], axis=1) for m in ("psnr", "ssim", "perceptual")}
     results["validity"] = {m: float(values.mean()) for m, values in per_sample.items()}
     results["validity"]["psnr_per_image"] = per_sample["psnr"].mean(axis=0)
+    # One exactly consistent sample makes the mean PSNR inf: say how many, and the mean of the rest.
+    consistent = np.isinf(per_sample["psnr"])
+    results["validity"]["consistent_fraction"] = float(consistent.mean())
+    results["validity"]["psnr_of_inconsistent"] = (float(per_sample["psnr"][~consistent].mean())
+                                                   if not consistent.all() else None)
+    consistency = ""
+    if consistent.any():
+        share = f"{consistent.mean():.1%} of the samples are exactly consistent (PSNR inf)"
+        rest = results["validity"]["psnr_of_inconsistent"]
+        consistency = f" {share}" + (f"; the others average {rest:.2f} dB." if rest is not None else ".")
     sections.append(Section("Validity", [Table(
         "The forward process applied to every sample, against the input (Peng et al. 2023, Table 1)",
         ["perceptual distance (lower better)", "PSNR dB (higher better)", "SSIM (higher better)"],
         [[results["validity"]["perceptual"], results["validity"]["psnr"], results["validity"]["ssim"]]],
-        note=f"Averaged over {num_samples} samples x {num_images} inputs; inf PSNR means exactly consistent.")]))
+        note=f"Averaged over {num_samples} samples x {num_images} inputs.{consistency}")]))
 
     stats = sample_stats(samples, q=q, axis=0)
     width = stats.quantiles[1] - stats.quantiles[0]

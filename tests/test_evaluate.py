@@ -293,3 +293,20 @@ def test_restore_takes_measurement_vectors(tmp_path, rng, capsys):
                              (["--samples", "0"], "--samples must be an integer >= 1, got 0")):
         assert main([*args[:-1], str(tmp_path / "bad.npy"), *options]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_exactly_consistent_samples_are_counted_not_averaged_into_inf(problem):
+    """One sample equal to its input (denoising: A = I) has PSNR inf; the report gives the share of
+    such samples and the mean PSNR of the others, recomputed here in float64 numpy."""
+    samples = problem[0]
+    inputs = samples[0].copy()  # sample 0 of every image is exactly consistent
+    evaluation = evaluate_samples(samples, inputs, "denoising:0.1")
+    validity_results = evaluation.results["validity"]
+    assert validity_results["psnr"] == np.inf
+    assert validity_results["consistent_fraction"] == pytest.approx(1 / samples.shape[0])
+    errors = ((samples[1:].astype(np.float64) - inputs) ** 2).reshape(samples.shape[0] - 1, samples.shape[1], -1)
+    expected = (-10 * np.log10(errors.mean(-1))).mean()
+    assert validity_results["psnr_of_inconsistent"] == pytest.approx(expected, rel=1e-5)
+    note = evaluation.sections[0].blocks[0].note
+    assert f"{1 / samples.shape[0]:.1%} of the samples are exactly consistent" in note
+    assert f"the others average {expected:.2f} dB" in note
