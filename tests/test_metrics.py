@@ -266,3 +266,22 @@ def test_cuda_inputs_give_the_cpu_values():
         on_gpu = metric(tx.cuda(), ty.cuda())
         assert on_gpu.device.type == "cuda"
         torch.testing.assert_close(on_gpu.cpu(), metric(tx, ty), rtol=1e-10, atol=1e-12)
+
+
+def test_read_only_numpy_images_are_copied_not_aliased():
+    """As for the operators: a read-only array is copied, a writable one stays zero-copy."""
+    from pyinverse.metrics._inputs import to_tensor
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((2, 1, 16, 16)), rng.random((2, 1, 16, 16))
+    frozen_x = x.copy()
+    frozen_x.flags.writeable = False
+    assert not np.shares_memory(to_tensor(frozen_x, "test", "x")[0].numpy(), frozen_x)
+    assert np.shares_memory(to_tensor(x, "test", "x")[0].numpy(), x)
+    np.testing.assert_array_equal(psnr(frozen_x, y), psnr(x, y))
+    op = by_name("downsample:2")
+    samples = np.stack([x, y])
+    frozen_samples = samples.copy()
+    frozen_samples.flags.writeable = False
+    np.testing.assert_array_equal(validity(op, op.A(x), frozen_samples, metrics=("psnr",))["psnr_per_sample"],
+                                  validity(op, op.A(x), samples, metrics=("psnr",))["psnr_per_sample"])

@@ -886,3 +886,20 @@ def test_row_space_bad_input():
     view = RowSpace(CompressedSensing(0.5, seed=0, image_shape=(1, 8, 8)))
     with pytest.raises(ValueError):
         view.A(torch.rand(2, 1, 9, 9))
+
+
+def test_read_only_numpy_inputs_are_copied_not_aliased(tmp_path):
+    """A read-only array (np.load's memmap, np.frombuffer) must not back a writable tensor (torch
+    warns once per process, and a write would crash); writable arrays stay zero-copy."""
+    from pyinverse.physics.base import as_tensor
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 1, 8, 8))
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    tensor, _ = as_tensor(mapped, "test", "x")
+    assert not np.shares_memory(tensor.numpy(), mapped)
+    np.testing.assert_array_equal(tensor.numpy(), x)
+    assert np.shares_memory(as_tensor(x, "test", "x")[0].numpy(), x)
+    for op in (Downsample(2), by_name("blur:1.0"), Denoising(0.1)):
+        np.testing.assert_array_equal(op.A(mapped), op.A(x))

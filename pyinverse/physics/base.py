@@ -57,7 +57,7 @@ def as_tensor(x: Any, where: str, name: str) -> tuple[torch.Tensor, Callable[[to
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{where}: '{name}' must be float32 or float64, got numpy {x.dtype}")
         dtype = x.dtype
-        tensor = torch.from_numpy(np.ascontiguousarray(x))
+        tensor = torch.from_numpy(np.require(x, requirements="CW"))  # a read-only array is copied: torch may not alias it
         return tensor, lambda t: t.detach().cpu().numpy().astype(dtype, copy=False)
     raise TypeError(f"{where}: '{name}' must be a torch tensor or a numpy array, got {type(x).__name__}")
 
