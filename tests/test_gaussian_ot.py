@@ -107,6 +107,59 @@ def test_ill_conditioned(seed, cond):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("cond", [1e3, 1e6, 1e10, 1e12])
+def test_ill_conditioned_commuting_closed_form(seed, cond):
+    """S_s = Q diag(s) Q^T, S_t = Q diag(s r) Q^T: A = Q diag(sqrt r) Q^T, well-conditioned however
+    ill-conditioned S_s is; errors may grow like eps * cond(S_s), not like cond^2 (the explicit
+    S_s^-1/2 form was off by 1.5 at 1e12). In a batch with a well-conditioned and a singular S_s,
+    each map equals its own fit."""
+    rng = np.random.default_rng(seed)
+    d = 10
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    spectrum, ratios = np.geomspace(1 / cond, 1, d), rng.uniform(0.25, 4.0, d)
+    s_s, s_t = (q * spectrum) @ q.T, (q * (spectrum * ratios)) @ q.T
+    s_s, s_t = 0.5 * (s_s + s_s.T), 0.5 * (s_t + s_t.T)
+    a, cross = gaussian_ot_matrix(s_s, s_t)
+    bound = max(1e-10, 1e-15 * cond * 100)
+    np.testing.assert_allclose(a, (q * np.sqrt(ratios)) @ q.T, atol=bound)
+    assert cross == pytest.approx(np.sum(spectrum * np.sqrt(ratios)), rel=1e-12)
+    identity, _ = gaussian_ot_matrix(s_s, s_s)
+    np.testing.assert_allclose(identity, np.eye(d), atol=bound)
+    singular = (q[:, 1:] * spectrum[1:]) @ q[:, 1:].T
+    batch_s = np.stack([s_s, np.eye(d) + 0.1 * s_s, 0.5 * (singular + singular.T)])
+    batch_a, batch_cross = gaussian_ot_matrix(batch_s, np.stack([s_t, s_t, s_t]))
+    for i in range(3):
+        alone, alone_cross = gaussian_ot_matrix(batch_s[i], s_t)
+        np.testing.assert_allclose(batch_a[i], alone, rtol=0, atol=1e-12 * np.abs(alone).max())
+        assert batch_cross[i] == pytest.approx(alone_cross, rel=1e-13)
+
+
+def test_indefinite_covariances_are_refused():
+    """Clipping their negative eigenvalues gave W2 = 0 between different laws."""
+    from pyinverse.ops.sqrtm import frechet_distance, wasserstein2_gaussian
+
+    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1, positive diagonal
+    with pytest.raises(ValueError, match="'cov_source' must be positive semi-definite.*eigenvalue -5"):
+        gaussian_ot_matrix(np.diag([1.0, -5.0]), np.eye(2))
+    with pytest.raises(ValueError, match="'cov_target' must be positive semi-definite"):
+        gaussian_ot_matrix(np.eye(2), indefinite)
+    with pytest.raises(ValueError, match=r"'source\[1\] \(cov\)' must be positive semi-definite"):
+        GaussianOT(shrinkage=None).fit((np.zeros(2), np.diag([1.0, -1.0])), (np.zeros(2), np.eye(2)))
+    with pytest.raises(ValueError, match="wasserstein2_gaussian|frechet_distance"):
+        wasserstein2_gaussian(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+    for sigma2 in (indefinite, torch.from_numpy(indefinite)):
+        sigma1 = np.eye(2) if isinstance(sigma2, np.ndarray) else torch.eye(2, dtype=torch.float64)
+        mu = np.zeros(2) if isinstance(sigma2, np.ndarray) else torch.zeros(2, dtype=torch.float64)
+        with pytest.raises(ValueError, match="frechet_distance: .*'sigma2' is indefinite"):
+            frechet_distance(mu, sigma1, mu, sigma2)
+    # rounding-level negative eigenvalues of a PSD covariance are not refused
+    x = np.random.default_rng(0).standard_normal((5, 20))
+    rank_deficient = np.cov(x, rowvar=False)  # 20 x 20 of rank 4
+    assert np.isfinite(frechet_distance(np.zeros(20), rank_deficient, np.zeros(20), rank_deficient))
+    assert np.isfinite(gaussian_ot_matrix(rank_deficient, rank_deficient)[0]).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_rank_deficient_covariances_are_finite_and_exact_where_defined(seed):
     rng = np.random.default_rng(seed)
     d, rank = 10, 4

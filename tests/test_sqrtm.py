@@ -437,7 +437,7 @@ def test_trace_sqrt_product_eigh_path_matches_cholesky_path(rng):
     for d, n_samples in [(8, 50), (40, 15)]:
         (_, s1, _, s2), _, _ = _gaussian_pair(rng, n_samples, d)
         s2 = s2 + 0.1 * np.eye(d)
-        via_eigh = sqrtm_module._trace_sqrt_product_eigh(torch.from_numpy(s1), torch.from_numpy(s2), "torch")
+        via_eigh = sqrtm_module._trace_sqrt_product_eigh(torch.from_numpy(s1), torch.from_numpy(s2), "torch", "test")
         assert via_eigh == pytest.approx(trace_sqrt_product(s1, s2), rel=1e-7)
 
 

@@ -466,10 +466,15 @@ def _check_covariances(arrays: dict[str, Any], infos: dict[str, ArrayInfo], name
             raise ValueError(f"{op}: '{name}' must have shape {expected}, got {shape}")
         d = shape[0]
         _check_values_lapack(arrays[name], library, _default_symmetry_tol(infos[name].dtype), op, name)
+        diagonal = _module(library).diagonal(arrays[name])
+        if d and float(diagonal.min()) < -_PSD_TOLERANCE * d * float(abs(diagonal).max()):
+            # a negative variance: the clipped eigenvalues would give a distance of 0 between different laws
+            raise ValueError(f"{op}: '{name}' must be positive semi-definite, but its diagonal holds "
+                             f"{float(diagonal.min()):.3g}")
     return d
 
 
-def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray, op: str) -> float:
     """tr (S1 S2)^1/2 on the CPU: S1 = P L L^T P^T by pivoted Cholesky (LAPACK dpstrf, which stops
     at S1's numerical rank r), then the eigenvalues of the r x r matrix L^T P^T S2 P L, which are
     the nonzero eigenvalues of S1 S2."""
@@ -494,10 +499,19 @@ def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray)
         lower = np.tril(factor)[:, :rank]
         middle = lower.T @ (0.5 * (permuted + permuted.T)) @ lower
     eigenvalues = scipy.linalg.eigvalsh(middle, lower=True, driver="evr", overwrite_a=True, check_finite=False)
+    _check_middle_eigenvalues(eigenvalues, d, op)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
-def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str) -> float:
+def _check_middle_eigenvalues(eigenvalues: Any, d: int, op: str) -> None:
+    """L^T S2 L is PSD when S2 is: an eigenvalue negative beyond rounding means S2 is not."""
+    lowest, largest = float(eigenvalues.min()), float(abs(eigenvalues).max())
+    if lowest < -_PSD_TOLERANCE * d * largest:
+        raise ValueError(f"{op}: the covariances must be positive semi-definite, but S1^1/2 S2 S1^1/2 has an "
+                         f"eigenvalue {lowest / largest:.3g} times its largest magnitude: 'sigma2' is indefinite")
+
+
+def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
     """tr (S1 S2)^1/2 from eigh, for torch or cupy on their device: with S1 = U diag(l) U^T and
     R = U diag(sqrt(max(l, 0))), R^T S2 R has the eigenvalues of S1^1/2 S2 S1^1/2."""
     xp = _module(library)
@@ -508,18 +522,23 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str) -> float:
     middle = _swap(root) @ sigma2 @ root
     middle = 0.5 * (middle + _swap(middle))
     eigenvalues = xp.linalg.eigvalsh(middle)
+    _check_middle_eigenvalues(eigenvalues, sigma1.shape[0], op)
     return float(_spectral_function(eigenvalues, "sqrt", 0.0, False, library).sum())
 
 
+_PSD_TOLERANCE = 1e3 * float(np.finfo(np.float64).eps)  # per dimension, relative: far above rounding
+
+
 def _power_of_4_above(max_abs: float) -> float:
-    """The smallest power of 4 >= max_abs (1 for 0): dividing by it is exact and its root is too."""
+    """The smallest power of 4 >= max_abs (1 for 0), within 4^-511 .. 4^511 (normal numbers, as the
+    kernel's exact_scale): dividing by it is exact and its root is too."""
     if not max_abs > 0:
         return 1.0
     exponent = math.frexp(max_abs)[1]
-    return math.ldexp(1.0, min(exponent + (exponent & 1), 1022))
+    return math.ldexp(1.0, min(max(exponent + (exponent & 1), -1022), 1022))
 
 
-def _trace_sqrt(sigma1: Any, sigma2: Any, library: str) -> float:
+def _trace_sqrt(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
     if sigma1.shape[0] == 0:
         return 0.0
     # tr (S1 S2)^1/2 = sqrt(c1 c2) tr ((S1 / c1) (S2 / c2))^1/2: with entries scaled to at most 1,
@@ -529,8 +548,8 @@ def _trace_sqrt(sigma1: Any, sigma2: Any, library: str) -> float:
     sigma1, sigma2 = sigma1 / scales[0], sigma2 / scales[1]
     root_scale = math.sqrt(scales[0]) * math.sqrt(scales[1])
     if library == "numpy":
-        return root_scale * _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2)
-    return root_scale * _trace_sqrt_product_eigh(sigma1, sigma2, library)
+        return root_scale * _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2, op)
+    return root_scale * _trace_sqrt_product_eigh(sigma1, sigma2, library, op)
 
 
 def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
@@ -553,7 +572,7 @@ def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
     op = "trace_sqrt_product"
     arrays, infos, library = _float64_inputs({"sigma1": sigma1, "sigma2": sigma2}, op)
     _check_covariances(arrays, infos, ("sigma1", "sigma2"), None, library, op)
-    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library)
+    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
@@ -594,7 +613,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     diff = arrays["mu1"] - arrays["mu2"]
     mean_term = float((diff * diff).sum())
     trace_term = float(xp.trace(arrays["sigma1"])) + float(xp.trace(arrays["sigma2"]))
-    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library)
+    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
     return max(mean_term + trace_term - 2.0 * cross, 0.0)
 
 
