@@ -1,4 +1,5 @@
 """Flows: layers against float64 references, change of variables by brute force, training, files."""
+import copy
 import json
 import math
 
@@ -292,6 +293,66 @@ def test_bad_latents_and_constructor_arguments():
         model.sample(0)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", 2**64, None])
+def test_sample_takes_integer_seeds_only(seed):
+    model, _ = initialised("glow-affine-tanh", 0)
+    if seed is None:  # numpy integers are integers: same draw as the Python int
+        assert torch.equal(model.sample(np.int64(3), seed=np.int64(5)), model.sample(3, seed=5))
+        return
+    with pytest.raises(ValueError, match=r"Glow.sample: 'seed' must be an int in \[0, 2\*\*63\)"):
+        model.sample(2, seed=seed)
+
+
+def test_bits_per_dim_checks_num_levels():
+    model, x = initialised("glow-affine-tanh", 0)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="Glow.bits_per_dim: 'num_levels' must be an int >= 1"):
+            model.bits_per_dim(x, num_levels=bad)
+    expected = (-model.log_prob(x) / 16 + math.log(4)) / math.log(2)
+    torch.testing.assert_close(model.bits_per_dim(x, num_levels=np.int64(4)), expected)
+
+
+@pytest.mark.parametrize("name", ["realnvp-2levels", "glow-logit-sigmoid"])
+def test_logit_models_refuse_images_outside_the_logit_domain(name):
+    model, x = initialised(name, 0)
+    outside = x.clone()
+    outside[0, 0, 0, 0] = 1.5  # the logit of a value past 1 + alpha / (1 - 2 alpha) is NaN
+    for method in (model.forward, model.log_prob, model.bits_per_dim, model.round_trip_error):
+        with pytest.raises(ValueError, match=r"'x' must lie in \(-0.05556, 1.056\).*got values in \[.*, 1.5\]"):
+            method(outside)
+    outside[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        model.log_prob(outside)
+    # Inside the domain but past 1 (an unclipped sample) is fine, as with the affine Glow.
+    inside = x.clone()
+    inside[0, 0, 0, 0] = 1.03
+    assert bool(torch.isfinite(model.log_prob(inside)).all())
+    glow, y = initialised("glow-affine-tanh", 0)
+    y[0, 0, 0, 0] = 1.5
+    assert bool(torch.isfinite(glow.log_prob(y)).all())
+
+
+def test_clamp_is_checked_at_construction(tmp_path):
+    for cls, kwargs in ((Glow, dict(levels=1, depth=1)), (RealNVP, dict(levels=1, couplings=1))):
+        for bad in (0, -1.0, float("nan"), float("inf"), "2"):
+            with pytest.raises(ValueError, match=f"{cls.__name__}: 'clamp' must be a finite number > 0 for "
+                                                 "scale='tanh'"):
+                cls(1, 4, hidden=4, clamp=bad, **kwargs)
+    with pytest.raises(ValueError, match="Glow: 'clamp' must be a number > 0 for scale='exp'"):
+        Glow(1, 4, levels=1, depth=1, hidden=4, scale="exp", clamp=0)
+    # "exp" and "sigmoid" do not use the clamp: inf is accepted, gives the same map, and round-trips a file.
+    for scale in ("exp", "sigmoid"):
+        unused = perturb(Glow(1, 4, levels=1, depth=2, hidden=4, scale=scale, clamp=float("inf")).double(), 0.1, 0)
+        finite = perturb(Glow(1, 4, levels=1, depth=2, hidden=4, scale=scale, clamp=2.0).double(), 0.1, 0)
+        x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+        torch.testing.assert_close(unused.log_prob(x), finite.log_prob(x), rtol=0, atol=0)
+    loaded, _ = load_flow(save_flow(unused, tmp_path / "unused_clamp.safetensors"))
+    assert loaded.config["clamp"] == math.inf
+    # load_flow gives a float32 model: equal up to float32 rounding
+    torch.testing.assert_close(loaded.double().log_prob(x), unused.log_prob(x), rtol=1e-6, atol=1e-6)
+    assert AffineCoupling(2, 4, clamp=np.float32(1.5)).clamp == 1.5
+
+
 # ---- training and files --------------------------------------------------------------------------------------
 
 def smooth_images(n, size, seed):
@@ -334,9 +395,28 @@ def test_training_lowers_bits_per_dim_and_resume_is_exact(tmp_path):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)
     assert latest_checkpoint(tmp_path / "b").name == "step00000016.safetensors"
-    # Checkpoints are never silently overwritten.
-    with pytest.raises(FileExistsError, match="exists; pass overwrite=True"):
-        train_flow(tiny_glow(), data, epochs=1, batch_size=16, seed=3, checkpoint_dir=tmp_path / "a", progress=False)
+    # Checkpoints are never silently overwritten, and that is found before any training.
+    rerun = tiny_glow()
+    untouched = copy.deepcopy(rerun.state_dict())
+    with pytest.raises(FileExistsError, match="step00000004.safetensors' exists; pass overwrite=True"):
+        train_flow(rerun, data, epochs=1, batch_size=16, seed=3, checkpoint_dir=tmp_path / "a", progress=False)
+    for key, value in untouched.items():
+        assert torch.equal(rerun.state_dict()[key], value), key
+
+
+def test_evaluate_bpd_checks_batch_size_and_seed():
+    model, _ = initialised("glow-affine-tanh", 0)
+    held = smooth_images(5, 4, 0).astype(np.float64)
+    for bad in (-1, 0, 2.0, True):  # -1 returned 0.0 bits/dim, 0 a bare range() error
+        with pytest.raises(ValueError, match="evaluate_bpd: 'batch_size' must be an int >= 1"):
+            evaluate_bpd(model, held, batch_size=bad)
+    with pytest.raises(ValueError, match=r"evaluate_bpd: 'seed' must be an int in \[0, 2\*\*63\)"):
+        evaluate_bpd(model, held, seed=-1)
+    # The batch size only bounds memory: per-image bits/dim averaged by hand agree.
+    levels = quantize_levels(torch.from_numpy(held))
+    x = dequantize(levels, torch.Generator().manual_seed(0), torch.float64)
+    expected = float(model.bits_per_dim(x).detach().mean())
+    assert evaluate_bpd(model, held, batch_size=np.int64(2)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_restore_best_keeps_the_best_held_out_epoch(tmp_path):
@@ -394,11 +474,64 @@ def test_resume_refuses_another_architecture_and_model_files(tmp_path):
     other = Glow(1, 4, levels=2, depth=3, hidden=8, seed=0)
     with pytest.raises(ValueError, match="another architecture.*depth: file 2 vs model 3"):
         train_flow(other, data, epochs=2, batch_size=16, checkpoint_dir=tmp_path, resume=checkpoint, progress=False)
+    # A refused resume leaves the model's weights as they were.
     plain = save_flow(tiny_glow(), tmp_path / "plain.safetensors")
+    model = perturb(tiny_glow(), 0.1, 0)
+    untouched = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="without training state"):
-        train_flow(tiny_glow(), data, epochs=2, batch_size=16, resume=plain, progress=False)
+        train_flow(model, data, epochs=2, batch_size=16, resume=plain, progress=False)
+    for key, value in untouched.items():
+        assert torch.equal(model.state_dict()[key], value), key
     config, tensors, state, info = read_flow_file(checkpoint)
     assert {"rng", "counters"} <= set(state) and info["step"] == 2
+    assert info["run"]["data"]["shape"] == [32, 1, 4, 4] and info["run"]["batch_size"] == 16
+
+
+def test_resume_refuses_another_run(tmp_path):
+    data = smooth_images(32, 4, 0)
+    settings = dict(epochs=2, batch_size=16, lr=1e-3, seed=0, checkpoint_dir=tmp_path, progress=False)
+    train_flow(tiny_glow(), data, **dict(settings, epochs=1))
+    model = perturb(tiny_glow(), 0.1, 0)
+    untouched = copy.deepcopy(model.state_dict())
+    other = smooth_images(32, 4, 1)  # same shape, other images
+    with pytest.raises(ValueError, match=r"belongs to another training run \(data: checkpoint \(32, 1, 4, 4\) images "
+                                         r"with sha256 \w+\.\.\. vs now \(32, 1, 4, 4\) images.*"
+                                         r"another checkpoint_dir \(--checkpoint-dir"):
+        train_flow(model, other, resume=True, **settings)
+    with pytest.raises(ValueError, match=r"another training run \(batch_size: checkpoint 16 vs now 8; "
+                                         r"lr: checkpoint 0.001 vs now 0.002; seed: checkpoint 0 vs now 1\)"):
+        train_flow(model, data, resume=True, **dict(settings, batch_size=8, lr=2e-3, seed=1))
+    with pytest.raises(ValueError, match=r"held_out: checkpoint none vs now \(4, 1, 4, 4\) images"):
+        train_flow(model, data, resume=True, held_out=data[:4], **settings)
+    for key, value in untouched.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # A checkpoint without the run record (older files) cannot be checked, so it is refused too.
+    config, tensors, state, info = read_flow_file(latest_checkpoint(tmp_path))
+    del info["run"]
+    old = tmp_path / "old" / "step00000002.safetensors"
+    save_flow(tiny_glow(), old, training=info, train_state=state)
+    with pytest.raises(ValueError, match="does not record the data and settings.*do not pass resume"):
+        train_flow(model, data, resume=old, **dict(settings, checkpoint_dir=None))
+    # The same data and settings resume.
+    history = train_flow(tiny_glow(), data, resume=True, **settings)
+    assert history.epochs == [1, 2]
+
+
+def test_save_flow_never_replaces_a_file_created_while_writing(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    target = tmp_path / "flow.safetensors"
+    real_save = safetensors.torch.save_file
+
+    def racing_save(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        target.write_bytes(b"someone else's file")  # appears between the existence check and the move
+
+    monkeypatch.setattr(safetensors.torch, "save_file", racing_save)
+    with pytest.raises(FileExistsError, match="save_flow: .*flow.safetensors' exists; pass overwrite=True"):
+        save_flow(tiny_glow(), target)
+    assert target.read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow.safetensors"]  # no temporary left
 
 
 @pytest.mark.parametrize("data,error,match", [

@@ -163,6 +163,27 @@ def test_bad_arguments():
         AffineCouplingBlock(4, scale="relu")
     with pytest.raises(ValueError, match="'subnet' must be 'conv' or 'mlp'"):
         AffineCouplingBlock(4, subnet="transformer")
+    for bad in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="AffineCouplingBlock: 'clamp' must be a finite number > 0 for scale="):
+            AffineCouplingBlock(4, clamp=bad)
+
+
+@pytest.mark.parametrize("scale", ["exp", "sigmoid"])
+def test_unused_clamp_may_be_infinite(scale):
+    # These scale functions ignore the clamp: an infinite one gives the same block as a finite one,
+    # backward included.
+    generator = torch.Generator().manual_seed(0)
+    unused = perturb(AffineCouplingBlock(4, 8, scale=scale, clamp=float("inf")).double(), generator)
+    finite = AffineCouplingBlock(4, 8, scale=scale, clamp=1.5).double()
+    finite.load_state_dict(unused.state_dict())
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    for block in (unused, finite):
+        block.zero_grad()
+        y, logdet = ReversibleSequence([block])(x)
+        (y.square().sum() - logdet.sum()).backward()
+    torch.testing.assert_close(unused(x)[0], finite(x)[0], rtol=0, atol=0)
+    for a, b in zip(unused.parameters(), finite.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -18,14 +18,16 @@ undone), so ``z ~ N(0, I_D)`` as one vector: the solvers (``pyinverse.solvers``)
 model alike, and ``||z||^2`` is the negative log prior up to a constant. ``latent_parts(z)``
 gives the per-level tensors back.
 
-Public methods validate their inputs once (shape, dtype, finiteness) and raise ``ValueError`` /
-``TypeError`` naming the method; the solvers call the unchecked ``_forward`` / ``_inverse`` in
-their inner loops. Models store a JSON-able ``config`` from which ``pyinverse.flows.build_flow``
-rebuilds the architecture (the checkpoint files store it).
+Public methods validate their inputs once (shape, dtype, finiteness, and with the logit
+preprocessing the range it is defined on) and raise ``ValueError`` / ``TypeError`` naming the
+method; the solvers call the unchecked ``_forward`` / ``_inverse`` in their inner loops. Models
+store a JSON-able ``config`` from which ``pyinverse.flows.build_flow`` rebuilds the architecture
+(the checkpoint files store it).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -34,6 +36,14 @@ import torch.nn as nn
 from .layers import Preprocess, Split
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+def check_seed(seed: Any, where: str, name: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63) (Python or numpy integer), else ``ValueError`` naming it:
+    ``int()`` would truncate 1.5 and parse '7', and torch fails on 2**64 with a bare overflow."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"{where}: '{name}' must be an int in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -128,9 +138,12 @@ class FlowModel(nn.Module):
     def bits_per_dim(self, x: torch.Tensor, num_levels: int = 256) -> torch.Tensor:
         """``(-log p(x) / D + log(num_levels)) / ln 2`` per image ``(B,)``.
 
-        For images quantised to ``num_levels`` levels and dequantised with uniform noise this is
-        an upper bound on the bits per value of the discrete model (lower is better).
+        For images quantised to ``num_levels`` levels (an int >= 1) and dequantised with uniform
+        noise this is an upper bound on the bits per value of the discrete model (lower is better).
         """
+        if isinstance(num_levels, bool) or not isinstance(num_levels, numbers.Integral) or num_levels < 1:
+            raise ValueError(f"{type(self).__name__}.bits_per_dim: 'num_levels' must be an int >= 1, "
+                             f"got {num_levels!r}")
         z, logdet = self._forward(self._check_images(x, f"{type(self).__name__}.bits_per_dim"))
         log_prob = standard_normal_log_prob(z) + logdet
         return (-log_prob / self.latent_dim + math.log(num_levels)) / math.log(2.0)
@@ -140,23 +153,23 @@ class FlowModel(nn.Module):
         """``n`` images ``inverse(temperature * eps)``, ``eps ~ N(0, I)`` (Glow's reduced temperature).
 
         Args:
-            n: number of samples (>= 1).
+            n: number of samples (an int >= 1; numpy integers too).
             temperature: standard deviation of the latent, >= 0 (0 gives the mode of z's prior).
-            seed: seeds a CPU ``torch.Generator`` (the draw is the same on every device);
-                ``None`` uses torch's global generator.
+            seed: an int in [0, 2**63) seeding a CPU ``torch.Generator`` (the draw is the same on
+                every device); ``None`` uses torch's global generator.
             clip: clamp the images to [0, 1] (the model can put mass slightly outside).
 
         Returns:
             ``(n, C, H, W)`` in the model's dtype and device.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{type(self).__name__}.sample: 'n' must be an int >= 1, got {n!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"{type(self).__name__}.sample: 'temperature' must be a finite number >= 0, "
-                             f"got {temperature!r}")
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-        eps = torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
-        x, _ = self._inverse((temperature * eps).to(dtype=self.dtype, device=self.device))
+        where = f"{type(self).__name__}.sample"
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"{where}: 'n' must be an int >= 1, got {n!r}")
+        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"{where}: 'temperature' must be a finite number >= 0, got {temperature!r}")
+        generator = None if seed is None else torch.Generator().manual_seed(check_seed(seed, where))
+        eps = torch.randn(int(n), self.latent_dim, generator=generator, dtype=torch.float64)
+        x, _ = self._inverse((float(temperature) * eps).to(dtype=self.dtype, device=self.device))
         return x.clamp(0.0, 1.0) if clip else x
 
     @torch.no_grad()
@@ -206,6 +219,11 @@ class MultiScaleFlow(FlowModel):
         if sum(math.prod(s) for s in self._part_shapes) != self.latent_dim:  # pragma: no cover - layer bug
             raise RuntimeError(f"{type(self).__name__}: latent parts {self._part_shapes} do not add up to "
                                f"{self.latent_dim}")
+
+    def _check_images(self, x: Any, where: str, name: str = "x") -> torch.Tensor:
+        x = super()._check_images(x, where, name)
+        self.preprocess.check_input(x, where, name)  # the logit gives NaN outside its domain
+        return x
 
     @property
     def part_shapes(self) -> list[tuple[int, int, int]]:

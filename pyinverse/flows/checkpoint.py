@@ -8,8 +8,9 @@ data-order generator). Its string metadata holds
 * ``config``: the model's ``config`` as JSON (``build_flow`` rebuilds the architecture from it);
 * ``training`` (optional): JSON with whatever the writer records (epoch, step, bits/dim, ...).
 
-Writing goes to a temporary file in the target folder, then ``os.replace``, so a crash never
-leaves a half-written file under the final name, and an existing file is replaced only with
+Writing goes through :func:`pyinverse._io.atomic_write` (a temporary file in the target folder,
+then a hard link or ``os.replace``), so a crash never leaves a half-written file under the final
+name, and an existing file, even one created while writing, is replaced only with
 ``overwrite=True``. Reading never unpickles anything; a truncated or foreign file, a config of
 an unknown model or weights that do not fit the architecture raise ``ValueError`` naming the file.
 """
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .._io import read_model_file
+from .._io import atomic_write, read_model_file
 from .base import FlowModel
 
 FORMAT = "pyinverse.flow/1"
@@ -68,21 +69,17 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
                  where: str) -> Path:
     from safetensors.torch import save_file
 
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite:  # early, before serialising
         raise FileExistsError(f"{where}: '{path}' exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        # safetensors creates the file owner-only; give it the usual permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+        # atomic_write's hard link refuses a file created meanwhile (an exists() check then
+        # os.replace would clobber it); it also gives the file the usual permissions.
+        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata),
+                            overwrite=overwrite)
+    except FileExistsError:
+        if not path.exists():  # not about the target (e.g. a file where a parent folder should be)
+            raise
+        raise FileExistsError(f"{where}: '{path}' exists; pass overwrite=True to replace it") from None
 
 
 def save_flow(model: FlowModel, path: str | os.PathLike, *, training: Mapping[str, Any] | None = None,

@@ -6,7 +6,7 @@ import numbers
 import torch
 
 from .base import MultiScaleFlow
-from .layers import ActNorm, AffineCoupling, InvertibleConv1x1, Preprocess, Split, Squeeze
+from .layers import ActNorm, AffineCoupling, InvertibleConv1x1, Preprocess, Split, Squeeze, check_clamp
 
 
 def image_size_pair(image_size, where: str) -> tuple[int, int]:
@@ -44,7 +44,8 @@ class Glow(MultiScaleFlow):
         levels: number of scales (>= 1).
         depth: steps of flow per level (>= 1).
         hidden: channels of the coupling subnets.
-        scale, clamp: the coupling's scale function and clamp (``pyinverse.ops.affine_coupling``).
+        scale, clamp: the coupling's scale function and clamp (``pyinverse.ops.affine_coupling``);
+            ``clamp`` must be finite and > 0 for ``"tanh"`` / ``"atan"`` (unused by ``"sigmoid"`` / ``"exp"``).
         preprocess: ``"affine"`` or ``"logit"``; ``alpha`` is the logit's margin.
         learned_prior: Glow's learned prior at the splits (else standard normal, RealNVP's).
         seed: seeds the initial weights (torch's global generator is left untouched).
@@ -66,10 +67,11 @@ class Glow(MultiScaleFlow):
         levels = positive_int(levels, where, "levels")
         depth = positive_int(depth, where, "depth")
         hidden = positive_int(hidden, where, "hidden")
+        clamp = check_clamp(clamp, scale, where)  # here, not at the first forward
         if height % 2**levels or width % 2**levels:
             raise ValueError(f"{where}: image_size {(height, width)} must be divisible by 2**levels = {2**levels}")
         config = dict(type="glow", in_channels=in_channels, image_size=[height, width], levels=levels,
-                      depth=depth, hidden=hidden, scale=scale, clamp=float(clamp), preprocess=preprocess,
+                      depth=depth, hidden=hidden, scale=scale, clamp=clamp, preprocess=preprocess,
                       alpha=float(alpha), learned_prior=bool(learned_prior), seed=int(seed))
         generator = torch.Generator().manual_seed(int(seed))
         with torch.random.fork_rng(devices=[]):

@@ -16,6 +16,7 @@ every layer would synchronise a GPU at every layer, which is what GlowIP's NaN a
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,24 @@ __all__ = [
 ]
 
 _SCALES = ("tanh", "atan", "sigmoid", "exp")
+_CLAMPED_SCALES = ("tanh", "atan")  # the others ignore the clamp (pyinverse.ops.coupling)
+
+
+def check_clamp(clamp, scale: str, where: str) -> float:
+    """``clamp`` as a float, or ``ValueError`` naming ``where``: finite and > 0 for the clamped
+    scales ("tanh", "atan"); > 0 (inf allowed) for "sigmoid" and "exp", which do not use it."""
+    clamped = scale in _CLAMPED_SCALES
+    if (isinstance(clamp, bool) or not isinstance(clamp, numbers.Real) or not clamp > 0
+            or (clamped and not math.isfinite(clamp))):
+        raise ValueError(f"{where}: 'clamp' must be {'a finite number' if clamped else 'a number'} > 0 "
+                         f"for scale={scale!r}, got {clamp!r}")
+    return float(clamp)
+
+
+def kernel_clamp(clamp: float, scale: str) -> float:
+    """The clamp handed to the coupling kernel: it checks a finite c > 0 even where the scale
+    function does not use it, so an unused (possibly infinite) clamp goes in as 1."""
+    return clamp if scale in _CLAMPED_SCALES else 1.0
 
 
 class FlowLayer(nn.Module):
@@ -59,7 +78,8 @@ class Preprocess(FlowLayer):
     * ``"affine"`` (Glow): ``u = x - 0.5``; logdet 0.
     * ``"logit"`` (RealNVP): ``p = alpha + (1 - 2 alpha) x``, ``u = log p - log(1 - p)``;
       logdet ``sum(log(1 - 2 alpha) - log p - log(1 - p))``. Inputs must lie in
-      ``(-alpha / (1 - 2 alpha), 1 + alpha / (1 - 2 alpha))`` (all of [0, 1] included); the inverse
+      ``(-alpha / (1 - 2 alpha), 1 + alpha / (1 - 2 alpha))`` (all of [0, 1] included; the models'
+      public methods check it with :meth:`check_input`); the inverse
       ``x = (sigmoid(u) - alpha) / (1 - 2 alpha)`` always lands there.
 
     Counting this layer, a flow's ``log_prob`` is the density of ``x`` itself (in [0, 1] units).
@@ -73,6 +93,19 @@ class Preprocess(FlowLayer):
             raise ValueError(f"Preprocess: 'alpha' must be a number in (0, 0.5), got {alpha!r}")
         self.kind = kind
         self.alpha = float(alpha)
+
+    def check_input(self, x: torch.Tensor, where: str, name: str = "x") -> None:
+        """``ValueError`` naming ``where`` and ``name`` if ``x`` (finite) is outside the logit's
+        domain (where ``forward`` would give inf / NaN); nothing to check for ``"affine"``."""
+        if self.kind == "affine":
+            return
+        # The same arithmetic as forward: p must be in (0, 1) in x's dtype.
+        p = self.alpha + (1.0 - 2.0 * self.alpha) * x
+        if not bool(((p > 0) & (p < 1)).all()):
+            margin = self.alpha / (1.0 - 2.0 * self.alpha)
+            raise ValueError(f"{where}: '{name}' must lie in ({-margin:.4g}, {1 + margin:.4g}) (images in [0, 1]; "
+                             f"the logit preprocessing with alpha={self.alpha} is undefined outside), got values in "
+                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "affine":
@@ -299,7 +332,8 @@ class AffineCoupling(FlowLayer):
             needs ``H * W >= 2``.
         parity: 0 or 1 (alternate it between consecutive layers so every value gets updated).
         scale: the kernel's scale function, ``"tanh"``, ``"atan"``, ``"sigmoid"`` or ``"exp"``.
-        clamp: the kernel's clamp ``c`` (``s = c tanh(h / c)`` for ``"tanh"``).
+        clamp: the kernel's clamp ``c`` (``s = c tanh(h / c)`` for ``"tanh"``): finite and > 0 for
+            ``"tanh"`` / ``"atan"``; unused by ``"sigmoid"`` / ``"exp"`` (any number > 0, inf included).
         kernel_size: odd spatial size of the subnet's first and last convolutions.
     """
 
@@ -317,7 +351,7 @@ class AffineCoupling(FlowLayer):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"AffineCoupling: 'kernel_size' must be odd and >= 1, got {kernel_size}")
         self.channels, self.hidden, self.mask, self.parity = int(channels), int(hidden), mask, int(parity)
-        self.scale, self.clamp = scale, float(clamp)
+        self.scale, self.clamp = scale, check_clamp(clamp, scale, "AffineCoupling")
         if mask == "channel":
             # parity 0: a = the first C // 2 channels; parity 1: the last C // 2 (b gets the rest).
             self.a_channels = self.channels // 2
@@ -374,14 +408,15 @@ class AffineCoupling(FlowLayer):
         from ..ops.coupling import affine_coupling
 
         h, t, x_b, join = self._params(x)
-        y_b, logdet = affine_coupling(x_b, h, t, clamp=self.clamp, scale=self.scale)
+        y_b, logdet = affine_coupling(x_b, h, t, clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
         return join(y_b), logdet
 
     def inverse(self, y):
         from ..ops.coupling import affine_coupling_inverse
 
         h, t, y_b, join = self._params(y)
-        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=self.clamp, scale=self.scale)
+        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=kernel_clamp(self.clamp, self.scale),
+                                               scale=self.scale)
         return join(x_b), logdet
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ import torch
 
 from .base import MultiScaleFlow
 from .glow import image_size_pair, positive_int
-from .layers import ActNorm, AffineCoupling, Preprocess, Split, Squeeze
+from .layers import ActNorm, AffineCoupling, Preprocess, Split, Squeeze, check_clamp
 
 
 class RealNVP(MultiScaleFlow):
@@ -25,7 +25,8 @@ class RealNVP(MultiScaleFlow):
         levels: number of scales (>= 1).
         couplings: couplings per mask type and level (>= 1).
         hidden: channels of the coupling subnets.
-        scale, clamp: the coupling's scale function and clamp.
+        scale, clamp: the coupling's scale function and clamp (finite and > 0 for ``"tanh"`` /
+            ``"atan"``; unused by ``"sigmoid"`` / ``"exp"``).
         preprocess, alpha: ``"logit"`` (default) or ``"affine"``, and the logit margin.
         seed: seeds the initial weights (torch's global generator is left untouched).
 
@@ -44,11 +45,12 @@ class RealNVP(MultiScaleFlow):
         levels = positive_int(levels, where, "levels")
         couplings = positive_int(couplings, where, "couplings")
         hidden = positive_int(hidden, where, "hidden")
+        clamp = check_clamp(clamp, scale, where)  # here, not at the first forward
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
             raise ValueError(f"{where}: image_size {(height, width)} must be divisible by "
                              f"2**(levels - 1) = {2 ** (levels - 1)}")
         config = dict(type="realnvp", in_channels=in_channels, image_size=[height, width], levels=levels,
-                      couplings=couplings, hidden=hidden, scale=scale, clamp=float(clamp),
+                      couplings=couplings, hidden=hidden, scale=scale, clamp=clamp,
                       preprocess=preprocess, alpha=float(alpha), seed=int(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from ..ops.coupling import COUPLING_SCALES, affine_coupling, affine_coupling_inverse, affine_coupling_vjp
+from .layers import check_clamp, kernel_clamp
 
 __all__ = ["AffineCouplingBlock", "ReversibleSequence", "saved_tensor_bytes"]
 
@@ -53,7 +54,8 @@ class AffineCouplingBlock(nn.Module):
         hidden: width of the subnet.
         subnet: "conv" (images) or "mlp" (vectors).
         kernel_size: odd size of the first and last convolutions ("conv" only).
-        scale, clamp: the kernel's scale function and clamp.
+        scale, clamp: the kernel's scale function and clamp (finite and > 0 for "tanh" / "atan";
+            unused by "sigmoid" / "exp", where any number > 0, inf included, is accepted).
 
     Example:
         >>> block = AffineCouplingBlock(4, hidden=32)
@@ -74,10 +76,8 @@ class AffineCouplingBlock(nn.Module):
             raise ValueError(f"AffineCouplingBlock: 'kernel_size' must be an odd positive int, got {kernel_size!r}")
         if scale not in COUPLING_SCALES:
             raise ValueError(f"AffineCouplingBlock: 'scale' must be one of {', '.join(COUPLING_SCALES)}; got {scale!r}")
-        if not (isinstance(clamp, (int, float)) and not isinstance(clamp, bool) and 0 < float(clamp) < float("inf")):
-            raise ValueError(f"AffineCouplingBlock: 'clamp' must be a finite number > 0, got {clamp!r}")
         self.channels, self.hidden, self.subnet_kind = channels, hidden, subnet
-        self.scale, self.clamp = scale, float(clamp)
+        self.scale, self.clamp = scale, check_clamp(clamp, scale, "AffineCouplingBlock")
         self.a_channels = channels // 2
         self.b_channels = channels - self.a_channels
         out_channels = 2 * self.b_channels
@@ -112,7 +112,7 @@ class AffineCouplingBlock(nn.Module):
         self._check(x, "x")
         x_a, x_b = x[:, : self.a_channels], x[:, self.a_channels:]
         h, t = self.coefficients(x_a)
-        y_b, logdet = affine_coupling(x_b, h, t, clamp=self.clamp, scale=self.scale)
+        y_b, logdet = affine_coupling(x_b, h, t, clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
         return torch.cat([y_b, x_a], 1), logdet
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +120,8 @@ class AffineCouplingBlock(nn.Module):
         self._check(y, "y")
         y_b, x_a = y[:, : self.b_channels], y[:, self.b_channels:]
         h, t = self.coefficients(x_a)
-        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=self.clamp, scale=self.scale)
+        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=kernel_clamp(self.clamp, self.scale),
+                                              scale=self.scale)
         return torch.cat([x_a, x_b], 1), logdet
 
     def reversible_backward(self, y: torch.Tensor, grad_y: torch.Tensor, grad_logdet: torch.Tensor | None,
@@ -138,7 +139,7 @@ class AffineCouplingBlock(nn.Module):
             out = self.net(x_a_leaf)
         h, t = out.detach()[:, : self.b_channels], out.detach()[:, self.b_channels:]
         step = affine_coupling_vjp(grad_y_b, grad_logdet, h, t, y_b=y_b, reconstruct=True,
-                                   clamp=self.clamp, scale=self.scale)
+                                   clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
         grad_out = torch.cat([step.grad_h, step.grad_t], 1)
         grads = torch.autograd.grad(out, [x_a_leaf, *params], grad_out, allow_unused=True)
         grad_x_a = grad_y_a + grads[0] if grads[0] is not None else grad_y_a

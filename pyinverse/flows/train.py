@@ -14,6 +14,8 @@ run resumed from an epoch's checkpoint continues exactly as the uninterrupted ru
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import numbers
 import os
@@ -26,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .base import FlowModel
+from .base import FlowModel, check_seed
 from .checkpoint import check_config_matches, load_state_checked, read_flow_file, save_flow
 
 CHECKPOINT_PATTERN = re.compile(r"^step(\d{8})\.safetensors$")
@@ -94,15 +96,18 @@ def evaluate_bpd(model: FlowModel, data: Any, batch_size: int = 256, seed: int =
     """Mean bits/dim of ``model`` on ``data`` ``(N, C, H, W)`` in [0, 1], dequantised with ``seed``.
 
     The same ``seed`` gives the same noise, so numbers from different epochs are comparable.
+    ``batch_size`` (an int >= 1) only bounds the memory used.
 
     Example:
         >>> evaluate_bpd(load_pretrained("patches"), photo_patches("held_out", 16, gray=True))  # doctest: +SKIP
         4.9
     """
     where = "evaluate_bpd"
+    batch_size = _check_positive_int(batch_size, "batch_size", where)  # -1 returned 0.0 (empty loop)
+    seed = check_seed(seed, where)
     data = _as_image_tensor(data, model, where, "data")
     levels = quantize_levels(data)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     total = 0.0
@@ -158,6 +163,31 @@ def _check_positive_int(value, name, where):
     return int(value)
 
 
+def _data_fingerprint(levels: torch.Tensor) -> dict[str, Any]:
+    """Shape and sha256 of the 8-bit levels (what training sees of the images; ~1 s per GB)."""
+    array = levels.detach().cpu().contiguous().numpy()
+    return {"shape": list(array.shape), "sha256": hashlib.sha256(array).hexdigest()}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{tuple(value.get('shape', ()))} images with sha256 {str(value['sha256'])[:12]}..."
+    return "none" if value is None else repr(value)
+
+
+def _check_same_run(saved: Any, run: dict[str, Any], path: Path, fresh_hint: str, where: str) -> None:
+    """``ValueError`` unless the checkpoint's run record equals ``run`` (data and settings)."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where}: '{path}' does not record the data and settings it was trained with "
+                         f"(written by an older pyinverse), so resuming could continue another run; {fresh_hint}")
+    mine = json.loads(json.dumps(run))  # JSON round trip: tuples vs lists, as stored
+    diffs = [f"{key}: checkpoint {_describe(saved.get(key, '<missing>'))} vs now {_describe(mine.get(key))}"
+             for key in sorted(set(mine) | set(saved)) if saved.get(key, "<missing>") != mine.get(key)]
+    if diffs:
+        raise ValueError(f"{where}: '{path}' belongs to another training run (" + "; ".join(diffs)
+                         + f"); to continue it, pass that run's data and settings; {fresh_hint}")
+
+
 def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                checkpoint_dir: str | os.PathLike | None = None, *, held_out: Any = None, eval_every: int = 1,
                checkpoint_every: int = 1, resume: str | os.PathLike | bool | None = None, overwrite: bool = False,
@@ -175,12 +205,16 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         lr: Adam's learning rate after a linear warm-up of ``warmup_steps`` steps.
         seed: seeds the generator of data order, flips and dequantisation noise.
         checkpoint_dir: where to write ``stepNNNNNNNN.safetensors`` every ``checkpoint_every``
-            epochs and after the last one (``None``: no checkpoints). An existing file of the
-            same name raises ``FileExistsError`` unless ``overwrite``.
+            epochs and after the last one (``None``: no checkpoints). If a file this run would
+            write exists, ``FileExistsError`` is raised before training, unless ``overwrite``.
+            Each checkpoint records the run: shape and sha256 of the (8-bit) data and held-out
+            images, ``batch_size``, ``lr``, ``seed``, ``warmup_steps``, ``grad_clip``, ``flip``
+            and ``init_batch``.
         held_out: images to report bits/dim on every ``eval_every`` epochs (fixed noise seed).
         resume: a checkpoint path, or ``True`` for the latest one in ``checkpoint_dir``
             (nothing to resume from is then fine: training starts fresh). The file's config
-            must equal ``model.config`` (``ValueError`` listing the differences otherwise).
+            must equal ``model.config`` and its run record this call's data and settings
+            (``ValueError`` listing the differences otherwise, raised before ``model`` is changed).
         warmup_steps: linear learning-rate warm-up (Glow's recipe; 0 disables).
         grad_clip: clip the gradient norm to this (``math.inf`` disables).
         flip: augment with random horizontal flips.
@@ -228,6 +262,8 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         raise ValueError(f"{where}: resume=True needs a checkpoint_dir to look in")
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     emit = log or (lambda line: None)
+    n = levels.shape[0]
+    per_epoch = n // batch_size if n >= batch_size else 1
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -237,16 +273,39 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     step, start_epoch = 0, 0
 
     resume_path = latest_checkpoint(folder) if resume is True else (None if resume in (None, False) else Path(resume))
+    run = None
+    if folder is not None or resume_path is not None:
+        # What makes a checkpoint this run's: the data and every setting that changes the weights
+        # or the best epoch kept (stored in each checkpoint, compared on resume).
+        run = {"data": _data_fingerprint(levels),
+               "held_out": None if held_images is None else _data_fingerprint(quantize_levels(held_images)),
+               "batch_size": batch_size, "lr": float(lr), "seed": int(seed), "warmup_steps": int(warmup_steps),
+               "grad_clip": float(grad_clip) if math.isfinite(grad_clip) else None, "flip": bool(flip),
+               "init_batch": init_batch}
     if resume_path is not None:
+        # Everything is checked before the model is touched: a refused resume leaves it as it was.
         config, tensors, state, info = read_flow_file(resume_path, where)
         check_config_matches(model, config, str(resume_path), where)
-        load_state_checked(model, tensors, str(resume_path), where)
         if "rng" not in state or "counters" not in state:
             raise ValueError(f"{where}: '{resume_path}' is a model file without training state; "
                              "it cannot be resumed (load it with load_flow to use it)")
+        fresh_hint = (f"to train afresh, use another checkpoint_dir (--checkpoint-dir on the command line) "
+                      f"or delete '{resume_path.parent}'" if resume is True
+                      else "to train afresh, do not pass resume")
+        _check_same_run(info.get("run"), run, resume_path, fresh_hint, where)
         _load_optimizer_state(optimizer, params, state, str(resume_path), where)
         generator.set_state(state["rng"].to(torch.uint8))
         step, start_epoch = (int(v) for v in state["counters"].tolist())
+    if folder is not None and not overwrite:
+        # Fail now rather than after the first epoch, at the first checkpoint that would clash.
+        for later in range(start_epoch + 1, epochs + 1):
+            if later % checkpoint_every == 0 or later == epochs:
+                planned = folder / f"step{step + (later - start_epoch) * per_epoch:08d}.safetensors"
+                if planned.exists():
+                    raise FileExistsError(f"{where}: '{planned}' exists; pass overwrite=True to replace it, "
+                                          "resume=True to continue that run, or use another checkpoint_dir")
+    if resume_path is not None:
+        load_state_checked(model, tensors, str(resume_path), where)
         saved = info.get("history")
         if isinstance(saved, dict):
             for key in ("epochs", "steps", "train_bpd", "held_out_bpd", "seconds", "checkpoints"):
@@ -266,8 +325,6 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         with torch.no_grad():
             model._forward(dequantize(levels[order], generator, model.dtype).to(model.device))
 
-    n = levels.shape[0]
-    per_epoch = n // batch_size if n >= batch_size else 1
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -322,7 +379,8 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
                 state = _optimizer_state(optimizer, params)
                 state["rng"] = generator.get_state()
                 state["counters"] = torch.tensor([step, epoch + 1], dtype=torch.int64)
-                info = {"epoch": epoch + 1, "step": step, "lr": lr, "batch_size": batch_size, "seed": int(seed),
+                info = {"epoch": epoch + 1, "step": step, "lr": float(lr), "batch_size": batch_size, "seed": int(seed),
+                        "run": run,
                         "train_bpd": history.train_bpd[-1], "held_out_bpd": held,
                         "best_held_out_bpd": best_value if math.isfinite(best_value) else math.nan,
                         "best_epoch": history.best_epoch,
