@@ -48,6 +48,9 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"{where}: 'images' must have shape (N >= 2, C, H, W), got {images.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(images)))
+    if bad:  # NaN would train to a NaN model (refused on loading): refuse before any training
+        raise ValueError(f"{where}: 'images' must be finite, got {bad} NaN or inf value(s)")
     record: dict = {"kind": kind, "images": int(images.shape[0]), "image_shape": list(images.shape[1:]),
                     "epochs": epochs, "seed": seed}
     if kind == "features":

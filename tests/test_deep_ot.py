@@ -77,6 +77,17 @@ def test_gaussian_experiment_bad_input():
         gaussian_denoising_experiment(np.eye(2), 0.0)
     with pytest.raises(ValueError, match="mean_x"):
         gaussian_denoising_experiment(np.eye(2), 1.0, mean_x=np.zeros(3))
+    # checked before any sampling, naming the argument
+    for seed in (None, -1, 1.5, True):
+        with pytest.raises(ValueError, match="gaussian_denoising_experiment: 'seed' must be an int >= 0"):
+            gaussian_denoising_experiment(np.eye(2), 1.0, num_samples=10, seed=seed)
+    with pytest.raises(ValueError, match="gaussian_denoising_experiment: 'alphas' must be finite numbers"):
+        gaussian_denoising_experiment(np.eye(2), 1.0, num_samples=10, alphas=[0.5, float("nan")])
+    with pytest.raises(ValueError, match="gaussian_denoising_experiment: 'temperatures' must be finite numbers >= 0"):
+        gaussian_denoising_experiment(np.eye(2), 1.0, num_samples=10, temperatures=[float("nan")])
+    scalar = gaussian_denoising_experiment(np.eye(2), 1.0, num_samples=10, alphas=0.5, temperatures=1.0)
+    assert [p["alpha"] for p in scalar["alpha_curve"]] == [0.5]
+    assert [p["temperature"] for p in scalar["temperature_curve"]] == [1.0]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -225,6 +236,61 @@ def test_deep_ot_bad_input(small_vae):
         ConvVAE(stages=0)
     with pytest.raises(ValueError, match="one image size"):
         DeepOT(small_vae, mode="position").fit(torch.rand(4, 3, 8, 8), torch.rand(4, 3, 16, 16))
+
+
+def test_deep_ot_dtypes_integer_arguments_and_argument_names(small_vae):
+    rng = np.random.default_rng(1)
+    clean = rng.uniform(0, 1, (12, 3, 8, 8))
+    restored = np.clip(clean + 0.05, 0, 1)
+    # numpy ints are ints; every output keeps the input's array type and float dtype
+    deep_ot = DeepOT(small_vae, patch_size=np.int64(1), batch_size=np.int64(4)).fit(restored, clean)
+    for images in (restored, restored.astype(np.float32), torch.from_numpy(restored)):
+        x0 = deep_ot.transport(images)
+        half = deep_ot.interpolate(images, 0.5, x0=x0)
+        assert type(x0) is type(images) is type(half) and x0.dtype == images.dtype == half.dtype
+    # one image cannot give a covariance in mode "full": say which argument, not GaussianOT's 'source'
+    full = DeepOT(small_vae, mode="full")
+    with pytest.raises(ValueError, match="DeepOT.fit: mode='full' needs at least 2 latent samples per map from "
+                                         "'restored', got 1 from 1 image"):
+        full.fit(restored[:1], clean)
+    with pytest.raises(ValueError, match="from 'clean', got 1 from 1 image"):
+        full.fit(restored, clean[:1])
+    # values on another scale (0..255, [-1, 1]) are refused; a restorer's small overshoot is not
+    with pytest.raises(ValueError, match=r"DeepOT.transport: 'restored' holds values in \[[\d.]+, 255\]; "
+                                         r"expected \[0, 1\] up to overshoot"):
+        deep_ot.transport(restored * 255)
+    with pytest.raises(ValueError, match="DeepOT.fit: 'clean' holds values in"):
+        DeepOT(small_vae).fit(restored, 2 * clean - 1)
+    assert deep_ot.transport(restored * 1.1).shape == restored.shape
+
+
+def test_vae_arguments_docstrings_and_training_failures(tmp_path, small_vae):
+    from pyinverse.ot import train_vae
+    from pyinverse.training import train_on_images
+
+    assert small_vae.decode(torch.zeros(1, 2, 3, 5)).shape == (1, 3, 12, 20)  # factor 2^stages, not 4 always
+    assert "f h, f w" in ConvVAE.decode.__doc__ and "4h" not in DeepOT.decode.__doc__
+    with pytest.raises(ValueError, match="ConvVAE: 'widths' must be two ints >= 1, got 'ab'"):
+        ConvVAE(widths="ab")
+    images = [torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    tiny = dict(batch_size=2, crop=8, widths=(2, 2), latent_channels=1)
+    with pytest.raises(ValueError, match="train_vae: 'steps' must be an int >= 1, got 0"):
+        train_vae(images, steps=0, **tiny)
+    with pytest.raises(ValueError, match=r"train_vae: 'images' must all have one channel count, got \[1, 3\]"):
+        train_vae([images[0], torch.rand(1, 8, 8)], steps=1, **tiny)
+    with pytest.raises(ValueError, match="train_vae: 'images' must be finite"):
+        train_vae([images[0], torch.full((3, 8, 8), float("nan"))], steps=1, **tiny)
+    # A blow-up in the only step shows only afterwards (finite but huge weights decode NaN).
+    with pytest.raises(FloatingPointError, match="train_vae: the weights diverged in the last step"):
+        train_vae(images, steps=1, lr=1e6, **tiny)
+    with pytest.raises(FloatingPointError, match="train_vae: the loss became nan at step 2"):
+        train_vae(images, steps=2, lr=1e6, **tiny)
+    # `pyinverse train vae` on images with a NaN: refused before training, no file written
+    bad = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="train: 'images' must be finite, got 1 NaN or inf value"):
+        train_on_images("vae", bad, tmp_path / "vae.safetensors", epochs=1)
+    assert not list(tmp_path.iterdir())
 
 
 # -------------------------------------------------------------------------------------------------

@@ -240,6 +240,60 @@ def test_forward_sample_and_select_reject_bad_shapes():
         select_codes(g, torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), 2, rng=0)
 
 
+def test_sample_handles_no_observations_and_refuses_nan():
+    g = tiny()
+    for seed in (None, 0, []):
+        assert g.sample(torch.zeros(0, 1, 8, 8), 2, seed=seed).shape == (2, 0, 1, 8, 8)
+    with pytest.raises(ValueError, match="sample: 'y' must have shape \\(B, 1, 8, 8\\), got \\(0, 1, 4, 4\\)"):
+        g.sample(torch.zeros(0, 1, 4, 4), 2)
+    with pytest.raises(ValueError, match="sample: 'y' holds NaN or inf"):
+        g.sample(torch.full((1, 1, 8, 8), float("nan")), 2, seed=0)
+
+
+def test_a_blow_up_in_the_last_step_or_before_a_selection_raises():
+    def diverging():
+        return ConditionalGenerator(1, 1, 8, width=4, levels=2, noise_channels=(1, 2), residual=False, seed=1)
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+    # One step, one epoch: only the check after the step can see it (its samples were all NaN).
+    with pytest.raises(FloatingPointError, match="train_cimle: the weights diverged in the last step"):
+        train_cimle(diverging(), y, x, epochs=1, lr=1e3, batch_size=12)
+    # Diverged weights at a later selection: the documented error, not batched_nearest's ValueError.
+    with pytest.raises(FloatingPointError, match="train_cimle: at epoch 1, select_codes: the generator's samples"):
+        train_cimle(diverging(), y, x, epochs=3, lr=1e6, batch_size=12, samples_per_input=4)
+    broken = diverging()
+    broken.tail.bias.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="select_codes: the generator's samples hold NaN"):
+        select_codes(broken, y, x, 2)
+
+
+def test_float64_generator_selects_and_trains_in_float64():
+    g = tiny(seed=3, residual=False).double()
+    inputs, targets = two_mode_data(6)
+    codes, dist = select_codes(g, inputs, targets, 3, rng=torch.Generator().manual_seed(0))
+    assert codes.dtype == dist.dtype == torch.float64
+    with torch.no_grad():
+        want = (g(inputs.double(), codes) - targets.double()).square().flatten(1).sum(1)
+    torch.testing.assert_close(dist, want, rtol=1e-12, atol=0)
+    history = train_cimle(g, inputs, targets, epochs=1, samples_per_input=2, batch_size=3)
+    assert np.isfinite(history.epoch_loss).all() and next(g.parameters()).dtype == torch.float64
+
+
+def test_task_arguments_are_checked():
+    task = TASKS["sr4"]
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="Task\\('sr4'\\).held_out: 'max_images' must be None or an int >= 0"):
+            task.held_out(bad)
+    images = np.random.default_rng(0).random((2, 1, 24, 24)).astype(np.float32)
+    from_list, from_array = task.pairs(images.tolist()), task.pairs(images)
+    for a, b in zip(from_list, from_array):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Task\\('sr4'\\).pairs: 'images' must have shape \\(N, 1, H, W\\)"):
+        task.pairs(np.zeros((2, 3, 24, 24)))
+    with pytest.raises(TypeError, match="Task\\('sr4'\\).pairs: 'images' must be"):
+        task.pairs(["a"])
+
+
 # -------------------------------------------------------------------------------------------------
 # files
 # -------------------------------------------------------------------------------------------------

@@ -98,6 +98,17 @@ def test_state_dict_round_trip(rng, tmp_path):
     assert GaussianMoments.from_state_dict(GaussianMoments(2).state_dict()).count == 0
 
 
+def test_empty_state_without_dimension_round_trips(rng):
+    # state_dict stores an unknown dimension as d = 0: it must come back unknown, not as d = 0.
+    empty = GaussianMoments.from_state_dict(GaussianMoments().state_dict())
+    assert empty.dim is None and empty.count == 0
+    data = rng.standard_normal((4, 3))
+    assert empty.update(data).dim == 3
+    merged = GaussianMoments().merge(GaussianMoments.from_state_dict(GaussianMoments().state_dict()))
+    assert merged.dim is None
+    np.testing.assert_allclose(merged.update(data).covariance(), np.cov(data.T), rtol=1e-12)
+
+
 def test_from_state_dict_validates():
     good = GaussianMoments().update(np.arange(12.0).reshape(4, 3) ** 1.5).state_dict()
     cases = [

@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 
 from pyinverse.tradeoffs import (
+    SUBOPTIMAL_REGIME,
     conditional_entropy_power,
     entropy_estimate,
     entropy_power,
@@ -347,6 +348,26 @@ def test_gaussian_uncertainty_perception_estimates_agree():
         assert point["distortion"] >= 0.99 * point["uncertainty"]  # equal in expectation at d = 1
         assert point["distortion_sampled"] >= point["uncertainty_gaussian"]  # D >= U on the estimators
     assert [p["regime"] for p in result["points"]] == ["uncertainty-dominated", "tradeoff", "perception-dominated"]
+
+
+def test_temperatures_above_one_are_above_the_up_function():
+    """tau > 1 is not on U(P): at order 1/2 tau and 1 / tau share the perception, 1 / tau has the
+    least uncertainty (the audit case: diag(4, 1), sigma 1, tau 2 against tau 0.5)."""
+    result = gaussian_uncertainty_perception(np.diag([4.0, 1.0]), 1.0, [0.5, 2.0], estimate=False)
+    low, high = result["points"]
+    assert high["perception"] == pytest.approx(low["perception"], rel=1e-12)
+    assert high["up_function"] == pytest.approx(low["uncertainty"], rel=1e-12)
+    inherent = result["inherent"]
+    assert high["uncertainty"] == pytest.approx(5 * inherent, rel=1e-12)  # (1 + tau^2) N(X|Y)
+    assert high["uncertainty"] > 2 * inherent >= high["up_function"]
+    assert low["regime"] == "tradeoff" and high["regime"] == SUBOPTIMAL_REGIME == "suboptimal"
+    assert "For tau in [0, 1] these" in gaussian_uncertainty_perception.__doc__
+    # temperatures: one number is a list of one; anything else is named
+    one = gaussian_uncertainty_perception(np.eye(2), 1.0, 0.5, estimate=False)
+    assert [p["temperature"] for p in one["points"]] == [0.5]
+    for bad in ([float("nan")], [-1.0], "hot", [[0.5]]):
+        with pytest.raises(ValueError, match="gaussian_uncertainty_perception: 'temperatures' must be"):
+            gaussian_uncertainty_perception(np.eye(2), 1.0, bad)
 
 
 def test_regimes_and_up_bad_input():

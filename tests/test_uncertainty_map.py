@@ -92,3 +92,14 @@ def test_save_uncertainty_figure_atomic_and_no_silent_overwrite(tmp_path):
     with pytest.raises(ValueError, match="'width' contains NaN"):  # fails before any file appears
         save_uncertainty_figure(tmp_path / "bad.png", mean, np.full((16, 24), np.nan))
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_save_uncertainty_figure_gets_the_usual_permissions(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = save_uncertainty_figure(tmp_path / "map.png", np.zeros((4, 4)), np.ones((4, 4)))
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644  # 0666 & ~umask, not mkstemp's 0600

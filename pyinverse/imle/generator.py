@@ -235,7 +235,10 @@ class ConditionalGenerator(nn.Module):
             clamp: clamp the samples to [0, 1].
 
         Returns:
-            float tensor ``(S, B, C_out, H, W)`` on the generator's device (no gradient).
+            float tensor ``(S, B, C_out, H, W)`` on the generator's device (no gradient); B may be 0.
+
+        Raises:
+            ValueError: a bad shape, NaN or inf in ``y``, or a bad ``num_samples`` / ``seed`` / ``chunk``.
         """
         where = "ConditionalGenerator.sample"
         num_samples = _positive_int(num_samples, where, "num_samples")
@@ -244,10 +247,18 @@ class ConditionalGenerator(nn.Module):
         y = torch.as_tensor(y).to(device=parameter.device, dtype=parameter.dtype)
         if y.ndim != 4:
             raise ValueError(f"{where}: 'y' must have shape (B, C, H, W), got {tuple(y.shape)}")
-        if seed is None:
+        if not bool(torch.isfinite(y).all()):  # NaN would come out as NaN samples, or clamped to 0
+            raise ValueError(f"{where}: 'y' holds NaN or inf")
+        draws = None if seed is None else Draws(seed, y.shape[0], where)  # validates the seed
+        if y.shape[0] == 0:  # no observations: an empty result of the right shape
+            expected = (self.in_channels, *self.image_size)
+            if tuple(y.shape[1:]) != expected:
+                raise ValueError(f"{where}: 'y' must have shape (B, {', '.join(map(str, expected))}), "
+                                 f"got {tuple(y.shape)}")
+            return y.new_empty((num_samples, 0, self.out_channels, *self.image_size))
+        if draws is None:
             codes = torch.stack([self.sample_latents(y.shape[0]) for _ in range(num_samples)])
         else:
-            draws = Draws(seed, y.shape[0], where)
             codes = torch.stack([draws.randn(1, self.latent_dim, dtype=torch.float32) for _ in range(num_samples)])
             codes = codes.to(device=parameter.device, dtype=parameter.dtype)
         flat_y = y.unsqueeze(0).expand(num_samples, *y.shape).reshape(-1, *y.shape[1:])

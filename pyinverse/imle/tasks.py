@@ -28,6 +28,7 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -84,15 +85,31 @@ class Task:
     def held_out(self, max_images: int | None = None) -> np.ndarray:
         """Held-out images (N, C, 24, 24) float32 in [0, 1] (never seen in training); with
         ``max_images``, at most that many, evenly spaced over the held-out set."""
+        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, numbers.Integral)
+                                       or max_images < 0):
+            raise ValueError(f"Task({self.name!r}).held_out: 'max_images' must be None or an int >= 0, "
+                             f"got {max_images!r}")
         images = self.held_out_fn()
         if max_images is not None and images.shape[0] > max_images:
             images = images[np.linspace(0, images.shape[0] - 1, max_images).round().astype(int)]
         return np.ascontiguousarray(images)
 
     def pairs(self, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(lift(A(x)), x)`` for images x (N, C, H, W): generator inputs and targets (float32 torch)."""
-        x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if isinstance(images, np.ndarray) else images
-        x = x.to(torch.float32)
+        """``(lift(A(x)), x)`` for images x (N, C, H, W) in [0, 1] (torch, numpy or nested
+        lists): generator inputs and targets (float32 torch)."""
+        where = f"Task({self.name!r}).pairs"
+        if isinstance(images, torch.Tensor):
+            x = images.detach().to(torch.float32)
+        else:
+            try:
+                x = torch.from_numpy(np.array(images, dtype=np.float32))
+            except (TypeError, ValueError):
+                raise TypeError(f"{where}: 'images' must be a torch tensor, numpy array or nested lists of numbers "
+                                f"(N, C, H, W), got {type(images).__name__}") from None
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"{where}: 'images' must have shape (N, {self.channels}, H, W), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{where}: 'images' hold NaN or inf")
         return self.lift(self.operator.A(x)), x
 
     def new_generator(self, **kwargs: Any) -> ConditionalGenerator:

@@ -54,7 +54,7 @@ def _float(value: Any, where: str, name: str, *, positive: bool) -> float:
     return value
 
 
-def _images(x: Any, where: str, name: str, device: torch.device) -> torch.Tensor:
+def _images(x: Any, where: str, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
@@ -66,15 +66,15 @@ def _images(x: Any, where: str, name: str, device: torch.device) -> torch.Tensor
         raise TypeError(f"{where}: '{name}' must hold floats, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{where}: '{name}' holds NaN or inf")
-    return x.detach().to(device=device, dtype=torch.float32)
+    return x.detach().to(device=device, dtype=dtype)  # the generator's dtype: float64 generators work too
 
 
 def _check_pair(generator: Any, inputs: Any, targets: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(generator, ConditionalGenerator):
         raise TypeError(f"{where}: 'generator' must be a ConditionalGenerator, got {type(generator).__name__}")
-    device = next(generator.parameters()).device
-    inputs = _images(inputs, where, "inputs", device)
-    targets = _images(targets, where, "targets", device)
+    parameter = next(generator.parameters())
+    inputs = _images(inputs, where, "inputs", parameter.device, parameter.dtype)
+    targets = _images(targets, where, "targets", parameter.device, parameter.dtype)
     want_in = (generator.in_channels, *generator.image_size)
     want_out = (generator.out_channels, *generator.image_size)
     if tuple(inputs.shape[1:]) != want_in:
@@ -158,9 +158,12 @@ def select_codes(generator: ConditionalGenerator, inputs: Any, targets: Any, num
         chunk: candidate images generated per forward pass (memory bound only).
 
     Returns:
-        ``(codes, distances)``: (N, latent_dim) the selected codes and (N,) float32 squared
-        distances of their samples to the targets (pixel: summed over C, H, W), on the
-        generator's device.
+        ``(codes, distances)``: (N, latent_dim) the selected codes and (N,) squared distances of
+        their samples to the targets (pixel: summed over C, H, W), on the generator's device, in
+        its dtype (float32 unless it was converted).
+
+    Raises:
+        FloatingPointError: the generator's samples hold NaN or inf (diverged weights).
     """
     where = "select_codes"
     inputs, targets = _check_pair(generator, inputs, targets, where)
@@ -172,14 +175,16 @@ def select_codes(generator: ConditionalGenerator, inputs: Any, targets: Any, num
         raise TypeError(f"{where}: 'rng' must be a torch.Generator or None, got {type(rng).__name__}")
     n, dim = inputs.shape[0], generator.latent_dim
     per_pass = max(1, chunk // m)  # inputs per forward pass
-    codes_out = torch.empty((n, dim), device=inputs.device)
-    dist_out = torch.empty((n,), device=inputs.device)
+    codes_out = torch.empty((n, dim), device=inputs.device, dtype=inputs.dtype)
+    dist_out = torch.empty((n,), device=inputs.device, dtype=inputs.dtype)
     for start in range(0, n, per_pass):
         stop = min(n, start + per_pass)
         b = stop - start
         codes = torch.stack([generator.sample_latents(m, generator=rng) for _ in range(b)])  # (b, m, D)
         y = inputs[start:stop].unsqueeze(1).expand(b, m, *inputs.shape[1:]).reshape(b * m, *inputs.shape[1:])
         samples = generator(y, codes.reshape(b * m, dim).to(y.dtype))
+        if not bool(torch.isfinite(samples).all()):  # a diverged generator, not bad data (checked above)
+            raise FloatingPointError(f"{where}: the generator's samples hold NaN or inf (its weights diverged)")
         candidates = _embed(samples, distance).reshape(b, m, -1).contiguous()
         wanted = _embed(targets[start:stop], distance).contiguous()
         index, dist = batched_nearest(candidates, wanted)
@@ -251,7 +256,8 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
 
     Raises:
         TypeError / ValueError naming the argument for bad arguments; FloatingPointError if the
-        loss becomes NaN or inf.
+        loss, the weights or the samples of a selection become NaN or inf (the generator is then
+        left as it is: retrain with a lower ``lr``).
 
     Example:
         >>> g = ConditionalGenerator(1, 1, 8, width=8, levels=2, noise_channels=(1, 2))
@@ -292,8 +298,11 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
     for epoch in range(epochs):
         if epoch % resample_every == 0:
             generator.eval()
-            codes, dist = select_codes(generator, inputs, targets, m, rng=rng, distance=distance,
-                                       chunk=selection_chunk)
+            try:
+                codes, dist = select_codes(generator, inputs, targets, m, rng=rng, distance=distance,
+                                           chunk=selection_chunk)
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{where}: at epoch {epoch}, {error}; lower 'lr' (now {lr})") from None
             history.selection_epochs.append(epoch)
             history.selection_distance.append(float(dist.double().mean()))
         generator.train()
@@ -306,7 +315,7 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
             if feature_weight > 0:
                 value = value + feature_weight * extractor.perceptual_distance(out.clamp(0, 1), targets[batch]).mean()
             if not bool(torch.isfinite(value)):
-                raise FloatingPointError(f"{where}: the loss became {float(value)} at epoch {epoch}; "
+                raise FloatingPointError(f"{where}: the loss became {float(value.detach())} at epoch {epoch}; "
                                          f"lower 'lr' (now {lr})")
             optimizer.zero_grad(set_to_none=True)
             value.backward()
@@ -319,5 +328,12 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
             log(f"{where}: epoch {epoch + 1}/{epochs} loss {history.epoch_loss[-1]:.5f} "
                 f"nearest-of-{m} distance {last:.4f} ({time.perf_counter() - began:.0f} s)")
     generator.eval()
+    # Each loss is checked before its step, so a blow-up in the very last step would go unseen
+    # (finite but huge weights can give NaN samples): check the weights and that batch's next loss.
+    with torch.no_grad():
+        final = pixel_loss(generator(inputs[batch], codes[batch]), targets[batch])
+    if not (bool(torch.isfinite(final)) and all(bool(torch.isfinite(p).all()) for p in generator.parameters())):
+        raise FloatingPointError(f"{where}: the weights diverged in the last step (loss {float(final)}); "
+                                 f"lower 'lr' (now {lr})")
     history.seconds = time.perf_counter() - began
     return history

@@ -25,6 +25,7 @@ strong shrinkage).
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2, vq
 
+from ..data.arrays import OVERSHOOT_MARGIN
 from .gaussian import GaussianOT
 from .vae import ConvVAE, default_vae
 
@@ -54,7 +56,20 @@ def _as_images(images: Any, fn: str, name: str, channels: int) -> tuple[torch.Te
         raise TypeError(f"{fn}: '{name}' must be float in [0, 1], got {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{fn}: '{name}' holds NaN or inf")
+    # As the package's image loaders: [0, 1] up to a restorer's overshoot; beyond it the values are
+    # on another scale (0..255, [-1, 1]) and the VAE would encode garbage.
+    low, high = float(images.min()), float(images.max())
+    if low < -OVERSHOOT_MARGIN or high > 1.0 + OVERSHOOT_MARGIN:
+        raise ValueError(f"{fn}: '{name}' holds values in [{low:.4g}, {high:.4g}]; expected [0, 1] up to overshoot "
+                         f"([{-OVERSHOOT_MARGIN:g}, {1 + OVERSHOOT_MARGIN:g}])")
     return images, was_numpy
+
+
+def _check_samples(samples: np.ndarray, fn: str, name: str, mode: str, images: int) -> None:
+    """Each Gaussian fit needs 2 samples (ddof 1): say which argument is short, not GaussianOT's 'source'."""
+    if samples.shape[-2] < 2:
+        raise ValueError(f"{fn}: mode={mode!r} needs at least 2 latent samples per map from '{name}', got "
+                         f"{samples.shape[-2]} from {images} image(s); give more images")
 
 
 class DeepOT:
@@ -90,16 +105,16 @@ class DeepOT:
                  batch_size: int = 256) -> None:
         if vae is not None and not isinstance(vae, ConvVAE):
             raise TypeError(f"DeepOT: 'vae' must be a ConvVAE or None, got {type(vae).__name__}")
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) or patch_size < 1:
             raise ValueError(f"DeepOT: 'patch_size' must be an int >= 1, got {patch_size!r}")
         if mode not in DEEP_OT_MODES:
             raise ValueError(f"DeepOT: 'mode' must be one of {DEEP_OT_MODES}, got {mode!r}")
         for name, value, least in (("batch_size", batch_size, 1), ("num_classes", num_classes, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"DeepOT: '{name}' must be an int >= {least}, got {value!r}")
         self.vae = vae if vae is not None else default_vae()
-        self.patch_size, self.mode, self.batch_size = patch_size, mode, batch_size
-        self.num_classes, self.seed = num_classes, seed
+        self.patch_size, self.mode, self.batch_size = int(patch_size), mode, int(batch_size)
+        self.num_classes, self.seed = int(num_classes), int(seed)
         self.shrinkage, self.ridge = shrinkage, ridge
         GaussianOT(shrinkage=shrinkage, ridge=ridge)  # validate the regularisation now
 
@@ -114,7 +129,8 @@ class DeepOT:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, C, 4h, 4w)`` in [0, 1] from latents ``(B, L, h, w)``."""
+        """Images ``(B, C, f h, f w)`` in [0, 1] from latents ``(B, L, h, w)``, f = ``vae.factor``
+        (2^stages: 2 for the shipped VAE)."""
         device = next(self.vae.parameters()).device
         return torch.cat([self.vae.decode(batch.to(device)).cpu() for batch in latents.split(self.batch_size)])
 
@@ -156,6 +172,9 @@ class DeepOT:
                              f"{tuple(restored_latents.shape[1:])} and {tuple(clean_latents.shape[1:])}")
         source = self._patches(restored_latents, fn)
         target = self._patches(clean_latents, fn)
+        if self.mode != "class":  # class mode drops and reassigns thin classes itself
+            _check_samples(source, fn, "restored", self.mode, restored_latents.shape[0])
+            _check_samples(target, fn, "clean", self.mode, clean_latents.shape[0])
         ot_map = GaussianOT(shrinkage=self.shrinkage, ridge=self.ridge)
         if self.mode == "class":
             self.class_centres_, source_classes, target_classes = _patch_classes(source, target, self.num_classes,
@@ -174,8 +193,8 @@ class DeepOT:
             raise RuntimeError(f"{fn}: call fit(restored, clean) first")
 
     def transport(self, restored: Any) -> Any:
-        """``x_0 = D(T(E(x*)))`` for restorer outputs ``(B, C, H, W)`` in [0, 1]; same array type
-        (torch float32 or numpy) and shape, values in [0, 1]."""
+        """``x_0 = D(T(E(x*)))`` for restorer outputs ``(B, C, H, W)`` in [0, 1] (up to 0.25 of
+        overshoot); same array type (torch or numpy), float dtype and shape, values in [0, 1]."""
         fn = "DeepOT.transport"
         self._check_fitted(fn)
         tensor, was_numpy = _as_images(restored, fn, "restored", self.vae.channels)
@@ -186,14 +205,15 @@ class DeepOT:
         patches = self._patches(latents, fn)
         classes = vq(patches, self.class_centres_)[0] if self.mode == "class" else None
         moved = self._unpatch(self.ot_.transform(patches, classes), tuple(latents.shape))
-        out = self.decode(moved)
-        return out.numpy() if was_numpy else out.to(tensor.dtype)
+        out = self.decode(moved).to(tensor.dtype)
+        return out.numpy() if was_numpy else out
 
     def interpolate(self, restored: Any, alpha: float, x0: Any = None, *, clamp: bool = True) -> Any:
         """``x_alpha = (1 - alpha) x_0 + alpha x*``, alpha in [-1, 2].
 
         Args:
-            restored: the restorer's outputs ``x*`` ``(B, C, H, W)``.
+            restored: the restorer's outputs ``x*`` ``(B, C, H, W)`` in [0, 1] (up to 0.25 of
+                overshoot); the result has its array type (torch or numpy), float dtype and shape.
             alpha: 1 gives ``x*``, 0 gives ``x_0``; outside [0, 1] extrapolates.
             x0: :meth:`transport`'s output for ``restored``, to reuse (computed if None).
             clamp: clip the result to [0, 1] (extrapolation can leave it).
@@ -221,8 +241,13 @@ class DeepOT:
         patches, so the number compares across modes). The "latent W2" column of the paper's
         table."""
         fn = "DeepOT.latent_w2"
-        a = self._patches(self.latents(_as_images(images, fn, "images", self.vae.channels)[0]), fn)
-        b = self._patches(self.latents(_as_images(reference, fn, "reference", self.vae.channels)[0]), fn)
+        images, reference = (_as_images(x, fn, name, self.vae.channels)[0]
+                             for x, name in ((images, "images"), (reference, "reference")))
+        a = self._patches(self.latents(images), fn)
+        b = self._patches(self.latents(reference), fn)
+        mode = "shared" if self.mode == "class" else self.mode
+        _check_samples(a, fn, "images", mode, images.shape[0])
+        _check_samples(b, fn, "reference", mode, reference.shape[0])
         w2 = GaussianOT(shrinkage=self.shrinkage, ridge=self.ridge).fit(a, b).w2_
         return float(np.sqrt(np.sum(np.square(w2))))
 

@@ -195,7 +195,9 @@ class GaussianMoments:
     # -- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """``{"count": int, "mean": (d,), "comoment": (d, d)}`` (float64 numpy copies), loadable
-        with :meth:`from_state_dict` and storable with safetensors (wrap ``count`` in an array)."""
+        with :meth:`from_state_dict` and storable with safetensors (wrap ``count`` in an array).
+        An empty accumulator that has not learned its dimension (``dim`` None) is stored with
+        d = 0 and comes back with ``dim`` None."""
         d = 0 if self._dim is None else self._dim
         mean = np.zeros(d) if self._mean is None else self._mean.copy()
         comoment = np.zeros((d, d)) if self._comoment is None else self._comoment.copy()
@@ -229,6 +231,8 @@ class GaussianMoments:
             raise ValueError(f"{op}: 'comoment' must be symmetric with a non-negative diagonal")
         if count == 0 and (mean.any() or comoment.any()):
             raise ValueError(f"{op}: an empty accumulator (count 0) must have zero 'mean' and 'comoment'")
+        if count == 0 and mean.shape[0] == 0:
+            return cls()  # an empty state of d = 0 is how state_dict stores an unknown dimension
         moments = cls(mean.shape[0])
         moments._count, moments._mean, moments._comoment = count, mean, comoment
         return moments

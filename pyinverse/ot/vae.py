@@ -17,6 +17,7 @@ Weights are safetensors with the configuration and the training command in the m
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,12 +55,17 @@ class ConvVAE(nn.Module):
     def __init__(self, channels: int = 3, widths: Sequence[int] = (16, 32), latent_channels: int = 4,
                  stages: int = 1) -> None:
         super().__init__()
-        widths = tuple(int(w) for w in widths)
+        given = widths
+        try:
+            widths = tuple(widths)
+        except TypeError:
+            raise ValueError(f"ConvVAE: 'widths' must be two ints >= 1, got {given!r}") from None
         for name, value in (("channels", channels), ("latent_channels", latent_channels), ("stages", stages)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ConvVAE: '{name}' must be an int >= 1, got {value!r}")
-        if len(widths) != 2 or min(widths) < 1:
-            raise ValueError(f"ConvVAE: 'widths' must be two ints >= 1, got {widths}")
+        if len(widths) != 2 or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 for w in widths):
+            raise ValueError(f"ConvVAE: 'widths' must be two ints >= 1, got {given!r}")
+        widths = tuple(int(w) for w in widths)
         self.channels, self.widths, self.latent_channels, self.stages = channels, widths, latent_channels, stages
         #: Spatial downsampling factor between images and latents.
         self.factor = 2 ** stages
@@ -100,7 +106,7 @@ class ConvVAE(nn.Module):
         return mean, log_var.clamp(-30.0, 20.0)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, L, h, w) -> images (B, C, 4h, 4w) in [0, 1]."""
+        """(B, L, h, w) -> images (B, C, f h, f w) in [0, 1], f = factor = 2^stages."""
         if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
             raise ValueError(f"ConvVAE.decode: 'latents' must be a tensor (B, {self.latent_channels}, h, w), "
@@ -152,9 +158,21 @@ def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: 
     in [0, 1]): the negative ELBO (:func:`vae_loss`), Adam with a cosine learning-rate decay.
     Seeded: the same inputs give the same weights for one torch version. ``log(step, loss)`` is
     called every 100 steps. Returns ``(vae in eval mode, loss per step)``.
+
+    Raises ``ValueError`` for bad ``images`` or ``steps`` (before any training) and
+    ``FloatingPointError`` if the loss or the weights become NaN or inf.
     """
-    if not images or any(image.ndim != 3 or min(image.shape[1:]) < crop for image in images):
-        raise ValueError(f"train_vae: need images of shape (C, H, W) with H, W >= {crop}")
+    where = "train_vae"
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"{where}: 'steps' must be an int >= 1, got {steps!r}")
+    if not images or any(not isinstance(image, torch.Tensor) or image.ndim != 3 or min(image.shape[1:]) < crop
+                         for image in images):
+        raise ValueError(f"{where}: 'images' must be tensors of shape (C, H, W) with H, W >= {crop}")
+    channels = {int(image.shape[0]) for image in images}
+    if len(channels) > 1:
+        raise ValueError(f"{where}: 'images' must all have one channel count, got {sorted(channels)}")
+    if any(not image.is_floating_point() or not bool(torch.isfinite(image).all()) for image in images):
+        raise ValueError(f"{where}: 'images' must be finite float tensors in [0, 1]")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     vae = ConvVAE(images[0].shape[0], widths, latent_channels, stages)
@@ -167,6 +185,8 @@ def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: 
         batch = _random_crops(images, batch_size, crop, rng)
         reconstruction, mean, log_var = vae(batch)
         loss, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"{where}: the loss became {loss.item()} at step {step}; lower 'lr' (now {lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -174,6 +194,14 @@ def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: 
         losses.append(loss.item())
         if log is not None and (step % 100 == 0 or step == steps):
             log(step, losses[-1])
+    # Each loss is checked before its step, so a blow-up in the last step would go unseen (finite
+    # but huge weights can decode NaN): check the weights and that batch's next loss (posterior mean).
+    with torch.no_grad():
+        reconstruction, mean, log_var = vae(batch, sample=False)
+        final, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
+    if not (bool(torch.isfinite(final)) and all(bool(torch.isfinite(p).all()) for p in vae.parameters())):
+        raise FloatingPointError(f"{where}: the weights diverged in the last step (loss {final.item()}); "
+                                 f"lower 'lr' (now {lr})")
     vae.eval()
     for parameter in vae.parameters():
         parameter.requires_grad_(False)

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -31,6 +32,10 @@ class Table:
     note: str = ""
     digits: int = 4
 
+    def __post_init__(self) -> None:
+        if isinstance(self.digits, bool) or not isinstance(self.digits, numbers.Integral) or self.digits < 0:
+            raise ValueError(f"Table: 'digits' must be an int >= 0, got {self.digits!r}")
+
 
 @dataclass
 class Figure:
@@ -39,6 +44,11 @@ class Figure:
     title: str
     png: bytes
     caption: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.png, (bytes, bytearray)):
+            raise TypeError(f"Figure: 'png' must be the PNG file's bytes (e.g. figure_to_png(figure)), got "
+                            f"{type(self.png).__name__}")
 
 
 @dataclass
@@ -59,6 +69,8 @@ def figure_to_png(figure) -> bytes:
 
 
 def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)  # numpy floats (np.float32 is no float) are formatted as Python's
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
@@ -152,8 +164,15 @@ def sections_from_json(data: Any) -> list[Section]:
 
 def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],
                  results: dict, *, overwrite: bool = False) -> Path:
-    """Write ``out_dir/index.html`` and ``out_dir/results.json`` as one atomic folder."""
+    """Write ``out_dir/index.html`` and ``out_dir/results.json`` as one atomic folder.
+
+    Raises ``FileExistsError`` if ``out_dir`` is a folder with files in it and ``overwrite`` is
+    false, and ``NotADirectoryError`` if it is a file (never replaced, even with ``overwrite``).
+    """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"write_report: 'out_dir' {str(out_dir)!r} is a file, not a report folder; "
+                                 "choose another path")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
     page = render_html(title, intro, sections)

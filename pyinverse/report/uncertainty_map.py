@@ -10,11 +10,12 @@ interval is never drawn darker than a narrower one over the same mean.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._io import atomic_write
 
 # ITU-R BT.601 luma, as pyinverse.data.rgb_to_gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -96,7 +97,8 @@ def save_uncertainty_figure(path: str | os.PathLike, mean_image: Any, width: Any
     """Write a PNG: [truth] [observed] mean, and the uncertainty map with a width colour bar.
 
     The file is written to a temporary file in the same folder and moved into place
-    (``os.replace``), so a reader never sees half a PNG.
+    (:func:`pyinverse._io.atomic_write`), so a reader never sees half a PNG; it gets the usual
+    permissions (0666 & ~umask).
 
     Args:
         path: destination, must end in ``.png``; its folder must exist.
@@ -157,15 +159,9 @@ def save_uncertainty_figure(path: str | os.PathLike, mean_image: Any, width: Any
                     shrink=0.9)
     if title:
         figure.suptitle(title, fontsize=10)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # atomic_write: the usual permissions (0666 & ~umask, not mkstemp's 0600) and no clobbering
     try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        if target.exists() and not overwrite:  # appeared while we were drawing
-            raise FileExistsError(f"{op}: {str(target)!r} exists; pass overwrite=True to replace it")
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+        atomic_write(target, lambda temporary: figure.savefig(temporary, format="png"), overwrite=overwrite)
+    except FileExistsError:  # appeared while we were drawing
+        raise FileExistsError(f"{op}: {str(target)!r} exists; pass overwrite=True to replace it") from None
     return target

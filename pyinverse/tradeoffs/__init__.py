@@ -9,8 +9,9 @@
 * :mod:`.curves` — the Deep OT Gaussian experiment (closed forms and samples), curves for
   estimator families, plots.
 """
-from .curves import (gaussian_denoising_experiment, gaussian_uncertainty_perception, perception_distortion_points,
-                     plot_perception_distortion, plot_uncertainty_perception, uncertainty_perception_points)
+from .curves import (SUBOPTIMAL_REGIME, gaussian_denoising_experiment, gaussian_uncertainty_perception,
+                     perception_distortion_points, plot_perception_distortion, plot_uncertainty_perception,
+                     uncertainty_perception_points)
 from .divergence import kl_divergence_gaussian, renyi_divergence_gaussian
 from .entropy import (ENTROPY_METHODS, conditional_entropy_power, entropy_estimate, entropy_power,
                       error_entropy_power, gaussian_entropy, gaussian_entropy_power)
@@ -20,6 +21,7 @@ from .up_function import (PERCEPTION_REGIMES, eta, optimal_temperature, percepti
 __all__ = [
     "ENTROPY_METHODS",
     "PERCEPTION_REGIMES",
+    "SUBOPTIMAL_REGIME",
     "conditional_entropy_power",
     "entropy_estimate",
     "entropy_power",

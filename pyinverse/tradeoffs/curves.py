@@ -24,6 +24,7 @@ the distance between the d-dimensional laws (not normalised), entropy powers are
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from .entropy import conditional_entropy_power, error_entropy_power, gaussian_en
 from .up_function import eta, perception_regime
 
 __all__ = [
+    "SUBOPTIMAL_REGIME",
     "gaussian_denoising_experiment",
     "gaussian_uncertainty_perception",
     "perception_distortion_points",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+#: The ``regime`` of a :func:`gaussian_uncertainty_perception` point above U(P) (temperature > 1).
+SUBOPTIMAL_REGIME = "suboptimal"
 
 
 def _check_cov(cov: Any, op: str) -> np.ndarray:
@@ -62,6 +66,21 @@ def _positive(value: Any, name: str, op: str, integer: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{op}: '{name}' must be a positive {'int' if integer else 'number'}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def _numbers(values: Any, name: str, op: str, *, nonnegative: bool = False) -> list[float]:
+    """One number or a sequence of them -> a list of finite floats (>= 0 with ``nonnegative``)."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim > 1:
+        raise ValueError(f"{op}: '{name}' must be a number or a sequence of numbers, got {values!r}")
+    array = array.reshape(-1)
+    if not np.isfinite(array).all() or (nonnegative and (array < 0).any()):
+        raise ValueError(f"{op}: '{name}' must be finite numbers{' >= 0' if nonnegative else ''}, got "
+                         f"{array.tolist()}")
+    return array.tolist()
 
 
 def _gaussian_model(cov_x: np.ndarray, sigma: float) -> dict[str, np.ndarray]:
@@ -97,9 +116,10 @@ def gaussian_denoising_experiment(cov_x: Any, noise_sigma: float, *, mean_x: Any
         mean_x: mean of x ``(d,)`` (default 0).
         num_samples: test pairs (x, y) drawn; the OT map is fitted on the MMSE estimates of these
             and on as many *other* draws of x (unpaired, as Deep OT needs).
-        alphas: interpolation weights of ``x_alpha = (1 - alpha) x_0 + alpha x*``.
-        temperatures: tau of the samplers ``x* + tau (posterior sample - x*)``.
-        seed: numpy seed.
+        alphas: interpolation weights of ``x_alpha = (1 - alpha) x_0 + alpha x*`` (finite numbers,
+            or one; outside [0, 1] extrapolates).
+        temperatures: tau >= 0 of the samplers ``x* + tau (posterior sample - x*)`` (or one tau).
+        seed: numpy seed, an int >= 0.
 
     Returns:
         A dict: ``"mmse"`` (per-dimension MMSE, closed form), ``"w2_mmse"`` (W2(p_x*, p_x)),
@@ -123,10 +143,10 @@ def gaussian_denoising_experiment(cov_x: Any, noise_sigma: float, *, mean_x: Any
     mu = np.zeros(d) if mean_x is None else np.asarray(mean_x, dtype=np.float64)
     if mu.shape != (d,) or not np.isfinite(mu).all():
         raise ValueError(f"{op}: 'mean_x' must be a finite ({d},) vector, got shape {mu.shape}")
-    alphas = [float(a) for a in alphas]
-    temperatures = [float(t) for t in temperatures]
-    if any(t < 0 for t in temperatures):
-        raise ValueError(f"{op}: 'temperatures' must be >= 0, got {temperatures}")
+    alphas = _numbers(alphas, "alphas", op)
+    temperatures = _numbers(temperatures, "temperatures", op, nonnegative=True)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{op}: 'seed' must be an int >= 0, got {seed!r}")
     model = _gaussian_model(cov_x, sigma)
     gain, cov_mmse, cov_post = model["gain"], model["cov_mmse"], model["cov_post"]
     mmse_total = float(np.trace(cov_post))
@@ -195,20 +215,29 @@ def gaussian_uncertainty_perception(cov_x: Any, noise_sigma: float, temperatures
     ``E[x | y] + tau (x' - E[x | y])`` (x' a posterior draw), so ``p(x_hat | y) = N(E[x|y],
     tau^2 S_post)``. Its perception is ``D_order(N(0, S_post) || N(0, tau^2 S_post))`` (``inf`` at
     tau = 0: a deterministic estimator), its uncertainty ``(1 + tau^2) det(S_post)^(1/d)`` and its
-    distortion (MSE per dimension) ``(1 + tau^2) tr(S_post) / d``; these samplers attain the UP
-    function exactly. With ``estimate`` the uncertainty is also estimated from
+    distortion (MSE per dimension) ``(1 + tau^2) tr(S_post) / d``. For tau in [0, 1] these
+    samplers attain the UP function exactly (``uncertainty == up_function``). For tau > 1 they do
+    not: their uncertainty exceeds ``2 N(X|Y) >= U(P)`` (at order 1/2 tau and 1 / tau have the
+    same perception, and 1 / tau has the smaller uncertainty), so they lie above the curve and
+    their ``regime`` is ``"suboptimal"``. With ``estimate`` the uncertainty is also estimated from
     ``num_observations`` x ``samples_per_observation`` draws of (x_hat, x) given y with both
     estimators of :func:`~pyinverse.tradeoffs.entropy.error_entropy_power`.
 
+    Args:
+        temperatures: the taus (finite, >= 0), or one tau.
+
     Returns:
         A dict: ``"dim"``, ``"inherent"`` (N(X|Y)), ``"points"``: one dict per temperature with
-        ``temperature``, ``perception``, ``eta``, ``up_function`` (U(P)), ``uncertainty``
-        (closed form), ``uncertainty_gaussian`` / ``uncertainty_knn`` (estimates, if requested),
-        ``distortion``, ``regime``.
+        ``temperature``, ``perception``, ``eta``, ``up_function`` (U(P), the least uncertainty at
+        that perception), ``uncertainty`` (closed form), ``uncertainty_gaussian`` /
+        ``uncertainty_knn`` (estimates, if requested), ``distortion``, ``regime``
+        (:func:`~pyinverse.tradeoffs.up_function.perception_regime` of the perception for
+        tau <= 1; :data:`SUBOPTIMAL_REGIME` for tau > 1, a point above U(P)).
     """
     op = "gaussian_uncertainty_perception"
     cov_x = _check_cov(cov_x, op)
     sigma = _positive(noise_sigma, "noise_sigma", op)
+    temperatures = _numbers(temperatures, "temperatures", op, nonnegative=True)
     d = cov_x.shape[0]
     cov_post = _gaussian_model(cov_x, sigma)["cov_post"]
     inherent = gaussian_entropy_power(cov_post)
@@ -217,16 +246,14 @@ def gaussian_uncertainty_perception(cov_x: Any, noise_sigma: float, temperatures
     mean_zero = np.zeros(d)
     points = []
     for tau in temperatures:
-        tau = float(tau)
-        if not (math.isfinite(tau) and tau >= 0):
-            raise ValueError(f"{op}: temperatures must be finite and >= 0, got {tau}")
         perception = math.inf if tau == 0 else float(
             renyi_divergence_gaussian(mean_zero, cov_post, mean_zero, tau ** 2 * cov_post, order))
         point = {"temperature": tau, "perception": perception, "eta": eta(perception, d, order),
                  "up_function": eta(perception, d, order) * inherent,
                  "uncertainty": (1.0 + tau ** 2) * inherent,
                  "distortion": (1.0 + tau ** 2) * float(np.trace(cov_post)) / d,
-                 "regime": perception_regime(perception, d, order)}
+                 # tau > 1 is over-dispersed: above U(P), on none of the curve's regimes
+                 "regime": perception_regime(perception, d, order) if tau <= 1 else SUBOPTIMAL_REGIME}
         if estimate:
             shape = (num_observations, samples_per_observation, d)
             truths = rng.standard_normal(shape) @ root_post.T          # x - E[x|y], given y
@@ -413,7 +440,9 @@ def plot_uncertainty_perception(result: Mapping[str, Any], *, ax: Any = None, ti
                        label=label, zorder=3)
     ax.set_xlabel(f"perception: Renyi divergence of order {order:g} (nats, lower is better)")
     ax.set_ylabel("uncertainty N(X_hat - X | Y) / N(X | Y)")
-    ax.set_ylim(0.9, 2.1)
+    ratios = [p[key] / inherent for p in points for key in ("uncertainty", "uncertainty_gaussian", "uncertainty_knn")
+              if key in p]
+    ax.set_ylim(0.9, max([2.1] + [1.05 * r for r in ratios]))  # tau > 1 points lie above 2: keep them in view
     ax.set_title(title or f"d = {d}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
