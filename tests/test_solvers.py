@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyinverse.flows import Glow, LinearFlow
-from pyinverse.physics import CompressedSensing, Denoising, Inpainting
+from pyinverse.physics import JPEG, CompressedSensing, Denoising, Inpainting
 from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise, lasso_dct, lasso_fista,
                                lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
 from pyinverse.draws import Draws
@@ -128,6 +128,46 @@ def test_restarts_keep_the_best_objective_per_image():
     np.testing.assert_allclose(refit.objective, many.objective, rtol=1e-10)
 
 
+def test_adam_overshooting_its_start_is_not_converged():
+    """Adam's first steps (about lr per coordinate) climb far above a good start; the best (the
+    start) then does not improve for `patience` steps, but the run must go on down to the minimum."""
+    model = LinearFlow(torch.eye(4, dtype=torch.float64), (1, 2, 2))
+    y = torch.tensor([[[[0.1, -0.2], [0.3, 0.4]]]], dtype=torch.float64)
+    start = y.reshape(1, 4) + 0.01  # objective 4e-4; the minimum is 0 at z = y
+    result = latent_map(model, Denoising(0.0), y, init=start, lr=0.5, steps=2000, patience=5, tol=1e-6)
+    assert result.objective[0] < 1e-12 and result.steps[0] > 5, (result.status, result.steps, result.objective)
+    lbfgs = latent_map(model, Denoising(0.0), y, init=start, optimizer="lbfgs", steps=50, patience=5, tol=1e-6)
+    assert lbfgs.status == ["converged"] and lbfgs.objective[0] < 1e-12
+
+
+def test_init_pinv_whose_image_is_not_finite_raises(monkeypatch):
+    """G^-1 of the pseudo-inverse can be finite while G of it is not (float32 overflow): name the image."""
+    model = tiny_glow(0)
+    op = Denoising(0.1)
+    y = 0.3 + 0.4 * torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    inverse = model._inverse
+
+    def overflowing(z):
+        x, log_det = inverse(z)
+        return x.index_fill(0, torch.tensor([1]), float("nan")), log_det
+
+    monkeypatch.setattr(model, "_inverse", overflowing)
+    with pytest.raises(FloatingPointError, match=r"init='pinv' gives no finite start for image\(s\) \[1\].*init='zero'"):
+        latent_map(model, op, y, init="pinv", steps=5)
+
+
+def test_non_differentiable_operator_is_rejected():
+    """JPEG's A is detached: without a gradient the latent would just 'converge' to z = 0."""
+    model = tiny_glow(0)
+    op = JPEG(20)
+    y = op.A(0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    for kwargs in (dict(gamma=0.1), dict(gamma=0.0), dict(init="random", optimizer="lbfgs", prior="likelihood")):
+        with pytest.raises(ValueError, match=r"latent_map: 'operator' JPEG\(.*\) is not differentiable"):
+            latent_map(model, op, y, steps=5, **kwargs)
+    with pytest.raises(ValueError, match=r"latent_langevin: 'operator' JPEG\(.*\) is not differentiable"):
+        latent_langevin(model, op, y, noise_sigma=0.1, n_samples=2, burn_in=2, map_steps=2)
+
+
 def test_inits():
     model = tiny_glow(0)
     op = Denoising(0.1)
@@ -141,6 +181,12 @@ def test_inits():
                                                                                                   dtype=torch.float64))
     result = latent_map(model, op, y, init="pinv", steps=1)
     np.testing.assert_allclose(result.objective, 0.0, atol=1e-18)  # y is in the range: the start is optimal
+    # a numpy (B, D) start is taken like a tensor
+    start = 0.1 * np.arange(32.0).reshape(2, 16) / 32
+    np.testing.assert_array_equal(latent_map(model, op, y, init=start, steps=3).z.numpy(),
+                                  latent_map(model, op, y, init=torch.from_numpy(start), steps=3).z.numpy())
+    with pytest.raises(TypeError, match="'init' array must be floating point, got int64"):
+        latent_map(model, op, y, init=np.zeros((2, 16), dtype=np.int64), steps=3)
 
 
 def test_numpy_in_numpy_out():
@@ -149,6 +195,8 @@ def test_numpy_in_numpy_out():
     y = np.random.default_rng(0).uniform(0.2, 0.8, (2, 1, 4, 4))
     result = latent_map(model, op, y, steps=5)
     assert isinstance(result.x, np.ndarray) and result.x.shape == (2, 1, 4, 4)
+    # in the model's dtype (documented), not y's
+    assert latent_map(model, op, y.astype(np.float32), steps=5).x.dtype == np.float64
 
 
 def test_divergence_is_reported_not_returned_as_nan():
@@ -159,13 +207,15 @@ def test_divergence_is_reported_not_returned_as_nan():
         result = latent_map(model, op, y, optimizer="adam", lr=1e308, steps=20)
     assert result.status == ["diverged", "diverged"]
     assert np.isfinite(result.x.numpy()).all() and np.isfinite(result.objective).all()
-    with pytest.raises(FloatingPointError, match="diverged"):
+    with pytest.raises(FloatingPointError, match="diverged") as raised:
         latent_map(model, op, y, optimizer="adam", lr=1e308, steps=20, on_divergence="raise")
+    assert "returned" not in str(raised.value)  # nothing is returned when it raises
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(y=torch.full((2, 8), float("nan"), dtype=torch.float64)), ValueError, "non-finite"),
     (dict(y=torch.zeros(2, 7, dtype=torch.float64)), ValueError, r"'y' must have shape \(2, 8\)"),
+    (dict(y=torch.zeros(8, dtype=torch.float64)), ValueError, r"'y' must have shape \(B, 8\) .*batch axis.*got \(8,\)"),
     (dict(gamma=-1.0), ValueError, "'gamma' must be a finite number >= 0"),
     (dict(optimizer="sgd"), ValueError, "'optimizer' must be one of"),
     (dict(prior="tv"), ValueError, "'prior' must be one of"),
@@ -305,6 +355,9 @@ def test_operator_norm_and_lasso_errors():
         lasso_dct(op, np.zeros((1, 6)), -1.0, image_shape=(1, 3, 3))
     with pytest.raises(ValueError, match="'transform' must be one of"):
         lasso_fista(op, np.zeros((1, 6)), 0.1, "curvelet", image_shape=(1, 3, 3))
+    for tol in (float("nan"), -1e-7):
+        with pytest.raises(ValueError, match="'tol' must be a finite number >= 0"):
+            lasso_dct(op, np.zeros((1, 6)), 0.1, image_shape=(1, 3, 3), tol=tol)
 
 
 def test_bm3d_denoises():
@@ -320,3 +373,11 @@ def test_bm3d_denoises():
         bm3d_denoise(noisy[:, 0], 0.1)
     with pytest.raises(ValueError, match="'sigma' must be a finite number > 0"):
         bm3d_denoise(noisy, 0.0)
+    # bm3d itself segfaults on exactly 8 x 8 images (and rejects sides < 8): checked first
+    for size in ((8, 8), (4, 4), (7, 16)):
+        with pytest.raises(ValueError, match=r"'y' images must have H >= 8 and W >= 8 and not be exactly 8 x 8"):
+            bm3d_denoise(noisy[:1, :, :size[0], :size[1]], 0.1)
+    assert bm3d_denoise(noisy[:1, :, :8, :9], 0.1).shape == (1, 1, 8, 9)
+    # integer images would be truncated on the way back (200 -> 199): rejected
+    with pytest.raises(TypeError, match="'y' must be floating point, got uint8"):
+        bm3d_denoise((255 * clean).astype(np.uint8), 0.1)

@@ -188,6 +188,8 @@ def lasso_fista(operator: Any, y: Any, lam: float, transform: str = "dct", *, im
         raise ValueError(f"{where}: 'image_shape' must be (C, H, W) of positive ints, got {image_shape!r}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"{where}: 'steps' must be an int >= 1, got {steps!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"{where}: 'tol' must be a finite number >= 0, got {tol!r}")
     batch = array.shape[0]
     expected = tuple(operator.output_shape((batch,) + shape))
     if array.shape != expected:
@@ -235,11 +237,14 @@ def bm3d_denoise(y: Any, sigma: float) -> Any:
     """BM3D denoising (the optional ``bm3d`` package) of images ``(B, C, H, W)`` with noise ``sigma``.
 
     Gray images (``C = 1``) use ``bm3d.bm3d`` per image, RGB (``C = 3``) ``bm3d.bm3d_rgb``;
-    ``sigma`` is the noise standard deviation in image units ([0, 1] scale). numpy in gives
-    numpy out (same dtype); torch in gives torch out on the same device.
+    ``sigma`` is the noise standard deviation in image units ([0, 1] scale). ``y`` must be
+    floating point; numpy in gives numpy out (same dtype); torch in gives torch out on the same
+    device. Images must be at least 8 x 8 pixels (bm3d's blocks) and not exactly 8 x 8 (which
+    crashes the bm3d package, bm3d 4.0.3).
 
     Raises:
         ImportError: ``bm3d`` is not installed (``pip install bm3d``; pyinverse never requires it).
+        TypeError, ValueError: bad ``y`` (not float, wrong shape or size, non-finite) or ``sigma``.
 
     Example:
         >>> noisy = x + 0.1 * torch.randn_like(x)
@@ -254,8 +259,15 @@ def bm3d_denoise(y: Any, sigma: float) -> Any:
     if kind is None:
         raise TypeError(f"{where}: 'y' must be a numpy array or torch tensor, got {type(y).__name__}")
     array = y.detach().cpu().numpy() if kind == "torch" else y
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"{where}: 'y' must be floating point, got {array.dtype}")
     if array.ndim != 4 or array.shape[1] not in (1, 3) or array.shape[0] < 1:
         raise ValueError(f"{where}: 'y' must have shape (B, 1 or 3, H, W), got {array.shape}")
+    height, width = array.shape[2:]
+    # bm3d rejects sides < 8 itself, but segfaults (kills the process) on exactly 8 x 8.
+    if min(height, width) < 8 or (height, width) == (8, 8):
+        raise ValueError(f"{where}: 'y' images must have H >= 8 and W >= 8 and not be exactly 8 x 8 "
+                         f"(bm3d's 8 x 8 blocks; an 8 x 8 image crashes bm3d), got {height} x {width}")
     if not np.isfinite(array).all():
         raise ValueError(f"{where}: 'y' has non-finite values (NaN or inf)")
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma <= 0:

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from ..draws import Draws
 from ..flows.base import FlowModel
-from .latent_map import (_nonneg_float, _positive_float, _positive_int, initial_latents, latent_map,
-                         measurement_tensor)
+from .latent_map import (_nonneg_float, _positive_float, _positive_int, check_differentiable, initial_latents,
+                         latent_map, measurement_tensor)
 
 METHODS = ("ula", "mala")
 
@@ -39,8 +39,9 @@ class LangevinResult:
     """Samples of :func:`latent_langevin` for ``B`` measurements.
 
     Attributes:
-        samples: images ``(S, B, C, H, W)`` (torch, or numpy if ``y`` was numpy): ``S`` posterior
-            samples per measurement, the layout ``pyinverse.quantile`` / the uq module take.
+        samples: images ``(S, B, C, H, W)`` in the model's dtype (torch, or numpy if ``y`` was
+            numpy): ``S`` posterior samples per measurement, the layout ``pyinverse.quantile`` /
+            the uq module take.
         latents: their latents ``(S, B, D)`` (torch).
         acceptance: mean acceptance rate per measurement after burn-in ``(B,)`` (1.0 for ULA).
         step_size: final step size per measurement, mean over its chains ``(B,)``.
@@ -63,7 +64,8 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
 
     Args:
         model: a flow (:mod:`pyinverse.flows`).
-        operator: a :mod:`pyinverse.physics` operator with a differentiable ``A``.
+        operator: a :mod:`pyinverse.physics` operator with a differentiable ``A`` (``ValueError``
+            otherwise, e.g. ``JPEG``).
         y: measurements ``(B, *operator.output_shape)`` (torch or numpy, finite).
         n_samples: samples per measurement ``S``.
         noise_sigma: the measurement noise's standard deviation (> 0); default
@@ -77,12 +79,15 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
             ``c, c + chains, ...``, so each gives ``ceil(S / chains)`` samples.
         init: ``"map"`` (start at the MAP latent, ``latent_map`` with ``gamma = sigma^2`` and
             ``map_steps`` Adam steps), ``"zero"``, ``"random"`` (``N(0, I)``-norm random), or a
-            ``(B, D)`` tensor; a little noise is added so chains differ.
+            ``(B, D)`` tensor or numpy array; a little noise is added so chains differ.
         adapt: adapt MALA's per-chain step size during burn-in.
         target_accept: the acceptance rate the adaptation aims at.
         seed: seeds all the randomness (CPU generators: same draws on every device): an int, or
-            one int per measurement, which makes each measurement's samples independent of the
-            batch it is in (:mod:`pyinverse.draws`; how ``torchrun`` runs shard the images).
+            one int per measurement, which makes each measurement's random draws independent of
+            the batch it is in (:mod:`pyinverse.draws`; how ``torchrun`` runs shard the images).
+            The samples then agree with a run on the measurement alone only up to the
+            floating-point rounding of batched network evaluations, which MALA's accept / reject
+            decisions can amplify into different chains (not bit-exact).
         map_steps: Adam steps of the ``"map"`` initialisation.
         progress: show a tqdm progress bar over the Langevin steps (stderr).
 
@@ -102,6 +107,7 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
     """
     where = "latent_langevin"
     y_t, was_numpy = measurement_tensor(operator, y, model, where)
+    check_differentiable(operator, model, where)
     n_samples = _positive_int(n_samples, where, "n_samples")
     if method not in METHODS:
         raise ValueError(f"{where}: 'method' must be one of {METHODS}, got {method!r}")

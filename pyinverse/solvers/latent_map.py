@@ -42,7 +42,8 @@ class MapResult:
     """The outcome of :func:`latent_map` for a batch of ``B`` measurements.
 
     Attributes:
-        x: restored images ``G(z)`` ``(B, C, H, W)`` (torch, or numpy if ``y`` was numpy), not clipped.
+        x: restored images ``G(z)`` ``(B, C, H, W)`` in the model's dtype (torch, or numpy if ``y``
+            was numpy), not clipped.
         z: their latents ``(B, D)`` (torch).
         objective: the minimised objective per image ``(B,)`` (float64 numpy).
         data_fit: ``||A x - y||^2`` per image ``(B,)`` (float64 numpy).
@@ -84,12 +85,34 @@ def measurement_tensor(operator: Any, y: Any, model: FlowModel, where: str) -> t
     if y.dim() < 1 or y.shape[0] < 1:
         raise ValueError(f"{where}: 'y' must have a batch axis of size >= 1, got shape {tuple(y.shape)}")
     expected = tuple(operator.output_shape((y.shape[0],) + tuple(model.image_shape)))
+    if y.dim() != len(expected):
+        # The first axis is not a batch axis (e.g. one measurement without it): name the layout.
+        per_image = tuple(operator.output_shape((1,) + tuple(model.image_shape)))[1:]
+        raise ValueError(f"{where}: 'y' must have shape (B, {', '.join(map(str, per_image))}) (B measurements: the "
+                         f"operator's output for images {tuple(model.image_shape)}; one measurement needs a leading "
+                         f"batch axis of 1), got {tuple(y.shape)}")
     if tuple(y.shape) != expected:
         raise ValueError(f"{where}: 'y' must have shape {expected} (the operator's output for images "
                          f"{tuple(model.image_shape)}), got {tuple(y.shape)}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{where}: 'y' has non-finite values (NaN or inf)")
     return y.to(dtype=model.dtype, device=model.device), was_numpy
+
+
+def check_differentiable(operator: Any, model: FlowModel, where: str) -> None:
+    """Raise ``ValueError`` if ``operator.A`` passes no gradient back to its input (e.g. ``JPEG``).
+
+    Without one the latent's gradient is only the prior's: the optimisation would "converge" to
+    ``z = 0`` or run with a zero gradient. One ``A`` of a single probe image, before any work.
+    """
+    probe = torch.full((1,) + tuple(model.image_shape), 0.5, dtype=model.dtype, device=model.device,
+                       requires_grad=True)
+    with torch.enable_grad():
+        out = operator.A(probe)
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        raise ValueError(f"{where}: 'operator' {operator!r} is not differentiable in torch (its A returns no "
+                         "gradient), so the latent cannot be optimised through it; use an operator with a "
+                         "differentiable A (e.g. the linear ones)")
 
 
 def _nonneg_float(value, where, name):
@@ -114,7 +137,11 @@ def initial_latents(model: FlowModel, operator: Any, y: torch.Tensor, init: Any,
                     draws: Draws, where: str) -> torch.Tensor:
     """The starting latents ``(B, D)`` for one restart (see :func:`latent_map`'s ``init``)."""
     batch, dim = y.shape[0], model.latent_dim
-    if isinstance(init, torch.Tensor):
+    if isinstance(init, (np.ndarray, torch.Tensor)):  # a numpy array is taken like a tensor
+        floating = np.issubdtype(init.dtype, np.floating) if isinstance(init, np.ndarray) else init.is_floating_point()
+        if not floating:
+            raise TypeError(f"{where}: an 'init' array must be floating point, got {init.dtype}")
+        init = torch.from_numpy(np.ascontiguousarray(init)) if isinstance(init, np.ndarray) else init
         if tuple(init.shape) != (batch, dim):
             raise ValueError(f"{where}: an 'init' tensor must have shape ({batch}, {dim}), got {tuple(init.shape)}")
         if not bool(torch.isfinite(init).all()):
@@ -135,10 +162,15 @@ def initial_latents(model: FlowModel, operator: Any, y: torch.Tensor, init: Any,
         x0 = operator.A_pinv(y).clamp(1.0 / 512, 1.0 - 1.0 / 512)
         with torch.no_grad():
             z0, _ = model._forward(x0)
-        if not bool(torch.isfinite(z0).all()):
-            raise FloatingPointError(f"{where}: G^-1 of the pseudo-inverse is not finite; use init='zero'")
+            # G^-1 can be finite while G of it overflows (huge latents, float32): check the start.
+            x_back, _ = model._inverse(z0)
+        bad = ~(torch.isfinite(z0).all(1) & torch.isfinite(x_back.flatten(1)).all(1))
+        if bool(bad.any()):
+            raise FloatingPointError(f"{where}: init='pinv' gives no finite start for image(s) "
+                                     f"{torch.nonzero(bad).flatten().tolist()} (G^-1 of the clipped pseudo-inverse, "
+                                     "or G of that latent, is not finite); use init='zero'")
         return z0
-    raise ValueError(f"{where}: 'init' must be one of {INITS} or a (B, D) tensor, got {init!r}")
+    raise ValueError(f"{where}: 'init' must be one of {INITS} or a (B, D) tensor or numpy array, got {init!r}")
 
 
 # ---- the objective ------------------------------------------------------------------------------------
@@ -185,6 +217,7 @@ class _Tracker:
         self.best = torch.full((n,), math.inf, dtype=torch.float64, device=z.device)
         self.best_fit = torch.full((n,), math.inf, dtype=torch.float64, device=z.device)
         self.reference = torch.full((n,), math.inf, dtype=torch.float64, device=z.device)
+        self.window_low = torch.full((n,), math.inf, dtype=torch.float64, device=z.device)
         self.active = torch.ones(n, dtype=torch.bool, device=z.device)
         self.converged = torch.zeros(n, dtype=torch.bool, device=z.device)
         self.diverged = torch.zeros(n, dtype=torch.bool, device=z.device)
@@ -202,12 +235,18 @@ class _Tracker:
         self.best_fit = torch.where(better, fit.double(), self.best_fit)
         self.best_z[better] = z.detach()[better]
         self.steps[self.active] = step
+        self.window_low = torch.minimum(self.window_low, torch.where(finite, value64, self.window_low))
         if step % self.patience == 0:
-            # Converged: less than a relative `tol` of improvement over the last `patience` steps.
-            stalled = self.active & (self.reference - self.best <= self.tol * self.best.abs().clamp_min(1e-30))
+            # Converged: the best improved by less than a relative `tol` over the last `patience`
+            # steps AND the iterates came back to within `tol` of it in those steps. The second
+            # part matters for Adam, which can overshoot far above the best (e.g. the start) and
+            # stay there for `patience` steps while still on its way down; L-BFGS is monotone.
+            slack = self.tol * self.best.abs().clamp_min(1e-30)
+            stalled = self.active & (self.reference - self.best <= slack) & (self.window_low - self.best <= slack)
             self.converged |= stalled
             self.active &= ~stalled
             self.reference = self.best.clone()
+            self.window_low = torch.full_like(self.window_low, math.inf)
 
     def status(self):
         return ["diverged" if d else ("converged" if c else "max_steps")
@@ -314,29 +353,39 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
     Args:
         model: a flow from :mod:`pyinverse.flows` (its parameters are not changed).
         operator: a :mod:`pyinverse.physics` operator; ``A`` must be differentiable in torch (all
-            linear ones are). E.g. ``Denoising(0.1)``, ``CompressedSensing(0.1)``, ``Inpainting(...)``.
+            linear ones are; ``ValueError`` otherwise, e.g. ``JPEG``). E.g. ``Denoising(0.1)``,
+            ``CompressedSensing(0.1)``, ``Inpainting(...)``.
         y: measurements ``(B, *operator.output_shape)`` (torch or numpy, finite).
         gamma: weight of the prior term, >= 0 (0: plain least squares in z, regularised only by
             the initialisation and early stopping, the paper's compressed-sensing setting).
         prior: ``"latent"`` or ``"likelihood"``.
         init: ``"zero"`` (z = 0: the most likely latent), ``"random"`` (a Gaussian direction
             scaled to ``init_norm``, default ``sqrt(D)``), ``"pinv"`` (``G^-1`` of the
-            pseudo-inverse ``A^+ y`` clipped to [1/512, 1 - 1/512]), or a ``(B, D)`` tensor.
+            pseudo-inverse ``A^+ y`` clipped to [1/512, 1 - 1/512]; ``FloatingPointError`` if that
+            latent or ``G`` of it is not finite, which far-out pseudo-inverses can cause in
+            float32), or a ``(B, D)`` float tensor or numpy array.
         init_norm: the norm of random starts (``init="random"`` and restarts after the first).
         optimizer: ``"adam"`` (learning rate ``lr``) or ``"lbfgs"`` (history 10, Armijo
             backtracking; ``lr`` unused).
         steps: maximum optimizer steps (iterations for L-BFGS) per image.
         restarts: runs per image; the first starts from ``init``, the others from random
             latents at ``init_norm``; per image the run with the lowest objective is kept.
-        tol, patience: an image stops when its best objective improved by less than
-            ``tol * |objective|`` over the last ``patience`` steps.
+        tol, patience: every ``patience`` steps, an image stops as ``"converged"`` when its best
+            objective improved by less than ``tol * |best|`` over the last ``patience`` steps and
+            its lowest objective in those steps is within ``tol * |best|`` of the best (so an
+            Adam run that has climbed away from its best, e.g. overshot from a good start, keeps
+            going rather than stopping there). L-BFGS never climbs (Armijo steps); it also stops
+            as ``"converged"`` when its line search finds no decrease.
         seed: seeds the random starts (CPU generators: the same starts on every device): an int, or
-            one int per measurement (:mod:`pyinverse.draws`: starts then do not depend on the batch).
+            one int per measurement (:mod:`pyinverse.draws`: starts then do not depend on the batch;
+            the results agree with a run on the image alone up to the floating-point rounding of
+            batched network evaluations, which the optimisation can amplify).
         on_divergence: ``"warn"`` (status ``"diverged"``, best finite iterate kept, a
             ``RuntimeWarning``) or ``"raise"`` (``FloatingPointError``).
 
     Returns:
-        :class:`MapResult`; ``x`` is ``(B, C, H, W)`` like ``y``'s type (numpy in, numpy out).
+        :class:`MapResult`; ``x`` is ``(B, C, H, W)`` in the model's dtype: numpy if ``y`` was
+        numpy, else a torch tensor on the model's device.
 
     Example:
         >>> from pyinverse.physics import CompressedSensing
@@ -349,6 +398,7 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
     """
     where = "latent_map"
     y_t, was_numpy = measurement_tensor(operator, y, model, where)
+    check_differentiable(operator, model, where)
     gamma = _nonneg_float(gamma, where, "gamma")
     if prior not in PRIORS:
         raise ValueError(f"{where}: 'prior' must be one of {PRIORS}, got {prior!r}")
@@ -400,10 +450,11 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
     diverged = [i for i, s in enumerate(status) if s == "diverged"]
     if diverged:
         message = (f"{where}: the optimisation diverged for image(s) {diverged} (objective or latent became "
-                   f"non-finite); their best finite iterate is returned. Lower 'lr' or raise 'gamma'")
+                   "non-finite)")
         if on_divergence == "raise":
-            raise FloatingPointError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+            raise FloatingPointError(f"{message}. Lower 'lr' or raise 'gamma'")
+        warnings.warn(f"{message}; their best finite iterate is returned. Lower 'lr' or raise 'gamma'",
+                      RuntimeWarning, stacklevel=2)
     with torch.no_grad():
         x, _ = model._inverse(z_best)
     x_out = x.detach().cpu().numpy() if was_numpy else x.detach()
