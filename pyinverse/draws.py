@@ -24,11 +24,12 @@ _SEED_LIMIT = 2**63
 def item_seeds(seed: int, indices: Sequence[int]) -> list[int]:
     """One independent seed per item index (``numpy.random.SeedSequence([seed, index])``), the
     same whichever process or batch asks for it."""
-    _check_seed(seed, "item_seeds", "seed")
+    check_seed(seed, "item_seeds", "seed")
     return [int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0] >> 1) for i in indices]
 
 
-def _check_seed(value: Any, where: str, name: str) -> int:
+def check_seed(value: Any, where: str, name: str = "seed") -> int:
+    """``value`` as an int in [0, 2**63) (Python or numpy integer), else ``ValueError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < _SEED_LIMIT:
         raise ValueError(f"{where}: '{name}' must be an int in [0, 2**63), got {value!r}")
     return int(value)
@@ -43,12 +44,12 @@ class Draws:
     """
 
     def __init__(self, seed: Any, batch: int, where: str):
-        if isinstance(seed, numbers.Integral):  # bool included: refused by _check_seed
+        if isinstance(seed, numbers.Integral):  # bool included: refused by check_seed
             self.per_image = False
-            self.generators = [torch.Generator().manual_seed(_check_seed(seed, where, "seed"))]
+            self.generators = [torch.Generator().manual_seed(check_seed(seed, where, "seed"))]
         else:
             try:
-                seeds = [_check_seed(s, where, "seed") for s in seed]
+                seeds = [check_seed(s, where, "seed") for s in seed]
             except TypeError:
                 raise ValueError(f"{where}: 'seed' must be an int or a sequence of {batch} ints (one per image), "
                                  f"got {type(seed).__name__}") from None

@@ -33,17 +33,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..draws import check_seed
 from .layers import Preprocess, Split
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def check_seed(seed: Any, where: str, name: str = "seed") -> int:
-    """``seed`` as an int in [0, 2**63) (Python or numpy integer), else ``ValueError`` naming it:
-    ``int()`` would truncate 1.5 and parse '7', and torch fails on 2**64 with a bare overflow."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise ValueError(f"{where}: '{name}' must be an int in [0, 2**63), got {seed!r}")
-    return int(seed)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .base import FlowModel, check_seed
+from ..draws import check_seed
+from .base import FlowModel
 from .checkpoint import check_config_matches, load_state_checked, read_flow_file, save_flow
 
 CHECKPOINT_PATTERN = re.compile(r"^step(\d{8})\.safetensors$")
@@ -254,8 +255,7 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         raise ValueError(f"{where}: 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
     if not (isinstance(grad_clip, numbers.Real) and grad_clip > 0):
         raise ValueError(f"{where}: 'grad_clip' must be a number > 0, got {grad_clip!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise ValueError(f"{where}: 'seed' must be an int in [0, 2**63), got {seed!r}")
+    seed = check_seed(seed, where)
     levels = quantize_levels(_as_image_tensor(data, model, where, "data"))
     held_images = None if held_out is None else _as_image_tensor(held_out, model, where, "held_out")
     if resume is True and checkpoint_dir is None:

@@ -162,9 +162,12 @@ def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
 
 
 def _ot_matrix(s_s: np.ndarray, s_t: np.ndarray, eps: float | None, op: str = "gaussian_ot_matrix",
-               names: tuple[str, str] = ("cov_source", "cov_target")) -> tuple[np.ndarray, np.ndarray]:
-    values = _psd_eigenvalues(s_s, names[0], op)
-    _psd_eigenvalues(s_t, names[1], op)
+               names: tuple[str, str] = ("cov_source", "cov_target"), check_target: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``check_target=False``: ``s_t`` is known PSD (a sample covariance, or moments checked on input)."""
+    values = _psd_eigenvalues(s_s, names[0], op)  # needed for the path choice: the check is free
+    if check_target:
+        _psd_eigenvalues(s_t, names[1], op)
     shape, d = s_s.shape, s_s.shape[-1]
     s_s, s_t, values = s_s.reshape(-1, d, d), s_t.reshape(-1, d, d), values.reshape(-1, d)
     floor = d * np.finfo(np.float64).eps if eps is None else eps
@@ -372,7 +375,8 @@ class GaussianOT:
             batched = any(_is_batched(v) for v in (source, target))
             cov_s, lam_s = self._regularise(cov_s, samples_s, "source")
             cov_t, lam_t = self._regularise(cov_t, samples_t, "target")
-        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, op, ("source", "target"))
+        # Sample covariances are PSD, and moments were checked in _side: no second check of the target.
+        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, op, ("source", "target"), check_target=False)
         w2_squared = (np.square(mean_s - mean_t).sum(-1) + np.trace(cov_s, axis1=-2, axis2=-1)
                       + np.trace(cov_t, axis1=-2, axis2=-1) - 2.0 * cross)
         w2 = np.sqrt(np.clip(w2_squared, 0.0, None))
