@@ -119,9 +119,19 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& device, int device_index, uintptr_t data, const std::string& dtype, int64_t n,
          int64_t row_stride, int64_t col_stride, std::vector<int64_t> batch_shape, std::vector<int64_t> batch_strides,
          uintptr_t sqrt_out, uintptr_t inv_sqrt_out, uintptr_t eigenvalues_out, uintptr_t eigenvectors_out, double eps,
-         bool pseudo_inverse, bool check, double symmetry_tol, const std::string& op, uintptr_t stream) {
+         bool pseudo_inverse, bool check, double symmetry_tol, const std::string& op, uintptr_t stream,
+         const std::string& algorithm) {
         SqrtmProblem problem;
         problem.op = op;
+        if (algorithm == "auto") {
+          problem.algorithm = SqrtmAlgorithm::Auto;
+        } else if (algorithm == "tridiagonal") {
+          problem.algorithm = SqrtmAlgorithm::Tridiagonal;
+        } else if (algorithm == "jacobi") {
+          problem.algorithm = SqrtmAlgorithm::Jacobi;
+        } else {
+          throw ValueError(op + ": 'algorithm' must be 'auto', 'tridiagonal' or 'jacobi', got '" + algorithm + "'");
+        }
         problem.dtype = parse_dtype(dtype, op.c_str());
         problem.n = n;
         problem.row_stride = row_stride;
@@ -157,7 +167,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("row_stride"), py::arg("col_stride"), py::arg("batch_shape"), py::arg("batch_strides"),
       py::arg("sqrt_out"), py::arg("inv_sqrt_out"), py::arg("eigenvalues_out"), py::arg("eigenvectors_out"),
       py::arg("eps"), py::arg("pseudo_inverse"), py::arg("check"), py::arg("symmetry_tol"), py::arg("op"),
-      py::arg("stream"),
+      py::arg("stream"), py::arg("algorithm") = "auto",
       "Batched square root / inverse square root / eigendecomposition of symmetric PSD matrices (n <= 64); "
       "see pyinverse.ops.sqrtm.");
 

@@ -51,13 +51,22 @@ def relative_error(actual, expected):
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
 
 
+@pytest.fixture(params=["tridiagonal", "jacobi"])
+def kernel_algorithm(request, monkeypatch):
+    """Runs a kernel test with both solvers: the CPU's (Householder + implicit QL, SIMD over
+    matrices) and the CUDA kernel's round-robin Jacobi, whose warp phases the CPU runs lane by
+    lane (so its arithmetic is tested without a GPU)."""
+    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", request.param)
+    return request.param
+
+
 # -------------------------------------------------------------------------------------------------
 # sqrtm_spd
 # -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", ORDERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sqrtm_matches_eigh_reference(rng, n, dtype):
+def test_sqrtm_matches_eigh_reference(rng, n, dtype, kernel_algorithm):
     batch = 3 if n > KERNEL_MAX_ORDER else 21  # 21: a partly filled lane block at the end
     a = random_spd(rng, batch, n).astype(dtype)
     result = sqrtm_spd(a)
@@ -79,7 +88,7 @@ def test_sqrtm_squares_back_and_matches_scipy_sqrtm(rng, n):
 
 @pytest.mark.parametrize("n", [5, 16, 33, 64, 70])
 @pytest.mark.parametrize("rank", [0, 1, 3])
-def test_sqrtm_rank_deficient(rng, n, rank):
+def test_sqrtm_rank_deficient(rng, n, rank, kernel_algorithm):
     a = random_spd(rng, 9, n, rank=rank)
     s = sqrtm_spd(a)
     assert np.isfinite(s).all()
@@ -95,14 +104,33 @@ def test_sqrtm_rank_deficient(rng, n, rank):
 
 
 @pytest.mark.parametrize("n", [4, 12, 48, 72])
-def test_sqrtm_ill_conditioned(rng, n):
+def test_sqrtm_ill_conditioned(rng, n, kernel_algorithm):
     a = random_spd(rng, 6, n, cond=1e12)
     s = sqrtm_spd(a)
     assert relative_error(s, spectral_function_reference(a)) < 1e-9
     assert relative_error(s @ s, a) < 1e-13 * n
 
 
-def test_sqrtm_mixed_batch_matches_each_matrix_alone(rng):
+def test_jacobi_gives_graded_eigenvalues_to_high_relative_accuracy(rng, monkeypatch):
+    """D H D with H well conditioned and D graded over 6 decades (permuted): its eigenvalues are
+    determined to high relative accuracy, which Jacobi with the relative rotation test attains
+    (Demmel & Veselic), while tridiagonal reduction loses ~eps * cond in the smallest ones. The
+    reference is mpmath at 60 digits."""
+    mpmath = pytest.importorskip("mpmath")
+    n = 8
+    x = rng.standard_normal((n, 3 * n))
+    grading = rng.permutation(np.logspace(0, -6, n))
+    a = grading[:, None] * (x @ x.T / (3 * n)) * grading[None, :]
+    a = 0.5 * (a + a.T)
+    mpmath.mp.dps = 60
+    reference = np.sort([float(value) for value in mpmath.eigsy(mpmath.matrix(a.tolist()))[0]])
+    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "jacobi")
+    info = sqrtm_module._describe_square(a[None], "a", "test")
+    eigenvalues = sqrtm_module._matrix_functions(info, "sqrt", 0.0, False, 1e-7, True, True, "test")[1]
+    assert np.abs(np.sort(eigenvalues[0]) / reference - 1.0).max() < 1e-14
+
+
+def test_sqrtm_mixed_batch_matches_each_matrix_alone(rng, kernel_algorithm):
     n = 6
     parts = [random_spd(rng, 3, n), random_spd(rng, 2, n, cond=1e12), random_spd(rng, 2, n, rank=2),
              np.zeros((1, n, n)), np.eye(n)[None], random_spd(rng, 2, n, scale=1e-4), random_spd(rng, 2, n, scale=1e4),
@@ -120,7 +148,7 @@ def test_sqrtm_mixed_batch_matches_each_matrix_alone(rng):
 
 @pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0, 1e2, 1e4])
 @pytest.mark.parametrize("n", [3, 20])
-def test_sqrtm_scales(rng, scale, n):
+def test_sqrtm_scales(rng, scale, n, kernel_algorithm):
     a = random_spd(rng, 5, n)
     scaled = sqrtm_spd(a * scale)
     assert relative_error(scaled, spectral_function_reference(a * scale)) < 1e-12
@@ -129,7 +157,7 @@ def test_sqrtm_scales(rng, scale, n):
 
 @pytest.mark.parametrize("n", [3, 20, 70])  # 70: the LAPACK path
 @pytest.mark.parametrize("magnitude", [1e-310, 1e-300, 1e300, 5e307])
-def test_sqrtm_extreme_magnitudes(rng, n, magnitude):
+def test_sqrtm_extreme_magnitudes(rng, n, magnitude, kernel_algorithm):
     """Near the ends of float64 (subnormal, near DBL_MAX) the root is still the closed form
     Q diag(sqrt(l)) Q^T; the kernel's scaling once gave NaN below 2^-1022 and zeros above 2^1023."""
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -146,7 +174,7 @@ def test_sqrtm_extreme_magnitudes(rng, n, magnitude):
         assert relative_error(sqrtm_spd(0.5 * (rotated + rotated.T)), expected) < 1e-12
 
 
-def test_sqrtm_exact_cases():
+def test_sqrtm_exact_cases(kernel_algorithm):
     np.testing.assert_array_equal(sqrtm_spd(np.eye(5)), np.eye(5))
     np.testing.assert_array_equal(sqrtm_spd(np.diag([4.0, 9.0, 0.25, 0.0])), np.diag([2.0, 3.0, 0.5, 0.0]))
     np.testing.assert_array_equal(sqrtm_spd(np.zeros((2, 3, 3))), np.zeros((2, 3, 3)))
@@ -156,7 +184,7 @@ def test_sqrtm_exact_cases():
     np.testing.assert_allclose(sqrtm_spd(np.diag([4.0, -1.0])), np.diag([2.0, 0.0]), atol=0)
 
 
-def test_sqrtm_shapes_strides_and_empty(rng):
+def test_sqrtm_shapes_strides_and_empty(rng, kernel_algorithm):
     a = random_spd(rng, 12, 5).reshape(3, 4, 5, 5)
     expected = spectral_function_reference(a)
     assert relative_error(sqrtm_spd(a), expected) < 1e-12
@@ -217,7 +245,7 @@ def test_threads_do_not_change_results(rng):
 # -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [4, 66])
-def test_sqrtm_rejects_nan_inf_and_asymmetry(rng, n):
+def test_sqrtm_rejects_nan_inf_and_asymmetry(rng, n, kernel_algorithm):
     a = random_spd(rng, 5, n)
     for bad_value in (np.nan, np.inf, -np.inf):
         bad = a.copy()
@@ -237,12 +265,14 @@ def test_sqrtm_rejects_nan_inf_and_asymmetry(rng, n):
     assert np.isfinite(sqrtm_spd(bad, symmetry_tol=1.0)).all()
 
 
-def test_sqrtm_unchecked_nan_stays_in_its_matrix(rng):
+def test_sqrtm_unchecked_nan_stays_in_its_matrix(rng, kernel_algorithm):
     a = random_spd(rng, 11, 5)
     a[4, 0, 0] = np.nan
     result = sqrtm_spd(a, check=False)
     keep = np.arange(11) != 4
     assert relative_error(result[keep], spectral_function_reference(a[keep])) < 1e-12
+    if kernel_algorithm == "jacobi":  # scaled by NaN: every output of that matrix is NaN, deliberately
+        assert np.isnan(result[4]).all()
 
 
 def test_sqrtm_rejects_bad_shapes_and_types():
@@ -268,7 +298,7 @@ def test_sqrtm_rejects_bad_shapes_and_types():
 
 @pytest.mark.parametrize("n", [1, 5, 24, 64, 90])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inv_sqrtm_well_conditioned(rng, n, dtype):
+def test_inv_sqrtm_well_conditioned(rng, n, dtype, kernel_algorithm):
     a = random_spd(rng, 6, n).astype(dtype)
     inv = inv_sqrtm_spd(a)
     root = sqrtm_spd(a)
@@ -282,7 +312,7 @@ def test_inv_sqrtm_well_conditioned(rng, n, dtype):
 
 
 @pytest.mark.parametrize("n", [6, 40, 70])
-def test_inv_sqrtm_floor_and_pseudo_inverse(rng, n):
+def test_inv_sqrtm_floor_and_pseudo_inverse(rng, n, kernel_algorithm):
     a = random_spd(rng, 5, n, rank=n // 2)
     for eps in (1e-10, 1e-3):
         for pseudo in (False, True):
@@ -310,7 +340,7 @@ def _symmetric_input(rng, n, batch=2, cond=None):
 
 @pytest.mark.parametrize("lapack", [False, True])
 @pytest.mark.parametrize("n", [1, 3, 5])
-def test_gradcheck(rng, n, lapack, monkeypatch):
+def test_gradcheck(rng, n, lapack, monkeypatch, kernel_algorithm):
     if lapack:
         monkeypatch.setattr(sqrtm_module, "KERNEL_MAX_ORDER", 0)
     a = _symmetric_input(rng, n)
@@ -334,7 +364,7 @@ def test_gradient_matches_sylvester_solution(rng):
 
 
 @pytest.mark.parametrize("lapack", [False, True])
-def test_gradient_finite_for_repeated_eigenvalues(rng, lapack, monkeypatch):
+def test_gradient_finite_for_repeated_eigenvalues(rng, lapack, monkeypatch, kernel_algorithm):
     if lapack:
         monkeypatch.setattr(sqrtm_module, "KERNEL_MAX_ORDER", 0)
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
@@ -474,17 +504,22 @@ def test_frechet_rejects_bad_input(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cuda_kernel_max_order", [64, 0])  # our kernel up to 64, or cuSOLVER for all
-@pytest.mark.parametrize("n", [3, 16, 64, 80])
+@pytest.mark.parametrize("path", ["auto", "tridiagonal", "jacobi", "cusolver"])
+@pytest.mark.parametrize("n", [3, 13, 16, 64, 80])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_matches_cpu(rng, monkeypatch, n, dtype, cuda_kernel_max_order):
-    monkeypatch.setattr(sqrtm_module, "CUDA_KERNEL_MAX_ORDER", cuda_kernel_max_order)
+def test_cuda_matches_cpu(rng, monkeypatch, n, dtype, path):
+    # Our kernel up to 64 with the solver `path` names (on both devices: the CPU runs the CUDA
+    # Jacobi's phases lane by lane), or cuSOLVER for every order.
+    monkeypatch.setattr(sqrtm_module, "CUDA_KERNEL_MAX_ORDER", 0 if path == "cusolver" else 64)
+    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "auto" if path == "cusolver" else path)
     a = torch.from_numpy(random_spd(rng, 300, n)).to(dtype)
     expected = sqrtm_spd(a)
     result = sqrtm_spd(a.cuda())
     assert result.is_cuda and result.dtype == dtype
     tol = 1e-12 * n if dtype == torch.float64 else 2e-6 * n
     assert relative_error(result.cpu().numpy(), expected.numpy()) < tol
+    assert relative_error(result.cpu().numpy(), spectral_function_reference(a.numpy())) < tol
+    torch.testing.assert_close(result, result.transpose(-1, -2), rtol=0, atol=0)
     assert relative_error(inv_sqrtm_spd(a.cuda()).cpu().numpy(), inv_sqrtm_spd(a).numpy()) < tol * 100
     bad = a.clone().cuda()
     bad[7, 0, 0] = float("nan")
@@ -493,3 +528,33 @@ def test_cuda_matches_cpu(rng, monkeypatch, n, dtype, cuda_kernel_max_order):
     stats, _, _ = _gaussian_pair(rng, 80, 20)
     assert frechet_distance(*(torch.from_numpy(s).cuda() for s in stats)) == pytest.approx(
         frechet_distance(*stats), rel=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [13, 32, 64])
+def test_cuda_jacobi_hard_cases(rng, monkeypatch, n):
+    """The warp Jacobi kernel on a batch mixing the hard cases, each matrix against LAPACK alone:
+    condition 1e12, rank 2, zero, identity (exact), tiny and huge scales, an indefinite matrix,
+    and an unchecked NaN matrix that must neither hang nor leak into its neighbours."""
+    monkeypatch.setattr(sqrtm_module, "CUDA_KERNEL_MAX_ORDER", 64)
+    parts = [random_spd(rng, 3, n), random_spd(rng, 2, n, cond=1e12), random_spd(rng, 2, n, rank=2),
+             np.zeros((1, n, n)), np.eye(n)[None], random_spd(rng, 1, n, scale=1e-300),
+             random_spd(rng, 1, n, scale=1e300), np.diag(np.linspace(-1.0, 1.0, n))[None]]
+    a = np.concatenate(parts)
+    nan_matrix = random_spd(rng, 1, n)
+    nan_matrix[0, 1, 2] = np.nan
+    batch = torch.from_numpy(np.concatenate([a, nan_matrix])).cuda()
+    result = sqrtm_spd(batch, check=False).cpu().numpy()
+    assert np.isnan(result[-1]).all()
+    result = result[:-1]
+    for index in range(len(a)):
+        # zero eigenvalues carry ~n eps of rounding noise, their roots ~sqrt(n eps) (as on the CPU)
+        tolerance = 1e-12 * n if index < 3 else 10 * np.sqrt(n * np.finfo(float).eps)
+        assert relative_error(result[index:index + 1], spectral_function_reference(a[index:index + 1])) < tolerance
+    np.testing.assert_array_equal(result[len(a) - 4], np.eye(n))  # the identity, exactly
+    eigenvalues, eigenvectors = sqrtm_module._matrix_functions(
+        sqrtm_module._describe_square(batch[:-1], "a", "test"), "sqrt", 0.0, False, 1e-7, True, True, "test")[1:3]
+    reconstructed = (eigenvectors * eigenvalues.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    assert relative_error(reconstructed.cpu().numpy(), a) < 1e-12 * n
+    gram = eigenvectors.transpose(-1, -2) @ eigenvectors
+    assert float((gram - torch.eye(n, device="cuda", dtype=gram.dtype)).abs().max()) < 1e-13 * n

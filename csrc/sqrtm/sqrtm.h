@@ -6,8 +6,8 @@
 //   a[offset(b) + i * row_stride + j * col_stride],
 // where offset(b) walks the batch axes (BatchLayout; strides in elements, any sign). The matrix
 // is symmetrised ((a + a^T) / 2) and diagonalised in float64 (Householder tridiagonalisation and
-// implicit QL, sqrtm_kernel.h); negative eigenvalues (rounding noise of a PSD input) are clamped
-// to 0.
+// implicit QL, sqrtm_kernel.h, or round-robin Jacobi, jacobi_kernel.h; see SqrtmAlgorithm);
+// negative eigenvalues (rounding noise of a PSD input) are clamped to 0.
 //
 // Outputs (caller-allocated, C-contiguous, the input's dtype; any of them may be null):
 //   sqrt_out (B, n, n)          A^1/2 = V diag(sqrt(max(lambda, 0))) V^T
@@ -30,6 +30,12 @@ namespace pyinv {
 
 constexpr int64_t kSqrtmMaxOrder = 64;
 
+// Which solver runs. Auto: on the CPU the tridiagonal one (SIMD over matrices); on CUDA the
+// tridiagonal one, one thread per matrix, for small n and round-robin Jacobi, one warp per matrix,
+// above. Jacobi on the CPU runs the CUDA kernel's phases lane by lane (32 lanes, sequentially): the
+// tests' check of that arithmetic, not a fast path.
+enum class SqrtmAlgorithm { Auto, Tridiagonal, Jacobi };
+
 struct SqrtmProblem {
   DType dtype = DType::Float64;
   int64_t n = 0;           // matrix order, 1..kSqrtmMaxOrder
@@ -39,6 +45,7 @@ struct SqrtmProblem {
   double eps = 0.0;        // relative eigenvalue floor of the inverse square root, >= 0
   bool pseudo_inverse = false;
   bool check = true;
+  SqrtmAlgorithm algorithm = SqrtmAlgorithm::Auto;
   double symmetry_rtol = 0.0;  // >= 0; only used with `check`
   std::string op = "sqrtm_spd";  // names the Python function in error messages
 

@@ -1,9 +1,12 @@
-// CUDA shell of the sqrtm family: one thread per matrix, running the same symmetric_eigh /
-// spectral_values / compose_spectral as the CPU (sqrtm_kernel.h) with one lane per thread. The
-// per-matrix work arrays live in a global workspace laid out structure-of-arrays with the chunk of
-// matrices as lane stride, so when a warp's threads touch element (i, j) of their matrices the
-// loads coalesce. Large batches are processed in chunks so the workspace stays within a quarter
-// of the free device memory (64 MiB .. 2 GiB).
+// CUDA shell of the sqrtm family, two kernels:
+//  * n <= kThreadPerMatrixMaxOrder: one thread per matrix, running the same symmetric_eigh /
+//    spectral_values / compose_spectral as the CPU (sqrtm_kernel.h) with one lane per thread. The
+//    per-matrix work arrays live in a global workspace laid out structure-of-arrays with the chunk
+//    of matrices as lane stride, so when a warp's threads touch element (i, j) of their matrices
+//    the loads coalesce. Large batches are processed in chunks so the workspace stays within a
+//    quarter of the free device memory (64 MiB .. 2 GiB).
+//  * larger n: one warp per matrix, the matrix and its eigenvectors in shared memory, round-robin
+//    Jacobi (jacobi_kernel.h; the CPU runs the same phases lane by lane for the tests).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 #include "core/device_scratch.cuh"
 #include "core/strided_offset.h"
 #include "sqrtm/sqrtm.h"
+#include "sqrtm/jacobi_kernel.h"
 #include "sqrtm/sqrtm_kernel.h"
 
 namespace pyinv {
@@ -21,6 +25,10 @@ namespace {
 
 constexpr int kMaxAxes = 32;
 constexpr int kThreads = 128;
+constexpr int kWarp = 32;
+// Measured on an H100 (BENCHMARKS.md, "CUDA"): a thread per matrix wins at n = 8 and loses to
+// cuSOLVER from n = 16.
+constexpr int kThreadPerMatrixMaxOrder = 12;
 constexpr int64_t kMinWorkspaceBytes = int64_t(64) << 20;
 constexpr int64_t kMaxWorkspaceBytes = int64_t(2) << 30;
 
@@ -84,6 +92,73 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
   }
 }
 
+
+// Teams of jacobi::team_size(n) lanes, kWarp / team_size teams (matrices) per warp and one warp
+// per block; `shared` holds a jacobi::workspace_doubles(n) workspace per team. Lanes beyond the
+// last team, and teams past the end of the batch, take part in the warp's votes and barriers only.
+template <typename T>
+__global__ void __launch_bounds__(kWarp) sqrtm_jacobi_kernel(const T* a, DeviceLayout layout, int n,
+                                                             int64_t row_stride, int64_t col_stride, int64_t count,
+                                                             DeviceOutputs out, double eps, int inverse_kind,
+                                                             bool check, double symmetry_rtol,
+                                                             unsigned long long* status) {
+  extern __shared__ double shared[];
+  namespace jacobi = sqrtm::jacobi;
+  constexpr unsigned kAll = 0xffffffffu;
+  const int lanes = jacobi::team_size(n);
+  const int teams = kWarp / lanes;
+  const int team = threadIdx.x / lanes;
+  const int lane = threadIdx.x - team * lanes;
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * teams + team;
+  const bool active = team < teams && index < count;
+  const jacobi::Workspace w = jacobi::workspace_at(shared + (active ? team : 0) * jacobi::workspace_doubles(n), n);
+  if (active) {
+    jacobi::load_lanes(a + strided_offset(layout.shape, layout.strides, layout.ndim, index), row_stride, col_stride, w,
+                       lane, lanes);
+  }
+  __syncwarp();
+  const sqrtm::LoadStats stats = active ? jacobi::merged_stats(w, lanes) : sqrtm::LoadStats{true, 0.0, 0.0};
+  if (check && active && lane == 0) {
+    if (!stats.finite) {
+      atomicMin(&status[0], static_cast<unsigned long long>(index));
+    } else if (stats.max_asymmetry > symmetry_rtol * stats.max_abs) {
+      atomicMin(&status[1], static_cast<unsigned long long>(index));
+    }
+  }
+  const double scale = jacobi::matrix_scale(stats);
+  __syncwarp();  // the partial statistics are read before the rotations overwrite them
+  if (active) jacobi::scale_entries(w, scale, lane, lanes);
+  __syncwarp();
+  for (int sweep = 0; sweep < jacobi::kMaxSweeps; ++sweep) {
+    bool rotated = false;
+    for (int step = 0; step + 1 < w.padded; ++step) {
+      const bool step_rotated = active && jacobi::choose_rotations(w, step, lane, lanes);
+      __syncwarp();
+      if (!__any_sync(kAll, step_rotated)) continue;  // all identities (most of the last sweep)
+      rotated = true;
+      if (active) jacobi::apply_rotations(w, step, lane, lanes);
+      __syncwarp();
+    }
+    if (!rotated) break;  // warp-uniform
+  }
+  if (active) jacobi::read_eigenvalues(w, scale, lane, lanes);
+  __syncwarp();
+  const int64_t nn = int64_t(n) * n;
+  void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
+  for (int which = 0; which < 2; ++which) {
+    if (!targets[which]) continue;
+    if (active && lane == 0) sqrtm::spectral_values<1>(w.lambda, n, 1, which == 0 ? 0 : inverse_kind, eps, w.f);
+    __syncwarp();
+    if (active) jacobi::compose_lanes(w, static_cast<T*>(targets[which]) + index * nn, lane, lanes);
+    __syncwarp();  // w.f is rewritten for the next target
+  }
+  if (active) {
+    jacobi::store_eigenpairs(w, out.eigenvalues_out ? static_cast<T*>(out.eigenvalues_out) + index * n : nullptr,
+                             out.eigenvectors_out ? static_cast<T*>(out.eigenvectors_out) + index * nn : nullptr,
+                             lane, lanes);
+  }
+}
+
 template <typename T>
 void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cudaStream_t stream) {
   const std::string op_name = problem.op + " (cuda)";
@@ -98,26 +173,42 @@ void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cu
     layout.strides[axis] = problem.batch.strides[axis];
   }
   const int n = static_cast<int>(problem.n);
-  const int64_t per_matrix = workspace_per_matrix(n);
-  size_t free_bytes = 0, total_bytes = 0;
-  cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), op, "cudaMemGetInfo");
-  const int64_t budget =
-      std::min(kMaxWorkspaceBytes, std::max(kMinWorkspaceBytes, static_cast<int64_t>(free_bytes / 4)));
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(count, budget / (8 * per_matrix)));
   const DeviceOutputs device_out{out.sqrt_out, out.inv_sqrt_out, out.eigenvalues_out, out.eigenvectors_out};
   const int inverse_kind = problem.pseudo_inverse ? 2 : 1;
-
-  DeviceScratch workspace_buffer(chunk * per_matrix * sizeof(double), stream, op);
   DeviceScratch status_buffer(2 * sizeof(unsigned long long), stream, op);
-  double* workspace = workspace_buffer.as<double>();
   auto* status = status_buffer.as<unsigned long long>();
   cuda_check(cudaMemsetAsync(status, 0xFF, 2 * sizeof(unsigned long long), stream), op, "cudaMemsetAsync");
-  for (int64_t first = 0; first < count; first += chunk) {
-    const int64_t this_chunk = std::min(chunk, count - first);
-    const int64_t blocks = (this_chunk + kThreads - 1) / kThreads;
-    sqrtm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        a, layout, n, problem.row_stride, problem.col_stride, first, this_chunk, workspace, device_out,
-        problem.eps, inverse_kind, problem.check, problem.symmetry_rtol, status);
+
+  const bool thread_per_matrix = problem.algorithm == SqrtmAlgorithm::Tridiagonal ||
+                                 (problem.algorithm == SqrtmAlgorithm::Auto && n <= kThreadPerMatrixMaxOrder);
+  if (thread_per_matrix) {
+    const int64_t per_matrix = workspace_per_matrix(n);
+    size_t free_bytes = 0, total_bytes = 0;
+    cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), op, "cudaMemGetInfo");
+    const int64_t budget =
+        std::min(kMaxWorkspaceBytes, std::max(kMinWorkspaceBytes, static_cast<int64_t>(free_bytes / 4)));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(count, budget / (8 * per_matrix)));
+    DeviceScratch workspace_buffer(chunk * per_matrix * sizeof(double), stream, op);
+    double* workspace = workspace_buffer.as<double>();
+    for (int64_t first = 0; first < count; first += chunk) {
+      const int64_t this_chunk = std::min(chunk, count - first);
+      const int64_t blocks = (this_chunk + kThreads - 1) / kThreads;
+      sqrtm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          a, layout, n, problem.row_stride, problem.col_stride, first, this_chunk, workspace, device_out,
+          problem.eps, inverse_kind, problem.check, problem.symmetry_rtol, status);
+      cuda_check(cudaGetLastError(), op, "kernel launch");
+    }
+  } else {
+    const int teams = kWarp / sqrtm::jacobi::team_size(n);
+    const int64_t blocks = (count + teams - 1) / teams;
+    PYINV_CHECK(blocks <= 0x7fffffff, op, "too many matrices for one launch");  // terabytes of input
+    const size_t shared_bytes = sizeof(double) * teams * sqrtm::jacobi::workspace_doubles(n);
+    cuda_check(cudaFuncSetAttribute(sqrtm_jacobi_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(shared_bytes)),
+               op, "cudaFuncSetAttribute");
+    sqrtm_jacobi_kernel<T><<<static_cast<unsigned>(blocks), kWarp, shared_bytes, stream>>>(
+        a, layout, n, problem.row_stride, problem.col_stride, count, device_out, problem.eps, inverse_kind,
+        problem.check, problem.symmetry_rtol, status);
     cuda_check(cudaGetLastError(), op, "kernel launch");
   }
   sqrtm::CheckReport report;

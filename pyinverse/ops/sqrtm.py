@@ -5,9 +5,10 @@ eigendecomposition ``A = V diag(lambda) V^T`` in float64 with the eigenvalues cl
 result is real and symmetric, also for singular (rank-deficient) matrices, where
 ``scipy.linalg.sqrtm`` returns complex values or warns.
 
-* ``n <= 64`` on the CPU, ``n <= 12`` on CUDA (per-patch covariances, batches of 1e5 and more):
-  our kernel (``csrc/sqrtm/``), Householder tridiagonalisation + implicit QL run on 4-8 matrices
-  at once in the SIMD lanes on the CPU, one matrix per thread on CUDA.
+* ``n <= 64`` (per-patch covariances, batches of 1e5 and more): our kernel (``csrc/sqrtm/``). On
+  the CPU, Householder tridiagonalisation + implicit QL run on 4-8 matrices at once in the SIMD
+  lanes. On CUDA, that solver with one thread per matrix up to n = 12, and above it round-robin
+  Jacobi with one matrix per team of n/2 threads of a warp, in shared memory.
 * larger: LAPACK (``numpy.linalg.eigh``) on the CPU, ``torch.linalg.eigh`` / ``cupy.linalg.eigh``
   (cuSOLVER) on CUDA, in float64.
 
@@ -31,10 +32,15 @@ from .._backend import ArrayInfo, allocate, check_device_available, describe, me
 
 #: Largest matrix order handled by the batched kernel; larger matrices go to LAPACK / cuSOLVER.
 KERNEL_MAX_ORDER = 64
-#: The same on CUDA, where one thread per matrix loses to cuSOLVER sooner: on an H100 the kernel
-#: took 0.31 ms for 16384 8x8 matrices (cuSOLVER float64: 1.9 ms), 2.5 ms for 4096 16x16 (2.0 ms),
-#: 20 ms for 1024 32x32 (1.9 ms); BENCHMARKS.md, "CUDA".
-CUDA_KERNEL_MAX_ORDER = 12
+#: The same on CUDA. Measured on an H100 (BENCHMARKS.md, "CUDA"): the kernel beats our cuSOLVER
+#: (float64) path at every order up to 64, by 5x at n = 8, 4x at 16, 1.4x at 32 and 40-70x at 64
+#: (where cuSOLVER has no batched Jacobi).
+CUDA_KERNEL_MAX_ORDER = 64
+#: Which solver the kernel runs: "auto" (tridiagonal + QL on the CPU; on CUDA one thread per matrix
+#: to n = 12, round-robin Jacobi with a team of threads per matrix above), or "tridiagonal" /
+#: "jacobi" to force one. "jacobi" on the CPU runs the CUDA kernel's arithmetic lane by lane: for
+#: the tests.
+_KERNEL_ALGORITHM = "auto"
 
 __all__ = [
     "CUDA_KERNEL_MAX_ORDER",
@@ -231,6 +237,7 @@ def _run_kernel(info: ArrayInfo, want: dict[str, bool], eps: float, pseudo: bool
         batch_strides=merged_strides, sqrt_out=pointer("sqrt"), inv_sqrt_out=pointer("inv_sqrt"),
         eigenvalues_out=pointer("eigenvalues"), eigenvectors_out=pointer("eigenvectors"), eps=eps,
         pseudo_inverse=pseudo, check=check, symmetry_tol=symmetry_tol, op=op, stream=info.stream,
+        algorithm=_KERNEL_ALGORITHM,
     )
     return {name: out for name, (out, _) in outputs.items()}
 
