@@ -68,7 +68,7 @@ def test_quantile_cuda(benchmark, case, peer):
 SQRTM_CASES = {f"sqrtm B{batch}_n{n}": (batch, n)
                for batch, n in [(2 ** 20 // (n * n), n) for n in (4, 8, 16, 32, 64)] + [(16384, 32), (4096, 64)]}
 SQRTM_PEERS = {  # peer: (CUDA_KERNEL_MAX_ORDER, _KERNEL_ALGORITHM)
-    "pyinverse kernel": (64, "auto"),
+    "pyinverse kernel (round-robin Jacobi)": (64, "auto"),
     "pyinverse thread per matrix (tridiagonal + QL)": (64, "tridiagonal"),
     "pyinverse via cuSOLVER (float64)": (0, "auto"),
     "torch.linalg.eigh + compose (float32)": (0, "auto"),

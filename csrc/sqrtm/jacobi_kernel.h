@@ -1,10 +1,9 @@
-// The arithmetic of the team-parallel symmetric eigensolver: one matrix per team of N / 2 lanes
-// (team_size; on CUDA a team is part of a warp, 32 / team_size matrices per warp, the matrices in
-// shared memory; on the CPU the same phases run lane by lane, which is how the tests check the CUDA
-// kernel's arithmetic without a GPU). sqrtm_kernel.h's solver runs one matrix per thread, which on
-// a GPU loses to cuSOLVER from n = 16 on (a thread's n x n working set spills far beyond its
-// registers and caches); here the n^2 work of each step is spread over the team, one rotation per
-// lane.
+// The arithmetic of the team-parallel symmetric eigensolver: one matrix per team of min(N, 32)
+// lanes (team_size; on CUDA a team is part of a warp, 32 / team_size matrices per warp, the
+// matrices in shared memory; on the CPU the same phases run lane by lane, which is how the tests
+// check the CUDA kernel's arithmetic without a GPU). sqrtm_kernel.h's solver runs one matrix per
+// thread, which on a GPU loses to cuSOLVER from n = 16 on (a thread's n x n working set spills far
+// beyond its registers and caches); here the n^2 work of each step is spread over the team.
 //
 // Algorithm: two-sided cyclic Jacobi in round-robin ("parallel") order, float64 throughout.
 //  * The order is padded to N, a multiple of 4, with zero rows and columns (their rotations are
@@ -25,9 +24,9 @@
 //    touches would otherwise vanish from the result).
 //
 // Workspace of one matrix (workspace_doubles(n)): a (N x ld), vt (N x ld; row k = eigenvector k, so
-// a lane sweep over a row's entries is contiguous), the step's rotations (c, s, t: N / 2 each; also
-// the lanes' partial load statistics), the eigenvalues and spectral values (N each). ld = N + 1
-// keeps a warp's column-wise accesses off a single shared-memory bank.
+// a lane sweep over a row's entries is contiguous), the step's rotations (c, s, t: N / 2 each), the
+// eigenvalues and spectral values (N each; with c and s, they first hold the lanes' partial load
+// statistics). ld = N + 1 keeps a warp's column-wise accesses off a single shared-memory bank.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -46,7 +45,9 @@ constexpr int kMaxSweeps = 40;
 constexpr double kNegligible = 1e-150;
 
 PYINV_HOST_DEVICE int padded_order(int n) { return (n + 3) & ~3; }
-PYINV_HOST_DEVICE int team_size(int n) { return padded_order(n) / 2; }
+// Two lanes per rotation (one at N = 64): the kernel is bound by each lane's chain of dependent
+// shared-memory accesses per step, which more lanes shorten.
+PYINV_HOST_DEVICE int team_size(int n) { return padded_order(n) < 32 ? padded_order(n) : 32; }
 PYINV_HOST_DEVICE int leading_dim(int n) { return padded_order(n) + 1; }
 PYINV_HOST_DEVICE int64_t workspace_doubles(int n) {
   const int64_t padded = padded_order(n);
@@ -120,10 +121,11 @@ PYINV_HOST_DEVICE void advance(int* major, int* minor, int stride, int width) {
   }
 }
 
-// Load phase: lane `lane` of `lanes` (= team_size(n)) reads its entries of the symmetrised matrix
-// (both (i, j) and (j, i) compute 0.5 a_ij + 0.5 a_ji in the same order, so the copy is exactly
-// symmetric), zeroes the padding, sets vt = I, and leaves its share of the load statistics in
-// c[lane] (max |a_ij|), s[lane] (max |a_ij - a_ji|) and t[lane] (1 if all were finite, else 0).
+// Load phase: lane `lane` of `lanes` (= team_size(n) <= N) reads its entries of the symmetrised
+// matrix (both (i, j) and (j, i) compute 0.5 a_ij + 0.5 a_ji in the same order, so the copy is
+// exactly symmetric), zeroes the padding, sets vt = I, and leaves its share of the load
+// statistics in lambda[lane] (max |a_ij|), f[lane] (max |a_ij - a_ji|) and c[lane] (1 if all were
+// finite, else 0; c and s are contiguous, N entries together).
 template <typename T>
 PYINV_HOST_DEVICE void load_lanes(const T* base, int64_t rs, int64_t cs, const Workspace& w, int lane, int lanes) {
   LoadStats stats{true, 0.0, 0.0};
@@ -142,18 +144,18 @@ PYINV_HOST_DEVICE void load_lanes(const T* base, int64_t rs, int64_t cs, const W
     w.a[i * w.ld + j] = value;
     w.vt[i * w.ld + j] = i == j ? 1.0 : 0.0;
   }
-  w.c[lane] = stats.max_abs;
-  w.s[lane] = stats.max_asymmetry;
-  w.t[lane] = stats.finite ? 1.0 : 0.0;
+  w.lambda[lane] = stats.max_abs;
+  w.f[lane] = stats.max_asymmetry;
+  w.c[lane] = stats.finite ? 1.0 : 0.0;
 }
 
 // The team's load statistics from the lanes' partials (every lane may call it after load_lanes).
 PYINV_HOST_DEVICE LoadStats merged_stats(const Workspace& w, int lanes) {
   LoadStats stats{true, 0.0, 0.0};
   for (int k = 0; k < lanes; ++k) {
-    stats.finite = stats.finite && w.t[k] != 0.0;
-    stats.max_abs = larger(stats.max_abs, w.c[k]);
-    stats.max_asymmetry = larger(stats.max_asymmetry, w.s[k]);
+    stats.finite = stats.finite && w.c[k] != 0.0;
+    stats.max_abs = larger(stats.max_abs, w.lambda[k]);
+    stats.max_asymmetry = larger(stats.max_asymmetry, w.f[k]);
   }
   return stats;
 }

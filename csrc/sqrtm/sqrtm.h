@@ -30,10 +30,10 @@ namespace pyinv {
 
 constexpr int64_t kSqrtmMaxOrder = 64;
 
-// Which solver runs. Auto: on the CPU the tridiagonal one (SIMD over matrices); on CUDA the
-// tridiagonal one, one thread per matrix, for small n and round-robin Jacobi, one warp per matrix,
-// above. Jacobi on the CPU runs the CUDA kernel's phases lane by lane (32 lanes, sequentially): the
-// tests' check of that arithmetic, not a fast path.
+// Which solver runs. Auto: on the CPU the tridiagonal one (SIMD over matrices), on CUDA
+// round-robin Jacobi (a team of threads per matrix). Tridiagonal on CUDA runs one thread per
+// matrix; Jacobi on the CPU runs the CUDA kernel's phases lane by lane, sequentially: the tests'
+// check of that arithmetic, not a fast path.
 enum class SqrtmAlgorithm { Auto, Tridiagonal, Jacobi };
 
 struct SqrtmProblem {

@@ -75,6 +75,15 @@ int64_t matrix_offset(const BatchLayout& batch, int64_t index) {
   return offset;
 }
 
+// What the checks make of matrix `index`'s load statistics.
+void note_loaded(CheckReport& report, const SqrtmProblem& problem, int64_t index, const LoadStats& stats) {
+  if (!stats.finite) {
+    report.note_nonfinite(index);
+  } else if (stats.max_asymmetry > problem.symmetry_rtol * stats.max_abs) {
+    report.note_asymmetric(index, stats.max_asymmetry / stats.max_abs);
+  }
+}
+
 // Scratch of one lane block: the matrix, the eigenvectors, a composed result, eigenvalues,
 // spectral values and the solver's four work vectors.
 struct BlockScratch {
@@ -108,13 +117,7 @@ PYINV_ALWAYS_INLINE void process_blocks(const SqrtmProblem& problem, const T* a,
       const int64_t index = first + l;
       const LoadStats stats = load_symmetrised(a + matrix_offset(problem.batch, index), problem.row_stride,
                                                problem.col_stride, n, lane, W);
-      if (problem.check) {
-        if (!stats.finite) {
-          report.note_nonfinite(index);
-        } else if (stats.max_asymmetry > problem.symmetry_rtol * stats.max_abs) {
-          report.note_asymmetric(index, stats.max_asymmetry / stats.max_abs);
-        }
-      }
+      if (problem.check) note_loaded(report, problem, index, stats);
     }
     symmetric_eigh<W>(scratch.a.data(), scratch.lambda.data(), scratch.zt.data(), scratch.work.data(), n, W);
     void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
@@ -175,13 +178,7 @@ void jacobi_emulated(const SqrtmProblem& problem, const T* a, const SqrtmOutputs
     for (int lane = 0; lane < lanes; ++lane)
       jacobi::load_lanes(base, problem.row_stride, problem.col_stride, w, lane, lanes);
     const LoadStats stats = jacobi::merged_stats(w, lanes);
-    if (problem.check) {
-      if (!stats.finite) {
-        report.note_nonfinite(index);
-      } else if (stats.max_asymmetry > problem.symmetry_rtol * stats.max_abs) {
-        report.note_asymmetric(index, stats.max_asymmetry / stats.max_abs);
-      }
-    }
+    if (problem.check) note_loaded(report, problem, index, stats);
     const double scale = jacobi::matrix_scale(stats);
     for (int lane = 0; lane < lanes; ++lane) jacobi::scale_entries(w, scale, lane, lanes);
     for (int sweep = 0; sweep < jacobi::kMaxSweeps; ++sweep) {

@@ -1,12 +1,14 @@
 // CUDA shell of the sqrtm family, two kernels:
-//  * n <= kThreadPerMatrixMaxOrder: one thread per matrix, running the same symmetric_eigh /
+//  * round-robin Jacobi (jacobi_kernel.h; the CPU runs the same phases lane by lane for the
+//    tests), one matrix per team of min(n, 32) threads (n rounded up to a multiple of 4), each
+//    matrix and its eigenvectors in shared memory: the default at every order.
+//  * SqrtmAlgorithm::Tridiagonal: one thread per matrix, running the same symmetric_eigh /
 //    spectral_values / compose_spectral as the CPU (sqrtm_kernel.h) with one lane per thread. The
 //    per-matrix work arrays live in a global workspace laid out structure-of-arrays with the chunk
 //    of matrices as lane stride, so when a warp's threads touch element (i, j) of their matrices
 //    the loads coalesce. Large batches are processed in chunks so the workspace stays within a
-//    quarter of the free device memory (64 MiB .. 2 GiB).
-//  * larger n: one warp per matrix, the matrix and its eigenvectors in shared memory, round-robin
-//    Jacobi (jacobi_kernel.h; the CPU runs the same phases lane by lane for the tests).
+//    quarter of the free device memory (64 MiB .. 2 GiB). Measured on an H100 (BENCHMARKS.md,
+//    "CUDA"), it is 1.2x slower than Jacobi at n = 4 and 8 and 5x slower at n = 16.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -26,9 +28,6 @@ namespace {
 constexpr int kMaxAxes = 32;
 constexpr int kThreads = 128;
 constexpr int kWarp = 32;
-// Measured on an H100 (BENCHMARKS.md, "CUDA"): a thread per matrix wins at n = 8 and loses to
-// cuSOLVER from n = 16.
-constexpr int kThreadPerMatrixMaxOrder = 12;
 constexpr int64_t kMinWorkspaceBytes = int64_t(64) << 20;
 constexpr int64_t kMaxWorkspaceBytes = int64_t(2) << 30;
 
@@ -49,6 +48,15 @@ struct DeviceOutputs {
 __host__ __device__ int64_t workspace_per_matrix(int n) { return 2 * int64_t(n) * n + 5 * int64_t(n); }
 
 // status[0]: first matrix holding NaN/inf, status[1]: first asymmetric one (all ones: none).
+__device__ void note_loaded(unsigned long long* status, int64_t index, const sqrtm::LoadStats& stats,
+                            double symmetry_rtol) {
+  if (!stats.finite) {
+    atomicMin(&status[0], static_cast<unsigned long long>(index));
+  } else if (stats.max_asymmetry > symmetry_rtol * stats.max_abs) {
+    atomicMin(&status[1], static_cast<unsigned long long>(index));
+  }
+}
+
 template <typename T>
 __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row_stride, int64_t col_stride,
                              int64_t first, int64_t chunk, double* workspace, DeviceOutputs out, double eps,
@@ -65,13 +73,7 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
 
   const sqrtm::LoadStats stats =
       sqrtm::load_symmetrised(a + strided_offset(layout.shape, layout.strides, layout.ndim, index), row_stride, col_stride, n, m, ls);
-  if (check) {
-    if (!stats.finite) {
-      atomicMin(&status[0], static_cast<unsigned long long>(index));
-    } else if (stats.max_asymmetry > symmetry_rtol * stats.max_abs) {
-      atomicMin(&status[1], static_cast<unsigned long long>(index));
-    }
-  }
+  if (check) note_loaded(status, index, stats, symmetry_rtol);
   sqrtm::symmetric_eigh<1>(m, lambda, zt, work, n, ls);
   // `m` and `work` are free again: spectral values go to work, the composed matrix to m.
   void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
@@ -91,7 +93,6 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
       for (int i = 0; i < n; ++i) vectors[i * n + k] = static_cast<T>(zt[sqrtm::at(k, i, n, ls)]);
   }
 }
-
 
 // Teams of jacobi::team_size(n) lanes, kWarp / team_size teams (matrices) per warp and one warp
 // per block; `shared` holds a jacobi::workspace_doubles(n) workspace per team. Lanes beyond the
@@ -118,13 +119,7 @@ __global__ void __launch_bounds__(kWarp) sqrtm_jacobi_kernel(const T* a, DeviceL
   }
   __syncwarp();
   const sqrtm::LoadStats stats = active ? jacobi::merged_stats(w, lanes) : sqrtm::LoadStats{true, 0.0, 0.0};
-  if (check && active && lane == 0) {
-    if (!stats.finite) {
-      atomicMin(&status[0], static_cast<unsigned long long>(index));
-    } else if (stats.max_asymmetry > symmetry_rtol * stats.max_abs) {
-      atomicMin(&status[1], static_cast<unsigned long long>(index));
-    }
-  }
+  if (check && active && lane == 0) note_loaded(status, index, stats, symmetry_rtol);
   const double scale = jacobi::matrix_scale(stats);
   __syncwarp();  // the partial statistics are read before the rotations overwrite them
   if (active) jacobi::scale_entries(w, scale, lane, lanes);
@@ -179,9 +174,7 @@ void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cu
   auto* status = status_buffer.as<unsigned long long>();
   cuda_check(cudaMemsetAsync(status, 0xFF, 2 * sizeof(unsigned long long), stream), op, "cudaMemsetAsync");
 
-  const bool thread_per_matrix = problem.algorithm == SqrtmAlgorithm::Tridiagonal ||
-                                 (problem.algorithm == SqrtmAlgorithm::Auto && n <= kThreadPerMatrixMaxOrder);
-  if (thread_per_matrix) {
+  if (problem.algorithm == SqrtmAlgorithm::Tridiagonal) {
     const int64_t per_matrix = workspace_per_matrix(n);
     size_t free_bytes = 0, total_bytes = 0;
     cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), op, "cudaMemGetInfo");

@@ -7,8 +7,8 @@ result is real and symmetric, also for singular (rank-deficient) matrices, where
 
 * ``n <= 64`` (per-patch covariances, batches of 1e5 and more): our kernel (``csrc/sqrtm/``). On
   the CPU, Householder tridiagonalisation + implicit QL run on 4-8 matrices at once in the SIMD
-  lanes. On CUDA, that solver with one thread per matrix up to n = 12, and above it round-robin
-  Jacobi with one matrix per team of n/2 threads of a warp, in shared memory.
+  lanes. On CUDA, round-robin Jacobi with one matrix per team of min(n, 32) threads of a warp, in
+  shared memory.
 * larger: LAPACK (``numpy.linalg.eigh``) on the CPU, ``torch.linalg.eigh`` / ``cupy.linalg.eigh``
   (cuSOLVER) on CUDA, in float64.
 
@@ -33,13 +33,12 @@ from .._backend import ArrayInfo, allocate, check_device_available, describe, me
 #: Largest matrix order handled by the batched kernel; larger matrices go to LAPACK / cuSOLVER.
 KERNEL_MAX_ORDER = 64
 #: The same on CUDA. Measured on an H100 (BENCHMARKS.md, "CUDA"): the kernel beats our cuSOLVER
-#: (float64) path at every order up to 64, by 5x at n = 8, 4x at 16, 1.4x at 32 and 40-70x at 64
+#: (float64) path at every order up to 64, by 7x at n = 8, 5x at 16, 1.8x at 32 and 40-70x at 64
 #: (where cuSOLVER has no batched Jacobi).
 CUDA_KERNEL_MAX_ORDER = 64
-#: Which solver the kernel runs: "auto" (tridiagonal + QL on the CPU; on CUDA one thread per matrix
-#: to n = 12, round-robin Jacobi with a team of threads per matrix above), or "tridiagonal" /
-#: "jacobi" to force one. "jacobi" on the CPU runs the CUDA kernel's arithmetic lane by lane: for
-#: the tests.
+#: Which solver the kernel runs: "auto" (tridiagonal + QL on the CPU, round-robin Jacobi on CUDA),
+#: or "tridiagonal" / "jacobi" to force one ("tridiagonal" on CUDA: one thread per matrix).
+#: "jacobi" on the CPU runs the CUDA kernel's arithmetic lane by lane: for the tests.
 _KERNEL_ALGORITHM = "auto"
 
 __all__ = [
