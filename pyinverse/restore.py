@@ -63,7 +63,16 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"restore: 'num_samples' must be a positive int, got {num_samples!r}")
-    y = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    if isinstance(inputs, torch.Tensor):
+        floating, dtype = inputs.is_floating_point(), inputs.dtype
+        array = inputs.detach().float().cpu().numpy() if floating else None
+    else:
+        array = np.asarray(inputs)
+        floating, dtype = np.issubdtype(array.dtype, np.floating), array.dtype
+    if not floating:  # 8-bit images would otherwise be read as values 0..255
+        raise TypeError(f"restore: 'inputs' must hold floats (observations of images in [0, 1]), got {dtype}; "
+                        "divide 8-bit images by 255")
+    y = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if method == "cimle":
         from .imle import TASKS, load_generator, load_pretrained, shipped_tasks
 

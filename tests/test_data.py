@@ -230,3 +230,20 @@ def test_image_folder_sorts_numbers_as_numbers(tmp_path):
     order = ["1.png", "2.png", "007.png", "10.png", "img9.png", "img10.png"]
     images = image_folder(tmp_path, gray=True)
     np.testing.assert_array_equal(np.round(images[:, 0, 0, 0] * 255), [10 * names.index(name) for name in order])
+
+
+@pytest.mark.parametrize("orientation,turns", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_image_folder_applies_exif_orientation(tmp_path, orientation, turns):
+    """A phone photo's EXIF orientation tag is applied (6: the stored pixels turned 90 degrees clockwise)."""
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, size=(4, 6, 3), dtype=np.uint8)  # 4 rows, 6 columns as written
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # the Orientation tag
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    with Image.open(tmp_path / "photo.jpg") as jpeg:
+        assert jpeg.getexif()[0x0112] == orientation
+        decoded = np.asarray(jpeg.convert("RGB"), dtype=np.float32) / 255  # the pixels as stored
+    upright = np.rot90(decoded, k=turns)  # numpy: k > 0 turns counter-clockwise
+    images = image_folder(tmp_path)
+    check_images(images, (1, 3) + upright.shape[:2])
+    np.testing.assert_array_equal(images[0], upright.transpose(2, 0, 1))

@@ -250,6 +250,29 @@ def test_sample_handles_no_observations_and_refuses_nan():
         g.sample(torch.full((1, 1, 8, 8), float("nan")), 2, seed=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, np.uint8])
+def test_integer_observations_are_refused_not_read_as_0_to_255_floats(dtype):
+    """An 8-bit y (0..255) is not an image in [0, 1]: sample, lift and pairs refuse it, as training does."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 1, 24, 24), dtype=np.uint8)
+    if isinstance(dtype, torch.dtype):
+        integers, small = torch.from_numpy(pixels).to(dtype), torch.from_numpy(pixels[:, :, :6, :6]).to(dtype)
+    else:
+        integers, small = pixels.astype(dtype), pixels[:, :, :6, :6].astype(dtype)
+    g, task = ConditionalGenerator(1, 1, 24, width=4, levels=2, noise_channels=(1, 2)), TASKS["sr4"]
+    with pytest.raises(TypeError, match="ConditionalGenerator.sample: 'y' must hold floats \\(images in \\[0, 1\\]\\), "
+                                        "got torch.(uint8|int64|bool); divide 8-bit images by 255"):
+        g.sample(integers, 2, seed=0)
+    with pytest.raises(TypeError, match="Task\\('sr4'\\).lift: 'y' must hold floats \\(images in \\[0, 1\\]\\), got"):
+        task.lift(small)
+    with pytest.raises(TypeError, match="Task\\('sr4'\\).pairs: 'images' must hold floats in \\[0, 1\\], got"):
+        task.pairs(integers)
+    with pytest.raises(TypeError, match="train_cimle: 'inputs' must hold floats"):
+        train_cimle(g, integers, torch.rand(2, 1, 24, 24))
+    scaled = torch.from_numpy(pixels / np.float32(255))  # the images they stand for: taken
+    assert g.sample(scaled, 2, seed=0).shape == (2, 2, 1, 24, 24)
+    assert task.lift(scaled[:, :, :6, :6]).shape == (2, 1, 24, 24)
+
+
 def test_a_blow_up_in_the_last_step_or_before_a_selection_raises():
     def diverging():
         return ConditionalGenerator(1, 1, 8, width=4, levels=2, noise_channels=(1, 2), residual=False, seed=1)

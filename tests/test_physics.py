@@ -3,6 +3,7 @@ and float64 references, plus the linear-operator contract (adjoint, pseudo-inver
 from __future__ import annotations
 
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -442,6 +443,21 @@ def test_jpeg_rejects_bad_channels_and_subsampling():
         JPEG(50, subsampling="4:1:1")
 
 
+def test_jpeg_refuses_images_larger_than_libjpeg_allows():
+    """libjpeg encodes at most 65500 pixels per side: larger images are refused up front, by name."""
+    op = JPEG(50)
+    edge = torch.rand(1, 1, 1, 65500)
+    assert op.A(edge).shape == edge.shape  # the limit itself is fine
+    for shape in [(1, 1, 1, 65501), (1, 3, 65501, 1)]:
+        with pytest.raises(ValueError, match=re.escape(f"JPEG.A: 'x' must have H, W <= 65500 (libjpeg's largest "
+                                                       f"JPEG side), got shape {shape}; crop or tile the images")):
+            op.A(torch.zeros(shape))
+        with pytest.raises(ValueError, match="JPEG.output_shape: 'x_shape' must have H, W <= 65500"):
+            op.output_shape(shape)
+        with pytest.raises(ValueError, match="JPEG.input_shape: 'y_shape' must have H, W <= 65500"):
+            op.input_shape(shape)
+
+
 # ------------------------------------------------------------------------------------------------
 # GaussianBlur
 # ------------------------------------------------------------------------------------------------
@@ -595,6 +611,49 @@ def test_cs_shapes_binding_and_m():
     x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
     torch.testing.assert_close(one.A(one.A_pinv(one.A(x))), one.A(x), rtol=0, atol=1e-12)
     assert CompressedSensing(1.0, image_shape=(1, 4, 4)).m == 16
+
+
+@pytest.mark.parametrize("image,batches", [((1, 16, 16), (1, 3)), ((3, 5, 7), (2, 1)), ((1, 1, 1), (4, 1)),
+                                           ((2, 3, 1), (1, 5))])
+@pytest.mark.parametrize("kwargs", [{"ratio": 0.25}, {"ratio": 1.0}, {"m": 1}], ids=["ratio-0.25", "ratio-1", "m-1"])
+@pytest.mark.parametrize("bind", ["on-first-use", "image_shape"])
+def test_cs_shape_helpers_agree_with_A_for_every_batch(image, batches, kwargs, bind):
+    op = CompressedSensing(**kwargs, seed=1, image_shape=image if bind == "image_shape" else None)
+    n = int(np.prod(image))
+    m = kwargs.get("m") or max(1, round(kwargs["ratio"] * n))
+    for batch in batches:
+        x_shape = (batch, *image)
+        assert op.output_shape(x_shape) == (batch, m)
+        y = op.A(torch.rand(x_shape, dtype=torch.float64))
+        assert tuple(y.shape) == op.output_shape(x_shape) == (batch, m)
+        assert op.input_shape(tuple(y.shape)) == x_shape
+        assert tuple(op.A_adjoint(y).shape) == tuple(op.A_pinv(y).shape) == x_shape
+        assert op(np.random.default_rng(batch).random(x_shape), seed=0).shape == (batch, m)
+    assert op.image_shape == image and op.n == n and op.m == m
+    # another image shape, even one with the same n, is named as not this operator's
+    other = (1, image[0] * image[1] * image[2], 1) if image != (1, 1, 1) else (2, 1, 1)
+    for call, name in [(lambda: op.output_shape((1, *other)), "output_shape: 'x_shape'"),
+                       (lambda: op.A(torch.rand(1, *other)), "A: 'x'")]:
+        with pytest.raises(ValueError, match=rf"CompressedSensing.{name} has image shape .* but this operator is bound "
+                                             rf"to \({', '.join(map(str, image))}\); make a new CompressedSensing"):
+            call()
+    with pytest.raises(ValueError, match=rf"CompressedSensing.input_shape: 'y_shape' must have shape \(B, {m}\), "
+                                         rf"got \(2, {m + 1}\)"):
+        op.input_shape((2, m + 1))
+
+
+def test_cs_shape_helpers_refuse_non_integer_extents():
+    """A shape of non-integers is refused, not truncated (1.5 would bind the operator to a 1-channel shape)."""
+    op = CompressedSensing(0.5, seed=0)
+    with pytest.raises(TypeError, match=r"CompressedSensing.output_shape: 'x_shape' must be a shape \(a tuple of ints\), "
+                                        r"got \(1, 1.5, 4, 4\)"):
+        op.output_shape((1, 1.5, 4, 4))
+    assert op.image_shape is None  # nothing was bound
+    with pytest.raises(TypeError, match="CompressedSensing: 'image_shape' must be a shape"):
+        CompressedSensing(0.5, image_shape=(1, 4.5, 4))
+    assert op.output_shape((np.int64(2), 1, 4, 4)) == (2, 8)  # numpy integers are integers
+    with pytest.raises(TypeError, match="CompressedSensing.input_shape: 'y_shape' must be a shape"):
+        op.input_shape((2.0, 8))
 
 
 def test_cs_pinv_matches_lstsq_min_norm():

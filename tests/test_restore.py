@@ -63,6 +63,13 @@ def test_bad_arguments_are_named(faces, kwargs, message):
         restore(inputs=inputs, **kwargs)
 
 
+def test_integer_inputs_are_refused_not_read_as_0_to_255(faces):
+    eight_bit = np.round(faces * 255).astype(np.uint8)
+    for inputs in (eight_bit, torch.from_numpy(eight_bit)):
+        with pytest.raises(TypeError, match=r"restore: 'inputs' must hold floats .* divide 8-bit images by 255"):
+            restore("flow-map", inputs, model="faces", operator="denoising:0.1")
+
+
 def test_bench_runs_the_benchmark_files(tmp_path, capfd):
     folder = tmp_path / "benchmarks"
     folder.mkdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .bundled import rgb_to_gray
 
@@ -34,7 +34,8 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
     ``2.png`` before ``10.png``, see :func:`natural_sort_key`).
 
     Files with other extensions and sub-folders are ignored; extensions are matched without
-    regard to case. Palette, grayscale and alpha images are converted to RGB (alpha dropped)
+    regard to case. An EXIF orientation tag (phone photos) is applied, so images come out upright
+    as viewers show them. Palette, grayscale and alpha images are converted to RGB (alpha dropped)
     or, with ``gray``, to BT.601 luma; 16-bit grayscale PNGs are scaled by 65535.
 
     Args:
@@ -101,8 +102,8 @@ def _parse_size(size) -> tuple[int, int] | None:
 def _read_image(file: Path, gray: bool | None, target: tuple[int, int] | None) -> np.ndarray:
     """One file as float32 ``(C, H, W)`` in [0, 1]; ``gray=None``: C = 1 for a single-channel image."""
     try:
-        with Image.open(file) as image:
-            image.load()
+        with Image.open(file) as opened:
+            image = ImageOps.exif_transpose(opened)  # as viewers show it: phone photos carry a rotation tag
             if gray is None:
                 gray = image.mode in SINGLE_CHANNEL_MODES
             if image.mode in _WIDE_GRAY_MODES:

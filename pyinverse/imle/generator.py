@@ -224,8 +224,8 @@ class ConditionalGenerator(nn.Module):
         """``num_samples`` samples per observation, sample axis first: ``(S, B, C_out, H, W)``.
 
         Args:
-            y: observations (B, C_in, H, W) at the output resolution (the task's ``lift``), torch
-                or numpy; moved to the generator's device and dtype.
+            y: observations (B, C_in, H, W) at the output resolution (the task's ``lift``), floats
+                in [0, 1], torch or numpy; moved to the generator's device and dtype.
             num_samples: S >= 1.
             seed: seed of the codes: ``None`` (torch's global generator), an int, or one int per
                 observation (:mod:`pyinverse.draws`: each observation's samples then do not depend
@@ -238,13 +238,18 @@ class ConditionalGenerator(nn.Module):
             float tensor ``(S, B, C_out, H, W)`` on the generator's device (no gradient); B may be 0.
 
         Raises:
+            TypeError: ``y`` of an integer dtype (8-bit images: pass ``y / 255``).
             ValueError: a bad shape, NaN or inf in ``y``, or a bad ``num_samples`` / ``seed`` / ``chunk``.
         """
         where = "ConditionalGenerator.sample"
         num_samples = _positive_int(num_samples, where, "num_samples")
         chunk = _positive_int(chunk, where, "chunk")
         parameter = next(self.parameters())
-        y = torch.as_tensor(y).to(device=parameter.device, dtype=parameter.dtype)
+        y = torch.as_tensor(y)
+        if not y.is_floating_point():  # uint8 0..255 cast to float would be read as far-out-of-range images
+            raise TypeError(f"{where}: 'y' must hold floats (images in [0, 1]), got {y.dtype}; "
+                            "divide 8-bit images by 255")
+        y = y.to(device=parameter.device, dtype=parameter.dtype)
         if y.ndim != 4:
             raise ValueError(f"{where}: 'y' must have shape (B, C, H, W), got {tuple(y.shape)}")
         if not bool(torch.isfinite(y).all()):  # NaN would come out as NaN samples, or clamped to 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import warnings
 from typing import Any, Callable
 
@@ -78,7 +79,7 @@ def image_shape(shape: Any, where: str, name: str) -> tuple[int, int, int, int]:
 
 def shape_tuple(shape: Any, where: str, name: str) -> tuple[int, ...]:
     try:
-        out = tuple(int(s) for s in shape)
+        out = tuple(operator.index(s) for s in shape)  # 1.5 or "4" are no extents (int() would truncate)
     except TypeError:
         raise TypeError(f"{where}: '{name}' must be a shape (a tuple of ints), got {shape!r}") from None
     if any(s < 0 for s in out):

@@ -19,7 +19,8 @@ class CompressedSensing(LinearOperator):
     cast and cached per (dtype, device) on first use.
 
     The operator binds to one image shape ``(C, H, W)``: given as ``image_shape`` or taken from
-    the first ``A``/``__call__``; later inputs of another shape raise ``ValueError``.
+    the first ``A`` / ``__call__`` / ``output_shape``; later inputs of another shape (even with the
+    same ``n``) raise ``ValueError``.
     ``A_pinv`` uses the cached pseudo-inverse ``A^T (A A^T)^-1`` (Cholesky in float64; a
     Gaussian ``A`` with ``m <= n`` has full row rank), so ``A A^+ y = y``.
 

@@ -11,6 +11,7 @@ from PIL import Image
 from .base import Operator, image_shape
 
 JPEG_SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")
+JPEG_MAX_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION: the most pixels per side it encodes
 
 
 class JPEG(Operator):
@@ -27,6 +28,8 @@ class JPEG(Operator):
     graph. There is no noise model beyond the quantisation, so ``op(x, seed)`` equals
     ``op.A(x)`` (the seed is ignored). It runs on the CPU (a GPU input is copied there and the
     result copied back).
+
+    Images may have at most :data:`JPEG_MAX_SIDE` (65500, libjpeg's limit) pixels per side.
 
     ``quality`` must be in [1, 95]: Pillow's documentation advises against values above 95
     (at 100 libjpeg turns parts of the compression off and files grow with little gain), so
@@ -65,6 +68,9 @@ class JPEG(Operator):
         b, c, h, w = image_shape(x_shape, where, name)
         if c not in (1, 3):
             raise ValueError(f"{where}: '{name}' must have 1 (gray) or 3 (RGB) channels, got shape {x_shape}")
+        if h > JPEG_MAX_SIDE or w > JPEG_MAX_SIDE:
+            raise ValueError(f"{where}: '{name}' must have H, W <= {JPEG_MAX_SIDE} (libjpeg's largest JPEG side), "
+                             f"got shape {x_shape}; crop or tile the images")
         return (b, c, h, w)
 
     def _input_shape(self, y_shape, where, name):

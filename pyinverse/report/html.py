@@ -116,17 +116,32 @@ def render_html(title: str, intro: str, sections: Sequence[Section]) -> str:
     return "".join(parts)
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf become strings, numpy scalars/arrays plain Python: results.json stays standard JSON."""
+def json_safe(value: Any, *, where: str = "json_safe", name: str = "value") -> Any:
+    """NaN/inf become strings, numpy scalars/arrays plain Python, sets and frozensets lists (sorted
+    when their items compare, else by type name and ``repr``, so the file does not depend on the
+    set's iteration order): results.json stays standard JSON.
+
+    Raises ``TypeError`` naming ``where`` and the path of a value JSON cannot represent (e.g.
+    ``value['runs'][2]``) and its type, instead of the json module's message without either.
+    """
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, where=where, name=f"{name}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, where=where, name=f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [json_safe(v, where=where, name=f"an item of {name}") for v in value]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed types (1 and 'a'): still one order for every run
+            return sorted(items, key=lambda v: (type(v).__name__, repr(v)))
     if hasattr(value, "tolist"):
-        return json_safe(value.tolist())
+        return json_safe(value.tolist(), where=where, name=name)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise TypeError(f"{where}: {name} is of type {type(value).__name__}, which JSON cannot represent; expected "
+                    "numbers, strings, None, lists, tuples, dicts, sets or numpy arrays")
 
 
 def sections_to_json(sections: Sequence[Section]) -> list:
@@ -176,7 +191,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
     page = render_html(title, intro, sections)
-    numbers = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
+    numbers = json.dumps(json_safe(results, where="write_report", name="results"), indent=2, allow_nan=False) + "\n"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

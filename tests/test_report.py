@@ -1,0 +1,53 @@
+"""results.json of the HTML report (no browser needed): sets become sorted lists, and a value JSON
+cannot represent is named by its path and type before anything is written."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyinverse.report.html import json_safe, write_report
+
+
+def test_sets_become_sorted_lists_in_results_json(tmp_path):
+    results = {"tags": {"sr4", "colour", "jpeg", "denoise"}, "sizes": frozenset({np.int64(32), 8, 16}),
+               "pairs": {(2, 1), (1, 2)}, "mixed": {"a", 1, None, 2.5}, "nan": {float("nan"), 1.0},
+               "nested": [{"empty": set()}]}
+    report = write_report(tmp_path / "report", "t", "i", [], results)
+    assert json.loads((report / "results.json").read_text()) == {
+        "tags": ["colour", "denoise", "jpeg", "sr4"], "sizes": [8, 16, 32], "pairs": [[1, 2], [2, 1]],
+        "mixed": [None, 2.5, 1, "a"],  # not comparable: ordered by type name, then repr
+        "nan": [1.0, "nan"], "nested": [{"empty": []}]}
+
+
+def test_set_order_does_not_depend_on_the_hash_seed():
+    """Sets of strings iterate in an order that changes with PYTHONHASHSEED; the JSON must not."""
+    code = ("import json; from pyinverse.report.html import json_safe; "
+            "print(json.dumps(json_safe({'s': set('abcdefghij') | {1, 2}})))")
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": path, "PYTHONHASHSEED": str(seed)}).stdout
+               for seed in (0, 1, 2)}
+    assert outputs == {json.dumps({"s": [1, 2, *"abcdefghij"]}) + "\n"}
+
+
+def test_unserialisable_value_is_named_by_path_and_type(tmp_path):
+    results = {"runs": [{"psnr": 30.5}, {"psnr": 31.0, "when": datetime.date(2024, 1, 2)}]}
+    with pytest.raises(TypeError, match=r"write_report: results\['runs'\]\[1\]\['when'\] is of type date, "
+                                        "which JSON cannot represent; expected numbers, strings"):
+        write_report(tmp_path / "report", "t", "i", [], results)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    with pytest.raises(TypeError, match=r"json_safe: an item of value\['ids'\] is of type object"):
+        json_safe({"ids": {object()}})
+    with pytest.raises(TypeError, match=r"json_safe: value\[0\] is of type bytes"):
+        json_safe([b"png"])
+    # what JSON does represent is kept as it was
+    assert json_safe({"a": (1, 2.5, "x", None, True), "b": np.float32(0.5), "c": float("inf")}) == \
+        {"a": [1, 2.5, "x", None, True], "b": 0.5, "c": "inf"}
