@@ -111,11 +111,11 @@ def test_sqrtm_ill_conditioned(rng, n, kernel_algorithm):
     assert relative_error(s @ s, a) < 1e-13 * n
 
 
-def test_jacobi_gives_graded_eigenvalues_to_high_relative_accuracy(rng, monkeypatch):
-    """D H D with H well conditioned and D graded over 6 decades (permuted): its eigenvalues are
-    determined to high relative accuracy, which Jacobi with the relative rotation test attains
-    (Demmel & Veselic), while tridiagonal reduction loses ~eps * cond in the smallest ones. The
-    reference is mpmath at 60 digits."""
+def test_jacobi_whitens_graded_matrices_to_high_relative_accuracy(rng):
+    """D H D with H well conditioned and D graded over 6 decades (permuted): its eigenvalues and
+    its inverse square root are determined to high relative accuracy, which Jacobi with the
+    relative rotation test attains (Demmel & Veselic); tridiagonal reduction loses up to
+    eps * cond there. The reference is mpmath at 60 digits."""
     mpmath = pytest.importorskip("mpmath")
     n = 8
     x = rng.standard_normal((n, 3 * n))
@@ -123,11 +123,27 @@ def test_jacobi_gives_graded_eigenvalues_to_high_relative_accuracy(rng, monkeypa
     a = grading[:, None] * (x @ x.T / (3 * n)) * grading[None, :]
     a = 0.5 * (a + a.T)
     mpmath.mp.dps = 60
-    reference = np.sort([float(value) for value in mpmath.eigsy(mpmath.matrix(a.tolist()))[0]])
-    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "jacobi")
+    values, vectors = mpmath.eigsy(mpmath.matrix(a.tolist()))
+    whitening = vectors * mpmath.diag([1 / mpmath.sqrt(value) for value in values]) * vectors.T
+    reference = np.array(whitening.tolist(), dtype=np.float64)
+    result = inv_sqrtm_spd(a, eps=0.0, algorithm="jacobi")
+    assert relative_error(result, reference) < 1e-13
     info = sqrtm_module._describe_square(a[None], "a", "test")
-    eigenvalues = sqrtm_module._matrix_functions(info, "sqrt", 0.0, False, 1e-7, True, True, "test")[1]
-    assert np.abs(np.sort(eigenvalues[0]) / reference - 1.0).max() < 1e-14
+    eigenvalues = sqrtm_module._matrix_functions(info, "sqrt", 0.0, False, 1e-7, True, True, "test", "jacobi")[1]
+    exact = np.sort([float(value) for value in values])
+    assert np.abs(np.sort(eigenvalues[0]) / exact - 1.0).max() < 1e-14
+    # through autograd too (the choice reaches the kernel in the forward)
+    tensor = torch.tensor(a, requires_grad=True)
+    np.testing.assert_array_equal(inv_sqrtm_spd(tensor, eps=0.0, algorithm="jacobi").detach().numpy(), result)
+
+
+def test_algorithm_is_validated():
+    with pytest.raises(ValueError, match="sqrtm_spd: 'algorithm' must be one of 'auto', 'jacobi', got 'qr'"):
+        sqrtm_spd(np.eye(3), algorithm="qr")
+    with pytest.raises(ValueError, match="inv_sqrtm_spd: algorithm='jacobi' takes matrices of order <= 64"):
+        inv_sqrtm_spd(np.eye(65), algorithm="jacobi")
+    assert torch.autograd.gradcheck(lambda m: sqrtm_spd(0.5 * (m + m.transpose(-1, -2)), algorithm="jacobi"),
+                                    (torch.tensor(random_spd(np.random.default_rng(0), 2, 3), requires_grad=True),))
 
 
 def test_sqrtm_mixed_batch_matches_each_matrix_alone(rng, kernel_algorithm):
