@@ -32,9 +32,11 @@ def _check_seed(seed: int, option: str = "--seed") -> None:
         raise ValueError(f"{option} must be an integer >= 0, got {seed}")
 
 
-def _check_out_folder(out: Path) -> None:
+def _out_folder_refusal(out: Path) -> str | None:
+    """Why --out cannot be used as the output folder (None: it can)."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; expected a folder (new, or one to resume or overwrite)")
+        return f"--out {out} is a file; expected a folder (new, or one to resume or overwrite)"
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,7 +80,9 @@ def _run_settings(args: argparse.Namespace) -> dict:
     settings.update({key: value for key, value in given.items() if value is not None})
     _check_seed(settings["seed"], "--seed" if args.seed is not None else f"--config {args.config}: 'seed'")
     if "out" in settings:
-        _check_out_folder(Path(settings["out"]))
+        refused = _out_folder_refusal(Path(settings["out"]))
+        if refused:
+            raise ValueError(refused)
     if "stages" in settings:
         settings["stages"] = checked_stages(tuple(settings["stages"]))
     return settings
@@ -141,9 +145,8 @@ def _evaluate_ranks(args: argparse.Namespace) -> int:
     report_dir = out / "report"
     refused = None  # only rank 0 writes, so only its folder matters
     if distributed.is_main():
-        if out.exists() and not out.is_dir():
-            refused = f"--out {out} is a file; expected a folder"
-        elif report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
+        refused = _out_folder_refusal(out)
+        if refused is None and report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
             refused = f"{report_dir} already holds a report; choose another --out or pass --overwrite"
     distributed.agree(refused)
     samples, inputs, truth = distributed.agreed(lambda: (

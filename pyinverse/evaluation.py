@@ -39,7 +39,7 @@ from .uq import RCPS, BandRCPS, coverage_report
 from .uq._arrays import to_numpy64
 from .uq.bounds import hoeffding_bentkus_upper_bound
 from .uq.coverage import per_image_miscoverage
-from .uq.rcps import exact_lambda_hat, minimum_calibration_size
+from .uq.rcps import UNCONTROLLABLE, exact_lambda_hat, minimum_calibration_size
 
 
 @dataclass
@@ -308,7 +308,7 @@ def calibrated(rcps: RCPS, samples: np.ndarray, truth: np.ndarray, *, start: int
     try:
         rcps = _fit_rcps(rcps, samples, truth, calibration, start)
     except ValueError as error:  # on every rank alike (SharedError) with several
-        if "cannot be controlled" not in str(error):  # exact_lambda_hat's lam* = inf: no scale widens zero widths
+        if UNCONTROLLABLE not in str(error):  # exact_lambda_hat's lam* = inf: no scale widens zero widths
             raise
         return {"skipped": str(error).removeprefix("exact_lambda_hat: ")}
     positions, local = _local(test, start, start + samples.shape[1]) if dist.active() else (None, test)
@@ -484,11 +484,12 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     parts: list = [Table(
         f"Per-pixel intervals from the {q[0]:g}/{q[1]:g} sample quantiles",
         ["intervals", "mean width", f"risk (miscoverage; target {alpha:g})", "coverage"], uncertainty_rows,
-        note=" ".join(skipped_notes) + (" " if skipped_notes else "") +
-             "RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
-             "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out "
-             "images. The one-width band around the sample mean, calibrated the same way, is the yardstick: sample intervals "
-             "narrower than it at the same risk locate the uncertainty.")]
+        note=" ".join([
+            *skipped_notes,
+            "RCPS (Bates et al.; Angelopoulos et al. 2022): with probability >= 1 - delta the expected fraction of "
+            "uncovered pixels is <= alpha; risk and coverage of the calibrated intervals are measured on held-out "
+            "images. The one-width band around the sample mean, calibrated the same way, is the yardstick: sample "
+            "intervals narrower than it at the same risk locate the uncertainty."]))]
     if dist.is_main():
         figure_samples, figure_inputs, figure_mean, figure_width, *figure_truth = figure_data
         parts.append(Figure("Inputs, samples and uncertainty",

@@ -31,6 +31,17 @@ VAE_STEPS_PER_EPOCH = 100
 FEATURE_STEPS_PER_EPOCH = 30
 
 
+def check_last_step(module: torch.nn.Module, final_loss: torch.Tensor, where: str, lr: float) -> None:
+    """FloatingPointError unless ``module``'s weights and ``final_loss`` (the last batch's loss
+    after the last update) are finite. A training loop checks each loss before its update, so a
+    blow-up in the very last step would otherwise go unseen (finite but huge weights can give NaN
+    outputs). One device sync."""
+    finite = torch.stack([torch.isfinite(final_loss).all(), *(torch.isfinite(p).all() for p in module.parameters())])
+    if not bool(finite.all()):
+        raise FloatingPointError(f"{where}: the weights diverged in the last step (loss {float(final_loss)}); "
+                                 f"lower 'lr' (now {lr})")
+
+
 def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None = None, epochs: int = 20,
                     seed: int = 0, checkpoint_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     """Train on ``images`` ``(N, C, H, W)`` float32 in [0, 1] and write the model to ``out``.

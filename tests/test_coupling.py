@@ -195,6 +195,17 @@ def test_types_follow_the_caller(rng):
 
 # ---- errors ----------------------------------------------------------------------------------------
 
+def test_unused_clamp_may_be_infinite(rng):
+    """sigmoid and exp ignore the clamp: any c > 0 is accepted, inf included (float64 closed forms)."""
+    x, h, t = random_inputs(rng, (2, 3, 4), np.float64)
+    for scale, multiplier in (("exp", np.exp(h)), ("sigmoid", 1.0 / (1.0 + np.exp(-(h + 2.0))))):
+        y, logdet = affine_coupling(x, h, t, clamp=float("inf"), scale=scale)
+        np.testing.assert_allclose(y, x * multiplier + t, rtol=1e-13)
+        np.testing.assert_allclose(logdet, np.log(multiplier).reshape(2, -1).sum(1), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"affine_coupling: 'clamp' must be a number > 0, got 0.0"):
+        affine_coupling(x, h, t, clamp=0.0, scale="exp")
+
+
 def test_bad_inputs_raise_clear_errors(rng):
     x, h, t = random_inputs(rng, (2, 3, 4), np.float32)
     with pytest.raises(ValueError, match=r"affine_coupling: 'h' must have the shape of 'x_b'"):

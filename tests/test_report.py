@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyinverse.report.html import json_safe, write_report
+from pyinverse.report.html import Figure, Section, Table, json_safe, render_html, write_report
 
 
 def test_sets_become_sorted_lists_in_results_json(tmp_path):
@@ -51,3 +53,23 @@ def test_unserialisable_value_is_named_by_path_and_type(tmp_path):
     # what JSON does represent is kept as it was
     assert json_safe({"a": (1, 2.5, "x", None, True), "b": np.float32(0.5), "c": float("inf")}) == \
         {"a": [1, 2.5, "x", None, True], "b": 0.5, "c": "inf"}
+
+
+def test_cells_blocks_and_out_dir_are_checked(tmp_path):
+    """numpy scalars are formatted as Python's; bad digits, PNG data or out_dir are named (no browser needed)."""
+    rows = [[np.float32(0.123456789), 0.123456789], [np.float32("nan"), float("nan")], [np.int64(7), 7],
+            [np.float64(-np.inf), -math.inf]]
+    page = render_html("t", "i", [Section("s", [Table("t", ["a", "b"], rows)])])
+    cells = re.findall(r"<td>(.*?)</td>", page)
+    assert cells == ["0.1235", "0.1235", "n/a", "n/a", "7", "7", "-inf", "-inf"]
+    with pytest.raises(ValueError, match="Table: 'digits' must be an int >= 0, got -1"):
+        Table("t", ["a"], [[1.5]], digits=-1)
+    assert "<td>2</td>" in render_html("t", "i", [Section("s", [Table("t", ["a"], [[1.5]], digits=0)])])
+    with pytest.raises(TypeError, match="Figure: 'png' must be the PNG file's bytes .*, got str"):
+        Figure("f", "not bytes")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for overwrite in (False, True):
+        with pytest.raises(NotADirectoryError, match="write_report: 'out_dir' .*afile' is a file, not a report folder"):
+            write_report(afile, "t", "i", [], {}, overwrite=overwrite)
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

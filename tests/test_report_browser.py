@@ -464,28 +464,6 @@ def _small_report(folder: Path) -> Path:
     return write_report(folder / "report", "small report — ü", "intro <not a tag>", sections, {"value": 0.123456})
 
 
-def test_cells_blocks_and_out_dir_are_checked(tmp_path):
-    """numpy scalars are formatted as Python's; bad digits, PNG data or out_dir are named (no browser needed)."""
-    from pyinverse.report.html import render_html
-
-    rows = [[np.float32(0.123456789), 0.123456789], [np.float32("nan"), float("nan")], [np.int64(7), 7],
-            [np.float64(-np.inf), -math.inf]]
-    page = render_html("t", "i", [Section("s", [Table("t", ["a", "b"], rows)])])
-    cells = re.findall(r"<td>(.*?)</td>", page)
-    assert cells == ["0.1235", "0.1235", "n/a", "n/a", "7", "7", "-inf", "-inf"]
-    with pytest.raises(ValueError, match="Table: 'digits' must be an int >= 0, got -1"):
-        Table("t", ["a"], [[1.5]], digits=-1)
-    assert "<td>2</td>" in render_html("t", "i", [Section("s", [Table("t", ["a"], [[1.5]], digits=0)])])
-    with pytest.raises(TypeError, match="Figure: 'png' must be the PNG file's bytes .*, got str"):
-        Figure("f", "not bytes")
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    for overwrite in (False, True):
-        with pytest.raises(NotADirectoryError, match="write_report: 'out_dir' .*afile' is a file, not a report folder"):
-            write_report(afile, "t", "i", [], {}, overwrite=overwrite)
-    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
-
-
 def test_small_report_loads_cleanly(browser, tmp_path):
     report = _small_report(tmp_path)
     html_text = (report / "index.html").read_text(encoding="utf-8")

@@ -122,7 +122,7 @@ PYINV_HOST_DEVICE void advance(int* major, int* minor, int stride, int width) {
 }
 
 // Load phase: lane `lane` of `lanes` (= team_size(n) <= N) reads its entries of the symmetrised
-// matrix (both (i, j) and (j, i) compute 0.5 a_ij + 0.5 a_ji in the same order, so the copy is
+// matrix ((i, j) and (j, i) compute the same sum, IEEE addition being commutative, so the copy is
 // exactly symmetric), zeroes the padding, sets vt = I, and leaves its share of the load
 // statistics in lambda[lane] (max |a_ij|), f[lane] (max |a_ij - a_ji|) and c[lane] (1 if all were
 // finite, else 0; c and s are contiguous, N entries together).
@@ -131,15 +131,13 @@ PYINV_HOST_DEVICE void load_lanes(const T* base, int64_t rs, int64_t cs, const W
   LoadStats stats{true, 0.0, 0.0};
   const int padded = w.padded;
   for (int e = lane; e < padded * padded; e += lanes) {
-    const int i = e / padded, j = e - (e / padded) * padded;
+    const int i = e / padded, j = e - i * padded;
     double value = 0.0;
     if (i < w.n && j < w.n) {
       const double here = static_cast<double>(base[i * rs + j * cs]);
       const double mirror = static_cast<double>(base[j * rs + i * cs]);
-      stats.finite = stats.finite && fabs(here) < INFINITY && fabs(mirror) < INFINITY;
-      stats.max_abs = larger(stats.max_abs, fabs(here));
-      stats.max_asymmetry = larger(stats.max_asymmetry, fabs(here - mirror));
-      value = i >= j ? 0.5 * here + 0.5 * mirror : 0.5 * mirror + 0.5 * here;
+      note_entry(stats, here, mirror);
+      value = 0.5 * here + 0.5 * mirror;
     }
     w.a[i * w.ld + j] = value;
     w.vt[i * w.ld + j] = i == j ? 1.0 : 0.0;
@@ -177,7 +175,7 @@ PYINV_HOST_DEVICE double inverse_sqrt(double x) {
 PYINV_HOST_DEVICE void scale_entries(const Workspace& w, double scale, int lane, int lanes) {
   const double inverse = 1.0 / scale;
   for (int e = lane; e < w.padded * w.padded; e += lanes) {
-    const int i = e / w.padded, j = e - (e / w.padded) * w.padded;
+    const int i = e / w.padded, j = e - i * w.padded;
     w.a[i * w.ld + j] *= inverse;
   }
 }
@@ -305,9 +303,10 @@ PYINV_HOST_DEVICE void store_eigenpairs(const Workspace& w, T* values, T* vector
     for (int k = lane; k < n; k += lanes) values[k] = static_cast<T>(w.lambda[k]);
   }
   if (vectors) {
+    const bool nan = poisoned(w);
     for (int e = lane; e < n * n; e += lanes) {
-      const int i = e / n, k = e - (e / n) * n;
-      vectors[e] = static_cast<T>(poisoned(w) ? NAN : w.vt[k * w.ld + i]);
+      const int i = e / n, k = e - i * n;
+      vectors[e] = static_cast<T>(nan ? NAN : w.vt[k * w.ld + i]);
     }
   }
 }

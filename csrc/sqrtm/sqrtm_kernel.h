@@ -95,6 +95,14 @@ struct LoadStats {
   double max_asymmetry;
 };
 
+// Fold the entry pair (a_ij, a_ji) into the load statistics. Written so that NaN fails the
+// finiteness test (comparisons with NaN are false).
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void note_entry(LoadStats& stats, double here, double mirror) {
+  stats.finite = stats.finite && fabs(here) < INFINITY && fabs(mirror) < INFINITY;
+  stats.max_abs = larger(stats.max_abs, larger(fabs(here), fabs(mirror)));
+  stats.max_asymmetry = larger(stats.max_asymmetry, fabs(here - mirror));
+}
+
 // Read one matrix (element (i, j) at base[i * rs + j * cs]) into lane 0 of `a`: the lower
 // triangle of (A + A^T) / 2 in float64, unscaled.
 template <typename T>
@@ -105,10 +113,7 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE LoadStats load_symmetrised(const T* base, i
     for (int j = 0; j <= i; ++j) {
       const double lower = static_cast<double>(base[i * rs + j * cs]);
       const double upper = static_cast<double>(base[j * rs + i * cs]);
-      // Written so that NaN fails the test (comparisons with NaN are false).
-      stats.finite = stats.finite && fabs(upper) < INFINITY && fabs(lower) < INFINITY;
-      stats.max_abs = larger(stats.max_abs, larger(fabs(upper), fabs(lower)));
-      stats.max_asymmetry = larger(stats.max_asymmetry, fabs(upper - lower));
+      note_entry(stats, upper, lower);
       a[at(i, j, n, ls)] = 0.5 * lower + 0.5 * upper;  // no overflow near DBL_MAX
     }
   }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .folders import IMAGE_EXTENSIONS, image_folder, natural_sort_key
+from .folders import IMAGE_EXTENSIONS, image_folder, natural_sort_key, same_channels
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 # Observations leave [0, 1] through interpolation overshoot (bicubic downsampling: under 0.15)
@@ -138,9 +138,7 @@ def load_samples(path: str | os.PathLike, what: str = "samples") -> np.ndarray:
             loose = [p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
             hint = f" (it holds {len(loose)} image files directly: put each input's samples in its own sub-folder)" if loose else ""
             raise ValueError(f"{what}: {path} has no sub-folders{hint}")
-        stacks = [image_folder(folder, gray=None) for folder in folders]
-        if any(stack.shape[1] == 3 for stack in stacks):  # one colour image makes every sub-folder RGB
-            stacks = [np.repeat(stack, 3, axis=1) if stack.shape[1] == 1 else stack for stack in stacks]
+        stacks = same_channels([image_folder(folder, gray=None) for folder in folders])
         counts = {len(stack) for stack in stacks}
         shapes = {stack.shape[1:] for stack in stacks}
         if len(counts) != 1 or len(shapes) != 1:

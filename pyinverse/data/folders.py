@@ -71,8 +71,8 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
     if not files:
         raise ValueError(f"image_folder: no {'/'.join(IMAGE_EXTENSIONS)} files in {str(folder)!r}")
     images = [_read_image(file, gray, target) for file in files]
-    if gray is None and any(len(image) == 3 for image in images):
-        images = [np.repeat(image, 3, axis=0) if len(image) == 1 else image for image in images]
+    if gray is None:
+        images = same_channels(images)
     sizes = {image.shape[1:] for image in images}
     if len(sizes) > 1:
         examples = {}
@@ -82,6 +82,14 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
         raise ValueError(f"image_folder: images in {str(folder)!r} have different sizes: {listed}; "
                          "pass size=(height, width) to resize them")
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
+
+
+def same_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Arrays with channels on axis -3: if any has 3 channels, the 1-channel ones are repeated to
+    3 (one colour image makes a set RGB)."""
+    if any(array.shape[-3] == 3 for array in arrays):
+        return [np.repeat(array, 3, axis=-3) if array.shape[-3] == 1 else array for array in arrays]
+    return arrays
 
 
 def _parse_size(size) -> tuple[int, int] | None:

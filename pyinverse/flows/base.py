@@ -36,6 +36,14 @@ import torch.nn as nn
 from ..draws import check_seed
 from .layers import Preprocess, Split
 
+
+def positive_int(value, where: str, name: str) -> int:
+    """``value`` as an int, or ValueError naming ``where`` and ``name`` unless it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{where}: '{name}' must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -134,9 +142,7 @@ class FlowModel(nn.Module):
         For images quantised to ``num_levels`` levels (an int >= 1) and dequantised with uniform
         noise this is an upper bound on the bits per value of the discrete model (lower is better).
         """
-        if isinstance(num_levels, bool) or not isinstance(num_levels, numbers.Integral) or num_levels < 1:
-            raise ValueError(f"{type(self).__name__}.bits_per_dim: 'num_levels' must be an int >= 1, "
-                             f"got {num_levels!r}")
+        positive_int(num_levels, f"{type(self).__name__}.bits_per_dim", "num_levels")
         z, logdet = self._forward(self._check_images(x, f"{type(self).__name__}.bits_per_dim"))
         log_prob = standard_normal_log_prob(z) + logdet
         return (-log_prob / self.latent_dim + math.log(num_levels)) / math.log(2.0)
@@ -156,12 +162,11 @@ class FlowModel(nn.Module):
             ``(n, C, H, W)`` in the model's dtype and device.
         """
         where = f"{type(self).__name__}.sample"
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{where}: 'n' must be an int >= 1, got {n!r}")
+        n = positive_int(n, where, "n")
         if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"{where}: 'temperature' must be a finite number >= 0, got {temperature!r}")
         generator = None if seed is None else torch.Generator().manual_seed(check_seed(seed, where))
-        eps = torch.randn(int(n), self.latent_dim, generator=generator, dtype=torch.float64)
+        eps = torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
         x, _ = self._inverse((float(temperature) * eps).to(dtype=self.dtype, device=self.device))
         return x.clamp(0.0, 1.0) if clip else x
 

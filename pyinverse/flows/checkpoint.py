@@ -69,8 +69,6 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
                  where: str) -> Path:
     from safetensors.torch import save_file
 
-    if path.exists() and not overwrite:  # early, before serialising
-        raise FileExistsError(f"{where}: '{path}' exists; pass overwrite=True to replace it")
     try:
         # atomic_write's hard link refuses a file created meanwhile (an exists() check then
         # os.replace would clobber it); it also gives the file the usual permissions.

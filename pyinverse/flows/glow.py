@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-from .base import MultiScaleFlow
+from .base import MultiScaleFlow, positive_int
 from .layers import ActNorm, AffineCoupling, InvertibleConv1x1, Preprocess, Split, Squeeze, check_clamp
 
 
@@ -20,12 +20,6 @@ def image_size_pair(image_size, where: str) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise ValueError(f"{where}: 'image_size' must be positive, got {image_size!r}")
     return height, width
-
-
-def positive_int(value, where: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{where}: '{name}' must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 class Glow(MultiScaleFlow):

@@ -35,24 +35,19 @@ __all__ = [
 ]
 
 _SCALES = ("tanh", "atan", "sigmoid", "exp")
-_CLAMPED_SCALES = ("tanh", "atan")  # the others ignore the clamp (pyinverse.ops.coupling)
 
 
 def check_clamp(clamp, scale: str, where: str) -> float:
     """``clamp`` as a float, or ``ValueError`` naming ``where``: finite and > 0 for the clamped
     scales ("tanh", "atan"); > 0 (inf allowed) for "sigmoid" and "exp", which do not use it."""
-    clamped = scale in _CLAMPED_SCALES
+    from ..ops.coupling import CLAMPED_SCALES
+
+    clamped = scale in CLAMPED_SCALES
     if (isinstance(clamp, bool) or not isinstance(clamp, numbers.Real) or not clamp > 0
             or (clamped and not math.isfinite(clamp))):
         raise ValueError(f"{where}: 'clamp' must be {'a finite number' if clamped else 'a number'} > 0 "
                          f"for scale={scale!r}, got {clamp!r}")
     return float(clamp)
-
-
-def kernel_clamp(clamp: float, scale: str) -> float:
-    """The clamp handed to the coupling kernel: it checks a finite c > 0 even where the scale
-    function does not use it, so an unused (possibly infinite) clamp goes in as 1."""
-    return clamp if scale in _CLAMPED_SCALES else 1.0
 
 
 class FlowLayer(nn.Module):
@@ -408,14 +403,14 @@ class AffineCoupling(FlowLayer):
         from ..ops.coupling import affine_coupling
 
         h, t, x_b, join = self._params(x)
-        y_b, logdet = affine_coupling(x_b, h, t, clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
+        y_b, logdet = affine_coupling(x_b, h, t, clamp=self.clamp, scale=self.scale)
         return join(y_b), logdet
 
     def inverse(self, y):
         from ..ops.coupling import affine_coupling_inverse
 
         h, t, y_b, join = self._params(y)
-        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=kernel_clamp(self.clamp, self.scale),
+        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=self.clamp,
                                                scale=self.scale)
         return join(x_b), logdet
 

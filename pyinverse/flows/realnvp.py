@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import MultiScaleFlow
-from .glow import image_size_pair, positive_int
+from .base import MultiScaleFlow, positive_int
+from .glow import image_size_pair
 from .layers import ActNorm, AffineCoupling, Preprocess, Split, Squeeze, check_clamp
 
 

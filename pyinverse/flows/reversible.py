@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 from ..ops.coupling import COUPLING_SCALES, affine_coupling, affine_coupling_inverse, affine_coupling_vjp
-from .layers import check_clamp, kernel_clamp
+from .layers import check_clamp
 
 __all__ = ["AffineCouplingBlock", "ReversibleSequence", "saved_tensor_bytes"]
 
@@ -112,7 +112,7 @@ class AffineCouplingBlock(nn.Module):
         self._check(x, "x")
         x_a, x_b = x[:, : self.a_channels], x[:, self.a_channels:]
         h, t = self.coefficients(x_a)
-        y_b, logdet = affine_coupling(x_b, h, t, clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
+        y_b, logdet = affine_coupling(x_b, h, t, clamp=self.clamp, scale=self.scale)
         return torch.cat([y_b, x_a], 1), logdet
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +120,7 @@ class AffineCouplingBlock(nn.Module):
         self._check(y, "y")
         y_b, x_a = y[:, : self.b_channels], y[:, self.b_channels:]
         h, t = self.coefficients(x_a)
-        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=kernel_clamp(self.clamp, self.scale),
+        x_b, logdet = affine_coupling_inverse(y_b, h, t, clamp=self.clamp,
                                               scale=self.scale)
         return torch.cat([x_a, x_b], 1), logdet
 
@@ -139,7 +139,7 @@ class AffineCouplingBlock(nn.Module):
             out = self.net(x_a_leaf)
         h, t = out.detach()[:, : self.b_channels], out.detach()[:, self.b_channels:]
         step = affine_coupling_vjp(grad_y_b, grad_logdet, h, t, y_b=y_b, reconstruct=True,
-                                   clamp=kernel_clamp(self.clamp, self.scale), scale=self.scale)
+                                   clamp=self.clamp, scale=self.scale)
         grad_out = torch.cat([step.grad_h, step.grad_t], 1)
         grads = torch.autograd.grad(out, [x_a_leaf, *params], grad_out, allow_unused=True)
         grad_x_a = grad_y_a + grads[0] if grads[0] is not None else grad_y_a

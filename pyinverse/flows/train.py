@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..draws import check_seed
-from .base import FlowModel
+from .base import FlowModel, positive_int
 from .checkpoint import check_config_matches, load_state_checked, read_flow_file, save_flow
 
 CHECKPOINT_PATTERN = re.compile(r"^step(\d{8})\.safetensors$")
@@ -104,7 +104,7 @@ def evaluate_bpd(model: FlowModel, data: Any, batch_size: int = 256, seed: int =
         4.9
     """
     where = "evaluate_bpd"
-    batch_size = _check_positive_int(batch_size, "batch_size", where)  # -1 returned 0.0 (empty loop)
+    batch_size = positive_int(batch_size, where, "batch_size")  # -1 returned 0.0 (empty loop)
     seed = check_seed(seed, where)
     data = _as_image_tensor(data, model, where, "data")
     levels = quantize_levels(data)
@@ -158,10 +158,13 @@ def _load_optimizer_state(optimizer: torch.optim.Adam, params: list[torch.nn.Par
         }
 
 
-def _check_positive_int(value, name, where):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{where}: '{name}' must be an int >= 1, got {value!r}")
-    return int(value)
+def _checkpointed(epoch: int, checkpoint_every: int, epochs: int) -> bool:
+    """Whether the end of (1-based) ``epoch`` writes a checkpoint: every ``checkpoint_every`` and the last."""
+    return epoch % checkpoint_every == 0 or epoch == epochs
+
+
+def _checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"step{step:08d}.safetensors"
 
 
 def _data_fingerprint(levels: torch.Tensor) -> dict[str, Any]:
@@ -244,11 +247,11 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     where = "train_flow"
     if not isinstance(model, FlowModel):
         raise TypeError(f"{where}: 'model' must be a pyinverse flow, got {type(model).__name__}")
-    epochs = _check_positive_int(epochs, "epochs", where)
-    batch_size = _check_positive_int(batch_size, "batch_size", where)
-    eval_every = _check_positive_int(eval_every, "eval_every", where)
-    checkpoint_every = _check_positive_int(checkpoint_every, "checkpoint_every", where)
-    init_batch = _check_positive_int(init_batch, "init_batch", where)
+    epochs = positive_int(epochs, where, "epochs")
+    batch_size = positive_int(batch_size, where, "batch_size")
+    eval_every = positive_int(eval_every, where, "eval_every")
+    checkpoint_every = positive_int(checkpoint_every, where, "checkpoint_every")
+    init_batch = positive_int(init_batch, where, "init_batch")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"{where}: 'lr' must be a finite number > 0, got {lr!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
@@ -299,8 +302,8 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     if folder is not None and not overwrite:
         # Fail now rather than after the first epoch, at the first checkpoint that would clash.
         for later in range(start_epoch + 1, epochs + 1):
-            if later % checkpoint_every == 0 or later == epochs:
-                planned = folder / f"step{step + (later - start_epoch) * per_epoch:08d}.safetensors"
+            if _checkpointed(later, checkpoint_every, epochs):
+                planned = _checkpoint_path(folder, step + (later - start_epoch) * per_epoch)
                 if planned.exists():
                     raise FileExistsError(f"{where}: '{planned}' exists; pass overwrite=True to replace it, "
                                           "resume=True to continue that run, or use another checkpoint_dir")
@@ -373,8 +376,8 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
             history.seconds.append(time.perf_counter() - began)
             emit(f"epoch {epoch + 1}/{epochs}: step {step}, train {history.train_bpd[-1]:.4f} bits/dim, "
                  f"held-out {held:.4f} bits/dim, {history.seconds[-1]:.1f} s")
-            if folder is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                path = folder / f"step{step:08d}.safetensors"
+            if folder is not None and _checkpointed(epoch + 1, checkpoint_every, epochs):
+                path = _checkpoint_path(folder, step)
                 history.checkpoints.append(str(path))
                 state = _optimizer_state(optimizer, params)
                 state["rng"] = generator.get_state()
@@ -408,7 +411,7 @@ def _state_from_checkpoint(model, folder, history, where, emit):
     if folder is None or epoch_index is None:
         emit(f"best epoch {history.best_epoch} was not checkpointed; keeping the last weights")
         return None
-    path = folder / f"step{history.steps[epoch_index]:08d}.safetensors"
+    path = _checkpoint_path(folder, history.steps[epoch_index])
     if not path.is_file():
         emit(f"best epoch {history.best_epoch}: '{path}' is gone; keeping the last weights")
         return None

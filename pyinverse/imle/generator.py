@@ -250,16 +250,14 @@ class ConditionalGenerator(nn.Module):
             raise TypeError(f"{where}: 'y' must hold floats (images in [0, 1]), got {y.dtype}; "
                             "divide 8-bit images by 255")
         y = y.to(device=parameter.device, dtype=parameter.dtype)
-        if y.ndim != 4:
-            raise ValueError(f"{where}: 'y' must have shape (B, C, H, W), got {tuple(y.shape)}")
+        expected = (self.in_channels, *self.image_size)
+        if y.ndim != 4 or tuple(y.shape[1:]) != expected:
+            raise ValueError(f"{where}: 'y' must have shape (B, {', '.join(map(str, expected))}), "
+                             f"got {tuple(y.shape)}")
         if not bool(torch.isfinite(y).all()):  # NaN would come out as NaN samples, or clamped to 0
             raise ValueError(f"{where}: 'y' holds NaN or inf")
         draws = None if seed is None else Draws(seed, y.shape[0], where)  # validates the seed
         if y.shape[0] == 0:  # no observations: an empty result of the right shape
-            expected = (self.in_channels, *self.image_size)
-            if tuple(y.shape[1:]) != expected:
-                raise ValueError(f"{where}: 'y' must have shape (B, {', '.join(map(str, expected))}), "
-                                 f"got {tuple(y.shape)}")
             return y.new_empty((num_samples, 0, self.out_channels, *self.image_size))
         if draws is None:
             codes = torch.stack([self.sample_latents(y.shape[0]) for _ in range(num_samples)])

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..knn import batched_nearest
+from ..training import check_last_step
 from .generator import ConditionalGenerator
 
 __all__ = ["DISTANCES", "LOSSES", "CIMLEHistory", "feature_embedding", "select_codes", "train_cimle"]
@@ -328,12 +329,7 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
             log(f"{where}: epoch {epoch + 1}/{epochs} loss {history.epoch_loss[-1]:.5f} "
                 f"nearest-of-{m} distance {last:.4f} ({time.perf_counter() - began:.0f} s)")
     generator.eval()
-    # Each loss is checked before its step, so a blow-up in the very last step would go unseen
-    # (finite but huge weights can give NaN samples): check the weights and that batch's next loss.
     with torch.no_grad():
-        final = pixel_loss(generator(inputs[batch], codes[batch]), targets[batch])
-    if not (bool(torch.isfinite(final)) and all(bool(torch.isfinite(p).all()) for p in generator.parameters())):
-        raise FloatingPointError(f"{where}: the weights diverged in the last step (loss {float(final)}); "
-                                 f"lower 'lr' (now {lr})")
+        check_last_step(generator, pixel_loss(generator(inputs[batch], codes[batch]), targets[batch]), where, lr)
     history.seconds = time.perf_counter() - began
     return history

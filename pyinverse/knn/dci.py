@@ -322,7 +322,8 @@ class DCIIndex:
         check_distances_fit(distances, op, advice="use DCIIndex(..., dtype='float64')"
                             if self._dtype == np.float32 else None)
         distances = distances.to(_torch_dtype(info.dtype))
-        check_distances_fit(distances, op, advice="pass float64 queries" if info.dtype == np.float32 else None)
+        if self._dtype == np.float64 and info.dtype == np.float32:  # the only narrowing cast
+            check_distances_fit(distances, op, advice="pass float64 queries")
         return to_caller(distances, info), to_caller(indices, info)
 
     # --- persistence -----------------------------------------------------------------------------

@@ -41,6 +41,8 @@ from .. import _C
 from .._backend import ArrayInfo, allocate, check_device_available, describe, require_float, same_place
 
 COUPLING_SCALES = ("tanh", "atan", "sigmoid", "exp")
+#: The scales that use the clamp; "sigmoid" and "exp" ignore it.
+CLAMPED_SCALES = ("tanh", "atan")
 
 
 class CouplingResult(NamedTuple):
@@ -68,6 +70,10 @@ def _check_options(clamp: Any, scale: Any, op: str) -> float:
     if isinstance(clamp, bool) or not isinstance(clamp, (int, float, np.integer, np.floating)):
         raise TypeError(f"{op}: 'clamp' must be a real number, got {type(clamp).__name__}")
     clamp = float(clamp)
+    if scale not in CLAMPED_SCALES:  # unused: any c > 0 (inf too); the kernel takes a finite one
+        if not clamp > 0.0:
+            raise ValueError(f"{op}: 'clamp' must be a number > 0, got {clamp}")
+        return 1.0
     if not (math.isfinite(clamp) and clamp > 0.0):
         raise ValueError(f"{op}: 'clamp' must be a finite number > 0, got {clamp}")
     return clamp

@@ -25,6 +25,7 @@ strong shrinkage).
 """
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -54,11 +55,11 @@ def _as_images(images: Any, fn: str, name: str, channels: int) -> tuple[torch.Te
         raise ValueError(f"{fn}: '{name}' must have shape (B, {channels}, H, W) with B >= 1, got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"{fn}: '{name}' must be float in [0, 1], got {images.dtype}")
-    if not bool(torch.isfinite(images).all()):
+    low, high = (float(v) for v in torch.aminmax(images))  # one pass; NaN propagates, inf shows as itself
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{fn}: '{name}' holds NaN or inf")
     # As the package's image loaders: [0, 1] up to a restorer's overshoot; beyond it the values are
     # on another scale (0..255, [-1, 1]) and the VAE would encode garbage.
-    low, high = float(images.min()), float(images.max())
     if low < -OVERSHOOT_MARGIN or high > 1.0 + OVERSHOOT_MARGIN:
         raise ValueError(f"{fn}: '{name}' holds values in [{low:.4g}, {high:.4g}]; expected [0, 1] up to overshoot "
                          f"([{-OVERSHOOT_MARGIN:g}, {1 + OVERSHOOT_MARGIN:g}])")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.sqrtm import inv_sqrtm_spd, sqrtm_spd
+from ..ops.sqrtm import _PSD_TOLERANCE, inv_sqrtm_spd, sqrtm_spd
 from .moments import GaussianMoments
 
 __all__ = ["GaussianOT", "gaussian_ot_matrix", "ledoit_wolf_shrinkage"]
@@ -142,7 +142,9 @@ def gaussian_ot_matrix(cov_source: Any, cov_target: Any, eps: float | None = Non
     if s_s.ndim not in (2, 3) or s_s.shape[-1] != s_s.shape[-2] or s_s.shape != s_t.shape:
         raise ValueError(f"{op}: 'cov_source' and 'cov_target' must have one shape (d, d) or (P, d, d), "
                          f"got {s_s.shape} and {s_t.shape}")
-    return _ot_matrix(s_s, s_t, eps)
+    values = _psd_eigenvalues(s_s, "cov_source", op)  # needed for the path choice: the check is free
+    _psd_eigenvalues(s_t, "cov_target", op)
+    return _ot_matrix(s_s, s_t, eps, values)
 
 
 def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
@@ -150,7 +152,7 @@ def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
     negative beyond rounding (the formula clips them, and a W2 of 0 between different laws came out)."""
     values = np.linalg.eigvalsh(cov)
     largest = np.abs(values).max(-1, initial=0.0)
-    tolerance = 1e3 * cov.shape[-1] * np.finfo(np.float64).eps * largest
+    tolerance = _PSD_TOLERANCE * cov.shape[-1] * largest
     bad = np.flatnonzero(values[..., 0].reshape(-1) < -tolerance.reshape(-1))
     if bad.size:
         i = int(bad[0])
@@ -161,13 +163,10 @@ def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
     return values
 
 
-def _ot_matrix(s_s: np.ndarray, s_t: np.ndarray, eps: float | None, op: str = "gaussian_ot_matrix",
-               names: tuple[str, str] = ("cov_source", "cov_target"), check_target: bool = True
+def _ot_matrix(s_s: np.ndarray, s_t: np.ndarray, eps: float | None, values: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """``check_target=False``: ``s_t`` is known PSD (a sample covariance, or moments checked on input)."""
-    values = _psd_eigenvalues(s_s, names[0], op)  # needed for the path choice: the check is free
-    if check_target:
-        _psd_eigenvalues(s_t, names[1], op)
+    """The map and cross term for PSD covariances; ``values``: the eigenvalues of ``s_s`` (from
+    :func:`_psd_eigenvalues`, which the callers run as their check)."""
     shape, d = s_s.shape, s_s.shape[-1]
     s_s, s_t, values = s_s.reshape(-1, d, d), s_t.reshape(-1, d, d), values.reshape(-1, d)
     floor = d * np.finfo(np.float64).eps if eps is None else eps
@@ -310,10 +309,11 @@ class GaussianOT:
             asym = np.abs(cov - np.swapaxes(cov, -1, -2)).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
             if np.any(asym > 1e-8 * np.maximum(scale, np.finfo(np.float64).tiny)):
                 raise ValueError(f"{op}: '{name}' covariance must be symmetric")
-            _psd_eigenvalues(_symmetrise(cov), f"{name}[1] (cov)", op)
+            cov = _symmetrise(cov)
+            _psd_eigenvalues(cov, f"{name}[1] (cov)", op)
             if mean.ndim == 1:
                 mean, cov = mean[None], cov[None]
-            return mean, _symmetrise(cov), None
+            return mean, cov, None
         samples = _as_float64(value, name, op)
         if samples.ndim not in (2, 3):
             raise ValueError(f"{op}: '{name}' must be samples (N, d) or (P, N, d), a (mean, cov) pair or a "
@@ -375,8 +375,8 @@ class GaussianOT:
             batched = any(_is_batched(v) for v in (source, target))
             cov_s, lam_s = self._regularise(cov_s, samples_s, "source")
             cov_t, lam_t = self._regularise(cov_t, samples_t, "target")
-        # Sample covariances are PSD, and moments were checked in _side: no second check of the target.
-        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, op, ("source", "target"), check_target=False)
+        # Sample covariances are PSD, and moments were checked in _side: the target needs no check.
+        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, _psd_eigenvalues(cov_s, "source", op))
         w2_squared = (np.square(mean_s - mean_t).sum(-1) + np.trace(cov_s, axis1=-2, axis2=-1)
                       + np.trace(cov_t, axis1=-2, axis2=-1) - 2.0 * cross)
         w2 = np.sqrt(np.clip(w2_squared, 0.0, None))

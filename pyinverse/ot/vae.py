@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..training import check_last_step
+
 __all__ = ["ConvVAE", "SHIPPED_VAE", "default_vae", "load_vae", "save_vae", "train_vae", "vae_loss"]
 
 FORMAT = "pyinverse.ConvVAE.v1"
@@ -185,23 +187,19 @@ def train_vae(images: Sequence[torch.Tensor], *, steps: int = 1200, batch_size: 
         batch = _random_crops(images, batch_size, crop, rng)
         reconstruction, mean, log_var = vae(batch)
         loss, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"{where}: the loss became {loss.item()} at step {step}; lower 'lr' (now {lr})")
+        value = loss.item()  # one device sync per step
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{where}: the loss became {value} at step {step}; lower 'lr' (now {lr})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(value)
         if log is not None and (step % 100 == 0 or step == steps):
             log(step, losses[-1])
-    # Each loss is checked before its step, so a blow-up in the last step would go unseen (finite
-    # but huge weights can decode NaN): check the weights and that batch's next loss (posterior mean).
-    with torch.no_grad():
+    with torch.no_grad():  # that batch's loss once more, with the posterior mean
         reconstruction, mean, log_var = vae(batch, sample=False)
-        final, _, _ = vae_loss(batch, reconstruction, mean, log_var, noise_sigma)
-    if not (bool(torch.isfinite(final)) and all(bool(torch.isfinite(p).all()) for p in vae.parameters())):
-        raise FloatingPointError(f"{where}: the weights diverged in the last step (loss {final.item()}); "
-                                 f"lower 'lr' (now {lr})")
+        check_last_step(vae, vae_loss(batch, reconstruction, mean, log_var, noise_sigma)[0], where, lr)
     vae.eval()
     for parameter in vae.parameters():
         parameter.requires_grad_(False)

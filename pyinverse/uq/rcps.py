@@ -27,6 +27,9 @@ from .bounds import _log_p_value, hoeffding_bentkus_p_value, hoeffding_bentkus_u
 from .coverage import per_image_miscoverage
 from .intervals import CENTERS, SCALINGS, sample_intervals_and_mean, scale_intervals, smallest_covering_lambda
 
+#: In exact_lambda_hat's error when lam* = inf (no scale widens zero-width intervals); callers that
+#: skip calibration in that case (also across ranks, where only the message travels) look for it.
+UNCONTROLLABLE = "the risk cannot be controlled"
 
 def miscoverage_curves(lambda_star: Any, lambdas: Any) -> np.ndarray:
     """Every image's miscoverage at every scale, from its pixels' smallest covering lambdas.
@@ -183,7 +186,7 @@ def exact_lambda_hat(lambda_star: Any, alpha: float, delta: float, lower_limit: 
     order_statistic = float(np.partition(flat, rank - 1)[rank - 1])
     lambda_hat = max(order_statistic, float(lower_limit))
     if not math.isfinite(lambda_hat):
-        raise ValueError(f"{op}: the risk cannot be controlled: more than {low} of the {total} calibration "
+        raise ValueError(f"{op}: {UNCONTROLLABLE}: more than {low} of the {total} calibration "
                          "pixels have zero-width intervals on the side of the truth (lam* = inf); use "
                          "additive scaling or more diverse samples")
     calibration_risk = float(np.count_nonzero(flat > lambda_hat)) / total
