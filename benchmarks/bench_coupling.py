@@ -16,20 +16,19 @@ Training step ("flow16"): 16 AffineCouplingBlocks (conv subnet, 32 hidden channe
 (8, 6, 32, 32), loss = mean(0.5 |y|^2 - logdet), forward + backward; "plain autograd" stores
 activations, "reversible" is ReversibleSequence. extra_info holds the bytes saved for backward.
 
-Measured 2026-11-22 with OMP_NUM_THREADS=1 on a shared 2-core AMD EPYC (AVX2) VM while other jobs
-ran (load average 6.5: treat the absolute numbers as noisy; with 2 threads torch's OpenMP spinning
-made torch eager 10-50x slower still under that load, so the 1-thread run is the fair one).
-Medians (min) in ms:
+Measured 2026-11-23 with OMP_NUM_THREADS=1 on a quiet 2-core AMD EPYC (AVX2) VM (with 2 threads
+torch's OpenMP spinning made torch eager 10-50x slower under load, so 1 thread is the fair run);
+one full run, medians (min) in ms, 100 rounds a case (BENCHMARKS.md has four more runs of 64x12x32x32,
+where forward+backward is 2.2-2.5x):
     case         op                 pyinverse        torch eager      speed-up (median / min)
-    64x6x32x32   forward            1.66 (1.00)      7.50 (2.46)      4.5x / 2.5x
-    64x6x32x32   inverse            1.45 (0.93)      7.71 (2.44)      5.3x / 2.6x
-    64x6x32x32   forward+backward   11.8 (3.04)      18.1 (9.17)      1.5x / 3.0x
-    32x24x64x64  forward            23.3 (15.4)      72.0 (61.2)      3.1x / 4.0x
-    32x24x64x64  inverse            20.9 (16.6)      78.5 (54.6)      3.8x / 3.3x
-    32x24x64x64  forward+backward   52.9 (41.8)      116 (99.8)       2.2x / 2.4x
-    flow16       training step      plain autograd 456 (435), reversible 572 (564): 1.25x the time
-Kernel alone (thread CPU time, 1 thread, same load, 64x6x32x32): forward 0.77 ms, vjp 0.9 ms;
-the design sketch's 2-thread figures on a quiet machine were 0.33 + 0.36 ms.
+    64x6x32x32   forward            0.74 (0.61)      2.95 (2.16)      4.0x / 3.5x
+    64x6x32x32   inverse            0.84 (0.61)      3.14 (2.31)      3.7x / 3.8x
+    64x6x32x32   forward+backward   1.65 (1.36)      4.72 (3.74)      2.9x / 2.8x
+    64x12x32x32  forward            1.77 (1.36)      6.22 (4.82)      3.5x / 3.6x
+    64x12x32x32  inverse            1.56 (1.21)      6.28 (5.21)      4.0x / 4.3x
+    64x12x32x32  forward+backward   4.54 (2.95)      9.82 (7.98)      2.2x / 2.7x
+    32x24x64x64  forward+backward   16.4 (12.7)      45.2 (37.7)      2.8x / 3.0x
+    flow16       training step      plain autograd 143 (121), reversible 201 (196): 1.4x the time
 
 Bytes autograd holds for backward (AffineCouplingBlock(6, 32) x depth on (8, 6, 32, 32) float32;
 `python benchmarks/bench_coupling.py`): after the forward pass (saved_tensor_bytes), and the peak
@@ -108,7 +107,7 @@ def test_coupling(benchmark, tensors, case, op, peer):
             for leaf in leaves:
                 leaf.grad = None
 
-    benchmark.pedantic(fn, rounds=30, warmup_rounds=3)
+    benchmark.pedantic(fn, rounds=100, warmup_rounds=10)
 
 
 def make_flow(depth, reversible, channels=6, hidden=32):

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/parallel.h"
@@ -154,7 +155,7 @@ struct ApplyArgs {
   MutableRows<T> out, multiplier, slope;  // multiplier / slope: only in a saving forward
   ItemGrid grid;
   double* partial_logdet;  // one per item
-  T clamp, atan_gain;
+  coupling::ScaleParameters<T> scale;
   bool bounded_exp;
 };
 
@@ -170,21 +171,53 @@ PYINV_ALWAYS_INLINE V apply_value(const V& in, const V& s, const V& t, V& multip
   }
 }
 
+template <typename T, bool kSlope, typename Sums>
+PYINV_ALWAYS_INLINE void keep_log_scale(const coupling::LogScale<Vec<T>>& ls, T* s, T* ds, int64_t i, Sums* sums) {
+  store(s + i, ls.s);
+  if constexpr (kSlope) store(ds + i, ls.ds);  // ds may be null without a slope
+  if constexpr (!std::is_same_v<Sums, std::nullptr_t>) sums->add(ls.s);
+}
+
+// The log-scales s (and slopes ds/dh) of one block of n elements (a multiple of the lane count),
+// into `s` (an L1 buffer) and `ds`; `sums` (LaneSums, or a null std::nullptr_t*) adds up s. tanh's
+// chain is split once more, into its exponentials and then the quotient: about 1.2x faster here.
+template <typename T, Scale kScale, bool kSlope, typename Sums>
+PYINV_ALWAYS_INLINE void log_scale_block(const T* h, int64_t n, const coupling::ScaleParameters<T>& scale, T* s,
+                                         T* ds, Sums* sums) {
+  constexpr int64_t W = vmath::Pack<T>::kLanes;
+  if constexpr (kScale == Scale::Tanh) {
+    alignas(64) T v[kBlock];
+    alignas(64) T w[kSlope ? kBlock : 1];
+    for (int64_t i = 0; i < n; i += W) {
+      const auto e = coupling::tanh_exponentials<T, kSlope>(load(h + i), scale);
+      store(v + i, e.v);
+      if constexpr (kSlope) store(w + i, e.w);
+    }
+    for (int64_t i = 0; i < n; i += W) {
+      coupling::TanhExponentials<Vec<T>> e;
+      e.v = load(v + i);
+      if constexpr (kSlope) e.w = load(w + i);
+      keep_log_scale<T, kSlope>(coupling::tanh_log_scale<T, kSlope>(load(h + i), e, scale.clamp), s, ds, i, sums);
+    }
+  } else {
+    for (int64_t i = 0; i < n; i += W) {
+      keep_log_scale<T, kSlope>(coupling::log_scale<T, kScale, kSlope>(load(h + i), scale), s, ds, i, sums);
+    }
+  }
+}
+
 template <typename T, Scale kScale, bool kInverse, bool kBoundedExp, bool kSave>
 PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* out, T* multiplier, T* slope,
-                                      int64_t begin, int64_t end, T clamp, T atan_gain) {
+                                      int64_t begin, int64_t end,
+                                      const coupling::ScaleParameters<T>& scale) {
   constexpr int64_t W = vmath::Pack<T>::kLanes;
   alignas(64) T log_scales[kBlock];
   LaneSums sums;
   const int64_t vector_end = begin + (end - begin) / W * W;
   for (int64_t block = begin; block < vector_end; block += kBlock) {
     const int64_t block_end = std::min(vector_end, block + kBlock);
-    for (int64_t i = block; i < block_end; i += W) {
-      const auto ls = coupling::log_scale<T, kScale, kSave>(load(h + i), clamp, atan_gain);
-      store(log_scales + (i - block), ls.s);
-      if constexpr (kSave) store(slope + i, ls.ds);
-      sums.add(ls.s);
-    }
+    log_scale_block<T, kScale, kSave>(h + block, block_end - block, scale, log_scales,
+                                      kSave ? slope + block : nullptr, &sums);
     for (int64_t i = block; i < block_end; i += W) {
       Vec<T> m;
       store(out + i, apply_value<T, kInverse, kBoundedExp, kSave>(load(in + i), load(log_scales + (i - block)),
@@ -194,7 +227,7 @@ PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* ou
   }
   double tail = 0.0;
   for (int64_t i = vector_end; i < end; ++i) {  // the same arithmetic on scalars: identical bits to a lane
-    const auto ls = coupling::log_scale<T, kScale, kSave>(h[i], clamp, atan_gain);
+    const auto ls = coupling::log_scale<T, kScale, kSave>(h[i], scale);
     T m;
     out[i] = apply_value<T, kInverse, kBoundedExp, kSave>(in[i], ls.s, t[i], m);
     if constexpr (kSave) {
@@ -216,9 +249,9 @@ PYINV_ALWAYS_INLINE void apply_items_typed(const ApplyArgs<T>& args, int64_t fir
     const int64_t begin = args.grid.begin(item), end = args.grid.end(item);
     args.partial_logdet[item] =
         save ? apply_span<T, kScale, kInverse, kBoundedExp, true>(in, h, t, out, multiplier, slope, begin, end,
-                                                                  args.clamp, args.atan_gain)
+                                                                  args.scale)
              : apply_span<T, kScale, kInverse, kBoundedExp, false>(in, h, t, out, multiplier, slope, begin, end,
-                                                                   args.clamp, args.atan_gain);
+                                                                   args.scale);
   }
 }
 
@@ -297,8 +330,7 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
                     typed<T>(saved.slope),
                     grid,
                     partial.data(),
-                    static_cast<T>(problem.clamp),
-                    static_cast<T>(problem.clamp * coupling::kAtanGain),
+                    coupling::make_scale_parameters<T>(problem.clamp),
                     bounded_log_scale<T>(problem)};
   parallel_for(items, task_grain(grid), [&](int64_t first, int64_t last) { apply_items_dispatch(args, first, last); });
   if (!logdet) return;
@@ -319,7 +351,7 @@ struct BackwardArgs {
   const T* grad_logdet;
   MutableRows<T> grad_in, grad_h, grad_t, reconstructed;
   ItemGrid grid;
-  T clamp, atan_gain;
+  coupling::ScaleParameters<T> scale;
   bool bounded_exp;
 };
 
@@ -340,8 +372,8 @@ PYINV_ALWAYS_INLINE coupling::ElementGrads<V> element_grads(const V& known, cons
 }
 
 template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp>
-PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, int64_t begin, int64_t end, T clamp,
-                                       T atan_gain) {
+PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, int64_t begin, int64_t end,
+                                       const coupling::ScaleParameters<T>& scale) {
   constexpr int64_t W = vmath::Pack<T>::kLanes;
   constexpr bool kNeedsT = kReconstruct || (kKnownIsOutput != kInverse);
   alignas(64) T log_scales[kBlock];
@@ -350,11 +382,8 @@ PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, i
   const int64_t vector_end = begin + (end - begin) / W * W;
   for (int64_t block = begin; block < vector_end; block += kBlock) {
     const int64_t block_end = std::min(vector_end, block + kBlock);
-    for (int64_t i = block; i < block_end; i += W) {
-      const auto ls = coupling::log_scale<T, kScale, true>(load(p.h + i), clamp, atan_gain);
-      store(log_scales + (i - block), ls.s);
-      store(slopes + (i - block), ls.ds);
-    }
+    log_scale_block<T, kScale, true>(p.h + block, block_end - block, scale, log_scales, slopes,
+                                     static_cast<std::nullptr_t*>(nullptr));
     for (int64_t i = block; i < block_end; i += W) {
       const coupling::LogScale<Vec<T>> ls{load(log_scales + (i - block)), load(slopes + (i - block))};
       const Vec<T> t = kNeedsT ? load(p.t + i) : Vec<T>{};
@@ -367,7 +396,7 @@ PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, i
     }
   }
   for (int64_t i = vector_end; i < end; ++i) {
-    const auto ls = coupling::log_scale<T, kScale, true>(p.h[i], clamp, atan_gain);
+    const auto ls = coupling::log_scale<T, kScale, true>(p.h[i], scale);
     const T t = kNeedsT ? p.t[i] : T(0);
     const auto g = element_grads<T, kInverse, kKnownIsOutput, kReconstruct, kBoundedExp>(p.known[i], t, p.grad_out[i],
                                                                                         grad_logdet, ls);
@@ -421,8 +450,7 @@ PYINV_ALWAYS_INLINE void backward_items_typed(const BackwardArgs<T>& args, int64
                            args.grad_in.row(b), args.grad_h.row(b), args.grad_t.row(b), args.reconstructed.row(b)};
     const T grad_logdet = args.grad_logdet ? args.grad_logdet[b] : T(0);
     backward_span<T, kScale, kInverse, kKnownIsOutput, kReconstruct, kBoundedExp>(p, grad_logdet, args.grid.begin(item),
-                                                                     args.grid.end(item), args.clamp,
-                                                                     args.atan_gain);
+                                                                     args.grid.end(item), args.scale);
   }
 }
 
@@ -509,8 +537,7 @@ void backward_typed(const CouplingProblem& problem, const CouplingGradients& gra
                              typed<T>(grads.grad_t),
                              typed<T>(grads.reconstructed),
                              grid,
-                             static_cast<T>(problem.clamp),
-                             static_cast<T>(problem.clamp * coupling::kAtanGain),
+                             coupling::make_scale_parameters<T>(problem.clamp),
                              bounded_log_scale<T>(problem)};
   const int64_t items = problem.batch * grid.chunks_per_row;
   parallel_for(items, task_grain(grid), [&](int64_t first, int64_t last) {

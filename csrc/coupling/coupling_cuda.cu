@@ -63,8 +63,8 @@ __device__ double block_sum(double value, double* warp_sums) {
 template <typename T, Scale kScale, bool kInverse, bool kSave>
 __global__ void __launch_bounds__(kThreads)
     apply_kernel(DeviceRows<T> in, DeviceRows<T> h, DeviceRows<T> t, DeviceMutableRows<T> out,
-                 DeviceMutableRows<T> multiplier, DeviceMutableRows<T> slope, DeviceGrid grid, T clamp, T atan_gain,
-                 double* partial) {
+                 DeviceMutableRows<T> multiplier, DeviceMutableRows<T> slope, DeviceGrid grid,
+                 coupling::ScaleParameters<T> scale, double* partial) {
   __shared__ double warp_sums[kThreads / 32];
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
     const int64_t b = grid.row(item), begin = grid.begin(item), end = grid.end(item);
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads)
     T* slope_row = slope.row(b);
     double sum = 0.0;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const auto ls = coupling::log_scale<T, kScale, kSave>(h_row[i], clamp, atan_gain);
+      const auto ls = coupling::log_scale<T, kScale, kSave>(h_row[i], scale);
       if constexpr (kSave) {
         const T m = coupling::coupling_multiplier<T, kInverse>(ls.s);
         out_row[i] = kInverse ? (in_row[i] - t_row[i]) * m : in_row[i] * m + t_row[i];
@@ -106,8 +106,8 @@ template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kRe
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(DeviceRows<T> known, DeviceRows<T> h, DeviceRows<T> t, DeviceRows<T> grad_out,
                     const T* grad_logdet, DeviceMutableRows<T> grad_in, DeviceMutableRows<T> grad_h,
-                    DeviceMutableRows<T> grad_t, DeviceMutableRows<T> reconstructed, DeviceGrid grid, T clamp,
-                    T atan_gain) {
+                    DeviceMutableRows<T> grad_t, DeviceMutableRows<T> reconstructed, DeviceGrid grid,
+                    coupling::ScaleParameters<T> scale) {
   constexpr bool kNeedsT = kReconstruct || (kKnownIsOutput != kInverse);
   for (int64_t item = blockIdx.x; item < grid.items(); item += gridDim.x) {
     const int64_t b = grid.row(item), begin = grid.begin(item), end = grid.end(item);
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
     T* grad_t_row = grad_t.row(b);
     T* reconstructed_row = reconstructed.row(b);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-      const auto ls = coupling::log_scale<T, kScale, true>(h_row[i], clamp, atan_gain);
+      const auto ls = coupling::log_scale<T, kScale, true>(h_row[i], scale);
       const T t_value = kNeedsT ? t_row[i] : T(0);
       coupling::ElementGrads<T> g;
       if constexpr (kInverse) {
@@ -189,18 +189,17 @@ struct ApplyOperands {
 template <typename T, Scale kScale, bool kInverse>
 void launch_apply_scaled(const CouplingProblem& problem, const ApplyOperands& ops, const DeviceGrid& grid,
                          double* partial, cudaStream_t stream) {
-  const T clamp = static_cast<T>(problem.clamp);
-  const T atan_gain = static_cast<T>(problem.clamp * coupling::kAtanGain);
+  const auto scale = coupling::make_scale_parameters<T>(problem.clamp);
   const unsigned blocks = grid_blocks(grid);
   const auto in = device_rows<T>(ops.in), h = device_rows<T>(ops.h), t = device_rows<T>(ops.t);
   const auto out = device_rows<T>(ops.out), multiplier = device_rows<T>(ops.saved.multiplier),
              slope = device_rows<T>(ops.saved.slope);
   if (ops.saved.present()) {
     apply_kernel<T, kScale, kInverse, true><<<blocks, kThreads, 0, stream>>>(in, h, t, out, multiplier, slope, grid,
-                                                                            clamp, atan_gain, partial);
+                                                                            scale, partial);
   } else {
     apply_kernel<T, kScale, kInverse, false><<<blocks, kThreads, 0, stream>>>(in, h, t, out, multiplier, slope, grid,
-                                                                             clamp, atan_gain, partial);
+                                                                             scale, partial);
   }
 }
 
@@ -242,8 +241,7 @@ void apply_typed(const CouplingProblem& problem, const ApplyOperands& ops, void*
 template <typename T, Scale kScale, bool kInverse>
 void launch_backward_scaled(const CouplingProblem& problem, const CouplingGradients& grads, const DeviceGrid& grid,
                             cudaStream_t stream) {
-  const T clamp = static_cast<T>(problem.clamp);
-  const T atan_gain = static_cast<T>(problem.clamp * coupling::kAtanGain);
+  const auto scale = coupling::make_scale_parameters<T>(problem.clamp);
   const unsigned blocks = grid_blocks(grid);
   const auto known = device_rows<T>(grads.known);
   const auto h = device_rows<T>(grads.h);
@@ -256,13 +254,13 @@ void launch_backward_scaled(const CouplingProblem& problem, const CouplingGradie
   const auto reconstructed = device_rows<T>(grads.reconstructed);
   if (!grads.known_is_output) {
     backward_kernel<T, kScale, kInverse, false, false><<<blocks, kThreads, 0, stream>>>(
-        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, clamp, atan_gain);
+        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, scale);
   } else if (grads.reconstructed.data) {
     backward_kernel<T, kScale, kInverse, true, true><<<blocks, kThreads, 0, stream>>>(
-        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, clamp, atan_gain);
+        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, scale);
   } else {
     backward_kernel<T, kScale, kInverse, true, false><<<blocks, kThreads, 0, stream>>>(
-        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, clamp, atan_gain);
+        known, h, t, grad_out, grad_logdet, grad_in, grad_h, grad_t, reconstructed, grid, scale);
   }
 }
 

@@ -6,6 +6,7 @@
 // csrc/coupling/vector_math.h (vectorisable, IEEE special values kept), the device uses CUDA's
 // math library. The formulas, written once, are below; the contract is in coupling.h.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "core/host_device.h"
@@ -119,29 +120,76 @@ struct LogScale {
   V ds;  // ds/dh (only when asked for)
 };
 
-// s(h) and optionally ds/dh. `clamp` > 0 is finite; `atan_gain` is T(clamp * kAtanGain), rounded
-// once as FrEIA's `clamp * 0.636 * atan(...)` does.
+// What the scale functions take besides h: the clamp c > 0 (finite), FrEIA's atan gain, and 1 / c
+// when a product gives the bits of h / c.
+template <typename T>
+struct ScaleParameters {
+  T clamp;
+  T atan_gain;         // T(c * kAtanGain), rounded once as FrEIA's `clamp * 0.636 * atan(...)` does
+  T clamp_reciprocal;  // 1 / c if c is a power of two (the default 2), else 0
+};
+
+// Host side (CPU loops and CUDA launchers). For c = 2^e, h * 2^-e and h / 2^e are the same
+// correctly rounded number, subnormal results included; a division is the slowest instruction of
+// the scale functions, and the first link of tanh's dependency chain.
+template <typename T>
+inline ScaleParameters<T> make_scale_parameters(double clamp) {
+  int exponent = 0;
+  const T c = static_cast<T>(clamp);
+  const bool power_of_two = std::frexp(c, &exponent) == T(0.5);
+  const T reciprocal = T(1) / c;
+  return {c, static_cast<T>(clamp * kAtanGain),
+          power_of_two && std::isnormal(reciprocal) ? reciprocal : T(0)};
+}
+
+template <typename T, typename V>
+PYINV_COUPLING_FN V divide_by_clamp(const V& h, const ScaleParameters<T>& p) {
+  return p.clamp_reciprocal != T(0) ? h * p.clamp_reciprocal : h / p.clamp;
+}
+
+// The tanh scale in two halves, so that the CPU loops can split its long dependency chain:
+// u = h / c; w = e^(-2|u|), v = w - 1 (the exponentials), then tanh|u| = -v / (v + 2) and
+// 1 - tanh^2 = 4 w / (v + 2)^2, accurate also where tanh is near +-1 (large |h|). v is the same
+// bits with or without the slope, so forward, inverse and backward agree on s.
+template <typename V>
+struct TanhExponentials {
+  V v;  // e^(-2|u|) - 1
+  V w;  // e^(-2|u|) (only for the slope)
+};
+
+template <typename T, bool kSlope, typename V>
+PYINV_COUPLING_FN TanhExponentials<V> tanh_exponentials(const V& h, const ScaleParameters<T>& p) {
+  const V minus_2a = T(-2) * elementary_abs<T>(divide_by_clamp(h, p));
+  TanhExponentials<V> out;
+  if constexpr (kSlope) {
+    const ExpAndExpm1<V> e = elementary_exp_expm1<T>(minus_2a);
+    out.v = e.expm1;
+    out.w = e.exp;
+  } else {
+    out.v = elementary_expm1_nonpositive<T>(minus_2a);
+  }
+  return out;
+}
+
+// s = c tanh(h / c) (the sign of h / c is that of h) and optionally ds/dh, from the exponentials.
+template <typename T, bool kSlope, typename V>
+PYINV_COUPLING_FN LogScale<V> tanh_log_scale(const V& h, const TanhExponentials<V>& e, T clamp) {
+  LogScale<V> out;
+  const V v_plus_2 = e.v + T(2);
+  out.s = clamp * elementary_copysign<T>(-e.v / v_plus_2, h);
+  if constexpr (kSlope) out.ds = (T(4) * e.w) / (v_plus_2 * v_plus_2);
+  return out;
+}
+
+// s(h) and optionally ds/dh.
 template <typename T, Scale kScale, bool kSlope, typename V>
-PYINV_COUPLING_FN LogScale<V> log_scale(const V& h, T clamp, T atan_gain) {
+PYINV_COUPLING_FN LogScale<V> log_scale(const V& h, const ScaleParameters<T>& p) {
   LogScale<V> out;
   if constexpr (kScale == Scale::Tanh) {
-    // s = c tanh(u), u = h / c; with w = e^(-2|u|), v = w - 1: tanh|u| = -v / (v + 2) and
-    // 1 - tanh^2 = 4 w / (v + 2)^2, accurate also where tanh is near +-1 (large |h|). v is the
-    // same bits with or without the slope, so forward, inverse and backward agree on s.
-    const V u = h / clamp;
-    const V minus_2a = T(-2) * elementary_abs<T>(u);
-    V v;
-    if constexpr (kSlope) {
-      const ExpAndExpm1<V> e = elementary_exp_expm1<T>(minus_2a);
-      v = e.expm1;
-      out.ds = (T(4) * e.exp) / ((v + T(2)) * (v + T(2)));
-    } else {
-      v = elementary_expm1_nonpositive<T>(minus_2a);
-    }
-    out.s = clamp * elementary_copysign<T>(-v / (v + T(2)), u);
+    out = tanh_log_scale<T, kSlope>(h, tanh_exponentials<T, kSlope>(h, p), p.clamp);
   } else if constexpr (kScale == Scale::Atan) {
-    const V u = h / clamp;
-    out.s = atan_gain * elementary_atan<T>(u);
+    const V u = divide_by_clamp(h, p);
+    out.s = p.atan_gain * elementary_atan<T>(u);
     if constexpr (kSlope) out.ds = T(kAtanGain) / (T(1) + u * u);  // u^2 = inf gives 0
   } else if constexpr (kScale == Scale::Sigmoid) {
     // s = log sigmoid(u), u = h + 2: min(u, 0) - log1p(e^(-|u|)), no overflow for any u.
