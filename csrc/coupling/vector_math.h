@@ -87,17 +87,18 @@ constexpr int kPackBytes = 32;
 template <typename T>
 struct Pack {
   typedef T type __attribute__((vector_size(kPackBytes)));
-  typedef typename Traits<T>::Bits bits __attribute__((vector_size(kPackBytes)));
+  typedef std::make_unsigned_t<typename Traits<T>::Bits> bits __attribute__((vector_size(kPackBytes)));
   static constexpr int kLanes = static_cast<int>(kPackBytes / sizeof(T));
 };
 
-// Bit reinterpretation for a lane type V (a scalar T or Pack<T>::type).
+// Bit reinterpretation for a lane type V (a scalar T or Pack<T>::type), as unsigned integers: shifting
+// a bit pattern left may overflow a signed one, undefined behaviour before C++20 (UBSan stops there).
 template <typename T, typename V>
 struct Lanes;
 
 template <typename T>
 struct Lanes<T, T> {
-  using Bits = typename Traits<T>::Bits;
+  using Bits = std::make_unsigned_t<typename Traits<T>::Bits>;
   static PYINV_ALWAYS_INLINE Bits to_bits(T x) {
     Bits b;
     std::memcpy(&b, &x, sizeof(T));
