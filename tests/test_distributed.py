@@ -169,7 +169,7 @@ def test_run_on_two_gloo_processes_matches_one(tmp_path):
 
 
 _ALONE_SCRIPT = r"""
-import json, sys
+import json, pathlib, sys
 import torch
 from pyinverse import distributed
 from pyinverse.metrics import FID
@@ -195,8 +195,8 @@ if rank == 0:  # rank 0 works by itself while rank 1 waits in the collective bel
 total = torch.tensor([rank + 1.0])
 torch.distributed.all_reduce(total)  # both ranks meet here, whatever rank 0 did alone
 out["total"] = float(total)
-print(json.dumps(out))
-sys.stdout.flush()
+# One file per rank: the ranks share torchrun's stdout, where two prints can interleave mid-line.
+pathlib.Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps(out))
 distributed.destroy()
 """
 
@@ -207,10 +207,11 @@ def test_alone_keeps_one_ranks_reductions_to_itself(tmp_path):
     script = tmp_path / "alone.py"
     script.write_text(_ALONE_SCRIPT)
     process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(script)], env=_environment(), capture_output=True, text=True, timeout=120)
+                              str(script), str(tmp_path)], env=_environment(), capture_output=True, text=True,
+                             timeout=120)
     assert process.returncode == 0, process.stderr[-3000:]
-    lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 2 and all(line["total"] == 3.0 for line in lines)
+    lines = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(line["total"] == 3.0 for line in lines)
     (first,) = [line for line in lines if "fid_alone" in line]
     assert first["count_alone"] == 40
     generator = torch.Generator().manual_seed(0)
