@@ -142,6 +142,20 @@ def require_float(info: ArrayInfo, name: str, op: str) -> None:
         raise TypeError(f"{op}: '{name}' must be float32 or float64, got {info.dtype}")
 
 
+def require_float_images(values: Any, what: str) -> None:
+    """``TypeError("{what}, got {dtype}; divide 8-bit images by 255")`` if ``values`` is a torch tensor
+    or numpy array of a non-float dtype: 8-bit images (0..255) cast to float would pass as images far
+    outside [0, 1]. Other inputs (nested lists) are left to the caller's conversion."""
+    if hasattr(values, "is_floating_point"):  # torch
+        floating = values.is_floating_point()
+    elif isinstance(values, np.ndarray):
+        floating = values.dtype.kind == "f"
+    else:
+        return
+    if not floating:
+        raise TypeError(f"{what}, got {values.dtype}; divide 8-bit images by 255")
+
+
 def check_device_available(info: ArrayInfo, name: str, op: str) -> None:
     """A CUDA input needs a CUDA build and a visible device; say which of the two is missing."""
     if info.device != "cuda":

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._backend import require_float_images
+
 METHODS = ("flow-langevin", "flow-map", "cimle")
 
 
@@ -63,15 +65,10 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"restore: 'num_samples' must be a positive int, got {num_samples!r}")
-    if isinstance(inputs, torch.Tensor):
-        floating, dtype = inputs.is_floating_point(), inputs.dtype
-        array = inputs.detach().float().cpu().numpy() if floating else None
-    else:
-        array = np.asarray(inputs)
-        floating, dtype = np.issubdtype(array.dtype, np.floating), array.dtype
-    if not floating:  # 8-bit images would otherwise be read as values 0..255
-        raise TypeError(f"restore: 'inputs' must hold floats (observations of images in [0, 1]), got {dtype}; "
-                        "divide 8-bit images by 255")
+    array = inputs.detach() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+    require_float_images(array, "restore: 'inputs' must hold floats (observations of images in [0, 1])")
+    if isinstance(array, torch.Tensor):
+        array = array.float().cpu().numpy()
     y = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if method == "cimle":
         from .imle import TASKS, load_generator, load_pretrained, shipped_tasks

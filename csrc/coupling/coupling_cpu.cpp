@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "core/parallel.h"
@@ -171,19 +170,20 @@ PYINV_ALWAYS_INLINE V apply_value(const V& in, const V& s, const V& t, V& multip
   }
 }
 
-template <typename T, bool kSlope, typename Sums>
-PYINV_ALWAYS_INLINE void keep_log_scale(const coupling::LogScale<Vec<T>>& ls, T* s, T* ds, int64_t i, Sums* sums) {
+template <typename T, bool kSlope, bool kSum>
+PYINV_ALWAYS_INLINE void keep_log_scale(const coupling::LogScale<Vec<T>>& ls, T* s, T* ds, int64_t i,
+                                        LaneSums* sums) {
   store(s + i, ls.s);
   if constexpr (kSlope) store(ds + i, ls.ds);  // ds may be null without a slope
-  if constexpr (!std::is_same_v<Sums, std::nullptr_t>) sums->add(ls.s);
+  if constexpr (kSum) sums->add(ls.s);         // sums may be null without a sum
 }
 
 // The log-scales s (and slopes ds/dh) of one block of n elements (a multiple of the lane count),
-// into `s` (an L1 buffer) and `ds`; `sums` (LaneSums, or a null std::nullptr_t*) adds up s. tanh's
-// chain is split once more, into its exponentials and then the quotient: about 1.2x faster here.
-template <typename T, Scale kScale, bool kSlope, typename Sums>
+// into `s` (an L1 buffer) and `ds`; with kSum, `sums` adds up s. tanh's chain is split once more,
+// into its exponentials and then the quotient: about 1.2x faster here.
+template <typename T, Scale kScale, bool kSlope, bool kSum>
 PYINV_ALWAYS_INLINE void log_scale_block(const T* h, int64_t n, const coupling::ScaleParameters<T>& scale, T* s,
-                                         T* ds, Sums* sums) {
+                                         T* ds, LaneSums* sums) {
   constexpr int64_t W = vmath::Pack<T>::kLanes;
   if constexpr (kScale == Scale::Tanh) {
     alignas(64) T v[kBlock];
@@ -197,11 +197,12 @@ PYINV_ALWAYS_INLINE void log_scale_block(const T* h, int64_t n, const coupling::
       coupling::TanhExponentials<Vec<T>> e;
       e.v = load(v + i);
       if constexpr (kSlope) e.w = load(w + i);
-      keep_log_scale<T, kSlope>(coupling::tanh_log_scale<T, kSlope>(load(h + i), e, scale.clamp), s, ds, i, sums);
+      const auto ls = coupling::tanh_log_scale<T, kSlope>(load(h + i), e, scale.clamp);
+      keep_log_scale<T, kSlope, kSum>(ls, s, ds, i, sums);
     }
   } else {
     for (int64_t i = 0; i < n; i += W) {
-      keep_log_scale<T, kSlope>(coupling::log_scale<T, kScale, kSlope>(load(h + i), scale), s, ds, i, sums);
+      keep_log_scale<T, kSlope, kSum>(coupling::log_scale<T, kScale, kSlope>(load(h + i), scale), s, ds, i, sums);
     }
   }
 }
@@ -216,7 +217,7 @@ PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* ou
   const int64_t vector_end = begin + (end - begin) / W * W;
   for (int64_t block = begin; block < vector_end; block += kBlock) {
     const int64_t block_end = std::min(vector_end, block + kBlock);
-    log_scale_block<T, kScale, kSave>(h + block, block_end - block, scale, log_scales,
+    log_scale_block<T, kScale, kSave, true>(h + block, block_end - block, scale, log_scales,
                                       kSave ? slope + block : nullptr, &sums);
     for (int64_t i = block; i < block_end; i += W) {
       Vec<T> m;
@@ -382,8 +383,7 @@ PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, i
   const int64_t vector_end = begin + (end - begin) / W * W;
   for (int64_t block = begin; block < vector_end; block += kBlock) {
     const int64_t block_end = std::min(vector_end, block + kBlock);
-    log_scale_block<T, kScale, true>(p.h + block, block_end - block, scale, log_scales, slopes,
-                                     static_cast<std::nullptr_t*>(nullptr));
+    log_scale_block<T, kScale, true, false>(p.h + block, block_end - block, scale, log_scales, slopes, nullptr);
     for (int64_t i = block; i < block_end; i += W) {
       const coupling::LogScale<Vec<T>> ls{load(log_scales + (i - block)), load(slopes + (i - block))};
       const Vec<T> t = kNeedsT ? load(p.t + i) : Vec<T>{};

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._backend import require_float_images
 from .._io import atomic_write, read_model_file
 from ..draws import Draws
 
@@ -246,9 +247,7 @@ class ConditionalGenerator(nn.Module):
         chunk = _positive_int(chunk, where, "chunk")
         parameter = next(self.parameters())
         y = torch.as_tensor(y)
-        if not y.is_floating_point():  # uint8 0..255 cast to float would be read as far-out-of-range images
-            raise TypeError(f"{where}: 'y' must hold floats (images in [0, 1]), got {y.dtype}; "
-                            "divide 8-bit images by 255")
+        require_float_images(y, f"{where}: 'y' must hold floats (images in [0, 1])")
         y = y.to(device=parameter.device, dtype=parameter.dtype)
         expected = (self.in_channels, *self.image_size)
         if y.ndim != 4 or tuple(y.shape[1:]) != expected:

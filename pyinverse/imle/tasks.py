@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._backend import require_float_images
 from ..physics import Downsample, Grayscale, JPEG
 from ..physics.base import Operator
 from .generator import ConditionalGenerator, load_generator
@@ -74,9 +75,7 @@ class Task:
     def lift(self, y: Any) -> torch.Tensor:
         """The baseline / generator input: (B, C', H', W') float observations -> (B, C, H, W) float32 in [0, 1]."""
         y = torch.as_tensor(y)
-        if not y.is_floating_point():  # uint8 0..255 would be clamped to a white image
-            raise TypeError(f"Task({self.name!r}).lift: 'y' must hold floats (images in [0, 1]), got {y.dtype}; "
-                            "divide 8-bit images by 255")
+        require_float_images(y, f"Task({self.name!r}).lift: 'y' must hold floats (images in [0, 1])")
         if y.ndim != 4:
             raise ValueError(f"Task({self.name!r}).lift: 'y' must have shape (B, C, H, W), got {tuple(y.shape)}")
         return self.lift_fn(y.to(torch.float32)).clamp(0.0, 1.0)
@@ -101,10 +100,7 @@ class Task:
         """``(lift(A(x)), x)`` for images x (N, C, H, W) in [0, 1] (torch, numpy or nested
         lists): generator inputs and targets (float32 torch)."""
         where = f"Task({self.name!r}).pairs"
-        if (isinstance(images, torch.Tensor) and not images.is_floating_point()
-                or isinstance(images, np.ndarray) and images.dtype.kind != "f"):  # 0..255 would pass as images
-            raise TypeError(f"{where}: 'images' must hold floats in [0, 1], got {images.dtype}; "
-                            "divide 8-bit images by 255")
+        require_float_images(images, f"{where}: 'images' must hold floats in [0, 1]")
         if isinstance(images, torch.Tensor):
             x = images.detach().to(torch.float32)
         else:
