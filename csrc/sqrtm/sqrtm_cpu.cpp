@@ -94,7 +94,7 @@ struct BlockScratch {
         composed(static_cast<size_t>(n) * n * w),
         lambda(static_cast<size_t>(n) * w),
         f(static_cast<size_t>(n) * w),
-        work(static_cast<size_t>(4) * n * w) {}
+        work(static_cast<size_t>(5) * n * w) {}
 };
 
 template <typename T, int W>

@@ -44,8 +44,8 @@ struct DeviceOutputs {
   void* eigenvectors_out;
 };
 
-// Doubles of workspace per matrix: a and zt (n x n each), lambda (n), the solver's 4 n-vectors.
-__host__ __device__ int64_t workspace_per_matrix(int n) { return 2 * int64_t(n) * n + 5 * int64_t(n); }
+// Doubles of workspace per matrix: a and zt (n x n each), lambda (n), the solver's 5 n-vectors.
+__host__ __device__ int64_t workspace_per_matrix(int n) { return 2 * int64_t(n) * n + 6 * int64_t(n); }
 
 // status[0]: first matrix holding NaN/inf, status[1]: first asymmetric one (all ones: none).
 __device__ void note_loaded(unsigned long long* status, int64_t index, const sqrtm::LoadStats& stats,
