@@ -76,6 +76,24 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int64_t pick(int64_t mask, int64_t a, int64
 // are caught by the finiteness check instead).
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double larger(double a, double b) { return a > b ? a : b; }
 
+#if PYINV_DEVICE_CODE
+constexpr int kVectorLanes = 1;  // one lane per thread on the device
+using LaneVector = double;
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double load_lanes(const double* p) { return *p; }
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void store_lanes(double* p, double v) { *p = v; }
+#else
+// Four lanes as one GCC vector value (one AVX2 register, two SSE2 ones), so that a running value
+// lives in registers across loops: an array of W doubles is kept on the stack.
+constexpr int kVectorLanes = 4;
+typedef double LaneVector __attribute__((vector_size(8 * kVectorLanes)));
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE LaneVector load_lanes(const double* p) {
+  LaneVector v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void store_lanes(double* p, LaneVector v) { memcpy(p, &v, sizeof(v)); }
+#endif
+
 // The smallest power of 4 above max_abs (1 for 0 or non-finite), kept within 4^-511 .. 4^511 so that
 // it and its inverse are normal numbers: dividing by it is exact, leaves every entry below 4 in
 // magnitude (below 1 unless max_abs >= 2^1022; squares cannot overflow either way), and its square
@@ -160,11 +178,13 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
                                                          double* w, int n, int64_t ls) {
   for (int k = 0; k + 2 < n; ++k) {
     double sigma[W];
-    for (int l = 0; l < W; ++l) sigma[l] = 0.0;
-    for (int i = k + 2; i < n; ++i) {
-      const double* aik = a + at(i, k, n, ls);
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) sigma[l] += aik[l] * aik[l];
+    for (int lane = 0; lane < W; lane += kVectorLanes) {
+      LaneVector sum{};
+      for (int i = k + 2; i < n; ++i) {
+        const LaneVector aik = load_lanes(a + at(i, k, n, ls) + lane);
+        sum += aik * aik;
+      }
+      store_lanes(sigma + lane, sum);
     }
     double* alpha = a + at(k + 1, k, n, ls);
     double factor[W], scal[W];
@@ -190,31 +210,24 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
       PYINV_SQRTM_SIMD
       for (int l = 0; l < W; ++l) p[i * ls + l] = 0.0;
     }
-    for (int j = k + 1; j < n; ++j) {
-      const double* vj = a + at(j, k, n, ls);
-      const double* ajj = a + at(j, j, n, ls);
-      double pj[W];
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) pj[l] = p[j * ls + l] + ajj[l] * vj[l];
-      for (int i = j + 1; i < n; ++i) {  // symmetric matrix-vector product from the lower triangle
-        const double* aij = a + at(i, j, n, ls);
-        const double* vi = a + at(i, k, n, ls);
-        PYINV_SQRTM_SIMD
-        for (int l = 0; l < W; ++l) {
-          p[i * ls + l] += aij[l] * vj[l];
-          pj[l] += aij[l] * vi[l];
+    for (int j = k + 1; j < n; ++j) {  // symmetric matrix-vector product from the lower triangle
+      for (int lane = 0; lane < W; lane += kVectorLanes) {
+        const LaneVector vj = load_lanes(a + at(j, k, n, ls) + lane);
+        LaneVector pj = load_lanes(p + j * ls + lane) + load_lanes(a + at(j, j, n, ls) + lane) * vj;
+        for (int i = j + 1; i < n; ++i) {
+          const LaneVector aij = load_lanes(a + at(i, j, n, ls) + lane);
+          store_lanes(p + i * ls + lane, load_lanes(p + i * ls + lane) + aij * vj);
+          pj += aij * load_lanes(a + at(i, k, n, ls) + lane);
         }
+        store_lanes(p + j * ls + lane, pj);
       }
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) p[j * ls + l] = pj[l];
     }
     // w = tau p - (tau^2 / 2) (p . v) v, then B -= v w^T + w v^T.
     double half_dot[W];
-    for (int l = 0; l < W; ++l) half_dot[l] = 0.0;
-    for (int i = k + 1; i < n; ++i) {
-      const double* vi = a + at(i, k, n, ls);
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) half_dot[l] += p[i * ls + l] * vi[l];
+    for (int lane = 0; lane < W; lane += kVectorLanes) {
+      LaneVector sum{};
+      for (int i = k + 1; i < n; ++i) sum += load_lanes(p + i * ls + lane) * load_lanes(a + at(i, k, n, ls) + lane);
+      store_lanes(half_dot + lane, sum);
     }
     PYINV_SQRTM_SIMD
     for (int l = 0; l < W; ++l) half_dot[l] *= 0.5 * factor[l] * factor[l];
@@ -266,41 +279,19 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void accumulate_q(const double* a, const do
     // Q <- H_k Q touches rows k+1.. of Q, i.e. columns k+1.. of zt, in rows k+1.. of zt.
     for (int r = k + 1; r < n; ++r) {
       double* row = zt + at(r, 0, n, ls);
-      double dot[W];
-      for (int l = 0; l < W; ++l) dot[l] = 0.0;
-      for (int i = k + 1; i < n; ++i) {
-        const double* vi = a + at(i, k, n, ls);
-        PYINV_SQRTM_SIMD
-        for (int l = 0; l < W; ++l) dot[l] += row[i * ls + l] * vi[l];
-      }
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) dot[l] *= tau[k * ls + l];
-      for (int i = k + 1; i < n; ++i) {
-        const double* vi = a + at(i, k, n, ls);
-        PYINV_SQRTM_SIMD
-        for (int l = 0; l < W; ++l) row[i * ls + l] -= dot[l] * vi[l];
+      for (int lane = 0; lane < W; lane += kVectorLanes) {
+        LaneVector dot{};
+        for (int i = k + 1; i < n; ++i) dot += load_lanes(row + i * ls + lane) * load_lanes(a + at(i, k, n, ls) + lane);
+        dot *= load_lanes(tau + k * ls + lane);
+        for (int i = k + 1; i < n; ++i) {
+          const double* vi = a + at(i, k, n, ls) + lane;
+          store_lanes(row + i * ls + lane, load_lanes(row + i * ls + lane) - dot * load_lanes(vi));
+        }
       }
     }
   }
 }
 
-#if PYINV_DEVICE_CODE
-constexpr int kVectorLanes = 1;  // one lane per thread on the device
-using LaneVector = double;
-PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double load_lanes(const double* p) { return *p; }
-PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void store_lanes(double* p, double v) { *p = v; }
-#else
-// Four lanes as one GCC vector value (one AVX2 register, two SSE2 ones), so that a running value
-// lives in registers across loops: an array of W doubles is kept on the stack.
-constexpr int kVectorLanes = 4;
-typedef double LaneVector __attribute__((vector_size(8 * kVectorLanes)));
-PYINV_HOST_DEVICE PYINV_SQRTM_INLINE LaneVector load_lanes(const double* p) {
-  LaneVector v;
-  memcpy(&v, p, sizeof(v));
-  return v;
-}
-PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void store_lanes(double* p, LaneVector v) { memcpy(p, &v, sizeof(v)); }
-#endif
 
 // One QL iteration's rotation sequence (rotations top-1 .. l, cosines in c and sines in s, n x ls)
 // applied to the rows of zt as LAPACK's dlasr does: kColumns columns at a time, each column's
