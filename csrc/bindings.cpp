@@ -47,8 +47,11 @@ py::dict build_info() {
 #if PYINV_X86_AVX2_DISPATCH
   // The loops dispatched by hand (host_device.h): PYINVERSE_CPU_BASELINE=1 selects the portable ones.
   info["quantile_loops"] = std::string(pyinv::use_avx2_loops() ? "avx2" : "portable");
+  // PYINVERSE_CPU_NO_AVX512=1 (or PYINVERSE_CPU_BASELINE=1) keeps the coupling on its 32-byte loops.
+  info["coupling_loops"] = std::string(pyinv::use_avx512_loops() ? "avx512" : "32-byte vectors (cpu_dispatch)");
 #else
   info["quantile_loops"] = std::string("portable");
+  info["coupling_loops"] = std::string("32-byte vectors (cpu_dispatch)");
 #endif
 #if defined(__SANITIZE_ADDRESS__)
   info["sanitizers"] = std::string("address,undefined");

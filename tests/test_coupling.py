@@ -1,6 +1,10 @@
 """pyinverse.ops.coupling against the float64 formulas of tests/reference.py, on fresh seeded random
 inputs and the hard cases (saturated and infinite h, NaN, empty and odd sizes, strided inputs),
 plus torch gradcheck of the autograd wrapper and the accuracy of the vectorised exp/tanh/atan."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -167,6 +171,57 @@ def test_logdet_is_deterministic_across_thread_counts(rng):
         pyinverse.set_num_threads(previous)
     np.testing.assert_array_equal(one.logdet, two.logdet)
     np.testing.assert_array_equal(one.output, two.output)
+
+
+def test_avx512_loops_match_the_32_byte_loops(rng, tmp_path):
+    """On a CPU with AVX-512 the loops run on 64-byte vectors; PYINVERSE_CPU_NO_AVX512=1 keeps the
+    32-byte ones (what an AVX2 CPU runs). Outputs, logdets (odd sizes: the scalar tail too) and
+    gradients from h and from the saved values must have the same bits, NaN and inf included."""
+    pyinverse.ops  # noqa: B018 (the extension is built)
+    if pyinverse._C.build_info()["coupling_loops"] != "avx512":
+        pytest.skip("this CPU (or build) has no AVX-512 coupling loops")
+    arrays = {}
+    for shape in [(3, 5, 7, 11), (2, 8192 + 45), (4, 16)]:
+        for dtype in DTYPES:
+            x, h, t = random_inputs(rng, shape, dtype)
+            h.reshape(-1)[:3] = [np.inf, -np.inf, np.nan]
+            arrays[f"{len(arrays)}"] = np.stack([x, h, t])
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    code = ("import sys, numpy as np, torch, pyinverse\n"
+            "from pyinverse.ops.coupling import affine_coupling, affine_coupling_inverse, affine_coupling_vjp\n"
+            "inputs, out = np.load(sys.argv[1]), {}\n"
+            "for key in inputs.files:\n"
+            "    x, h, t = inputs[key]\n"
+            "    gl = np.linspace(-1, 1, len(x)).astype(x.dtype)\n"
+            "    for scale in ('tanh', 'atan', 'sigmoid', 'exp'):\n"
+            "        for inverse, run in ((False, affine_coupling), (True, affine_coupling_inverse)):\n"
+            "            y, logdet = run(x, h, t, clamp=1.5, scale=scale)\n"
+            "            side = {'x_b': y} if inverse else {'y_b': y}  # the direction's output\n"
+            "            g = affine_coupling_vjp(x, gl, h, t, **side, inverse=inverse, reconstruct=True, clamp=1.5,\n"
+            "                                    scale=scale)\n"
+            "            leaves = [torch.from_numpy(a).requires_grad_(True) for a in (x, h, t)]\n"
+            "            ty, tl = run(*leaves, clamp=1.5, scale=scale)\n"
+            "            torch.autograd.backward((ty, tl), (torch.from_numpy(x), torch.from_numpy(gl)))\n"
+            "            values = [y, logdet, *g[:3], g.reconstructed] + [leaf.grad.numpy() for leaf in leaves]\n"
+            "            for i, v in enumerate(values):\n"
+            "                out[f'{key}-{scale}-{inverse}-{i}'] = v\n"
+            "np.savez(sys.argv[2], **out)\n"
+            "print(pyinverse._C.build_info()['coupling_loops'])\n")
+    results = {}
+    for name, narrow in (("avx512", False), ("32-byte", True)):
+        env = {k: v for k, v in os.environ.items() if k not in ("PYINVERSE_CPU_NO_AVX512", "PYINVERSE_CPU_BASELINE")}
+        if narrow:
+            env["PYINVERSE_CPU_NO_AVX512"] = "1"
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "inputs.npz"), str(tmp_path / f"{name}.npz")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines()[-1].startswith("32-byte" if narrow else "avx512")
+        results[name] = np.load(tmp_path / f"{name}.npz")
+    wide, narrow = results["avx512"], results["32-byte"]
+    assert wide.files == narrow.files and len(wide.files) == 6 * 4 * 2 * 9
+    for key in wide.files:
+        np.testing.assert_array_equal(wide[key], narrow[key], err_msg=key)
+    assert any(np.isnan(wide[key]).any() for key in wide.files)
 
 
 # ---- layouts ---------------------------------------------------------------------------------------

@@ -36,6 +36,15 @@ inline bool use_avx2_loops() {
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !std::getenv("PYINVERSE_CPU_BASELINE");
   return value;
 }
+// Whether loops that have a 64-byte-vector version (the coupling kernel's) take it: the CPU (and
+// OS) support AVX-512 F, DQ, BW and VL, and neither PYINVERSE_CPU_BASELINE nor
+// PYINVERSE_CPU_NO_AVX512 is set (the tests set the latter to compare the two versions).
+inline bool use_avx512_loops() {
+  static const bool value = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                            !std::getenv("PYINVERSE_CPU_BASELINE") && !std::getenv("PYINVERSE_CPU_NO_AVX512");
+  return value;
+}
 }  // namespace pyinv
 #else
 #define PYINV_X86_AVX2_DISPATCH 0

@@ -1,5 +1,6 @@
-// CPU shell of the coupling family: explicit-SIMD loops (32-byte GCC vectors, compiled for AVX2
-// and for the baseline and picked at load time) around the arithmetic of coupling_kernel.h.
+// CPU shell of the coupling family: explicit-SIMD loops (coupling_loops.inc: 32-byte GCC vectors
+// compiled for AVX2 and for the baseline, 64-byte ones for AVX-512, picked at load time) around the
+// arithmetic of coupling_kernel.h.
 // The loops are bound by the latency of the elementary functions' dependency chains, not by
 // memory, hence the loop fission below (kBlock).
 // Work items are (row, chunk of kChunk elements) so that a large sample splits across threads;
@@ -58,10 +59,6 @@ namespace {
 
 using coupling::Scale;
 
-template <typename T>
-using Vec = typename vmath::Pack<T>::type;
-using DoubleVec = vmath::Pack<double>::type;
-
 // Elements per work item: a multiple of every lane count, so the vector/tail split of a row is
 // the same whatever the threads do.
 constexpr int64_t kChunk = 8192;
@@ -69,39 +66,6 @@ constexpr int64_t kChunk = 8192;
 // used by a second. Each loop then has half the dependency chain (tanh, then exp), so twice as
 // many iterations overlap in the out-of-order window: 1.4x faster than one fused loop here.
 constexpr int64_t kBlock = 256;
-
-template <typename T>
-PYINV_ALWAYS_INLINE Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-PYINV_ALWAYS_INLINE void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// float64 sums of the log-scales, one per lane of a float vector.
-struct LaneSums {
-  DoubleVec low{}, high{};
-
-  PYINV_ALWAYS_INLINE void add(const Vec<float>& s) {
-    typedef float Half __attribute__((vector_size(16)));
-    Half first, second;
-    std::memcpy(&first, &s, sizeof(Half));
-    std::memcpy(&second, reinterpret_cast<const char*>(&s) + sizeof(Half), sizeof(Half));
-    low += __builtin_convertvector(first, DoubleVec);
-    high += __builtin_convertvector(second, DoubleVec);
-  }
-  PYINV_ALWAYS_INLINE void add(const Vec<double>& s) { low += s; }
-  PYINV_ALWAYS_INLINE double total() const {
-    double sum = 0.0;
-    for (int lane = 0; lane < 4; ++lane) sum += low[lane];
-    for (int lane = 0; lane < 4; ++lane) sum += high[lane];
-    return sum;
-  }
-};
 
 template <typename T>
 struct Rows {
@@ -170,92 +134,6 @@ PYINV_ALWAYS_INLINE V apply_value(const V& in, const V& s, const V& t, V& multip
   }
 }
 
-template <typename T, bool kSlope, bool kSum>
-PYINV_ALWAYS_INLINE void keep_log_scale(const coupling::LogScale<Vec<T>>& ls, T* s, T* ds, int64_t i,
-                                        LaneSums* sums) {
-  store(s + i, ls.s);
-  if constexpr (kSlope) store(ds + i, ls.ds);  // ds may be null without a slope
-  if constexpr (kSum) sums->add(ls.s);         // sums may be null without a sum
-}
-
-// The log-scales s (and slopes ds/dh) of one block of n elements (a multiple of the lane count),
-// into `s` (an L1 buffer) and `ds`; with kSum, `sums` adds up s. tanh's chain is split once more,
-// into its exponentials and then the quotient: about 1.2x faster here.
-template <typename T, Scale kScale, bool kSlope, bool kSum>
-PYINV_ALWAYS_INLINE void log_scale_block(const T* h, int64_t n, const coupling::ScaleParameters<T>& scale, T* s,
-                                         T* ds, LaneSums* sums) {
-  constexpr int64_t W = vmath::Pack<T>::kLanes;
-  if constexpr (kScale == Scale::Tanh) {
-    alignas(64) T v[kBlock];
-    alignas(64) T w[kSlope ? kBlock : 1];
-    for (int64_t i = 0; i < n; i += W) {
-      const auto e = coupling::tanh_exponentials<T, kSlope>(load(h + i), scale);
-      store(v + i, e.v);
-      if constexpr (kSlope) store(w + i, e.w);
-    }
-    for (int64_t i = 0; i < n; i += W) {
-      coupling::TanhExponentials<Vec<T>> e;
-      e.v = load(v + i);
-      if constexpr (kSlope) e.w = load(w + i);
-      const auto ls = coupling::tanh_log_scale<T, kSlope>(load(h + i), e, scale.clamp);
-      keep_log_scale<T, kSlope, kSum>(ls, s, ds, i, sums);
-    }
-  } else {
-    for (int64_t i = 0; i < n; i += W) {
-      keep_log_scale<T, kSlope, kSum>(coupling::log_scale<T, kScale, kSlope>(load(h + i), scale), s, ds, i, sums);
-    }
-  }
-}
-
-template <typename T, Scale kScale, bool kInverse, bool kBoundedExp, bool kSave>
-PYINV_ALWAYS_INLINE double apply_span(const T* in, const T* h, const T* t, T* out, T* multiplier, T* slope,
-                                      int64_t begin, int64_t end,
-                                      const coupling::ScaleParameters<T>& scale) {
-  constexpr int64_t W = vmath::Pack<T>::kLanes;
-  alignas(64) T log_scales[kBlock];
-  LaneSums sums;
-  const int64_t vector_end = begin + (end - begin) / W * W;
-  for (int64_t block = begin; block < vector_end; block += kBlock) {
-    const int64_t block_end = std::min(vector_end, block + kBlock);
-    log_scale_block<T, kScale, kSave, true>(h + block, block_end - block, scale, log_scales,
-                                      kSave ? slope + block : nullptr, &sums);
-    for (int64_t i = block; i < block_end; i += W) {
-      Vec<T> m;
-      store(out + i, apply_value<T, kInverse, kBoundedExp, kSave>(load(in + i), load(log_scales + (i - block)),
-                                                                  load(t + i), m));
-      if constexpr (kSave) store(multiplier + i, m);
-    }
-  }
-  double tail = 0.0;
-  for (int64_t i = vector_end; i < end; ++i) {  // the same arithmetic on scalars: identical bits to a lane
-    const auto ls = coupling::log_scale<T, kScale, kSave>(h[i], scale);
-    T m;
-    out[i] = apply_value<T, kInverse, kBoundedExp, kSave>(in[i], ls.s, t[i], m);
-    if constexpr (kSave) {
-      multiplier[i] = m;
-      slope[i] = ls.ds;
-    }
-    tail += static_cast<double>(ls.s);
-  }
-  return sums.total() + tail;
-}
-
-template <typename T, Scale kScale, bool kInverse, bool kBoundedExp = false>
-PYINV_ALWAYS_INLINE void apply_items_typed(const ApplyArgs<T>& args, int64_t first, int64_t last) {
-  const bool save = args.multiplier.data != nullptr;
-  for (int64_t item = first; item < last; ++item) {
-    const int64_t b = args.grid.row(item);
-    const T *in = args.in.row(b), *h = args.h.row(b), *t = args.t.row(b);
-    T *out = args.out.row(b), *multiplier = args.multiplier.row(b), *slope = args.slope.row(b);
-    const int64_t begin = args.grid.begin(item), end = args.grid.end(item);
-    args.partial_logdet[item] =
-        save ? apply_span<T, kScale, kInverse, kBoundedExp, true>(in, h, t, out, multiplier, slope, begin, end,
-                                                                  args.scale)
-             : apply_span<T, kScale, kInverse, kBoundedExp, false>(in, h, t, out, multiplier, slope, begin, end,
-                                                                   args.scale);
-  }
-}
-
 // With tanh and atan |s| < clamp: a moderate clamp lets exp(s) skip its overflow handling.
 template <typename T>
 bool bounded_log_scale(const CouplingProblem& problem) {
@@ -263,51 +141,72 @@ bool bounded_log_scale(const CouplingProblem& problem) {
          problem.clamp <= static_cast<double>(vmath::kExpBoundedLimit<T>);
 }
 
-template <typename T, bool kInverse>
-PYINV_ALWAYS_INLINE void apply_items_direction(const ApplyArgs<T>& args, int64_t first, int64_t last) {
-  const bool bounded = args.bounded_exp;
-  switch (args.problem->scale) {
-    case Scale::Tanh:
-      if (bounded) {
-        apply_items_typed<T, Scale::Tanh, kInverse, true>(args, first, last);
-      } else {
-        apply_items_typed<T, Scale::Tanh, kInverse>(args, first, last);
-      }
-      break;
-    case Scale::Atan:
-      if (bounded) {
-        apply_items_typed<T, Scale::Atan, kInverse, true>(args, first, last);
-      } else {
-        apply_items_typed<T, Scale::Atan, kInverse>(args, first, last);
-      }
-      break;
-    case Scale::Sigmoid: apply_items_typed<T, Scale::Sigmoid, kInverse>(args, first, last); break;
-    case Scale::Exp: apply_items_typed<T, Scale::Exp, kInverse>(args, first, last); break;
+// ---- backward --------------------------------------------------------------------------------
+
+template <typename T>
+struct BackwardArgs {
+  const CouplingProblem* problem;
+  Rows<T> known, h, t, grad_out, saved_multiplier, saved_slope;
+  const T* grad_logdet;
+  MutableRows<T> grad_in, grad_h, grad_t, reconstructed;
+  ItemGrid grid;
+  coupling::ScaleParameters<T> scale;
+  bool bounded_exp;
+};
+
+template <typename T>
+struct RowPointers {
+  const T *known, *h, *t, *grad_out;
+  T *grad_in, *grad_h, *grad_t, *reconstructed;
+};
+
+template <typename T, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp, typename V>
+PYINV_ALWAYS_INLINE coupling::ElementGrads<V> element_grads(const V& known, const V& t, const V& g, const V& gl,
+                                                             const coupling::LogScale<V>& ls) {
+  if constexpr (kInverse) {
+    return coupling::coupling_inverse_grads<T, kKnownIsOutput, kReconstruct, kBoundedExp>(known, t, g, gl, ls);
+  } else {
+    return coupling::coupling_forward_grads<T, kKnownIsOutput, kReconstruct, kBoundedExp>(known, t, g, gl, ls);
   }
+}
+
+// The loops with 32-byte vectors, compiled once per ISA (AVX2 / baseline) and picked at load time.
+namespace simd32 {
+constexpr int kPackBytes = 32;
+#define PYINV_COUPLING_ENTRY PYINV_TARGET_CLONES
+#include "coupling/coupling_loops.inc"
+#undef PYINV_COUPLING_ENTRY
+}  // namespace simd32
+
+#if PYINV_X86_AVX2_DISPATCH
+// The same loops with 64-byte vectors, for CPUs with AVX-512 (use_avx512_loops()).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl")
+namespace simd64 {
+constexpr int kPackBytes = 64;
+#define PYINV_COUPLING_ENTRY
+#include "coupling/coupling_loops.inc"
+#undef PYINV_COUPLING_ENTRY
+}  // namespace simd64
+#pragma GCC pop_options
+#endif
+
+template <typename T>
+void apply_items_dispatch(const ApplyArgs<T>& args, int64_t first, int64_t last) {
+#if PYINV_X86_AVX2_DISPATCH
+  if (use_avx512_loops()) return simd64::apply_entry(args, first, last);
+#endif
+  simd32::apply_entry(args, first, last);
 }
 
 template <typename T>
-PYINV_ALWAYS_INLINE void apply_items(const ApplyArgs<T>& args, int64_t first, int64_t last) {
-  if (args.problem->inverse) {
-    apply_items_direction<T, true>(args, first, last);
-  } else {
-    apply_items_direction<T, false>(args, first, last);
-  }
+void backward_items_dispatch(const BackwardArgs<T>& args, int64_t first, int64_t last, bool known_is_output) {
+#if PYINV_X86_AVX2_DISPATCH
+  if (use_avx512_loops()) return simd64::backward_entry(args, first, last, known_is_output);
+#endif
+  simd32::backward_entry(args, first, last, known_is_output);
 }
 
-// The hot loops, compiled once per ISA (AVX2 / baseline) and picked at load time.
-PYINV_TARGET_CLONES void apply_items_f32(const ApplyArgs<float>& args, int64_t first, int64_t last) {
-  apply_items<float>(args, first, last);
-}
-PYINV_TARGET_CLONES void apply_items_f64(const ApplyArgs<double>& args, int64_t first, int64_t last) {
-  apply_items<double>(args, first, last);
-}
-void apply_items_dispatch(const ApplyArgs<float>& args, int64_t first, int64_t last) {
-  apply_items_f32(args, first, last);
-}
-void apply_items_dispatch(const ApplyArgs<double>& args, int64_t first, int64_t last) {
-  apply_items_f64(args, first, last);
-}
 
 template <typename T>
 void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput h, CouplingInput t,
@@ -343,182 +242,6 @@ void apply_typed(const CouplingProblem& problem, CouplingInput in, CouplingInput
   }
 }
 
-// ---- backward --------------------------------------------------------------------------------
-
-template <typename T>
-struct BackwardArgs {
-  const CouplingProblem* problem;
-  Rows<T> known, h, t, grad_out, saved_multiplier, saved_slope;
-  const T* grad_logdet;
-  MutableRows<T> grad_in, grad_h, grad_t, reconstructed;
-  ItemGrid grid;
-  coupling::ScaleParameters<T> scale;
-  bool bounded_exp;
-};
-
-template <typename T>
-struct RowPointers {
-  const T *known, *h, *t, *grad_out;
-  T *grad_in, *grad_h, *grad_t, *reconstructed;
-};
-
-template <typename T, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp, typename V>
-PYINV_ALWAYS_INLINE coupling::ElementGrads<V> element_grads(const V& known, const V& t, const V& g, const V& gl,
-                                                             const coupling::LogScale<V>& ls) {
-  if constexpr (kInverse) {
-    return coupling::coupling_inverse_grads<T, kKnownIsOutput, kReconstruct, kBoundedExp>(known, t, g, gl, ls);
-  } else {
-    return coupling::coupling_forward_grads<T, kKnownIsOutput, kReconstruct, kBoundedExp>(known, t, g, gl, ls);
-  }
-}
-
-template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp>
-PYINV_ALWAYS_INLINE void backward_span(const RowPointers<T>& p, T grad_logdet, int64_t begin, int64_t end,
-                                       const coupling::ScaleParameters<T>& scale) {
-  constexpr int64_t W = vmath::Pack<T>::kLanes;
-  constexpr bool kNeedsT = kReconstruct || (kKnownIsOutput != kInverse);
-  alignas(64) T log_scales[kBlock];
-  alignas(64) T slopes[kBlock];
-  const Vec<T> gl = vmath::splat<Vec<T>>(grad_logdet);
-  const int64_t vector_end = begin + (end - begin) / W * W;
-  for (int64_t block = begin; block < vector_end; block += kBlock) {
-    const int64_t block_end = std::min(vector_end, block + kBlock);
-    log_scale_block<T, kScale, true, false>(p.h + block, block_end - block, scale, log_scales, slopes, nullptr);
-    for (int64_t i = block; i < block_end; i += W) {
-      const coupling::LogScale<Vec<T>> ls{load(log_scales + (i - block)), load(slopes + (i - block))};
-      const Vec<T> t = kNeedsT ? load(p.t + i) : Vec<T>{};
-      const auto g = element_grads<T, kInverse, kKnownIsOutput, kReconstruct, kBoundedExp>(
-          load(p.known + i), t, load(p.grad_out + i), gl, ls);
-      if (p.grad_in) store(p.grad_in + i, g.grad_in);
-      if (p.grad_h) store(p.grad_h + i, g.grad_h);
-      if (p.grad_t) store(p.grad_t + i, g.grad_t);
-      if (kReconstruct) store(p.reconstructed + i, g.other);
-    }
-  }
-  for (int64_t i = vector_end; i < end; ++i) {
-    const auto ls = coupling::log_scale<T, kScale, true>(p.h[i], scale);
-    const T t = kNeedsT ? p.t[i] : T(0);
-    const auto g = element_grads<T, kInverse, kKnownIsOutput, kReconstruct, kBoundedExp>(p.known[i], t, p.grad_out[i],
-                                                                                        grad_logdet, ls);
-    if (p.grad_in) p.grad_in[i] = g.grad_in;
-    if (p.grad_h) p.grad_h[i] = g.grad_h;
-    if (p.grad_t) p.grad_t[i] = g.grad_t;
-    if (kReconstruct) p.reconstructed[i] = g.other;
-  }
-}
-
-// From a saving forward: no elementary function, one pass over memory.
-template <typename T, bool kInverse>
-PYINV_ALWAYS_INLINE void backward_saved_span(const RowPointers<T>& p, const T* multiplier, const T* slope,
-                                             T grad_logdet, int64_t begin, int64_t end) {
-  constexpr int64_t W = vmath::Pack<T>::kLanes;
-  const Vec<T> gl = vmath::splat<Vec<T>>(grad_logdet);
-  const int64_t vector_end = begin + (end - begin) / W * W;
-  for (int64_t i = begin; i < vector_end; i += W) {
-    const auto g = coupling::coupling_grads_saved<kInverse>(load(p.known + i), load(p.grad_out + i), gl,
-                                                            load(multiplier + i), load(slope + i));
-    if (p.grad_in) store(p.grad_in + i, g.grad_in);
-    if (p.grad_h) store(p.grad_h + i, g.grad_h);
-    if (p.grad_t) store(p.grad_t + i, g.grad_t);
-  }
-  for (int64_t i = vector_end; i < end; ++i) {
-    const auto g = coupling::coupling_grads_saved<kInverse>(p.known[i], p.grad_out[i], grad_logdet, multiplier[i],
-                                                            slope[i]);
-    if (p.grad_in) p.grad_in[i] = g.grad_in;
-    if (p.grad_h) p.grad_h[i] = g.grad_h;
-    if (p.grad_t) p.grad_t[i] = g.grad_t;
-  }
-}
-
-template <typename T, bool kInverse>
-PYINV_ALWAYS_INLINE void backward_saved_items(const BackwardArgs<T>& args, int64_t first, int64_t last) {
-  for (int64_t item = first; item < last; ++item) {
-    const int64_t b = args.grid.row(item);
-    const RowPointers<T> p{args.known.row(b),   nullptr,            nullptr,            args.grad_out.row(b),
-                           args.grad_in.row(b), args.grad_h.row(b), args.grad_t.row(b), nullptr};
-    backward_saved_span<T, kInverse>(p, args.saved_multiplier.row(b), args.saved_slope.row(b),
-                                     args.grad_logdet ? args.grad_logdet[b] : T(0), args.grid.begin(item),
-                                     args.grid.end(item));
-  }
-}
-
-template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kReconstruct, bool kBoundedExp>
-PYINV_ALWAYS_INLINE void backward_items_typed(const BackwardArgs<T>& args, int64_t first, int64_t last) {
-  for (int64_t item = first; item < last; ++item) {
-    const int64_t b = args.grid.row(item);
-    const RowPointers<T> p{args.known.row(b),   args.h.row(b),      args.t.row(b),      args.grad_out.row(b),
-                           args.grad_in.row(b), args.grad_h.row(b), args.grad_t.row(b), args.reconstructed.row(b)};
-    const T grad_logdet = args.grad_logdet ? args.grad_logdet[b] : T(0);
-    backward_span<T, kScale, kInverse, kKnownIsOutput, kReconstruct, kBoundedExp>(p, grad_logdet, args.grid.begin(item),
-                                                                     args.grid.end(item), args.scale);
-  }
-}
-
-template <typename T, Scale kScale, bool kInverse, bool kBoundedExp>
-PYINV_ALWAYS_INLINE void backward_items_known(const BackwardArgs<T>& args, int64_t first, int64_t last,
-                                              bool known_is_output) {
-  if (!known_is_output) {
-    backward_items_typed<T, kScale, kInverse, false, false, kBoundedExp>(args, first, last);
-  } else if (args.reconstructed.data) {
-    backward_items_typed<T, kScale, kInverse, true, true, kBoundedExp>(args, first, last);
-  } else {
-    backward_items_typed<T, kScale, kInverse, true, false, kBoundedExp>(args, first, last);
-  }
-}
-
-template <typename T, Scale kScale, bool kInverse>
-PYINV_ALWAYS_INLINE void backward_items_bounded(const BackwardArgs<T>& args, int64_t first, int64_t last,
-                                                bool known_is_output) {
-  if (args.bounded_exp) {
-    backward_items_known<T, kScale, kInverse, true>(args, first, last, known_is_output);
-  } else {
-    backward_items_known<T, kScale, kInverse, false>(args, first, last, known_is_output);
-  }
-}
-
-template <typename T, bool kInverse>
-PYINV_ALWAYS_INLINE void backward_items_direction(const BackwardArgs<T>& args, int64_t first, int64_t last,
-                                                  bool known_is_output) {
-  switch (args.problem->scale) {
-    case Scale::Tanh: backward_items_bounded<T, Scale::Tanh, kInverse>(args, first, last, known_is_output); break;
-    case Scale::Atan: backward_items_bounded<T, Scale::Atan, kInverse>(args, first, last, known_is_output); break;
-    case Scale::Sigmoid:
-      backward_items_known<T, Scale::Sigmoid, kInverse, false>(args, first, last, known_is_output);
-      break;
-    case Scale::Exp: backward_items_known<T, Scale::Exp, kInverse, false>(args, first, last, known_is_output); break;
-  }
-}
-
-template <typename T>
-PYINV_ALWAYS_INLINE void backward_items(const BackwardArgs<T>& args, int64_t first, int64_t last,
-                                        bool known_is_output) {
-  if (args.saved_multiplier.data) {
-    if (args.problem->inverse) {
-      backward_saved_items<T, true>(args, first, last);
-    } else {
-      backward_saved_items<T, false>(args, first, last);
-    }
-  } else if (args.problem->inverse) {
-    backward_items_direction<T, true>(args, first, last, known_is_output);
-  } else {
-    backward_items_direction<T, false>(args, first, last, known_is_output);
-  }
-}
-
-PYINV_TARGET_CLONES void backward_items_f32(const BackwardArgs<float>& args, int64_t first, int64_t last,
-                                            bool known_is_output) {
-  backward_items<float>(args, first, last, known_is_output);
-}
-PYINV_TARGET_CLONES void backward_items_f64(const BackwardArgs<double>& args, int64_t first, int64_t last,
-                                            bool known_is_output) {
-  backward_items<double>(args, first, last, known_is_output);
-}
-void backward_items_dispatch(const BackwardArgs<float>& args, int64_t first, int64_t last, bool known_is_output) {
-  backward_items_f32(args, first, last, known_is_output);
-}
-void backward_items_dispatch(const BackwardArgs<double>& args, int64_t first, int64_t last, bool known_is_output) {
-  backward_items_f64(args, first, last, known_is_output);
-}
 
 template <typename T>
 void backward_typed(const CouplingProblem& problem, const CouplingGradients& grads) {

@@ -1,7 +1,7 @@
 // The arithmetic of the affine coupling, shared by the CPU loops and the CUDA kernels.
 //
 // Every function is a template over the scalar type T (float, double) and the lane type V: on
-// the host V is T or a 32-byte GCC vector of T (vmath::Pack<T>::type, so that the CPU loops are
+// the host V is T or a 32- or 64-byte GCC vector of T (vmath::Pack, so that the CPU loops are
 // explicit SIMD); on the device V is T. Only the elementary functions differ: the host uses
 // csrc/coupling/vector_math.h (vectorisable, IEEE special values kept), the device uses CUDA's
 // math library. The formulas, written once, are below; the contract is in coupling.h.

@@ -5,7 +5,7 @@
 // semantics the kernels keep. Why explicit vectors: GCC does not if-convert the clamps of a range
 // reduction inside `#pragma omp simd` loops (it splits the paths and gives up on "control flow in
 // loop"), so the functions are templates over the lane type V: a scalar T, or a GCC vector of
-// 32 bytes of T (Pack<T>: one AVX2 register, two SSE registers in the baseline clone). Selects
+// 32 or 64 bytes of T (Pack<T, kBytes>: one AVX2 or AVX-512 register, two SSE ones). Selects
 // are `mask ? a : b` on whole vectors, no branches; bit patterns are reinterpreted with vector
 // casts. The same code on a scalar gives the same bits as on each vector lane (IEEE + - * /, no
 // FMA: the core builds with -ffp-contract=off), so loop tails are computed by the scalar
@@ -80,21 +80,24 @@ struct Traits<double> {
   static constexpr double kPio4Lo = 3.061616997868383e-17;
 };
 
-// 32 bytes of T as one GCC vector: 8 floats or 4 doubles. (64-byte vectors, two AVX2 registers
-// per operation, measured 1.5-6x slower: GCC lowers them poorly.)
-constexpr int kPackBytes = 32;
-
-template <typename T>
+// kBytes bytes of T as one GCC vector: 32 (8 floats or 4 doubles: one AVX2 register, two SSE ones)
+// or 64 (one AVX-512 register; only for loops compiled for AVX-512: on AVX2, two registers per
+// operation measured 1.5-6x slower, GCC lowers them poorly).
+template <typename T, int kBytes>
 struct Pack {
-  typedef T type __attribute__((vector_size(kPackBytes)));
-  typedef std::make_unsigned_t<typename Traits<T>::Bits> bits __attribute__((vector_size(kPackBytes)));
-  static constexpr int kLanes = static_cast<int>(kPackBytes / sizeof(T));
+  typedef T type __attribute__((vector_size(kBytes)));
+  static constexpr int kLanes = static_cast<int>(kBytes / sizeof(T));
 };
 
-// Bit reinterpretation for a lane type V (a scalar T or Pack<T>::type), as unsigned integers: shifting
-// a bit pattern left may overflow a signed one, undefined behaviour before C++20 (UBSan stops there).
+// Bit reinterpretation for a lane type V (a GCC vector of T, or T itself), as unsigned integers:
+// shifting a bit pattern left may overflow a signed one, undefined behaviour before C++20 (UBSan
+// stops there).
 template <typename T, typename V>
-struct Lanes;
+struct Lanes {
+  typedef std::make_unsigned_t<typename Traits<T>::Bits> Bits __attribute__((vector_size(sizeof(V))));
+  static PYINV_ALWAYS_INLINE Bits to_bits(const V& x) { return (Bits)x; }  // a vector cast reinterprets the bits
+  static PYINV_ALWAYS_INLINE V from_bits(const Bits& b) { return (V)b; }
+};
 
 template <typename T>
 struct Lanes<T, T> {
@@ -109,14 +112,6 @@ struct Lanes<T, T> {
     std::memcpy(&x, &b, sizeof(T));
     return x;
   }
-};
-
-template <typename T>
-struct Lanes<T, typename Pack<T>::type> {
-  using V = typename Pack<T>::type;
-  using Bits = typename Pack<T>::bits;
-  static PYINV_ALWAYS_INLINE Bits to_bits(const V& x) { return (Bits)x; }  // a vector cast reinterprets the bits
-  static PYINV_ALWAYS_INLINE V from_bits(const Bits& b) { return (V)b; }
 };
 
 // A constant in every lane.

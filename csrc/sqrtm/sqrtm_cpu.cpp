@@ -7,6 +7,8 @@
 #include <mutex>
 #include <vector>
 
+// LaneVector values (sqrtm_kernel.h) cross no call boundary: every helper is force-inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
 #include "core/parallel.h"
 #include "sqrtm/sqrtm.h"
 #include "sqrtm/jacobi_kernel.h"

@@ -314,7 +314,7 @@ struct PendingRotations {
   int64_t ls = 0;
   int group = 0, groups = 0, next = 0;  // next: the rotation the current group applies next
   double* row = nullptr;                // element (next, group * kColumns) of zt
-  LaneVector carry[kColumns][kParts];
+  LaneVector carry[kColumns][kParts] = {};
 
   PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void start(double* zt_, const double* c_, const double* s_, int l_, int top_,
                                                   int n_, int64_t ls_) {
