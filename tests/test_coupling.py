@@ -177,7 +177,6 @@ def test_avx512_loops_match_the_32_byte_loops(rng, tmp_path):
     """On a CPU with AVX-512 the loops run on 64-byte vectors; PYINVERSE_CPU_NO_AVX512=1 keeps the
     32-byte ones (what an AVX2 CPU runs). Outputs, logdets (odd sizes: the scalar tail too) and
     gradients from h and from the saved values must have the same bits, NaN and inf included."""
-    pyinverse.ops  # noqa: B018 (the extension is built)
     if pyinverse._C.build_info()["coupling_loops"] != "avx512":
         pytest.skip("this CPU (or build) has no AVX-512 coupling loops")
     arrays = {}

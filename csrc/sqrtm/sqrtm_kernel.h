@@ -304,6 +304,14 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void accumulate_q(const double* a, const do
 // and division; the two overlap in the CPU's out-of-order window (n = 32: QL 22 -> 15 us per
 // matrix). Each column still sees the same rotations in the same order, so the result is bit for
 // bit that of applying each sequence at once.
+// One rotation of a column pair (x, carry): stores s x + c carry at y, returns c x - s carry, the
+// running value for the next rotation. Values, not references: a reference kept them in memory.
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE LaneVector rotate(LaneVector c, LaneVector s, LaneVector x, double* y,
+                                                       LaneVector carry) {
+  store_lanes(y, s * x + c * carry);
+  return c * x - s * carry;
+}
+
 template <int W>
 struct PendingRotations {
   static_assert(W % kVectorLanes == 0, "a lane block is whole vectors");
@@ -341,11 +349,9 @@ struct PendingRotations {
       for (int part = 0; part < kParts; ++part) {
         const int lane = part * kVectorLanes;
         const LaneVector ci = load_lanes(c + next * ls + lane), si = load_lanes(s + next * ls + lane);
-        for (int kk = 0; kk < kColumns; ++kk) {
-          const LaneVector x = load_lanes(row + kk * ls + lane);
-          store_lanes(row + row_step + kk * ls + lane, si * x + ci * carry[kk][part]);
-          carry[kk][part] = ci * x - si * carry[kk][part];
-        }
+        for (int kk = 0; kk < kColumns; ++kk)
+          carry[kk][part] = rotate(ci, si, load_lanes(row + kk * ls + lane), row + row_step + kk * ls + lane,
+                                   carry[kk][part]);
       }
       row -= row_step;
       if (--next < l) {
@@ -364,10 +370,8 @@ struct PendingRotations {
       for (int lane = 0; lane < W; lane += kVectorLanes) {
         LaneVector lone = load_lanes(zt + at(top, k0, n, ls) + lane);
         for (int i = top - 1; i >= l; --i) {
-          const LaneVector ci = load_lanes(c + i * ls + lane), si = load_lanes(s + i * ls + lane);
-          const LaneVector x = load_lanes(zt + at(i, k0, n, ls) + lane);
-          store_lanes(zt + at(i + 1, k0, n, ls) + lane, si * x + ci * lone);
-          lone = ci * x - si * lone;
+          lone = rotate(load_lanes(c + i * ls + lane), load_lanes(s + i * ls + lane),
+                        load_lanes(zt + at(i, k0, n, ls) + lane), zt + at(i + 1, k0, n, ls) + lane, lone);
         }
         store_lanes(zt + at(l, k0, n, ls) + lane, lone);
       }
