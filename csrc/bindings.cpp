@@ -179,7 +179,8 @@ PYBIND11_MODULE(_C, m) {
       "dci_add",
       [](const std::string& device, int device_index, const std::string& dtype, int64_t n_old, int64_t dim,
          int num_composite, int num_simple, uintptr_t directions, uintptr_t old_keys, uintptr_t old_ids,
-         uintptr_t new_data, int64_t n_new, uintptr_t out_keys, uintptr_t out_ids, uintptr_t stream) {
+         uintptr_t new_data, int64_t n_new, uintptr_t copy_to, uintptr_t out_keys, uintptr_t out_ids,
+         uintptr_t stream) -> py::object {
         DciShape shape;
         shape.dtype = parse_dtype(dtype, "DCIIndex.add");
         shape.n = n_old;
@@ -187,30 +188,40 @@ PYBIND11_MODULE(_C, m) {
         shape.num_composite = num_composite;
         shape.num_simple = num_simple;
         shape.validate("DCIIndex.add");
-        py::gil_scoped_release release;
         if (device == "cpu") {
-          dci_add_cpu(shape, as_ptr<const void>(directions), as_ptr<const void>(old_keys),
-                      as_ptr<const int32_t>(old_ids), as_ptr<const void>(new_data), n_new, as_ptr<void>(out_keys),
-                      as_ptr<int32_t>(out_ids));
-        } else if (device == "cuda") {
+          double largest_squared_norm;
+          {
+            py::gil_scoped_release release;
+            largest_squared_norm = dci_add_cpu(shape, as_ptr<const void>(directions), as_ptr<const void>(old_keys),
+                                               as_ptr<const int32_t>(old_ids), as_ptr<const void>(new_data), n_new,
+                                               as_ptr<void>(copy_to), as_ptr<void>(out_keys), as_ptr<int32_t>(out_ids));
+          }
+          return py::float_(largest_squared_norm);
+        }
+        if (device != "cuda") throw ValueError("DCIIndex.add: unknown device '" + device + "'");
+        if (copy_to != 0) throw ValueError("DCIIndex.add: copy_to is for CPU points only");
 #if PYINV_WITH_CUDA
+        {
+          py::gil_scoped_release release;
           cuda_set_device(device_index, "DCIIndex.add");
           dci_add_cuda(shape, as_ptr<const void>(directions), as_ptr<const void>(old_keys),
                        as_ptr<const int32_t>(old_ids), as_ptr<const void>(new_data), n_new, as_ptr<void>(out_keys),
                        as_ptr<int32_t>(out_ids), stream);
-#else
-          (void)stream;
-          (void)device_index;
-          throw ValueError("DCIIndex.add: input is on CUDA but pyinverse was built without CUDA");
-#endif
-        } else {
-          throw ValueError("DCIIndex.add: unknown device '" + device + "'");
         }
+        return py::none();
+#else
+        (void)stream;
+        (void)device_index;
+        throw ValueError("DCIIndex.add: input is on CUDA but pyinverse was built without CUDA");
+#endif
       },
       py::arg("device"), py::arg("device_index"), py::arg("dtype"), py::arg("n_old"), py::arg("dim"),
       py::arg("num_composite"), py::arg("num_simple"), py::arg("directions"), py::arg("old_keys"),
-      py::arg("old_ids"), py::arg("new_data"), py::arg("n_new"), py::arg("out_keys"), py::arg("out_ids"),
-      py::arg("stream"), "Sorted projections of n_old + n_new points from those of n_old; see pyinverse.knn.DCIIndex.");
+      py::arg("old_ids"), py::arg("new_data"), py::arg("n_new"), py::arg("copy_to"), py::arg("out_keys"),
+      py::arg("out_ids"), py::arg("stream"),
+      "Sorted projections of n_old + n_new points from those of n_old; on the CPU also copies the new points to "
+      "copy_to (0: no copy) and returns their largest squared norm (float64; None on CUDA); see "
+      "pyinverse.knn.DCIIndex.");
   m.def(
       "dci_search",
       [](const std::string& device, int device_index, const std::string& dtype, int64_t n, int64_t dim,

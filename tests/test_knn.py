@@ -2,6 +2,7 @@
 hard cases: ties and duplicates (broken by smaller index), d = 1, k = n, empty index, NaN rows,
 incremental add, save / load, exact mode, recall floors of the approximate mode."""
 import json
+import math
 import os
 
 import numpy as np
@@ -227,6 +228,59 @@ def test_dci_incremental_add_equals_one_add(rng, dtype, d, num_simple):
         np.testing.assert_allclose(keys, np.take_along_axis(projections, ids, 1), rtol=1e-12, atol=1e-14)
     for row_keys, row_ids in zip(keys, ids):
         np.testing.assert_array_equal(np.lexsort((row_ids, row_keys)), np.arange(len(row_ids)))
+
+
+def knn_dot_order_keys(directions, x, dtype):
+    """Keys as the kernels define them (knn_dot): float64 products summed in four lanes (element i
+    into lane i mod 4, in order; the dim % 4 tail into lane 0), then (s0 + s1) + (s2 + s3), rounded
+    to the index's dtype. Each lane is summed sequentially here, vectorised over (direction, point)."""
+    u, v = directions.astype(np.float64), x.astype(np.float64)
+    d = u.shape[1]
+    body = d - d % 4
+    lanes = np.zeros((u.shape[0], v.shape[0], 4))
+    for i in range(0, body, 4):
+        lanes += u[:, None, i:i + 4] * v[None, :, i:i + 4]
+    for i in range(body, d):
+        lanes[..., 0] += u[:, None, i] * v[None, :, i]
+    return ((lanes[..., 0] + lanes[..., 1]) + (lanes[..., 2] + lanes[..., 3])).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, num_composite, num_simple", [(37, 2, 6), (1, 1, 1), (3, 3, 3), (64, 1, 5), (130, 3, 4)])
+def test_dci_keys_have_the_bits_of_knn_dot(rng, dtype, d, num_composite, num_simple):
+    """The blocked projections of add (four directions and two points at a time) give knn_dot's keys
+    bit for bit, for every direction count (not a multiple of 4: some left over) and dim (a tail of
+    0-3); the copy the same pass writes is the points, unchanged; and the norm bound it gives is tight."""
+    x = (rng.standard_normal((203, d)) * rng.uniform(0.1, 10, (203, 1))).astype(dtype)
+    index = DCIIndex(d, num_composite=num_composite, num_simple=num_simple, seed=5)
+    index.add(x)
+    expected = knn_dot_order_keys(index._directions().numpy(), x, dtype)
+    ids = index._ids.numpy().astype(np.int64)
+    np.testing.assert_array_equal(index._keys.numpy(), np.take_along_axis(expected, ids, 1))
+    np.testing.assert_array_equal(index._data.numpy(), x)
+    assert not np.shares_memory(index._data.numpy(), x)
+    # the search's norm bound: above every row's norm, and tight
+    largest = max(math.sqrt(math.fsum(float(v) ** 2 for v in row)) for row in x)
+    assert largest <= index._data_norm_max <= largest * (1 + 1e-9)
+
+
+def test_dci_failed_add_leaves_the_index_unchanged(rng):
+    """NaN / inf rows are found by the pass that projects and copies them: the add raises naming the
+    rows, and the index keeps its points, keys, dtype and device (none are fixed by a failed first add)."""
+    x = clustered(rng, 50, 0, 7, 3, 0.3, np.float64)[0]
+    bad = x.astype(np.float32)
+    bad[[4, 9], 2] = [np.nan, np.inf]
+    index = DCIIndex(7, seed=2)
+    for copy in (True, False):
+        with pytest.raises(ValueError, match=r"row\(s\) \[4, 9\]"):
+            index.add(bad, copy=copy)
+        assert index.dtype is None and index.ntotal == 0
+    index.add(x)  # the first successful add sets float64
+    keys = index._keys.clone()
+    with pytest.raises(ValueError, match=r"row\(s\) \[4, 9\]"):
+        index.add(bad)
+    assert index.dtype == np.float64 and index.ntotal == 50
+    torch.testing.assert_close(index._keys, keys, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -89,8 +89,11 @@ void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, 
                     const int64_t* counts, int64_t num_queries, int64_t num_candidates, int64_t dim,
                     double* out_distances);
 
-void dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
-                 const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids);
+// The CPU add also copies the new points to copy_to (n_new x dim, may be null: no copy) as it reads
+// them, and returns the largest squared norm of a new point in float64 (NaN or inf when a row has
+// NaN / inf values or, for float64 points, squares that overflow; the keys are then undefined).
+double dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
+                   const void* new_data, int64_t n_new, void* copy_to, void* out_keys, int32_t* out_ids);
 
 void dci_search_cpu(const DciShape& shape, const DciIndexPointers& index, const void* queries, int64_t num_queries,
                     const DciQueryBudget& budget, void* out_distances, int64_t* out_indices);

@@ -79,6 +79,27 @@ PYINV_TARGET_CLONES void dci_project(const double* points, int64_t count, const 
   }
 }
 
+// Widens `count` rows of `dim` values to float64 (`points`) and writes each row's squared norm
+// (knn_dot's), in target clones like the projections.
+template <typename T>
+PYINV_ALWAYS_INLINE void dci_widen_rows_body(const T* source, int64_t count, int64_t dim, double* points,
+                                             double* squared_norms) {
+  for (int64_t r = 0; r < count; ++r) {
+    for (int64_t i = 0; i < dim; ++i) points[r * dim + i] = static_cast<double>(source[r * dim + i]);
+    squared_norms[r] = knn_dot(points + r * dim, points + r * dim, dim);
+  }
+}
+
+PYINV_TARGET_CLONES void dci_widen_rows(const float* source, int64_t count, int64_t dim, double* points,
+                                        double* squared_norms) {
+  dci_widen_rows_body(source, count, dim, points, squared_norms);
+}
+
+PYINV_TARGET_CLONES void dci_widen_rows(const double* source, int64_t count, int64_t dim, double* points,
+                                        double* squared_norms) {
+  dci_widen_rows_body(source, count, dim, points, squared_norms);
+}
+
 // Float keys as unsigned integers in the same order (negative floats reversed below the positive
 // ones); keys are finite and never -0 (dci_round_key), so the order is the floats' order.
 template <typename T>
@@ -141,24 +162,29 @@ void radix_sort(U* keys, int32_t* ids, U* key_scratch, int32_t* id_scratch, int6
 }
 
 template <typename T>
-void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys, const int32_t* old_ids,
-                  const T* new_data, int64_t n_new, T* out_keys, int32_t* out_ids) {
+double dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys, const int32_t* old_ids,
+                    const T* new_data, int64_t n_new, T* copy_to, T* out_keys, int32_t* out_ids) {
   const int64_t P = shape.num_directions();
   const int64_t dim = shape.dim;
   const int64_t n_old = shape.n;
   const int64_t n_total = n_old + n_new;
   using U = KeyBits<T>;
   std::vector<U> fresh(static_cast<size_t>(P * n_new));  // the new keys as ordered bits, direction-major
+  std::vector<double> squared_norms(static_cast<size_t>(n_new));
   // The keys are dci_key's (float64 dot products rounded to T): the directions and each point are
   // widened to float64 once, instead of once per product, and the products run blocked.
   const std::vector<double> wide_directions(directions, directions + P * dim);
-  // Point-major: the P directions stay in cache while each new point is read once.
+  // Point-major: the P directions stay in cache while each new point is read once, and in the same
+  // pass copied (copy_to: the index's own storage) and measured (its squared norm, for the search's
+  // bound and to find NaN / inf rows): separate passes over the points were a fifth of a build.
   parallel_for(n_new, grain_for(n_new, P * dim), [&](int64_t begin, int64_t end) {
     std::vector<double> points(static_cast<size_t>(2 * dim));
     std::vector<double> dots(static_cast<size_t>(2 * P));
     for (int64_t i = begin; i < end; i += 2) {
       const int64_t count = std::min<int64_t>(2, end - i);
-      std::copy(new_data + i * dim, new_data + (i + count) * dim, points.begin());
+      const T* source = new_data + i * dim;
+      if (copy_to != nullptr) std::memcpy(copy_to + i * dim, source, static_cast<size_t>(count * dim) * sizeof(T));
+      dci_widen_rows(source, count, dim, points.data(), squared_norms.data() + i);
       dci_project(points.data(), count, wide_directions.data(), P, dim, dots.data());
       for (int64_t r = 0; r < count; ++r) {
         for (int64_t p = 0; p < P; ++p) fresh[p * n_new + i + r] = ordered_bits(dci_round_key<T>(dots[r * P + p]));
@@ -199,6 +225,12 @@ void dci_add_impl(const DciShape& shape, const T* directions, const T* old_keys,
       }
     }
   });
+  double largest = 0.0;
+  for (const double value : squared_norms) {
+    if (!std::isfinite(value)) return value;  // NaN / inf: the caller names the rows
+    largest = std::max(largest, value);
+  }
+  return largest;
 }
 
 // Scratch of one worker, reused by its successive queries through the stamps.
@@ -395,19 +427,20 @@ void validate_batched_nearest(int64_t batch, int64_t num_candidates, int64_t dim
   PYINV_CHECK(dim >= 1, op, "dim must be >= 1");
 }
 
-void dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
-                 const void* new_data, int64_t n_new, void* out_keys, int32_t* out_ids) {
+double dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
+                   const void* new_data, int64_t n_new, void* copy_to, void* out_keys, int32_t* out_ids) {
   const char* op = "DCIIndex.add";
   old_shape.validate(op);
   PYINV_CHECK(n_new >= 0, op, "negative number of new points");
   PYINV_CHECK(old_shape.n + n_new <= std::numeric_limits<int32_t>::max(), op, "at most 2^31 - 1 points can be indexed");
   if (old_shape.dtype == DType::Float32) {
-    dci_add_impl<float>(old_shape, static_cast<const float*>(directions), static_cast<const float*>(old_keys), old_ids,
-                        static_cast<const float*>(new_data), n_new, static_cast<float*>(out_keys), out_ids);
-  } else {
-    dci_add_impl<double>(old_shape, static_cast<const double*>(directions), static_cast<const double*>(old_keys),
-                         old_ids, static_cast<const double*>(new_data), n_new, static_cast<double*>(out_keys), out_ids);
+    return dci_add_impl<float>(old_shape, static_cast<const float*>(directions), static_cast<const float*>(old_keys),
+                               old_ids, static_cast<const float*>(new_data), n_new, static_cast<float*>(copy_to),
+                               static_cast<float*>(out_keys), out_ids);
   }
+  return dci_add_impl<double>(old_shape, static_cast<const double*>(directions), static_cast<const double*>(old_keys),
+                              old_ids, static_cast<const double*>(new_data), n_new, static_cast<double*>(copy_to),
+                              static_cast<double*>(out_keys), out_ids);
 }
 
 void dci_search_cpu(const DciShape& shape, const DciIndexPointers& index, const void* queries, int64_t num_queries,
