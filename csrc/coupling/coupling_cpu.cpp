@@ -179,9 +179,13 @@ constexpr int kPackBytes = 32;
 }  // namespace simd32
 
 #if PYINV_X86_AVX2_DISPATCH
-// The same loops with 64-byte vectors, for CPUs with AVX-512 (use_avx512_loops()).
+// The same loops with 64-byte vectors, for CPUs with AVX-512 (use_avx512_loops()), where a * b + c
+// becomes one fused multiply-add (every AVX-512 CPU has FMA): 1.2x faster here, as the polynomials
+// are chains of multiply-adds. These loops round differently from the 32-byte ones (by about an ulp;
+// the accuracy bounds of vector_math.h hold for both), the same for every lane and the scalar tail.
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl")
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
+#pragma GCC optimize("fp-contract=fast")
 namespace simd64 {
 constexpr int kPackBytes = 64;
 #define PYINV_COUPLING_ENTRY
