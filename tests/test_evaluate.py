@@ -310,3 +310,10 @@ def test_exactly_consistent_samples_are_counted_not_averaged_into_inf(problem):
     note = evaluation.sections[0].blocks[0].note
     assert f"{1 / samples.shape[0]:.1%} of the samples are exactly consistent" in note
     assert f"the others average {expected:.2f} dB" in note
+
+
+def test_a_pt_file_with_a_sparse_tensor_names_the_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.rand(3, 1, 8, 8).to_sparse(), tmp_path / "s.pt")
+    with pytest.raises(ValueError, match=r"s\.pt holds a torch.sparse_coo tensor"):
+        load_images(tmp_path / "s.pt", "inputs")

@@ -360,3 +360,11 @@ def test_training_script_runs_and_refuses_to_overwrite(tmp_path, capsys):
     with pytest.raises(SystemExit):
         module.main(args)  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
+
+
+def test_integer_images_are_refused_not_read_as_0_to_255(extractor):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match="divide 8-bit images by 255"):
+        extractor(images)
+    with pytest.raises(TypeError, match="float images"):
+        perceptual_distance(images, images)

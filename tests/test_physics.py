@@ -962,3 +962,22 @@ def test_read_only_numpy_inputs_are_copied_not_aliased(tmp_path):
     assert np.shares_memory(as_tensor(x, "test", "x")[0].numpy(), x)
     for op in (Downsample(2), by_name("blur:1.0"), Denoising(0.1)):
         np.testing.assert_array_equal(op.A(mapped), op.A(x))
+
+
+def test_jpeg_quantises_255_x_exactly_in_any_dtype():
+    """round(255 x) of the value itself: float32 x = 0.5/255 is 0.50000003 levels (level 1), although
+    255 * x rounds to 0.5 in float32 arithmetic (level 0 by half-to-even)."""
+    x = np.float32(0.5 / 255)
+    assert float(np.float64(x) * 255) > 0.5
+    op = JPEG(95)
+    low = op.A(np.full((1, 1, 8, 8), x, np.float32))
+    high = op.A(np.full((1, 1, 8, 8), x, np.float64))
+    np.testing.assert_array_equal(low, high.astype(np.float32))
+    np.testing.assert_allclose(high, 1 / 255)
+
+
+def test_inpainting_mask_for_checks_the_box():
+    op = Inpainting(box=(2, 2, 10, 10))
+    with pytest.raises(ValueError, match="does not fit"):
+        op.mask_for((4, 4))
+    assert op.mask_for((12, 12)).sum() == 144 - 100

@@ -597,3 +597,15 @@ def test_run_uq_demo_quick(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(FileExistsError, match="run_uq_demo: .* exists; pass overwrite=True"):
         run_uq_demo(tmp_path, quick=True, verbose=False)
+
+
+def test_scale_intervals_refuses_shapes_that_would_broadcast():
+    lower, center, upper = np.zeros((2, 3)), np.full((2, 3), 0.5), np.ones((2, 3))
+    with pytest.raises(ValueError, match="'center' has shape"):
+        scale_intervals(lower, center[0], upper, 1.0)
+    with pytest.raises(ValueError, match="'upper' has shape"):
+        scale_intervals(lower, center, upper[0], 1.0)
+    with pytest.raises(ValueError, match="'lam' of shape"):
+        scale_intervals(lower, center, upper, np.ones((4, 2, 3)))
+    new_lower, new_upper = scale_intervals(lower, center, upper, np.array([1.0, 2.0, 3.0]))  # broadcasts to it
+    np.testing.assert_array_equal(new_upper - new_lower, np.tile([1.0, 2.0, 3.0], (2, 1)))  # multiplicative: lam x (1 wide)

@@ -77,6 +77,9 @@ def _read_array_file(path: Path, what: str) -> np.ndarray:
         value = next(iter(value.values()))
     if not hasattr(value, "numpy") or not hasattr(value, "is_floating_point"):
         raise ValueError(f"{what} {path} holds a {type(value).__name__}; expected one tensor")
+    if getattr(value, "layout", None) is not torch.strided or value.device.type != "cpu":
+        raise ValueError(f"{what} {path} holds a {value.layout} tensor on {value.device}; expected one dense "
+                         "CPU tensor")
     return value.detach().float().numpy() if value.is_floating_point() else value.numpy()
 
 

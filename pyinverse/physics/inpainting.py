@@ -104,6 +104,9 @@ class Inpainting(LinearOperator):
                 mask = mask.view(1, h, w)
             else:
                 top, left, height, width = self.box  # type: ignore[misc]
+                if top + height > h or left + width > w:
+                    raise ValueError(f"Inpainting.mask_for: the box (top, left, height, width) = {self.box} "
+                                     f"does not fit in an image of size {(h, w)}")
                 mask = torch.ones(1, h, w, dtype=torch.float64)
                 mask[:, top:top + height, left:left + width] = 0.0
             self._masks[(h, w)] = mask

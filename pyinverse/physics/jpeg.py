@@ -77,7 +77,7 @@ class JPEG(Operator):
         return self._output_shape(y_shape, where, name)
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
-        values = x.detach().cpu().numpy()
+        values = x.detach().cpu().numpy().astype(np.float64)  # round(255 x) of the value itself, any dtype
         if not np.isfinite(values).all():
             bad = np.argwhere(~np.isfinite(values))[0].tolist()
             raise ValueError(f"JPEG.A: 'x' must be finite, got {values[tuple(bad)]} at index {bad}")

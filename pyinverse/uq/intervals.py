@@ -95,9 +95,20 @@ def scale_intervals(lower: Any, center: Any, upper: Any, lam: Any,
     lower = as_array(lower, "lower", op)
     center = like(as_array(center, "center", op), lower)
     upper = like(as_array(upper, "upper", op), lower)
+    for name, value in (("center", center), ("upper", upper)):
+        if tuple(value.shape) != tuple(lower.shape):
+            raise ValueError(f"{op}: '{name}' has shape {tuple(value.shape)}, expected the shape of 'lower', "
+                             f"{tuple(lower.shape)}")
     lam_array = np.asarray(lam.detach().cpu().numpy() if is_torch(lam) else lam, dtype=np.float64)
     if np.isnan(lam_array).any() or (lam_array == -np.inf).any():
         raise ValueError(f"{op}: 'lam' must not be NaN or -inf")
+    try:
+        fits = np.broadcast_shapes(lam_array.shape, tuple(lower.shape)) == tuple(lower.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{op}: 'lam' of shape {lam_array.shape} does not broadcast to the intervals' shape "
+                         f"{tuple(lower.shape)}")
     if scaling == "additive":
         shift = like(lam_array, lower)
         return lower - shift, upper + shift
