@@ -30,8 +30,8 @@ where forward+backward is 2.2-2.5x):
     32x24x64x64  forward+backward   16.4 (12.7)      45.2 (37.7)      2.8x / 3.0x
     flow16       training step      plain autograd 143 (121), reversible 201 (196): 1.4x the time
 On an Intel Xeon with AVX-512 torch eager is about 3x faster, and the kernel runs its 64-byte-vector
-loops (PYINVERSE_CPU_NO_AVX512=1 keeps the 32-byte ones): 64x12x32x32 forward 2.4x, inverse 2.7x,
-forward+backward 2.4x eager's speed (BENCHMARKS.md, session 11).
+loops with fused multiply-adds (PYINVERSE_CPU_NO_AVX512=1 keeps the 32-byte ones): 64x12x32x32 forward 2.9x,
+inverse 3.3-3.4x, forward+backward 2.7-2.8x eager's speed (BENCHMARKS.md, session 12).
 
 Bytes autograd holds for backward (AffineCouplingBlock(6, 32) x depth on (8, 6, 32, 32) float32;
 `python benchmarks/bench_coupling.py`): after the forward pass (saved_tensor_bytes), and the peak

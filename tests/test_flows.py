@@ -608,3 +608,36 @@ def test_memory_saving_backward_gives_the_same_gradients_with_less_saved(name):
         torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
     assert saving_bytes < plain_bytes / 2, (saving_bytes, plain_bytes)
     assert {k for k, _ in model.named_parameters()} == {k for k, _ in tiny_models()[name]().named_parameters()}
+
+
+def test_load_refuses_weights_that_break_invertibility(tmp_path):
+    """Finite weights of the right shapes can still make a layer non-invertible: a singular
+    LinearFlow matrix, or 1x1-convolution buffers that are not a permutation, signs +-1, the mask."""
+    from safetensors.torch import save_file
+
+    cases = []
+    linear = LinearFlow(torch.eye(4, dtype=torch.float64), (1, 2, 2))
+    tensors = {k: v.contiguous() for k, v in linear.state_dict().items()}
+    cases.append((linear, dict(tensors, matrix=torch.zeros(4, 4, dtype=torch.float64)), "singular 'matrix'"))
+    glow = Glow(1, 4, levels=1, depth=1, hidden=4, seed=0)
+    tensors = {k: v.contiguous() for k, v in glow.state_dict().items()}
+    name = next(k for k in tensors if k.endswith(".permutation"))
+    prefix = name[:-len("permutation")]
+    cases.append((glow, dict(tensors, **{name: torch.full((4, 4), 0.25)}), "not a permutation matrix"))
+    cases.append((glow, dict(tensors, **{prefix + "sign_s": torch.zeros(4)}), "values other than"))
+    cases.append((glow, dict(tensors, **{prefix + "lower_mask": torch.ones(4, 4)}), "changed"))
+    for i, (model, bad, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}.safetensors"
+        save_file(bad, str(path), metadata={"format": "pyinverse.flow/1", "config": json.dumps(model.config)})
+        with pytest.raises(ValueError, match=message):
+            load_flow(path)
+    good = tmp_path / "good.safetensors"
+    save_file(tensors, str(good), metadata={"format": "pyinverse.flow/1", "config": json.dumps(glow.config)})
+    load_flow(good)
+
+
+def test_learned_prior_must_be_a_bool():
+    with pytest.raises(ValueError, match="'learned_prior' must be a bool"):
+        Glow(1, 4, levels=2, depth=1, hidden=4, learned_prior="no")
+    with pytest.raises(ValueError, match="'learned_prior' must be a bool"):
+        Split(4, learned_prior=1)

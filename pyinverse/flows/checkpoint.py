@@ -135,11 +135,41 @@ def check_config_matches(model: FlowModel, config: Mapping[str, Any], source: st
         raise ValueError(f"{where}: '{source}' holds another architecture than the model: " + "; ".join(diffs))
 
 
+def check_invertible(model: FlowModel, tensors: Mapping[str, torch.Tensor], source: str, where: str) -> None:
+    """``ValueError`` if ``tensors`` would make a layer of ``model`` non-invertible: a singular
+    LinearFlow matrix, or 1x1-convolution buffers that are not a permutation matrix, signs +-1 and
+    the strictly lower mask (fixed at construction; a file can only hold them unchanged)."""
+    from .layers import InvertibleConv1x1
+    from .linear import LinearFlow
+
+    def refuse(what: str) -> None:
+        raise ValueError(f"{where}: '{source}' holds {what}: the flow would not be invertible")
+
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, LinearFlow):
+            sign, _ = torch.linalg.slogdet(tensors[prefix + "matrix"].to(torch.float64))
+            if float(sign) == 0.0:
+                refuse(f"a singular '{prefix}matrix'")
+        elif isinstance(module, InvertibleConv1x1):
+            permutation = tensors[prefix + "permutation"]
+            ones = torch.ones(permutation.shape[0], dtype=permutation.dtype)
+            if not (bool(((permutation == 0) | (permutation == 1)).all())
+                    and torch.equal(permutation.sum(0), ones) and torch.equal(permutation.sum(1), ones)):
+                refuse(f"'{prefix}permutation', which is not a permutation matrix")
+            if not bool((tensors[prefix + "sign_s"].abs() == 1).all()):
+                refuse(f"'{prefix}sign_s' with values other than +-1")
+            if not torch.equal(tensors[prefix + "lower_mask"].to(module.lower_mask.dtype).cpu(),
+                               module.lower_mask.cpu()):
+                refuse(f"a changed '{prefix}lower_mask'")
+
+
 def load_state_checked(model: FlowModel, tensors: Mapping[str, torch.Tensor], source: str, where: str) -> None:
     """Load ``tensors`` into ``model`` after checking keys, shapes and finiteness (``ValueError``)."""
     from ..metrics.weights import check_state_dict
 
     check_state_dict(model, tensors, where, source, optional_suffixes=())
+    check_invertible(model, tensors, source, where)
     current = model.state_dict()
     model.load_state_dict({k: tensors[k].to(dtype=current[k].dtype, device=current[k].device) for k in current})
 
@@ -148,7 +178,8 @@ def load_flow(path: str | os.PathLike) -> tuple[FlowModel, dict[str, Any]]:
     """Rebuild a flow from a file written by :func:`save_flow`; returns ``(model, training)``.
 
     The model is built from the stored config, every tensor is checked against it (names,
-    shapes, finite values) and loaded; it comes back in eval mode, float32, on the CPU.
+    shapes, finite values, invertible layers) and loaded; it comes back in eval mode, on the CPU, in
+    float32 (float64 for a ``LinearFlow``).
 
     Raises:
         FileNotFoundError: no file.

@@ -62,6 +62,8 @@ class Glow(MultiScaleFlow):
         depth = positive_int(depth, where, "depth")
         hidden = positive_int(hidden, where, "hidden")
         clamp = check_clamp(clamp, scale, where)  # here, not at the first forward
+        if not isinstance(learned_prior, bool):  # e.g. "no" from a config file would read as True
+            raise ValueError(f"{where}: 'learned_prior' must be a bool, got {learned_prior!r}")
         if height % 2**levels or width % 2**levels:
             raise ValueError(f"{where}: image_size {(height, width)} must be divisible by 2**levels = {2**levels}")
         config = dict(type="glow", in_channels=in_channels, image_size=[height, width], levels=levels,

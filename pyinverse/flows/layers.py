@@ -437,7 +437,9 @@ class Split(nn.Module):
         self.channels = int(channels)
         self.out_channels = self.channels // 2
         self.keep_channels = self.channels - self.out_channels
-        self.learned_prior = bool(learned_prior)
+        if not isinstance(learned_prior, bool):
+            raise ValueError(f"Split: 'learned_prior' must be a bool, got {learned_prior!r}")
+        self.learned_prior = learned_prior
         self.prior = _zero_conv(self.keep_channels, 2 * self.out_channels, 3) if learned_prior else None
 
     def keep_shape(self, shape):

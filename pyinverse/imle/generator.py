@@ -232,7 +232,8 @@ class ConditionalGenerator(nn.Module):
                 observation (:mod:`pyinverse.draws`: each observation's samples then do not depend
                 on the batch it is in). Codes are drawn sample by sample, so
                 ``sample(y, 5, seed=s)[:3]`` equals ``sample(y, 3, seed=s)``.
-            chunk: images per forward pass (memory bound only; results do not depend on it).
+            chunk: images per forward pass (memory bound only; results do not depend on it beyond
+                float32 rounding: batched convolutions may round differently).
             clamp: clamp the samples to [0, 1].
 
         Returns:
