@@ -91,7 +91,7 @@ void knn_rerank_cpu(DType dtype, const void* x, int64_t n, const void* queries, 
 
 // The CPU add also copies the new points to copy_to (n_new x dim, may be null: no copy) as it reads
 // them, and returns the largest squared norm of a new point in float64 (NaN or inf when a row has
-// NaN / inf values or, for float64 points, squares that overflow; the keys are then undefined).
+// NaN / inf values or, for float64 points, squares that overflow; such rows' keys are meaningless).
 double dci_add_cpu(const DciShape& old_shape, const void* directions, const void* old_keys, const int32_t* old_ids,
                    const void* new_data, int64_t n_new, void* copy_to, void* out_keys, int32_t* out_ids);
 

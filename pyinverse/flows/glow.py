@@ -68,7 +68,7 @@ class Glow(MultiScaleFlow):
             raise ValueError(f"{where}: image_size {(height, width)} must be divisible by 2**levels = {2**levels}")
         config = dict(type="glow", in_channels=in_channels, image_size=[height, width], levels=levels,
                       depth=depth, hidden=hidden, scale=scale, clamp=clamp, preprocess=preprocess,
-                      alpha=float(alpha), learned_prior=bool(learned_prior), seed=int(seed))
+                      alpha=float(alpha), learned_prior=learned_prior, seed=int(seed))
         generator = torch.Generator().manual_seed(int(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))

@@ -241,8 +241,8 @@ class FeatureExtractor:
     def _prepare(self, images: Any, fn: str, name: str,
                  size: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
         dtype = getattr(images, "dtype", None)  # before image_batch casts integers to float
-        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point or \
-                isinstance(dtype, np.dtype) and not np.issubdtype(dtype, np.floating):
+        if ((isinstance(dtype, torch.dtype) and not dtype.is_floating_point)
+                or (isinstance(dtype, np.dtype) and not np.issubdtype(dtype, np.floating))):
             raise TypeError(f"{fn}: '{name}' must be float images in [0, 1], got {dtype} "
                             "(divide 8-bit images by 255)")
         batch = image_batch(images, fn, name, allow_single=False)

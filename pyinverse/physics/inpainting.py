@@ -103,10 +103,8 @@ class Inpainting(LinearOperator):
                 mask[torch.randperm(h * w, generator=generator)[:observed]] = 1.0
                 mask = mask.view(1, h, w)
             else:
+                self._check_box_fits(h, w, "Inpainting.mask_for", "an image")
                 top, left, height, width = self.box  # type: ignore[misc]
-                if top + height > h or left + width > w:
-                    raise ValueError(f"Inpainting.mask_for: the box (top, left, height, width) = {self.box} "
-                                     f"does not fit in an image of size {(h, w)}")
                 mask = torch.ones(1, h, w, dtype=torch.float64)
                 mask[:, top:top + height, left:left + width] = 0.0
             self._masks[(h, w)] = mask
@@ -120,11 +118,14 @@ class Inpainting(LinearOperator):
                 raise ValueError(f"{where}: '{name}' has shape {x_shape}, which does not fit the mask of "
                                  f"shape {tuple(self._mask.shape)}")
         if self.box is not None:
-            top, left, height, width = self.box
-            if top + height > h or left + width > w:
-                raise ValueError(f"{where}: the box (top, left, height, width) = {self.box} does not fit in "
-                                 f"'{name}' of size {(h, w)}")
+            self._check_box_fits(h, w, where, f"'{name}'")
         return (b, c, h, w)
+
+    def _check_box_fits(self, h: int, w: int, where: str, what: str) -> None:
+        top, left, height, width = self.box  # type: ignore[misc]
+        if top + height > h or left + width > w:
+            raise ValueError(f"{where}: the box (top, left, height, width) = {self.box} does not fit in "
+                             f"{what} of size {(h, w)}")
 
     def _mask_like(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -32,6 +32,15 @@ def as_array(x: Any, name: str, op: str) -> Any:
     return x
 
 
+def check_shape_of_lower(lower: Any, op: str, **arrays: Any) -> None:
+    """``ValueError`` naming the first of ``arrays`` whose shape is not ``lower``'s."""
+    shape = tuple(lower.shape)
+    for name, value in arrays.items():
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{op}: '{name}' must have the shape of 'lower' {shape}; '{name}' has shape "
+                             f"{tuple(value.shape)}")
+
+
 def like(value: Any, reference: Any) -> Any:
     """``value`` (numpy, torch or a number) in ``reference``'s library, dtype and device."""
     if is_torch(reference):

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import as_array, check_open_unit, like, to_numpy64
+from ._arrays import as_array, check_open_unit, check_shape_of_lower, like, to_numpy64
 
 
 def _check_bounds(lower: Any, upper: Any, truth: Any, op: str) -> tuple[Any, Any, Any]:
@@ -15,9 +15,7 @@ def _check_bounds(lower: Any, upper: Any, truth: Any, op: str) -> tuple[Any, Any
     shape = tuple(lower.shape)
     if len(shape) < 2 or shape[0] < 1 or 0 in shape:
         raise ValueError(f"{op}: 'lower' must have shape (N, ...) with N >= 1 images of >= 1 pixel, got {shape}")
-    for name, value in (("upper", upper), ("truth", truth)):
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{op}: '{name}' must have the shape of 'lower' {shape}, got {tuple(value.shape)}")
+    check_shape_of_lower(lower, op, upper=upper, truth=truth)
     upper, truth = like(upper, lower), like(truth, lower)
     for name, value in (("lower", lower), ("upper", upper), ("truth", truth)):
         if (value != value).any():

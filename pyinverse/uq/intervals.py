@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ops.quantile import sample_stats
 from .._backend import check_choice
-from ._arrays import (as_array, check_levels, clamp_min_zero, is_torch, like, where)
+from ._arrays import as_array, check_levels, check_shape_of_lower, clamp_min_zero, is_torch, like, where
 
 SCALINGS = ("multiplicative", "additive")
 CENTERS = ("mean", "median")
@@ -95,10 +95,7 @@ def scale_intervals(lower: Any, center: Any, upper: Any, lam: Any,
     lower = as_array(lower, "lower", op)
     center = like(as_array(center, "center", op), lower)
     upper = like(as_array(upper, "upper", op), lower)
-    for name, value in (("center", center), ("upper", upper)):
-        if tuple(value.shape) != tuple(lower.shape):
-            raise ValueError(f"{op}: '{name}' has shape {tuple(value.shape)}, expected the shape of 'lower', "
-                             f"{tuple(lower.shape)}")
+    check_shape_of_lower(lower, op, center=center, upper=upper)
     lam_array = np.asarray(lam.detach().cpu().numpy() if is_torch(lam) else lam, dtype=np.float64)
     if np.isnan(lam_array).any() or (lam_array == -np.inf).any():
         raise ValueError(f"{op}: 'lam' must not be NaN or -inf")
@@ -150,12 +147,9 @@ def smallest_covering_lambda(lower: Any, center: Any, upper: Any, truth: Any,
     op = "smallest_covering_lambda"
     check_choice(scaling, "scaling", SCALINGS, op)
     lower = as_array(lower, "lower", op)
-    shape = tuple(lower.shape)
     center, upper, truth = (as_array(value, name, op) for name, value in
                             (("center", center), ("upper", upper), ("truth", truth)))
-    for name, value in (("center", center), ("upper", upper), ("truth", truth)):
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{op}: '{name}' must have the shape of 'lower' {shape}, got {tuple(value.shape)}")
+    check_shape_of_lower(lower, op, center=center, upper=upper, truth=truth)
     if is_torch(lower):
         import torch
 
