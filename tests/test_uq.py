@@ -135,11 +135,84 @@ def test_smallest_covering_lambda_edge_cases():
     upper = np.array([1.0, 1.0, 1.0, 1.0, 1.0])
     truth = np.array([0.5, 2.0, 3.0, 1.0, np.nan])  # at centre, outside, zero width, on bound, NaN
     lam = smallest_covering_lambda(lower, center, upper, truth)
-    np.testing.assert_array_equal(lam[:4], [0.0, 3.0, np.inf, 1.0])
+    # On the bound: 0.5 + 0.5 * (1 - 2^-53) rounds to 1 (a tie, to even), so the computed
+    # interval covers one ulp below the real-arithmetic 1.
+    np.testing.assert_array_equal(lam[:4], [0.0, 3.0, np.inf, np.nextafter(1.0, 0.0)])
     assert np.isnan(lam[4])
     torch_lam = smallest_covering_lambda(*(torch.from_numpy(v).float() for v in (lower, center, upper, truth)))
     assert torch_lam.dtype == torch.float64
-    np.testing.assert_array_equal(torch_lam.numpy()[:4], lam[:4])
+    np.testing.assert_array_equal(torch_lam.numpy()[:4], [0.0, 3.0, np.inf, np.nextafter(np.float32(1), np.float32(0))])
+
+
+def covered_by(lower, center, upper, truth, lam, scaling):
+    new_lower, new_upper = scale_intervals(lower, center, upper, lam, scaling)
+    covered = (new_lower <= truth) & (truth <= new_upper)
+    return covered.numpy() if isinstance(covered, torch.Tensor) else covered
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scaling", ["multiplicative", "additive"])
+def test_smallest_covering_lambda_is_the_computed_intervals_threshold(seed, kind, dtype, scaling):
+    """In floating point, not only in real arithmetic: scale_intervals covers a pixel exactly
+    when lam >= lam*, for lam* itself, the number of the dtype just below it, and random
+    float64 scales. Pixels near 1 with tiny widths (absorbed by rounding) and truths on a
+    bound are where the real-arithmetic formula is ulps off."""
+    rng = np.random.default_rng(seed)
+    shape = (6, 1, 20, 20)
+    scale = np.where(rng.random(shape) < 0.3, 1e-7, 1.0)  # widths at float32's resolution of 1
+    center = 1.0 + rng.normal(scale=0.2, size=shape)
+    lower = center - scale * rng.uniform(0, 1, size=shape)
+    upper = center + scale * rng.uniform(0, 1, size=shape)
+    truth = center + scale * rng.normal(scale=1.5, size=shape)
+    truth.reshape(-1)[:50] = upper.reshape(-1)[:50]  # on the bound
+    lower, center, upper, truth = (as_kind(v, kind, dtype) for v in (lower, center, upper, truth))
+    lam = smallest_covering_lambda(lower, center, upper, truth, scaling)
+    lam = lam.numpy() if kind == "torch" else lam
+    # inf where the computed side has zero width (float32: 1 + 1e-7 u may round to 1)
+    assert lam.dtype == np.float64 and not np.isnan(lam).any() and np.isfinite(lam).mean() > 0.9
+    assert np.array_equal(lam.astype(dtype).astype(np.float64), lam)  # a number of the dtype
+    assert_is_threshold(lower, center, upper, truth, lam, scaling, dtype)
+    assert (lam > 0).mean() > 0.5
+    finite = lam[np.isfinite(lam)]
+    for trial_lam in (rng.uniform(finite.min(), finite.max()), np.quantile(finite, 0.5),
+                      rng.permutation(lam.reshape(-1)).reshape(lam.shape)):
+        if scaling == "multiplicative":
+            trial_lam = np.maximum(trial_lam, 0.0)
+        assert np.array_equal(covered_by(lower, center, upper, truth, trial_lam, scaling), lam <= trial_lam)
+
+
+def assert_is_threshold(lower, center, upper, truth, lam, scaling, dtype):
+    """Covered at lam, not at the dtype's number just below it (unless lam is the floor)."""
+    assert np.array_equal(lam.astype(dtype).astype(np.float64), lam) or not np.isfinite(lam).all()
+    assert covered_by(lower, center, upper, truth, lam, scaling).all()
+    floor = 0.0 if scaling == "multiplicative" else -np.inf
+    with np.errstate(over="ignore"):
+        just_below = np.maximum(np.nextafter(lam.astype(dtype), dtype(-np.inf)).astype(np.float64), floor)
+    movable = lam > floor
+    assert not covered_by(lower, center, upper, truth, np.where(movable, just_below, lam), scaling)[movable].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scaling", ["multiplicative", "additive"])
+def test_smallest_covering_lambda_threshold_at_extreme_magnitudes(dtype, scaling):
+    """Centres from 0 to near the dtype's largest, subnormal to unit widths, truths far away
+    (thresholds millions of ulps from any estimate: the search's bisection fallback) and at the
+    dtype's largest number."""
+    rng = np.random.default_rng(7)
+    largest = float(np.finfo(dtype).max)
+    magnitudes = np.array([0.0, 1e-30, 1.0, 1e30, largest / 4])
+    widths = np.array([float(np.finfo(dtype).smallest_subnormal), 1e-7, 1.0])
+    center = rng.choice(magnitudes, size=4000) * rng.choice([-1, 1], size=4000)
+    lower = center - rng.choice(widths, size=4000) * rng.uniform(0.5, 1, size=4000)
+    upper = center + rng.choice(widths, size=4000) * rng.uniform(0.5, 1, size=4000)
+    offsets = np.concatenate([[largest, -largest], rng.choice([1e-3, 1.0, 1e20], size=3998)])
+    truth = np.clip(center + offsets * rng.normal(size=4000), -largest, largest)
+    lower, center, upper, truth = (v.astype(dtype) for v in (lower, center, upper, truth))
+    lam = smallest_covering_lambda(lower, center, upper, truth, scaling)
+    assert not np.isnan(lam).any()
+    assert_is_threshold(lower, center, upper, truth, lam, scaling, dtype)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -254,10 +327,8 @@ def test_rcps_fit_numpy_torch_and_reference_agree(seed, center, scaling):
     want, want_risk = exact_lambda_hat(lam_star, 0.15, 0.1, 0.0 if scaling == "multiplicative" else -np.inf)
     assert rcps.lambda_ == want and rcps.calibration_risk_ == want_risk and rcps.n_calibration_ == 120
     assert rcps.calibration_ucb_ == pytest.approx(uq_hb_upper_bound(want_risk, 120, 0.1), abs=1e-9)
-    # predict's intervals miss the calibration truth as often as the curve says (up to the
-    # pixels sitting exactly at lambda_hat, whose coverage is decided by one rounding).
-    risks = rcps.risk(samples, truth)
-    assert abs(risks.mean() - rcps.calibration_risk_) <= 1.0 / truth.size + 1e-15
+    # predict's intervals miss the calibration truth exactly as often as the curve says.
+    assert rcps.risk(samples, truth).mean() == rcps.calibration_risk_
     torch_rcps = RCPS(alpha=0.15, delta=0.1, scaling=scaling, center=center).fit(
         torch.from_numpy(samples), torch.from_numpy(truth))
     assert torch_rcps.lambda_ == rcps.lambda_

@@ -12,6 +12,13 @@ outside ``[lower, upper]`` (very skewed samples) leaves that side of the interva
 rather than flipping it. So an image's miscoverage ``L(lam)`` (fraction of its pixels not
 covered) is one minus the empirical CDF of its pixels' smallest covering lambdas — which is
 what :mod:`pyinverse.uq.rcps` calibrates, without looping over a grid of lambdas.
+
+"Exactly" holds in floating point, not only in real arithmetic: the bounds are computed in the
+intervals' dtype with ``lam`` rounded down to that dtype, and the smallest covering lambda is
+the smallest number of that dtype whose computed interval contains the truth (a search over
+the dtype's numbers from the real-arithmetic formula's value, on the CPU). Without
+this, a calibration that counts ``lam* > lam`` and a prediction that rounds disagree on the
+pixels at the chosen scale, and the calibrated risk is not the risk delivered.
 """
 from __future__ import annotations
 
@@ -106,17 +113,12 @@ def scale_intervals(lower: Any, center: Any, upper: Any, lam: Any,
     if not fits:
         raise ValueError(f"{op}: 'lam' of shape {lam_array.shape} does not broadcast to the intervals' shape "
                          f"{tuple(lower.shape)}")
-    if scaling == "additive":
-        shift = like(lam_array, lower)
-        return lower - shift, upper + shift
-    if (lam_array < 0).any():
+    if scaling == "multiplicative" and (lam_array < 0).any():
         raise ValueError(f"{op}: multiplicative 'lam' must be >= 0, got min {lam_array.min()}")
-    below = clamp_min_zero(center - lower)
-    above = clamp_min_zero(upper - center)
-    scale = like(lam_array, lower)
-    with np.errstate(invalid="ignore"):  # inf * 0, replaced just below
-        new_lower, new_upper = center - scale * below, center + scale * above
-    if np.isinf(lam_array).any():
+    scale = like(_rounded_down(lam_array, _numpy_dtype(lower)), lower)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 is replaced just below; a huge lam gives inf
+        new_lower, new_upper = _scaled_bounds(lower, center, upper, scale, scaling)
+    if scaling == "multiplicative" and np.isinf(lam_array).any():
         # inf * 0 is NaN; an infinite scale must give an interval that covers everything.
         infinite = like(np.isinf(lam_array), lower) > 0
         new_lower = where(infinite, like(-np.inf, lower), new_lower)
@@ -126,19 +128,22 @@ def scale_intervals(lower: Any, center: Any, upper: Any, lam: Any,
 
 def smallest_covering_lambda(lower: Any, center: Any, upper: Any, truth: Any,
                              scaling: str = "multiplicative") -> Any:
-    """Per pixel, the smallest ``lam`` at which the scaled interval contains ``truth``.
+    """Per pixel, the smallest ``lam`` at which :func:`scale_intervals` contains ``truth``.
 
-    Multiplicative: ``(t - c) / (upper - c)+`` above the centre, ``(c - t) / (c - lower)+``
-    below it, 0 at the centre, ``+inf`` where that side has zero width. Additive:
-    ``max(lower - t, t - upper)`` (negative when the unscaled interval has room to spare).
+    In real arithmetic, multiplicative: ``(t - c) / (upper - c)+`` above the centre,
+    ``(c - t) / (c - lower)+`` below it, 0 at the centre, ``+inf`` where that side has zero
+    width; additive: ``max(lower - t, t - upper)`` (negative when the unscaled interval has room
+    to spare). Returned is the smallest number of the intervals' dtype at which the computed
+    interval covers (where rounding decides, up to a factor 2 from the formula), so
+    ``scale_intervals(..., lam)`` covers ``truth`` exactly when ``lam >= result``, for every
+    float64 ``lam``.
 
     Args:
         lower, center, upper, truth: arrays of one shape (numpy or torch, one library).
         scaling: ``"multiplicative"`` or ``"additive"``.
 
     Returns:
-        float64 array of that shape in the caller's library and device (float64 so that the
-        calibration's ordering of these numbers is not blurred by float32 rounding).
+        float64 array of that shape in the caller's library and device (NaN where an input is).
 
     Example:
         >>> smallest_covering_lambda(np.array([0.]), np.array([1.]), np.array([2.]), np.array([3.]))
@@ -150,25 +155,146 @@ def smallest_covering_lambda(lower: Any, center: Any, upper: Any, truth: Any,
     center, upper, truth = (as_array(value, name, op) for name, value in
                             (("center", center), ("upper", upper), ("truth", truth)))
     check_shape_of_lower(lower, op, center=center, upper=upper, truth=truth)
+    arrays = [value.detach().cpu().numpy() if is_torch(value) else value for value in (lower, center, upper, truth)]
+    dtype = arrays[0].dtype
+    exact = _exact_thresholds(*(np.asarray(value, dtype=dtype) for value in arrays), scaling)
     if is_torch(lower):
         import torch
 
-        def as64(x):
-            return like(x, lower).to(torch.float64)
-    else:
-        def as64(x):
-            return np.asarray(x.detach().cpu().numpy() if is_torch(x) else x, dtype=np.float64)
-    lower, center, upper, truth = as64(lower), as64(center), as64(upper), as64(truth)
+        return torch.as_tensor(exact, device=lower.device)
+    return exact
+
+
+def _threshold_estimate(lower: np.ndarray, center: np.ndarray, upper: np.ndarray, truth: np.ndarray,
+                        scaling: str) -> np.ndarray:
+    """The real-arithmetic covering lambda, float64, aimed at where the computed bound rounds
+    onto the truth: the midpoint between the truth and its neighbour on the centre's side.
+
+    Multiplicative: ``(t - c) / (upper - c)+`` above the centre, ``(c - t) / (c - lower)+``
+    below it, 0 at it (``+inf`` for a zero-width side); additive: ``max(lower - t, t - upper)``;
+    each with ``t`` moved half an ulp toward the interval. The midpoint matters where the scaled
+    half-width is far below the centre's ulp: there the threshold is set by rounding, and the
+    plain formula can be a factor of 2 off. Differences of nearby numbers are exact (Sterbenz),
+    so the halving is done on them rather than on the midpoint itself.
+    """
+    lower64, center64, upper64, truth64 = (value.astype(np.float64) for value in (lower, center, upper, truth))
+    before = np.nextafter(truth, truth.dtype.type(-np.inf)).astype(np.float64)
+    after = np.nextafter(truth, truth.dtype.type(np.inf)).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if scaling == "additive":
+            up = ((truth64 - upper64) + (before - upper64)) / 2
+            down = ((lower64 - truth64) + (lower64 - after)) / 2
+            return np.maximum(up, down)
+        # The half-widths as the computed bounds see them: in the intervals' dtype.
+        above = np.maximum(upper - center, 0).astype(np.float64)
+        below = np.maximum(center - lower, 0).astype(np.float64)
+        up = ((truth64 - center64) + (before - center64)) / 2 / above
+        down = ((center64 - truth64) + (center64 - after)) / 2 / below
+        return np.where(truth64 > center64, up, np.where(truth64 < center64, down, 0.0))
+
+
+def _scaled_bounds(lower: Any, center: Any, upper: Any, scale: Any, scaling: str) -> tuple[Any, Any]:
+    """The scaled interval's bounds, ``scale`` already in the intervals' library and dtype: the
+    one place this arithmetic is written, so the calibration's threshold is the prediction's."""
     if scaling == "additive":
-        below, above = lower - truth, truth - upper
-        return where(below > above, below, above)
-    offset = truth - center
-    above = clamp_min_zero(upper - center)
-    below = clamp_min_zero(center - lower)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        up = where(offset > 0, offset / above, like(0.0, offset))
-        down = where(offset < 0, -offset / below, like(0.0, offset))
-    # x / 0 is +inf for x > 0 in IEEE arithmetic: the zero-width side can never cover.
-    result = where(offset > 0, up, down)
-    nan = (truth != truth) | (center != center) | (lower != lower) | (upper != upper)
-    return where(nan, like(np.nan, result), result)
+        return lower - scale, upper + scale
+    return center - scale * clamp_min_zero(center - lower), center + scale * clamp_min_zero(upper - center)
+
+
+def _numpy_dtype(x: Any) -> np.dtype:
+    return np.dtype(str(x.dtype).replace("torch.", ""))
+
+
+def _rounded_down(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 ``values`` rounded toward -inf into ``dtype``: then ``rounded >= s`` exactly when
+    ``values >= s`` for every ``s`` of ``dtype``, so a float64 scale and its rounding agree on
+    which pixels it covers."""
+    with np.errstate(over="ignore"):
+        rounded = values.astype(dtype)
+    return np.where(rounded > values, np.nextafter(rounded, dtype.type(-np.inf)), rounded)
+
+
+_KEY_BITS = {np.dtype(np.float32): 32, np.dtype(np.float64): 64}
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """int64 keys that order the floats of ``values`` (no NaN) as numbers; -0 and +0 share 0."""
+    bits = _KEY_BITS[values.dtype]
+    raw = values.view(np.int32 if bits == 32 else np.int64).astype(np.int64)
+    magnitude = raw & np.int64((1 << (bits - 1)) - 1)
+    return np.where(raw < 0, -magnitude, magnitude)
+
+
+def _from_order_keys(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    bits = _KEY_BITS[dtype]
+    sign = np.uint64(1 << (bits - 1))
+    raw = np.where(keys < 0, np.abs(keys).astype(np.uint64) | sign, keys.astype(np.uint64))
+    return raw.astype(np.uint32 if bits == 32 else np.uint64).view(dtype)
+
+
+_LONGEST_GALLOP = 1 << 20  # keys: far below int64's range, so probes cannot overflow
+
+
+def _exact_thresholds(lower: np.ndarray, center: np.ndarray, upper: np.ndarray, truth: np.ndarray,
+                      scaling: str) -> np.ndarray:
+    """Per pixel, the smallest number ``s`` of the intervals' dtype whose computed interval
+    (:func:`_scaled_bounds`) contains ``truth``; float64 numpy, ``inf`` where none does, NaN where
+    an input is NaN.
+
+    Coverage is monotone in ``s`` (rounding is monotone), so each pixel has one threshold. The
+    search gallops from :func:`_threshold_estimate` (usually within an ulp or two), over the
+    dtype's numbers in ``[0 or -max, max]`` as integer order keys, to a bracket (steps 1, 2,
+    4, ...), then bisects it: about 2 log2(distance) coverage checks per pixel.
+    """
+    dtype = lower.dtype
+    largest = np.finfo(dtype).max
+    result = _threshold_estimate(lower, center, upper, truth, scaling)
+    nan = np.isnan(lower) | np.isnan(center) | np.isnan(upper) | np.isnan(truth)
+    result[nan] = np.nan
+    flat_result = result.reshape(-1)
+    pixels = np.flatnonzero(~nan.reshape(-1))
+    lower, center, upper, truth = (value.reshape(-1)[pixels] for value in (lower, center, upper, truth))
+    floor = 0 if scaling == "multiplicative" else int(_order_keys(np.array([-largest], dtype))[0])
+    ceiling = int(_order_keys(np.array([largest], dtype))[0])
+
+    def covers(keys: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
+        new_lower, new_upper = _scaled_bounds(*bounds[:3], _from_order_keys(keys, dtype), scaling)
+        return (new_lower <= bounds[3]) & (bounds[3] <= new_upper)
+
+    start = np.nan_to_num(np.clip(flat_result[pixels], -largest, largest))  # inf - inf: start at 0
+    keys = np.clip(_order_keys(_rounded_down(start, dtype)), floor, ceiling)
+    bounds = [lower, center, upper, truth]
+    with np.errstate(over="ignore", invalid="ignore"):
+        upward = ~covers(keys, bounds)
+        # Invariant: low does not cover, high covers; floor - 1 and ceiling + 1 are sentinels
+        # (never evaluated) for "no admissible scale below" and "none covers" (inf). Keys span
+        # nearly all of int64, so high - low may overflow: compare high - 1 with low instead.
+        low = np.where(upward, keys, floor - 1)
+        high = np.where(upward, ceiling + 1, keys)
+        # Gallop away from the start until coverage flips, then bisect; each loop works on
+        # compacted copies of its unfinished pixels and writes the finished ones back.
+        for gallop in (True, False):
+            index = np.flatnonzero(upward | (keys > floor)) if gallop else np.flatnonzero(high - 1 > low)
+            work = [index, low[index], high[index], upward[index], np.ones(index.size, np.int64),
+                    *(value[index] for value in bounds)]
+            while work[0].size:
+                index, low_, high_, upward_, step = work[:5]
+                if gallop:
+                    probe = np.where(upward_, low_ + step, high_ - step)
+                    # Past the range, or far (bisection's turn): the sentinel, with its answer.
+                    inside = (probe >= floor) & (probe <= ceiling) & (step <= _LONGEST_GALLOP)
+                    hit = np.where(inside, covers(np.clip(probe, floor, ceiling), work[5:]), upward_)
+                    probe = np.where(inside, probe, np.where(upward_, ceiling + 1, floor - 1))
+                else:
+                    probe = low_ // 2 + high_ // 2 + ((low_ & 1) + (high_ & 1)) // 2
+                    hit = covers(probe, work[5:])
+                high_[hit] = probe[hit]
+                low_[~hit] = probe[~hit]
+                step <<= 1
+                finished = ((hit == upward_) | ~inside) if gallop else (high_ - 1 <= low_)
+                low[index[finished]], high[index[finished]] = low_[finished], high_[finished]
+                work = [value[~finished] for value in work]
+    values = _from_order_keys(np.minimum(high, ceiling), dtype).astype(np.float64)
+    values[high > ceiling] = np.inf
+    flat_result[pixels] = values
+    return result
