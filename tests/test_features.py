@@ -103,6 +103,19 @@ def test_extractor_rejects_bad_inputs(extractor):
 
 # --- perceptual distance ---------------------------------------------------------------------
 
+def test_perceptual_distance_types_follow_the_operands(extractor, held_out_patches):
+    x, y = held_out_patches[:3], held_out_patches[3:6]
+    per_image = extractor.perceptual_distance(x, y)
+    mean = extractor.perceptual_distance(x.numpy(), y.numpy(), reduction="mean")
+    assert isinstance(mean, float) and mean == pytest.approx(float(per_image.mean()), rel=1e-6)
+    assert isinstance(extractor.perceptual_distance(x.numpy(), y.numpy()), np.ndarray)
+    for a, b in ((x.numpy(), y), (x, y.numpy())):
+        got = extractor.perceptual_distance(a, b)
+        assert isinstance(got, torch.Tensor) and torch.allclose(got, per_image)
+    with pytest.raises(ValueError, match="'reduction' must be 'none' or 'mean'"):
+        extractor.perceptual_distance(x, y, reduction="sum")
+
+
 def test_perceptual_distance_matches_float64_reference(extractor, held_out_patches):
     x = held_out_patches[:5]
     y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)

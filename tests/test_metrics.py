@@ -67,6 +67,18 @@ def test_psnr_float32_torch_keeps_dtype_and_gradient():
     np.testing.assert_allclose(tx.grad.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_mixed_numpy_and_torch_operands_give_torch_either_way():
+    x, y = noisy_pair(5, (2, 1, 12, 12))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    for metric in (psnr, ssim):
+        want = metric(x, y)
+        for a, b in ((x, ty), (tx, y), (tx, ty)):
+            got = metric(a, b)
+            assert isinstance(got, torch.Tensor), (metric.__name__, type(a), type(b))
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+        assert isinstance(metric(x, y, reduction="mean"), float)
+
+
 # --- SSIM ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

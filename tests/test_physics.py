@@ -748,6 +748,8 @@ def test_cgls_bad_arguments():
     ("inpainting:box=8,8,16,16", Inpainting, {"box": (8, 8, 16, 16)}),
     ("cs:0.25", CompressedSensing, {"ratio": 0.25, "seed": 0}),
     ("compressed_sensing:m=100:seed=3", CompressedSensing, {"m": 100, "ratio": None, "seed": 3}),
+    ("cs:seed=3:0.25", CompressedSensing, {"ratio": 0.25, "seed": 3}),  # positionals counted alone
+    ("inpainting:seed=2:0.5", Inpainting, {"fraction": 0.5, "seed": 2}),
     ("denoising:0.1", Denoising, {"sigma": 0.1, "noise_sigma": 0.1}),
     ("blur:1.5", GaussianBlur, {"sigma": 1.5, "boundary": "reflect", "truncate": 3.0}),
     ("gaussian_blur:2:circular:truncate=4", GaussianBlur, {"sigma": 2.0, "boundary": "circular", "radius": 8}),
@@ -786,6 +788,8 @@ def test_by_name_spec_round_trip_for_every_operator():
     ("downsample", "missing|required"),
     ("downsample:4:bicubic:7", "too many positional"),
     ("downsample:4:factor=2", "given twice"),
+    ("cs:seed=3:0.25:4", "given twice"),
+    ("jpeg:10:subsampling=444:444", "given twice"),
     ("downsample:4:quality=2", "takes no parameter 'quality'"),
     ("downsample:3.5", "'factor' must be an int in \\[2, 16\\]"),
     ("downsample:1", "'factor' must be an int in \\[2, 16\\]"),

@@ -85,8 +85,10 @@ def image_pair(x: Any, y: Any, fn: str) -> tuple[ImageBatch, ImageBatch]:
     dtype = torch.promote_types(bx.tensor.dtype, by.tensor.dtype)
     if bx.tensor.numel() == 0:
         raise ValueError(f"{fn}: 'x' and 'y' are empty (shape {tuple(bx.tensor.shape)})")
-    return (ImageBatch(bx.tensor.to(dtype), bx.was_numpy, bx.input_ndim),
-            ImageBatch(by.tensor.to(dtype), by.was_numpy, by.input_ndim))
+    # numpy back only when both are numpy: a torch operand asks for a (differentiable) tensor.
+    was_numpy = bx.was_numpy and by.was_numpy
+    return (ImageBatch(bx.tensor.to(dtype), was_numpy, bx.input_ndim),
+            ImageBatch(by.tensor.to(dtype), was_numpy, by.input_ndim))
 
 
 def positive_float(value: Any, fn: str, name: str) -> float:

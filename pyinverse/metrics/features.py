@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._inputs import image_batch, to_channels
+from ._inputs import check_reduction, image_batch, to_channels
 from .weights import check_state_dict
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "feature_net.safetensors"
@@ -273,11 +273,10 @@ class FeatureExtractor:
         x, y: (B, 1|3, H, W) in [0, 1], same shape. Images whose short side is under 32 pixels
         are upsampled (bilinear) so that it is 32; larger images are used at their own size (the
         network is fully convolutional). Returns (B,) (torch, differentiable; numpy for numpy
-        inputs), >= 0, 0 for identical images.
+        inputs; with ``reduction="mean"`` a float for numpy), >= 0, 0 for identical images.
         """
         fn = "perceptual_distance"
-        if reduction not in ("none", "mean"):
-            raise ValueError(f"{fn}: 'reduction' must be 'none' or 'mean', got {reduction!r}")
+        check_reduction(reduction, fn)
         shape_x, shape_y = tuple(getattr(x, "shape", ())), tuple(getattr(y, "shape", ()))
         if shape_x != shape_y:
             raise ValueError(f"{fn}: 'x' and 'y' must have the same shape, got {shape_x} and {shape_y}")
@@ -287,8 +286,8 @@ class FeatureExtractor:
             scale = self.native_size / min(height, width)
             size = (max(self.native_size, round(height * scale)),
                     max(self.native_size, round(width * scale)))
-        tx, was_numpy = self._prepare(x, fn, "x", size)
-        ty, _ = self._prepare(y, fn, "y", size)
+        tx, x_was_numpy = self._prepare(x, fn, "x", size)
+        ty, y_was_numpy = self._prepare(y, fn, "y", size)
         if tx.numel() == 0:
             raise ValueError(f"{fn}: 'x' and 'y' are empty (shape {shape_x})")
         distance = torch.zeros(tx.shape[0], dtype=tx.dtype, device=tx.device)
@@ -297,7 +296,10 @@ class FeatureExtractor:
             distance = distance + squared.sum(dim=1).mean(dim=(1, 2))
         if reduction == "mean":
             distance = distance.mean()
-        return distance.detach().cpu().numpy() if was_numpy else distance
+        if not (x_was_numpy and y_was_numpy):  # as the other metrics: torch if either is torch
+            return distance
+        value = distance.detach().cpu().numpy()
+        return float(value) if value.ndim == 0 else value
 
 
 def unit_normalize(features: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,8 @@ def _parse_value(text: str) -> Any:
 def by_name(spec: str | Operator) -> Operator:
     """Build an operator from ``NAME[:ARG[:ARG...]]``, the form of the CLI's ``--operator``.
 
-    Arguments are positional (filling the operator's main parameters in order) or
-    ``key=value``; numbers are parsed as int or float, comma lists as tuples. Names (aliases in
+    Arguments are positional (filling the operator's main parameters in order, wherever
+    ``key=value`` arguments stand between them) or ``key=value``; numbers are parsed as int or float, comma lists as tuples. Names (aliases in
     brackets) and positional parameters:
 
     ==============  ==========================  ==============================================
@@ -68,7 +68,8 @@ def by_name(spec: str | Operator) -> Operator:
     ==============  ==========================  ==============================================
 
     Aliases: denoise/noise, compressed_sensing, inpaint, sr/super_resolution, gray/grey,
-    gaussian_blur. Linear operators also take ``noise_sigma=...``. An :class:`Operator` passes
+    gaussian_blur. Every operator but denoising (whose noise is ``sigma``) and jpeg also takes
+    ``noise_sigma=...``. An :class:`Operator` passes
     through unchanged. Every operator's ``spec`` property gives a string this function reads
     back into an equal operator.
 
@@ -91,7 +92,8 @@ def by_name(spec: str | Operator) -> Operator:
         raise ValueError(f"by_name: unknown operator {name!r} in {spec!r}; known: {', '.join(OPERATOR_NAMES)}")
     cls, positional, keywords = _OPERATORS[key]
     kwargs: dict[str, Any] = {}
-    for index, argument in enumerate(arguments):
+    index = 0  # of the next positional argument
+    for argument in arguments:
         argument = argument.strip()
         if not argument:
             raise ValueError(f"by_name: empty argument in {spec!r}")
@@ -106,6 +108,7 @@ def by_name(spec: str | Operator) -> Operator:
                 raise ValueError(f"by_name: too many positional arguments in {spec!r}; {key} takes "
                                  f"{len(positional)} ({', '.join(positional) or 'none'})")
             param, text = positional[index], argument
+            index += 1
         if param in kwargs:
             raise ValueError(f"by_name: parameter {param!r} given twice in {spec!r}")
         kwargs[param] = _parse_value(text.strip())
