@@ -11,10 +11,10 @@ from pyinverse.imle import (TASKS, ConditionalGenerator, feature_embedding, load
 from pyinverse.metrics import perceptual_distance, psnr
 
 
-def tiny(seed=0, **kwargs):
+def tiny(seed=0, image_size=8, **kwargs):
     options = dict(width=4, levels=2, noise_channels=(1, 2), seed=seed)
     options.update(kwargs)
-    return ConditionalGenerator(1, 1, 8, **options)
+    return ConditionalGenerator(1, 1, image_size, **options)
 
 
 def two_mode_data(n=24, seed=0):
@@ -218,6 +218,11 @@ def test_train_cimle_rejects_bad_arguments(kwargs, error, match):
     (dict(noise_channels=(1, 2, 3)), "'noise_channels' must hold 2 ints"),
     (dict(noise_channels=0), "'noise_channels' are all 0"),
     (dict(residual="yes"), "'residual' must be a bool"),
+    (dict(image_size="24"), "'image_size' must be an int or \\(H, W\\) ints, got '24'"),  # not (2, 4)
+    (dict(image_size=(24.9, 24)), "'image_size' must be an int or \\(H, W\\) ints"),  # not truncated
+    (dict(image_size=(8, 8, 8)), "'image_size' must be an int or \\(H, W\\) ints"),
+    (dict(seed=2**70), "'seed' must be an int in \\[0, 2\\*\\*63\\)"),
+    (dict(seed=-1), "'seed' must be an int in \\[0, 2\\*\\*63\\)"),
 ])
 def test_generator_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match="ConditionalGenerator: " + match):
@@ -371,6 +376,10 @@ def test_load_rejects_corrupt_foreign_and_mismatched_files(tmp_path):
     save_file(tensors, str(bad_config), metadata={**metadata, "config": json.dumps({**g.config, "levels": 9})})
     with pytest.raises(ValueError, match="load_generator: .*bad_config.safetensors.*'image_size'"):
         load_generator(bad_config)
+    huge = tmp_path / "huge.safetensors"  # refused by shapes, before any weight is allocated
+    save_file(tensors, str(huge), metadata={**metadata, "config": json.dumps({**g.config, "width": 2**22})})
+    with pytest.raises(ValueError, match="bad tensor\\(s\\)"):
+        load_generator(huge)
 
 
 def test_load_pretrained_rejects_unknown_tasks():

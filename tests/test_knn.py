@@ -440,7 +440,16 @@ def test_dci_load_rejects_bad_files(tmp_path):
         "format": ({**metadata, "format": "other"}, tensors, "not a"),
         "version": ({**metadata, "version": "99"}, tensors, "version"),
         "shape": (metadata, {**tensors, "directions": tensors["directions"][:1]}, "directions"),
-        "norm": (metadata, {**tensors, "directions": tensors["directions"] * 2}, "unit"),
+        "norm": (metadata, {**tensors, "directions": tensors["directions"] * 2}, "not those of seed 0"),
+        "other seed": ({**metadata, "config": json.dumps({**config, "seed": 123})}, tensors,
+                       "not those of seed 123"),
+        "swapped directions": (metadata, {**tensors, "directions": tensors["directions"].flip(0).contiguous()},
+                               "not those of seed 0"),
+        # a corrupt config is refused by the shapes before any direction is drawn (no MemoryError)
+        "huge config": ({**metadata, "config": json.dumps({**config, "dim": 10**5, "num_composite": 10**6})},
+                        tensors, "must be torch.float64 of shape"),
+        "negative size": ({**metadata, "config": json.dumps({**config, "num_composite": -1, "num_simple": -2})},
+                          tensors, "invalid config"),
         "nan": (metadata, {**tensors, "data": tensors["data"] * float("nan")}, "NaN"),
         "extra": (metadata, {**tensors, "evil": tensors["data"].clone()}, "exactly"),
         "float dim": ({**metadata, "config": json.dumps({**config, "dim": 5.7})}, tensors,
@@ -470,6 +479,8 @@ def test_dci_errors(rng):
     with pytest.raises(ValueError, match=r"DCIIndex.add: 'x' has NaN or inf in row\(s\) \[2, 7\]"):
         index.add(bad)
     assert index.ntotal == 0
+    with pytest.raises(TypeError, match="DCIIndex: 'dtype' must be float32 or float64, got 'junk'"):
+        DCIIndex(3, dtype="junk")
     single = DCIIndex(3, dtype="float32")  # values that overflow the index's dtype are refused too
     with pytest.raises(ValueError, match=r"'x' row\(s\) \[1\] are too large for the index's dtype float32"):
         single.add(np.array([[0.0, 1.0, 2.0], [1e300, 0.0, 0.0]]))
@@ -615,6 +626,29 @@ def test_knn_recall_counts_ties_at_kth_distance():
     worse = np.array([[0.0, 1.0, 2.0, 3.0], [0.5, 1.0, 1.0, 4.0]])
     assert knn_recall(worse, reference) == pytest.approx(6 / 8)
     assert knn_recall(worse, reference, k=1) == pytest.approx(1 / 2)  # 0.5 is not the true nearest
+
+
+def test_knn_recall_float64_search_against_float32_reference(rng):
+    """The same neighbours found in float64 tie the float32 reference's rounded distances."""
+    x = rng.standard_normal((1000, 16)).astype(np.float32)
+    q = rng.standard_normal((200, 16)).astype(np.float32)
+    d32, i32 = exact_knn(x, q, 10)
+    d64, i64 = exact_knn(x.astype(np.float64), q.astype(np.float64), 10)
+    assert np.array_equal(i32, i64)
+    assert knn_recall(d64, d32) == 1.0 and knn_recall(d32, d64) == 1.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rtol": -1.0}, "'rtol' must be a finite number >= 0"),
+    ({"rtol": float("nan")}, "'rtol' must be a finite number >= 0"),
+    ({"rtol": "1e-6"}, "'rtol' must be a finite number >= 0"),
+    ({"distances": np.array([[np.nan, 1.0]])}, "'distances' contains NaN"),
+    ({"reference_distances": np.array([[0.0, np.nan]])}, "'reference_distances' contains NaN"),
+])
+def test_knn_recall_rejects_bad_tolerances_and_nan(kwargs, match):
+    arguments = {"distances": np.array([[0.0, 1.0]]), "reference_distances": np.array([[0.0, 1.0]])} | kwargs
+    with pytest.raises(ValueError, match=match):
+        knn_recall(**arguments)
 
 
 # --- CUDA (skipped without a GPU and a CUDA build) -------------------------------------------------

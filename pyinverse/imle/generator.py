@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .._backend import require_float_images
 from .._io import atomic_write, read_model_file
-from ..draws import Draws
+from ..draws import Draws, check_seed
 
 FORMAT = "pyinverse.cimle/1"
 MODEL_TYPE = "cimle_unet"
@@ -97,9 +97,12 @@ class ConditionalGenerator(nn.Module):
         if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
             image_size = (int(image_size), int(image_size))
         try:
-            height, width_px = (int(s) for s in image_size)  # type: ignore[union-attr]
+            height, width_px = image_size  # type: ignore[misc]
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: 'image_size' must be an int or (H, W), got {image_size!r}") from None
+            height = width_px = None
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (height, width_px)):
+            raise ValueError(f"{where}: 'image_size' must be an int or (H, W) ints, got {image_size!r}")
+        height, width_px = int(height), int(width_px)
         step = 2 ** (levels - 1)
         if height < step or width_px < step or height % step or width_px % step:
             raise ValueError(f"{where}: 'image_size' {(height, width_px)} must be positive multiples of "
@@ -123,13 +126,12 @@ class ConditionalGenerator(nn.Module):
         if residual and in_channels != out_channels:
             raise ValueError(f"{where}: 'residual=True' needs in_channels == out_channels, got "
                              f"{in_channels} and {out_channels}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"{where}: 'seed' must be an int, got {seed!r}")
+        seed = check_seed(seed, where)
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size = (height, width_px)
         self.width, self.levels, self.noise_channels, self.residual = width, levels, noise, residual
-        self.seed = int(seed)
+        self.seed = seed
         self.level_sizes = tuple((height >> k, width_px >> k) for k in range(levels))
         self.latent_dim = sum(c * h * w for c, (h, w) in zip(noise, self.level_sizes))
 
@@ -336,10 +338,12 @@ def load_generator(path: str | os.PathLike) -> tuple[ConditionalGenerator, dict]
     where = "load_generator"
     config, training, tensors = read_model_file(path, FORMAT, "cIMLE generator", where)
     try:
-        generator = build_generator(config)
+        with torch.device("meta"):  # shapes only: a corrupt config allocates nothing before the check
+            generator = build_generator(config)
     except ValueError as exc:
         raise ValueError(f"{where}: '{path}': {exc}") from None
     check_state_dict(generator, tensors, where, str(Path(path)), optional_suffixes=())
+    generator.to_empty(device="cpu")  # every tensor is in the state dict, loaded just below
     current = generator.state_dict()
     generator.load_state_dict({k: tensors[k].to(current[k].dtype) for k in current})
     return generator.eval(), training

@@ -120,7 +120,11 @@ class DCIIndex:
         self._seed = int(seed)
         self._dtype: np.dtype | None = None
         if dtype is not None:
-            if np.dtype(dtype) not in (np.float32, np.float64):
+            try:
+                valid = np.dtype(dtype) in (np.float32, np.float64)
+            except TypeError:  # not a dtype at all ('junk')
+                valid = False
+            if not valid:
                 raise TypeError(f"{op}: 'dtype' must be float32 or float64, got {dtype!r}")
             self._dtype = np.dtype(dtype)
         rng = np.random.default_rng(self._seed)
@@ -376,8 +380,8 @@ class DCIIndex:
         """Read an index written by ``save``, validating it, onto ``device`` (default CPU).
 
         Raises:
-            ValueError: the file is not a valid DCIIndex file (format, version, shapes, dtypes,
-                non-unit directions, non-finite points).
+            ValueError: the file is not a valid DCIIndex file (format, version, config, shapes,
+                dtypes, directions other than its seed's, non-finite points).
         """
         from safetensors import safe_open
 
@@ -412,22 +416,23 @@ class DCIIndex:
             raise ValueError(f"{op}: '{path}' must hold exactly the tensors 'data' and 'directions', got {sorted(names)}")
         if dtype not in (None, "float32", "float64"):
             raise ValueError(f"{op}: '{path}' has an invalid dtype {dtype!r}")
-        index = cls(dim, num_composite, num_simple, seed, dtype)
         data, directions = tensors["data"], tensors["directions"]
         stored = torch.float64 if dtype is None else _torch_dtype(np.dtype(dtype))
-        for name, tensor, shape in (("data", data, (data.shape[0], dim)),
-                                    ("directions", directions, (index.num_directions, dim))):
-            if tensor.dtype != stored or tuple(tensor.shape) != shape or tensor.ndim != 2:
+        # Shapes before building: a corrupt config must not draw its (maybe huge) directions.
+        for name, tensor, shape in (("data", data, (data.shape[0] if data.ndim else -1, dim)),
+                                    ("directions", directions, (num_composite * num_simple, dim))):
+            if tensor.dtype != stored or tuple(tensor.shape) != shape:
                 raise ValueError(f"{op}: '{path}': tensor '{name}' must be {stored} of shape {shape}, "
                                  f"got {tensor.dtype} of shape {tuple(tensor.shape)}")
-        norms = torch.linalg.vector_norm(directions, dim=1, dtype=torch.float64)
-        tolerance = 1e-5 if stored == torch.float32 else 1e-12
-        if not bool(torch.isfinite(norms).all()) or float((norms - 1.0).abs().max()) > tolerance:
-            raise ValueError(f"{op}: '{path}': the directions must be unit vectors")
+        try:
+            index = cls(dim, num_composite, num_simple, seed, dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{op}: '{path}' has an invalid config: {exc}") from None
+        # The directions are the seed's: stored ones that differ (another seed, edited) are refused.
+        if not torch.equal(directions, index._directions64.to(stored)):
+            raise ValueError(f"{op}: '{path}': the stored directions are not those of seed {seed}")
         if not bool(torch.isfinite(data).all()):
             raise ValueError(f"{op}: '{path}': the indexed points hold NaN or inf")
-        index._directions64 = directions.to(torch.float64)
-        index._directions_cache = None
         index._device = torch.device(device)
         if index._device.type == "cuda" and index._device.index is None:
             index._device = torch.device("cuda", torch.cuda.current_device())

@@ -381,7 +381,8 @@ def knn_recall(distances: Any, reference_distances: Any, k: int | None = None, r
         distances: ``(Q, >= k)`` squared distances of an approximate search, rows sorted.
         reference_distances: ``(Q, >= k)`` exact squared distances (``exact_knn``), rows sorted.
         k: the recall depth (default: the width of ``distances``); recall@1 is ``k=1``.
-        rtol: relative tolerance on the comparison; default 8 ulps of the distances' dtype.
+        rtol: relative tolerance on the comparison, >= 0; default 8 ulps of the coarser of the
+            two inputs' dtypes.
 
     Returns:
         The mean over queries of (#returned among the first k within the k-th true distance) / k.
@@ -399,8 +400,15 @@ def knn_recall(distances: Any, reference_distances: Any, k: int | None = None, r
                          f"got {found.shape[0]} and {reference.shape[0]}")
     width = min(found.shape[1], reference.shape[1])
     k = width if k is None else check_k(k, width, op, "columns")
-    if rtol is None:
-        rtol = 8.0 * float(np.finfo(np.dtype(describe(distances, "distances", op).dtype)).eps)
+    if rtol is None:  # the coarser dtype's rounding: float32 references tie float64 distances
+        rtol = 8.0 * max(float(np.finfo(np.dtype(describe(values, name, op).dtype)).eps)
+                         for values, name in ((distances, "distances"), (reference_distances, "reference_distances")))
+    elif isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(rtol) or rtol < 0:
+        raise ValueError(f"{op}: 'rtol' must be a finite number >= 0, got {rtol!r}")
+    for values, name in ((found, "distances"), (reference, "reference_distances")):
+        if torch.isnan(values).any():
+            raise ValueError(f"{op}: '{name}' contains NaN")
     if found.shape[0] == 0:
         return math.nan
     threshold = reference[:, k - 1:k] * (1.0 + rtol)
