@@ -52,8 +52,8 @@ def by_name(spec: str | Operator) -> Operator:
     """Build an operator from ``NAME[:ARG[:ARG...]]``, the form of the CLI's ``--operator``.
 
     Arguments are positional (filling the operator's main parameters in order, wherever
-    ``key=value`` arguments stand between them) or ``key=value``; numbers are parsed as int or float, comma lists as tuples. Names (aliases in
-    brackets) and positional parameters:
+    ``key=value`` arguments stand between them) or ``key=value``; numbers are parsed as int or
+    float, comma lists as tuples. Names (aliases in brackets) and positional parameters:
 
     ==============  ==========================  ==============================================
     name            positional                  example
@@ -69,9 +69,8 @@ def by_name(spec: str | Operator) -> Operator:
 
     Aliases: denoise/noise, compressed_sensing, inpaint, sr/super_resolution, gray/grey,
     gaussian_blur. Every operator but denoising (whose noise is ``sigma``) and jpeg also takes
-    ``noise_sigma=...``. An :class:`Operator` passes
-    through unchanged. Every operator's ``spec`` property gives a string this function reads
-    back into an equal operator.
+    ``noise_sigma=...``. An :class:`Operator` passes through unchanged. Every operator's
+    ``spec`` property gives a string this function reads back into an equal operator.
 
     Raises:
         ValueError: unknown name, unknown or repeated parameter, too many positional
