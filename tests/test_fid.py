@@ -97,6 +97,8 @@ def test_fid_errors():
         fid.update_features(np.zeros((3, 2)), real="yes")
     with pytest.raises(ValueError, match=r"shape \(N, d\)"):
         fid.update_features(np.zeros(3), real=True)
+    with pytest.raises(ValueError, match=r"shape \(N, d\) with d >= 1"):
+        fid.update_features(np.zeros((3, 0)), real=True)
     fid.update_features(np.random.default_rng(0).random((3, 2)), real=True)
     with pytest.raises(ValueError, match="dimension 4"):
         fid.update_features(np.zeros((3, 4)), real=False)

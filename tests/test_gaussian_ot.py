@@ -344,6 +344,18 @@ def test_gaussian_ot_matrix_function(rng):
     np.testing.assert_allclose(cross, np.sqrt(np.clip(np.linalg.eigvals(s_s @ s_t).real, 0, None)).sum(), rtol=1e-9)
 
 
+@pytest.mark.parametrize("arguments,match", [
+    ((np.eye(2), np.array([[1.0, 0.5], [-0.5, 1.0]])), "'cov_target' must be symmetric"),
+    ((np.array([[1.0, 0.3], [0.0, 1e-6]]), np.eye(2)), "'cov_source' must be symmetric"),  # not half read
+    ((np.eye(2), np.eye(2), -1.0), "'eps' must be a finite number >= 0"),
+    ((np.eye(2), np.eye(2), "a"), "'eps' must be a finite number >= 0"),
+    ((np.zeros((0, 0)), np.zeros((0, 0))), "with d >= 1"),
+])
+def test_gaussian_ot_matrix_refuses_asymmetric_covariances_bad_eps_and_empty(arguments, match):
+    with pytest.raises(ValueError, match="gaussian_ot_matrix: .*" + match):
+        gaussian_ot_matrix(*arguments)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="shrinkage"):
         GaussianOT(shrinkage=1.5)

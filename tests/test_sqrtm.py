@@ -519,6 +519,25 @@ def test_frechet_rejects_bad_input(rng):
         wasserstein2_gaussian(mu1, s1, mu2, s2, squared="yes")
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])  # LAPACK's pivoted Cholesky / eigh
+def test_frechet_refuses_an_indefinite_covariance_in_either_place(rng, kind):
+    """A positive diagonal does not make a matrix PSD: [[1, 2], [2, 1]] (eigenvalues -1, 3) or a
+    hidden negative direction in a larger one must be refused whichever argument holds it, not
+    clipped into a distance (0 between different laws, before)."""
+    small = np.array([[1.0, 2.0], [2.0, 1.0]])
+    basis, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    large = basis @ np.diag([5.0, 3.0, 1.0, 0.0, 0.0, -0.5]) @ basis.T
+    hollow = np.array([[0.0, 1.0], [1.0, 0.0]])  # zero diagonal, eigenvalues -1, 1
+    for indefinite in (small, large, hollow):
+        d = indefinite.shape[0]
+        cast = (lambda a: torch.from_numpy(a)) if kind == "torch" else (lambda a: a)
+        mu, identity, bad = cast(np.zeros(d)), cast(np.eye(d)), cast(indefinite)
+        with pytest.raises(ValueError, match="'sigma1' .*positive semi-definite"):
+            frechet_distance(mu, bad, mu, identity)
+        with pytest.raises(ValueError, match="positive semi-definite.*'sigma2' is indefinite|'sigma2' must be positive"):
+            frechet_distance(mu, identity, mu, bad)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", ["auto", "tridiagonal", "jacobi", "cusolver"])
 @pytest.mark.parametrize("n", [3, 13, 16, 64, 80])

@@ -245,6 +245,17 @@ def test_conditional_and_error_entropy_power(seed):
     assert error_entropy_power(samples, truth_one) == pytest.approx(expected, rel=0.05)
 
 
+@pytest.mark.parametrize("cov", [-np.eye(2), np.array([[1.0, 2.0], [2.0, 1.0]]), np.diag([1.0, 1.0, -1e-3])])
+def test_gaussian_entropies_refuse_indefinite_covariances(cov):
+    """A negative eigenvalue is an error, not a "singular" covariance of entropy -inf / power 0."""
+    for function, arguments in ((gaussian_entropy, (cov,)), (gaussian_entropy_power, (cov,)),
+                                (up_function_gaussian, (0.0, cov))):
+        with pytest.raises(ValueError, match="'cov' must be positive semi-definite"):
+            function(*arguments)
+    assert gaussian_entropy(np.diag([1.0, 0.0])) == -np.inf  # singular PSD: still -inf
+    assert gaussian_entropy(np.diag([1.0, -1e-18])) == -np.inf  # rounding noise of a singular one
+
+
 def test_estimator_bad_input():
     x = np.random.default_rng(0).standard_normal((10, 20))
     with pytest.raises(ValueError, match="S > d"):

@@ -74,8 +74,8 @@ class _FeatureAccumulator:
     def _check_features(self, features: Any, count: int | None, what: str) -> torch.Tensor:
         fn = f"{self._name}.update_features"
         tensor, _ = to_tensor(features, fn, "features")
-        if tensor.ndim != 2:
-            raise ValueError(f"{what} must have shape (N, d), got {tuple(tensor.shape)}")
+        if tensor.ndim != 2 or tensor.shape[1] == 0:
+            raise ValueError(f"{what} must have shape (N, d) with d >= 1, got {tuple(tensor.shape)}")
         if count is not None and tensor.shape[0] != count:
             raise ValueError(f"{what} has {tensor.shape[0]} rows for {count} images")
         if self.feature_dim is not None and tensor.shape[1] != self.feature_dim:

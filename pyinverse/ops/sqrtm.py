@@ -513,9 +513,17 @@ def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray,
     factor, pivots, rank, info = scipy.linalg.lapack.dpstrf(sigma1, lower=1, tol=-1.0)
     if info < 0:  # pragma: no cover - an argument error inside LAPACK
         raise RuntimeError(f"trace_sqrt_product: LAPACK dpstrf failed (info={info})")
+    order = pivots - 1
+    if rank < d:
+        # dpstrf stops at the first small pivot, PSD or not: the part it left, S1's Schur
+        # complement, is within rounding of 0 for a PSD S1 (its diagonal below dpstrf's tolerance
+        # bounds every entry), and not for an indefinite one (which would lose its negative part).
+        lower = np.tril(factor)[:, :rank]
+        rest = order[rank:]
+        schur = sigma1[np.ix_(rest, rest)] - lower[rank:] @ lower[rank:].T
+        _check_psd_remainder(schur, sigma1, d, op)
     if rank == 0:
         return 0.0
-    order = pivots - 1
     permuted = sigma2[np.ix_(order, order)]
     if rank == d:
         # L^T S2p L by dsygst (itype 2): symmetric, blocked, half the flops of two products.
@@ -523,11 +531,18 @@ def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray,
         if info != 0:  # pragma: no cover - an argument error inside LAPACK
             raise RuntimeError(f"trace_sqrt_product: LAPACK dsygst failed (info={info})")
     else:
-        lower = np.tril(factor)[:, :rank]
         middle = lower.T @ (0.5 * (permuted + permuted.T)) @ lower
     eigenvalues = scipy.linalg.eigvalsh(middle, lower=True, driver="evr", overwrite_a=True, check_finite=False)
     _check_middle_eigenvalues(eigenvalues, d, op)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def _check_psd_remainder(schur: np.ndarray, sigma1: np.ndarray, d: int, op: str) -> None:
+    scale = float(np.abs(sigma1).max())  # its largest variance, when it is PSD
+    worst = float(np.abs(schur).max(initial=0.0))
+    if worst > _PSD_TOLERANCE * d * scale:
+        raise ValueError(f"{op}: 'sigma1' must be positive semi-definite, but its pivoted Cholesky factor leaves "
+                         f"a remainder of {worst / scale:.3g} times its largest entry: 'sigma1' is indefinite")
 
 
 def _check_middle_eigenvalues(eigenvalues: Any, d: int, op: str) -> None:
@@ -545,6 +560,10 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) ->
     sigma1 = 0.5 * (sigma1 + _swap(sigma1))
     sigma2 = 0.5 * (sigma2 + _swap(sigma2))
     values, vectors = xp.linalg.eigh(sigma1)
+    lowest, largest = float(values.min()), float(abs(values).max())
+    if lowest < -_PSD_TOLERANCE * sigma1.shape[0] * largest:
+        raise ValueError(f"{op}: 'sigma1' must be positive semi-definite, but it has an eigenvalue "
+                         f"{lowest / largest:.3g} times its largest magnitude")
     root = vectors * _spectral_function(values, "sqrt", 0.0, False, library)[None, :]
     middle = _swap(root) @ sigma2 @ root
     middle = 0.5 * (middle + _swap(middle))

@@ -139,12 +139,24 @@ def gaussian_ot_matrix(cov_source: Any, cov_target: Any, eps: float | None = Non
     op = "gaussian_ot_matrix"
     s_s = _as_float64(cov_source, "cov_source", op)
     s_t = _as_float64(cov_target, "cov_target", op)
-    if s_s.ndim not in (2, 3) or s_s.shape[-1] != s_s.shape[-2] or s_s.shape != s_t.shape:
-        raise ValueError(f"{op}: 'cov_source' and 'cov_target' must have one shape (d, d) or (P, d, d), "
-                         f"got {s_s.shape} and {s_t.shape}")
+    if s_s.ndim not in (2, 3) or s_s.shape[-1] != s_s.shape[-2] or s_s.shape != s_t.shape or s_s.shape[-1] < 1:
+        raise ValueError(f"{op}: 'cov_source' and 'cov_target' must have one shape (d, d) or (P, d, d) with "
+                         f"d >= 1, got {s_s.shape} and {s_t.shape}")
+    eps = _check_nonneg(eps, "eps", op, allow_none=True)
+    # LAPACK reads one triangle: an asymmetric input would be half ignored, silently.
+    s_s, s_t = _symmetric(s_s, "cov_source", op), _symmetric(s_t, "cov_target", op)
     values = _psd_eigenvalues(s_s, "cov_source", op)  # needed for the path choice: the check is free
     _psd_eigenvalues(s_t, "cov_target", op)
     return _ot_matrix(s_s, s_t, eps, values)
+
+
+def _symmetric(cov: np.ndarray, name: str, op: str) -> np.ndarray:
+    """``cov`` symmetrised; ValueError naming ``name`` when it is not symmetric to 1e-8 relative."""
+    scale = np.abs(cov).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
+    asym = np.abs(cov - np.swapaxes(cov, -1, -2)).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
+    if np.any(asym > 1e-8 * np.maximum(scale, np.finfo(np.float64).tiny)):
+        raise ValueError(f"{op}: '{name}' must be symmetric")
+    return _symmetrise(cov)
 
 
 def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
@@ -305,11 +317,7 @@ class GaussianOT:
             if mean.ndim not in (1, 2) or cov.shape != (*mean.shape, mean.shape[-1]):
                 raise ValueError(f"{op}: '{name}' moments must be mean (d,) with cov (d, d), or (P, d) with "
                                  f"(P, d, d), got {mean.shape} and {cov.shape}")
-            scale = np.abs(cov).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
-            asym = np.abs(cov - np.swapaxes(cov, -1, -2)).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
-            if np.any(asym > 1e-8 * np.maximum(scale, np.finfo(np.float64).tiny)):
-                raise ValueError(f"{op}: '{name}' covariance must be symmetric")
-            cov = _symmetrise(cov)
+            cov = _symmetric(cov, f"{name}[1] (cov)", op)
             _psd_eigenvalues(cov, f"{name}[1] (cov)", op)
             if mean.ndim == 1:
                 mean, cov = mean[None], cov[None]

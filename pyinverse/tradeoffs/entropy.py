@@ -60,14 +60,19 @@ def _covariances(cov: Any, op: str) -> np.ndarray:
     return 0.5 * (cov + np.swapaxes(cov, -1, -2))
 
 
-def _log_det_psd(cov: np.ndarray) -> np.ndarray:
+def _log_det_psd(cov: np.ndarray, op: str) -> np.ndarray:
     """log det of symmetric PSD matrices (..., d, d); -inf for singular ones.
 
     Eigenvalues at or below ``d * eps * lambda_max`` count as zero (they are rounding noise of a
-    singular matrix), so a rank-deficient covariance gets -inf, not a huge negative number.
+    singular matrix), so a rank-deficient covariance gets -inf, not a huge negative number. One
+    negative beyond ``1e-8 lambda_max`` (as the divergences' check) is an error, not a "singular".
     """
     values = np.linalg.eigvalsh(cov)
-    floor = cov.shape[-1] * np.finfo(np.float64).eps * np.abs(values).max(-1, keepdims=True)
+    largest = np.abs(values).max(-1, keepdims=True)
+    if (values < -1e-8 * largest).any():
+        raise ValueError(f"{op}: 'cov' must be positive semi-definite, but has an eigenvalue "
+                         f"{float((values / np.where(largest > 0, largest, 1.0)).min()):.3g} times its largest magnitude")
+    floor = cov.shape[-1] * np.finfo(np.float64).eps * largest
     singular = (values <= floor).any(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_det = np.log(np.where(values > floor, values, 1.0)).sum(-1)
@@ -89,7 +94,7 @@ def gaussian_entropy(cov: Any) -> Any:
     """
     cov = _covariances(cov, "gaussian_entropy")
     d = cov.shape[-1]
-    value = 0.5 * (d * _LOG_2PIE + _log_det_psd(cov))
+    value = 0.5 * (d * _LOG_2PIE + _log_det_psd(cov, "gaussian_entropy"))
     return float(value) if value.ndim == 0 else value
 
 
@@ -107,7 +112,7 @@ def gaussian_entropy_power(cov: Any) -> Any:
         2.0
     """
     cov = _covariances(cov, "gaussian_entropy_power")
-    value = np.exp(_log_det_psd(cov) / cov.shape[-1])
+    value = np.exp(_log_det_psd(cov, "gaussian_entropy_power") / cov.shape[-1])
     return float(value) if value.ndim == 0 else value
 
 
@@ -145,7 +150,7 @@ def _entropy_gaussian(x: np.ndarray, bias_correction: bool, op: str) -> np.ndarr
                          f"non-singular covariance, got S={count}, d={d}; use method='knn' or more samples")
     centred = x - x.mean(axis=-2, keepdims=True)
     cov = np.swapaxes(centred, -1, -2) @ centred / (count - 1)
-    log_det = _log_det_psd(0.5 * (cov + np.swapaxes(cov, -1, -2)))
+    log_det = _log_det_psd(0.5 * (cov + np.swapaxes(cov, -1, -2)), op)
     if bias_correction:
         # (S - 1) cov ~ Wishart(Sigma, S - 1):
         # E log det cov = log det Sigma + d log(2 / (S - 1)) + sum_{i<d} psi((S - 1 - i) / 2)

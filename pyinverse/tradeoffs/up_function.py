@@ -131,7 +131,7 @@ def eta(perception: Any, dim: int, order: float = 0.5) -> Any:
 
     Example:
         >>> eta(0.0, 10), round(eta(10.0, 10), 4)
-        (2.0, 1.0869)
+        (2.0, 1.0363)
     """
     op = "eta"
     p = _check_perception(perception, op)
