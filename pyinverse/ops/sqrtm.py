@@ -547,10 +547,17 @@ def _check_psd_remainder(schur: np.ndarray, sigma1: np.ndarray, d: int, op: str)
 
 def _check_middle_eigenvalues(eigenvalues: Any, d: int, op: str) -> None:
     """L^T S2 L is PSD when S2 is: an eigenvalue negative beyond rounding means S2 is not."""
-    lowest, largest = float(eigenvalues.min()), float(abs(eigenvalues).max())
-    if lowest < -_PSD_TOLERANCE * d * largest:
+    ratio = _negative_eigenvalue_ratio(eigenvalues, d)
+    if ratio is not None:
         raise ValueError(f"{op}: the covariances must be positive semi-definite, but S1^1/2 S2 S1^1/2 has an "
-                         f"eigenvalue {lowest / largest:.3g} times its largest magnitude: 'sigma2' is indefinite")
+                         f"eigenvalue {ratio:.3g} times its largest magnitude: 'sigma2' is indefinite")
+
+
+def _negative_eigenvalue_ratio(eigenvalues: Any, d: int) -> float | None:
+    """The smallest eigenvalue over the largest magnitude when it is negative beyond rounding
+    (``d * _PSD_TOLERANCE``), else None."""
+    lowest, largest = float(eigenvalues.min()), float(abs(eigenvalues).max())
+    return lowest / largest if lowest < -_PSD_TOLERANCE * d * largest else None
 
 
 def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
@@ -560,10 +567,10 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) ->
     sigma1 = 0.5 * (sigma1 + _swap(sigma1))
     sigma2 = 0.5 * (sigma2 + _swap(sigma2))
     values, vectors = xp.linalg.eigh(sigma1)
-    lowest, largest = float(values.min()), float(abs(values).max())
-    if lowest < -_PSD_TOLERANCE * sigma1.shape[0] * largest:
+    ratio = _negative_eigenvalue_ratio(values, sigma1.shape[0])
+    if ratio is not None:
         raise ValueError(f"{op}: 'sigma1' must be positive semi-definite, but it has an eigenvalue "
-                         f"{lowest / largest:.3g} times its largest magnitude")
+                         f"{ratio:.3g} times its largest magnitude")
     root = vectors * _spectral_function(values, "sqrt", 0.0, False, library)[None, :]
     middle = _swap(root) @ sigma2 @ root
     middle = 0.5 * (middle + _swap(middle))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .entropy import _float64
+from .entropy import _float64, check_psd_eigenvalues
 
 __all__ = ["kl_divergence_gaussian", "renyi_divergence_gaussian"]
 
@@ -123,9 +123,7 @@ def renyi_divergence_gaussian(mean1: Any, cov1: Any, mean2: Any, cov2: Any, orde
         scale = max(float(np.abs(cov).max(initial=0.0)), np.finfo(float).tiny)
         if np.abs(cov - np.swapaxes(cov, -1, -2)).max(initial=0.0) > 1e-8 * scale:
             raise ValueError(f"{op}: '{name}' must be symmetric")
-        values = np.linalg.eigvalsh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
-        if (values < -1e-8 * np.abs(values).max(-1, keepdims=True)).any():
-            raise ValueError(f"{op}: '{name}' must be positive semi-definite (smallest eigenvalue {values.min():.3g})")
+        check_psd_eigenvalues(np.linalg.eigvalsh(0.5 * (cov + np.swapaxes(cov, -1, -2))), name, op)
     d = mu1.shape[-1]
     if rank_tol is None:
         rank_tol = 100.0 * d * np.finfo(np.float64).eps

@@ -60,6 +60,13 @@ def _covariances(cov: Any, op: str) -> np.ndarray:
     return 0.5 * (cov + np.swapaxes(cov, -1, -2))
 
 
+def check_psd_eigenvalues(values: np.ndarray, name: str, op: str) -> None:
+    """ValueError naming ``name`` when an eigenvalue of ``values (..., d)`` is negative beyond
+    ``1e-8`` times its matrix's largest magnitude (rounding noise of a singular matrix is not)."""
+    if (values < -1e-8 * np.abs(values).max(-1, keepdims=True)).any():
+        raise ValueError(f"{op}: '{name}' must be positive semi-definite (smallest eigenvalue {values.min():.3g})")
+
+
 def _log_det_psd(cov: np.ndarray, op: str) -> np.ndarray:
     """log det of symmetric PSD matrices (..., d, d); -inf for singular ones.
 
@@ -68,11 +75,8 @@ def _log_det_psd(cov: np.ndarray, op: str) -> np.ndarray:
     negative beyond ``1e-8 lambda_max`` (as the divergences' check) is an error, not a "singular".
     """
     values = np.linalg.eigvalsh(cov)
-    largest = np.abs(values).max(-1, keepdims=True)
-    if (values < -1e-8 * largest).any():
-        raise ValueError(f"{op}: 'cov' must be positive semi-definite, but has an eigenvalue "
-                         f"{float((values / np.where(largest > 0, largest, 1.0)).min()):.3g} times its largest magnitude")
-    floor = cov.shape[-1] * np.finfo(np.float64).eps * largest
+    check_psd_eigenvalues(values, "cov", op)
+    floor = cov.shape[-1] * np.finfo(np.float64).eps * np.abs(values).max(-1, keepdims=True)
     singular = (values <= floor).any(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_det = np.log(np.where(values > floor, values, 1.0)).sum(-1)

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..ops.quantile import sample_stats
-from .._backend import check_choice
+from .._backend import _numpy_dtype_of, check_choice
 from ._arrays import as_array, check_levels, check_shape_of_lower, clamp_min_zero, is_torch, like, where
 
 SCALINGS = ("multiplicative", "additive")
@@ -115,7 +115,8 @@ def scale_intervals(lower: Any, center: Any, upper: Any, lam: Any,
                          f"{tuple(lower.shape)}")
     if scaling == "multiplicative" and (lam_array < 0).any():
         raise ValueError(f"{op}: multiplicative 'lam' must be >= 0, got min {lam_array.min()}")
-    scale = like(_rounded_down(lam_array, _numpy_dtype(lower)), lower)
+    dtype = _numpy_dtype_of(lower.dtype) if is_torch(lower) else lower.dtype
+    scale = like(_rounded_down(lam_array, dtype), lower)
     with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 is replaced just below; a huge lam gives inf
         new_lower, new_upper = _scaled_bounds(lower, center, upper, scale, scaling)
     if scaling == "multiplicative" and np.isinf(lam_array).any():
@@ -199,10 +200,6 @@ def _scaled_bounds(lower: Any, center: Any, upper: Any, scale: Any, scaling: str
     if scaling == "additive":
         return lower - scale, upper + scale
     return center - scale * clamp_min_zero(center - lower), center + scale * clamp_min_zero(upper - center)
-
-
-def _numpy_dtype(x: Any) -> np.dtype:
-    return np.dtype(str(x.dtype).replace("torch.", ""))
 
 
 def _rounded_down(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
