@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "core/parallel.h"
 #include "knn/knn.h"
 #include "knn/knn_kernel.h"
@@ -174,6 +175,7 @@ double dci_add_impl(const DciShape& shape, const T* directions, const T* old_key
   // The keys are dci_key's (float64 dot products rounded to T): the directions and each point are
   // widened to float64 once, instead of once per product, and the products run blocked.
   const std::vector<double> wide_directions(directions, directions + P * dim);
+  if (copy_to != nullptr) advise_huge_pages(copy_to, static_cast<size_t>(n_new * dim) * sizeof(T));
   // Point-major: the P directions stay in cache while each new point is read once, and in the same
   // pass copied (copy_to: the index's own storage) and measured (its squared norm, for the search's
   // bound and to find NaN / inf rows): separate passes over the points were a fifth of a build.
