@@ -201,6 +201,8 @@ def test_feature_distance_and_feature_loss_train():
     (dict(inputs=torch.rand(4, 1, 16, 16)), ValueError, "train_cimle: 'inputs' must have shape"),
     (dict(targets=torch.rand(5, 1, 8, 8)), ValueError, "train_cimle: 'targets' must have shape"),
     (dict(targets=torch.full((4, 1, 8, 8), float("nan"))), ValueError, "train_cimle: 'targets' holds NaN"),
+    (dict(targets=torch.full((4, 1, 8, 8), 1e300, dtype=torch.float64)), ValueError,
+     "train_cimle: 'targets' holds values beyond the range of the generator's torch.float32"),
     (dict(inputs=[[1.0]]), TypeError, "train_cimle: 'inputs' must be a torch tensor"),
     (dict(generator=torch.nn.Conv2d(1, 1, 3)), TypeError, "train_cimle: 'generator'"),
 ])

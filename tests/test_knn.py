@@ -483,6 +483,13 @@ def test_dci_load_rejects_bad_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="safetensors"):
         DCIIndex.load(tmp_path / "junk.safetensors")
+    for device in ("junk", "meta", 3.5):
+        with pytest.raises(ValueError, match="'device' must be 'cpu' or a CUDA device"):
+            DCIIndex.load(path, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'device' is 'cuda' but CUDA is not available"):
+            DCIIndex.load(path, device="cuda")
+    assert DCIIndex.load(path, device=torch.device("cpu")).ntotal == 4
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -65,9 +65,12 @@ def _images(x: Any, where: str, name: str, device: torch.device, dtype: torch.dt
         raise ValueError(f"{where}: '{name}' must have shape (N, C, H, W) with N >= 1, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{where}: '{name}' must hold floats, got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    cast = x.detach().to(device=device, dtype=dtype)  # the generator's dtype: float64 generators work too
+    if not bool(torch.isfinite(cast).all()):  # after the cast: float64 values beyond float32 become inf
+        if bool(torch.isfinite(x).all()):
+            raise ValueError(f"{where}: '{name}' holds values beyond the range of the generator's {dtype}")
         raise ValueError(f"{where}: '{name}' holds NaN or inf")
-    return x.detach().to(device=device, dtype=dtype)  # the generator's dtype: float64 generators work too
+    return cast
 
 
 def _check_pair(generator: Any, inputs: Any, targets: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,6 +87,24 @@ def _max_norm_upper_bound(points: torch.Tensor, name: str = "points", op: str = 
     return bound
 
 
+def _load_device(device: Any, op: str) -> torch.device:
+    """``device`` as a torch.device: the CPU, or an available CUDA device (index filled in)."""
+    try:
+        parsed = torch.device(device)
+    except (TypeError, RuntimeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{op}: 'device' must be 'cpu' or a CUDA device such as 'cuda:0', got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{op}: 'device' is {device!r} but CUDA is not available")
+        index = torch.cuda.current_device() if parsed.index is None else parsed.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{op}: 'device' is {device!r} but there are {torch.cuda.device_count()} CUDA devices")
+        parsed = torch.device("cuda", index)
+    return parsed
+
+
 class DCIIndex:
     """Prioritized DCI index for approximate (or exact) k-nearest-neighbour search in squared L2.
 
@@ -298,7 +316,9 @@ class DCIIndex:
                 candidates, so k valid neighbours are returned.
             exact: ignore the budgets. The traversal then stops only when no unvisited point can
                 enter the top k (a bound from |<u, x - q>| <= ||x - q|| that accounts for rounding),
-                so the result equals a float64 brute force, ties by smaller index.
+                so the result equals a float64 brute force over the stored points, ties by smaller
+                index. The queries are cast to the index's dtype first, as in every search: float64
+                queries on a float32 index are ranked as rounded to float32.
 
         Returns:
             ``(distances, indices)``: ``(Q, k)`` squared L2 distances (float64 accumulation, in
@@ -381,11 +401,13 @@ class DCIIndex:
 
         Raises:
             ValueError: the file is not a valid DCIIndex file (format, version, config, shapes,
-                dtypes, directions other than its seed's, non-finite points).
+                dtypes, directions other than its seed's, non-finite points), or ``device`` is not
+                a CPU or an available CUDA device.
         """
         from safetensors import safe_open
 
         op = "DCIIndex.load"
+        device = _load_device(device, op)
         path = Path(path)
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -433,9 +455,7 @@ class DCIIndex:
             raise ValueError(f"{op}: '{path}': the stored directions are not those of seed {seed}")
         if not bool(torch.isfinite(data).all()):
             raise ValueError(f"{op}: '{path}': the indexed points hold NaN or inf")
-        index._device = torch.device(device)
-        if index._device.type == "cuda" and index._device.index is None:
-            index._device = torch.device("cuda", torch.cuda.current_device())
+        index._device = device
         index._device_fixed = True
         index.reset()
         if data.shape[0]:
