@@ -381,3 +381,9 @@ def test_integer_images_are_refused_not_read_as_0_to_255(extractor):
         extractor(images)
     with pytest.raises(TypeError, match="float images"):
         perceptual_distance(images, images)
+    floats = images / 255.0
+    for call, name in ((lambda: LPIPSAlex()(floats, images), "LPIPSAlex: 'y'"),
+                       (lambda: LPIPSAlex()(images.numpy(), floats.numpy()), "LPIPSAlex: 'x'"),
+                       (lambda: FIDInceptionV3()(images), "FIDInceptionV3: 'images'")):
+        with pytest.raises(TypeError, match=f"{name} must be float images in \\[0, 1\\], got .*uint8; divide 8-bit"):
+            call()

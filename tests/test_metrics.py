@@ -150,6 +150,39 @@ def test_bad_inputs_raise_value_errors(call, message):
         call()
 
 
+@pytest.mark.parametrize("metric, reference", [(psnr, peak_signal_noise_ratio), (ssim, None)])
+def test_integer_images_need_their_data_range(rng, metric, reference):
+    """8-bit images against the default range 1 would give a meaningless score: refused, naming
+    data_range; with data_range=255 they score as the same images divided by 255."""
+    x = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+    y = np.clip(x.astype(np.int64) + rng.integers(-9, 10, x.shape), 0, 255).astype(np.uint8)
+    for a, b, name in ((x, y / 255.0, "x"), (torch.from_numpy(x / 255.0), torch.from_numpy(y), "y")):
+        with pytest.raises(ValueError, match=f"{metric.__name__}: '{name}' holds .*uint8 values: pass data_range"):
+            metric(a, b)
+    np.testing.assert_allclose(metric(x, y, data_range=255), metric(x / 255.0, y / 255.0), rtol=1e-12)
+    if reference is not None:
+        np.testing.assert_allclose(metric(x[0], y[0], data_range=255),
+                                   reference(x[0], y[0], data_range=255), rtol=1e-12)
+
+
+def test_float32_ssim_of_flat_bright_images_stays_accurate():
+    """Uncentred float32 moments (E[x^2] - E[x]^2 near 0.9) cancelled: SSIM came out at 1.0003."""
+    for level, step in ((0.95, 1e-4), (0.7, 1e-3), (0.999, 1e-5)):
+        x = torch.full((1, 3, 32, 32), level)
+        exact = ssim(x.double(), (x + step).double())
+        value = ssim(x, x + step)
+        assert float(value) <= 1.0 + 2.0**-23  # the last division may round up by an ulp
+        assert abs(float(value) - float(exact)) < 1e-6
+
+
+@pytest.mark.parametrize("sigma, truncate", [(0.0, 3.5), (-1.5, 3.5), (float("nan"), 3.5), (True, 3.5), (1.5, 0.0)])
+def test_gaussian_window_refuses_bad_arguments(sigma, truncate):
+    from pyinverse.metrics.distortion import gaussian_window
+
+    with pytest.raises((TypeError, ValueError), match="gaussian_window: '(sigma|truncate)'"):
+        gaussian_window(sigma, truncate)
+
+
 def test_bad_types_raise_type_errors():
     with pytest.raises(TypeError, match="psnr: 'x' must be a torch tensor or a numpy array"):
         psnr([[0.0]], np.zeros((1, 1)))

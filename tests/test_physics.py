@@ -153,6 +153,21 @@ def test_project_makes_samples_consistent(factory, dtype, atol):
         assert batch_dot(correction, correction) <= batch_dot(other - samples, other - samples) * (1 + 1e-9) + 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_denoising_and_inpainting_project_exactly(rng, dtype):
+    """Where A is a selection, project returns y's observed values bit for bit (x + (y - x) may
+    round away from y), and x's elsewhere; y of batch 1 is broadcast, numpy gives numpy."""
+    x = torch.from_numpy(rng.random((3, 2, 9, 8)) * 1e6).to(dtype)  # far from y: x + (y - x) != y
+    y = torch.from_numpy(rng.random((1, 2, 9, 8)) + 1e-8).to(dtype)
+    assert not torch.equal(x + (y - x), y.expand_as(x))
+    projected = Denoising(0.1).project(x, y)
+    assert torch.equal(projected, y.expand_as(x)) and projected.data_ptr() != y.data_ptr()
+    op = Inpainting(fraction=0.4, seed=3)
+    observed = op.mask_for((9, 8)).bool()
+    assert torch.equal(op.project(x, y), torch.where(observed, y, x))
+    assert np.array_equal(op.project(x.numpy(), y.numpy()), torch.where(observed, y, x).numpy())
+
+
 def test_project_with_noisy_measurement_full_row_rank():
     """For full-row-rank operators even a noisy y (outside any image's reach) is matched exactly."""
     op = Downsample(4)
@@ -541,6 +556,36 @@ def test_inpainting_explicit_masks(as_numpy):
         Inpainting(mask3).A(rng.random((1, 2, 6, 7)))
     with pytest.raises(ValueError, match="does not fit the mask"):
         Inpainting(mask2).A(rng.random((1, 3, 7, 6)))
+
+
+def test_inpainting_copies_its_mask():
+    """Editing the caller's mask (or the one mask_for returns) later changes nothing, for every dtype."""
+    mask = np.ones((6, 5))
+    mask[0, 0] = 0
+    op = Inpainting(mask)
+    x64, x32 = torch.rand(1, 1, 6, 5, dtype=torch.float64), torch.rand(1, 1, 6, 5)
+    expected = torch.from_numpy(mask.copy())
+    mask[0, 1] = 0
+    mask[0, 2] = 7  # not even a valid mask any more
+    op.mask_for((6, 5))[0, 0, 3] = 0
+    for x in (x64, x32):
+        torch.testing.assert_close(op.A(x), x * expected.to(x.dtype), rtol=0, atol=0)
+    torch.testing.assert_close(op.mask_for((6, 5)), expected.unsqueeze(0), rtol=0, atol=0)
+
+
+def test_inpainting_reads_non_finite_missing_pixels_as_0(rng):
+    """Missing pixels stored as NaN / inf read as 0: A gives finite measurements and project pastes
+    y's observed pixels (a product with the 0/1 mask would have turned them into NaN)."""
+    op = Inpainting(box=(1, 2, 3, 2))
+    truth = torch.from_numpy(rng.random((2, 3, 6, 7)))
+    observed = op.mask_for((6, 7)).bool()
+    y = truth.masked_fill(~observed, float("nan"))
+    y[1, :, 2, 3] = float("inf")  # inside the box
+    torch.testing.assert_close(op.A(y), op.A(truth), rtol=0, atol=0)
+    x = torch.from_numpy(rng.random((2, 3, 6, 7)))
+    projected = op.project(x, y)
+    torch.testing.assert_close(projected, torch.where(observed, truth, x), rtol=0, atol=0)
+    assert torch.isnan(op.A(torch.full((1, 1, 6, 7), float("nan")))).sum() == int(observed.sum())  # observed NaN stays
 
 
 def test_inpainting_noise_only_on_observed_pixels():

@@ -35,11 +35,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._backend import require_float_images
 from ._inputs import check_reduction, image_batch, to_channels
 from .weights import check_state_dict
 
@@ -240,11 +240,7 @@ class FeatureExtractor:
 
     def _prepare(self, images: Any, fn: str, name: str,
                  size: tuple[int, int] | None) -> tuple[torch.Tensor, bool]:
-        dtype = getattr(images, "dtype", None)  # before image_batch casts integers to float
-        if ((isinstance(dtype, torch.dtype) and not dtype.is_floating_point)
-                or (isinstance(dtype, np.dtype) and not np.issubdtype(dtype, np.floating))):
-            raise TypeError(f"{fn}: '{name}' must be float images in [0, 1], got {dtype} "
-                            "(divide 8-bit images by 255)")
+        require_float_images(images, f"{fn}: '{name}' must be float images in [0, 1]")  # before image_batch casts
         batch = image_batch(images, fn, name, allow_single=False)
         tensor = to_channels(batch.tensor, IN_CHANNELS, fn, name).to(self.device, torch.float32)
         if size is not None and tuple(tensor.shape[-2:]) != size:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._backend import require_float_images
 from ._inputs import image_batch, to_channels
 from .weights import load_torch_weights
 
@@ -178,6 +179,7 @@ class FIDInceptionV3(nn.Module):
     def forward(self, images: Any) -> torch.Tensor:
         """(B, 1|3, H, W) in [0, 1] (torch or numpy) -> (B, 2048) float32 on the network's device."""
         fn = "FIDInceptionV3"
+        require_float_images(images, f"{fn}: 'images' must be float images in [0, 1]")
         batch = image_batch(images, fn, "images", allow_single=False)
         weight = self.Conv2d_1a_3x3.conv.weight
         x = to_channels(batch.tensor, 3, fn, "images").to(weight.device, weight.dtype)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._backend import require_float_images
 from ._inputs import image_pair, check_reduction, to_channels
 from .features import unit_normalize
 from .weights import check_state_dict, read_torch_state_dict
@@ -39,7 +40,8 @@ class LPIPSAlex(nn.Module):
     """LPIPS distance with an AlexNet backbone: ``lpips(x, y) -> (B,)``.
 
     ``x``, ``y``: (B, 1 or 3, H, W) in [0, 1] (gray is replicated), H, W >= 31 (below that
-    AlexNet's second pooling has nothing to pool). Returns (B,) distances >= 0 (torch; differentiable).
+    AlexNet's second pooling has nothing to pool), float (8-bit images: divide by 255 first).
+    Returns (B,) distances >= 0: a torch tensor (differentiable), or numpy when both are numpy.
     Build with :meth:`from_files`; a bare ``LPIPSAlex()`` has random weights (for tests).
 
     Example:
@@ -127,6 +129,8 @@ class LPIPSAlex(nn.Module):
     def forward(self, x: Any, y: Any, reduction: str = "none") -> torch.Tensor:
         fn = "LPIPSAlex"
         check_reduction(reduction, fn)
+        for name, images in (("x", x), ("y", y)):  # 8-bit images would pass as values far outside [0, 1]
+            require_float_images(images, f"{fn}: '{name}' must be float images in [0, 1]")
         bx, by = image_pair(x, y, fn)
         if bx.tensor.ndim != 4 or bx.input_ndim != 4:
             raise ValueError(f"{fn}: 'x' must have shape (B, C, H, W), got {tuple(bx.tensor.shape)}")

@@ -239,9 +239,11 @@ class LinearOperator(Operator):
             raise ValueError(f"{where}: 'y' must have shape {expected} (A of 'x'), got {y_shape}")
         if y_tensor.device != x_tensor.device:
             raise ValueError(f"{where}: 'x' is on {x_tensor.device} but 'y' is on {y_tensor.device}")
-        y_tensor = y_tensor.to(x_tensor.dtype)
-        residual = y_tensor - self._A(x_tensor)
-        return back(x_tensor + self._A_pinv(residual))
+        return back(self._project(x_tensor, y_tensor.to(x_tensor.dtype)))
+
+    def _project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``project`` on checked tensors (``y`` of ``x``'s dtype, maybe with a batch of 1)."""
+        return x + self._A_pinv(y - self._A(x))
 
     def _A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,7 +10,8 @@ class Denoising(LinearOperator):
     """``y = x + sigma * n``: ``A`` is the identity on ``(B, C, H, W)``.
 
     ``A``, ``A_adjoint`` and ``A_pinv`` return a copy of their input (never an alias, so
-    in-place edits of a result cannot reach the caller's image); ``project(x, y)`` returns ``y``.
+    in-place edits of a result cannot reach the caller's image); ``project(x, y)`` returns a copy
+    of ``y`` (broadcast over ``x``'s batch), exactly, not ``x + (y - x)``.
 
     Args:
         sigma: noise standard deviation in image units ([0, 1] scale), >= 0; this is
@@ -35,6 +36,9 @@ class Denoising(LinearOperator):
 
     def _A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         return y.clone()
+
+    def _project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y.expand_as(x).clone()
 
     @property
     def spec(self) -> str:

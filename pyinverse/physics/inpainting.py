@@ -1,4 +1,4 @@
-"""Inpainting: observe a subset of the pixels (the others read as 0)."""
+"""Inpainting: observe a subset of the pixels (the others read as 0, whatever they hold)."""
 from __future__ import annotations
 
 import numbers
@@ -25,8 +25,10 @@ class Inpainting(LinearOperator):
 
     The operator is a diagonal 0/1 matrix, hence self-adjoint and its own pseudo-inverse:
     ``A_adjoint = A_pinv = A``, and ``project(x, y)`` pastes the observed pixels of ``y`` into
-    ``x``. ``__call__`` adds noise on the observed pixels only (missing pixels stay 0, so
-    noisy measurements remain in the range of ``A``).
+    ``x``. Missing pixels read as 0 whatever they hold, NaN included (a common way to store
+    them), so ``project(x, y)`` takes ``y`` with NaN holes. ``__call__`` adds noise on the observed
+    pixels only (missing pixels stay 0, so noisy measurements remain in the range of ``A``).
+    The mask is copied: later changes to the caller's array do not change the operator.
 
     Args:
         mask: explicit mask (see above).
@@ -83,13 +85,17 @@ class Inpainting(LinearOperator):
             raise TypeError(f"Inpainting: 'mask' must be a numpy array or torch tensor, got {type(mask).__name__}")
         if mask.dim() not in (2, 3) or mask.numel() == 0:
             raise ValueError(f"Inpainting: 'mask' must have shape (H, W) or (C, H, W), got {tuple(mask.shape)}")
-        mask = mask.detach().to(device="cpu", dtype=torch.float64)
+        mask = mask.detach().to(device="cpu", dtype=torch.float64, copy=True)  # the caller may edit theirs
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("Inpainting: 'mask' must contain only 0 and 1 (1 = observed)")
         return mask if mask.dim() == 3 else mask.unsqueeze(0)
 
     def mask_for(self, size: tuple[int, int]) -> torch.Tensor:
-        """The float64 CPU mask ``(1 or C, H, W)`` (1 = observed) used for images of ``size = (H, W)``."""
+        """The float64 CPU mask ``(1 or C, H, W)`` (1 = observed) used for images of ``size = (H, W)``
+        (a copy: editing it does not change the operator)."""
+        return self._mask_of(size).clone()
+
+    def _mask_of(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = (int(s) for s in size)
         if self._mask is not None:
             if tuple(self._mask.shape[-2:]) != (h, w):
@@ -127,15 +133,21 @@ class Inpainting(LinearOperator):
             raise ValueError(f"{where}: the box (top, left, height, width) = {self.box} does not fit in "
                              f"{what} of size {(h, w)}")
 
-    def _mask_like(self, x: torch.Tensor) -> torch.Tensor:
+    def _observed_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask as booleans on ``x``'s device."""
         h, w = x.shape[-2:]
-        key = (h, w, x.dtype, str(x.device))
+        key = (h, w, str(x.device))
         if key not in self._device_cache:
-            self._device_cache[key] = self.mask_for((h, w)).to(dtype=x.dtype, device=x.device)
+            self._device_cache[key] = self._mask_of((h, w)).to(device=x.device) != 0
         return self._device_cache[key]
 
     def _A(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self._mask_like(x)
+        # A select, not a product: NaN / inf in missing pixels read as 0 (0 * NaN would be NaN).
+        return torch.where(self._observed_like(x), x, x.new_zeros(()))
+
+    def _project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # y's observed pixels exactly (x + (y - x) may round), and x's where y is missing.
+        return torch.where(self._observed_like(x), y, x)
 
     def _A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self._A(y)
@@ -147,7 +159,7 @@ class Inpainting(LinearOperator):
         return self._output_shape(y_shape, where, name)
 
     def _noise_pattern(self, noise: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return noise * self._mask_like(noise)
+        return self._A(noise)
 
     @property
     def spec(self) -> str | None:
