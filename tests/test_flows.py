@@ -641,3 +641,47 @@ def test_learned_prior_must_be_a_bool():
         Glow(1, 4, levels=2, depth=1, hidden=4, learned_prior="no")
     with pytest.raises(ValueError, match="'learned_prior' must be a bool"):
         Split(4, learned_prior=1)
+
+
+def test_resume_restores_a_best_epoch_that_was_not_checkpointed(tmp_path):
+    """Evaluated every epoch, checkpointed every second: a run resumed after epoch 2 returns the
+    same best weights and record as the uninterrupted run (the checkpoint carries the best epoch's
+    weights when they are not its own)."""
+    data, held = smooth_images(64, 4, 1), smooth_images(16, 4, 2)
+    settings = dict(batch_size=8, lr=2e-2, seed=0, held_out=held, warmup_steps=0, checkpoint_every=2,
+                    progress=False)
+    whole = tiny_glow()
+    expected = train_flow(whole, data, epochs=4, checkpoint_dir=tmp_path / "a", **settings)
+    assert expected.best_epoch in (1, 3), expected.held_out_bpd  # the test needs an uncheckpointed best
+    first, resumed = tiny_glow(), tiny_glow()
+    train_flow(first, data, epochs=2, checkpoint_dir=tmp_path / "b", **settings)
+    history = train_flow(resumed, data, epochs=4, checkpoint_dir=tmp_path / "b", resume=True, **settings)
+    assert (history.best_epoch, history.best_held_out_bpd) == (expected.best_epoch, expected.best_held_out_bpd)
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_refuses_fewer_epochs_and_the_largest_seed_trains(tmp_path):
+    data, held = smooth_images(16, 4, 1), smooth_images(4, 4, 2)
+    train_flow(tiny_glow(), data, epochs=2, batch_size=8, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="is at epoch 2, past epochs=1"):
+        train_flow(tiny_glow(), data, epochs=1, batch_size=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+    history = train_flow(tiny_glow(), data, epochs=1, batch_size=8, seed=2**63 - 1, held_out=held, progress=False)
+    assert math.isfinite(history.held_out_bpd[0])  # its held-out evaluation used to get seed 2**63
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: train_flow(tiny_glow(), smooth_images(8, 4, 0), lr=True, progress=False), "'lr' must be"),
+    (lambda: train_flow(tiny_glow(), smooth_images(8, 4, 0), grad_clip=True, progress=False), "'grad_clip' must be"),
+    (lambda: tiny_glow().sample(2, temperature=True), "'temperature' must be"),
+    (lambda: Glow(1, 4, levels=1, depth=1, hidden=4, seed=-1), r"'seed' must be an int in \[0, 2\*\*63\)"),
+    (lambda: Glow(1, 4, levels=1, depth=1, hidden=4, seed=True), r"'seed' must be an int in \[0, 2\*\*63\)"),
+    (lambda: RealNVP(1, 4, seed=1.5), r"'seed' must be an int in \[0, 2\*\*63\)"),
+    (lambda: RealNVP(1, 4, seed=2**70), r"'seed' must be an int in \[0, 2\*\*63\)"),
+    (lambda: Glow(1, (8.9, 8), levels=1, depth=1, hidden=4), r"'image_size' must be an int or \(H, W\) ints"),
+    (lambda: LinearFlow(torch.eye(4, dtype=torch.float64), (1, 2, 2), mean=[math.nan] * 4), "'mean' has non-finite"),
+])
+def test_flow_arguments_are_checked(call, match):
+    """Booleans are not numbers, seeds are ints in range, sizes are not truncated, means are finite."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()

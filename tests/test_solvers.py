@@ -290,6 +290,46 @@ def test_langevin_errors():
         latent_langevin(model, op, y, noise_sigma=0.1, method="hmc")
     with pytest.raises(FloatingPointError, match="ULA chain became non-finite"):
         latent_langevin(model, op, y, noise_sigma=1e-3, method="ula", step_size=1e6, burn_in=50, init="zero")
+    with pytest.raises(TypeError, match="'adapt' must be a bool"):
+        latent_langevin(model, op, y, noise_sigma=0.1, adapt="no")
+
+
+@pytest.mark.parametrize("solver", ["map", "langevin"])
+def test_solvers_leave_a_train_mode_model_unchanged(solver):
+    """init='pinv' runs the flow forward: in train mode a fresh Glow's actnorm would initialise
+    itself from the measurements. The solvers run it frozen in eval mode and give it back as it was."""
+    model = Glow(1, 8, levels=2, depth=1, hidden=8, seed=0).double().train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    op = Denoising(0.1)
+    y = op(torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), seed=1)
+    if solver == "map":
+        latent_map(model, op, y, init="pinv", steps=2)
+    else:
+        latent_langevin(model, op, y, noise_sigma=0.1, init="pinv", n_samples=2, burn_in=1)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_lbfgs_reports_a_nan_gradient_as_divergence():
+    """A finite objective with a NaN gradient: every line-search trial fails, and L-BFGS called the
+    row converged where Adam called it diverged. Both report divergence now."""
+
+    class SqrtAboveTen:  # A(x) = x near the start, but the untaken branch's NaN reaches the gradient
+        linear = False
+
+        def output_shape(self, shape):
+            return tuple(shape)
+
+        def A(self, x):
+            return torch.where(x > 10, torch.sqrt(x - 20), x)
+
+    model = LinearFlow(torch.eye(4, dtype=torch.float64), (1, 2, 2))
+    y = torch.full((1, 1, 2, 2), 0.7, dtype=torch.float64)
+    for optimizer in ("adam", "lbfgs"):
+        with pytest.warns(RuntimeWarning, match="diverged"):
+            result = latent_map(model, SqrtAboveTen(), y, optimizer=optimizer, steps=5)
+        assert result.status == ["diverged"], optimizer
 
 
 # ---- baselines ----------------------------------------------------------------------------------------------
@@ -358,6 +398,9 @@ def test_operator_norm_and_lasso_errors():
     for tol in (float("nan"), -1e-7):
         with pytest.raises(ValueError, match="'tol' must be a finite number >= 0"):
             lasso_dct(op, np.zeros((1, 6)), 0.1, image_shape=(1, 3, 3), tol=tol)
+    for iterations in (0, -3, True, 2.5):  # 0 and -3 gave ||A||^2 = 0 for any operator
+        with pytest.raises(ValueError, match="operator_norm_squared: 'iterations' must be an int >= 1"):
+            operator_norm_squared(op, (1, 1, 3, 3), iterations=iterations)
 
 
 def test_bm3d_denoises():

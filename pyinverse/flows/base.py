@@ -163,7 +163,8 @@ class FlowModel(nn.Module):
         """
         where = f"{type(self).__name__}.sample"
         n = positive_int(n, where, "n")
-        if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0):
+        if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                or not math.isfinite(temperature) or temperature < 0):
             raise ValueError(f"{where}: 'temperature' must be a finite number >= 0, got {temperature!r}")
         generator = None if seed is None else torch.Generator().manual_seed(check_seed(seed, where))
         eps = torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)

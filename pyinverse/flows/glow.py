@@ -5,6 +5,7 @@ import numbers
 
 import torch
 
+from ..draws import check_seed
 from .base import MultiScaleFlow, positive_int
 from .layers import ActNorm, AffineCoupling, InvertibleConv1x1, Preprocess, Split, Squeeze, check_clamp
 
@@ -14,9 +15,12 @@ def image_size_pair(image_size, where: str) -> tuple[int, int]:
     if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
     try:
-        height, width = (int(s) for s in image_size)
+        height, width = image_size
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: 'image_size' must be an int or (H, W), got {image_size!r}") from None
+        height = width = None
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in (height, width)):
+        raise ValueError(f"{where}: 'image_size' must be an int or (H, W) ints, got {image_size!r}")
+    height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise ValueError(f"{where}: 'image_size' must be positive, got {image_size!r}")
     return height, width
@@ -62,6 +66,7 @@ class Glow(MultiScaleFlow):
         depth = positive_int(depth, where, "depth")
         hidden = positive_int(hidden, where, "hidden")
         clamp = check_clamp(clamp, scale, where)  # here, not at the first forward
+        seed = check_seed(seed, where)
         if not isinstance(learned_prior, bool):  # e.g. "no" from a config file would read as True
             raise ValueError(f"{where}: 'learned_prior' must be a bool, got {learned_prior!r}")
         if height % 2**levels or width % 2**levels:

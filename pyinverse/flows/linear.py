@@ -52,6 +52,8 @@ class LinearFlow(FlowModel):
         mean = torch.zeros(d, dtype=torch.float64) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
         if mean.shape != (d,):
             raise ValueError(f"LinearFlow: 'mean' must have shape ({d},), got {tuple(mean.shape)}")
+        if not bool(torch.isfinite(mean).all()):
+            raise ValueError("LinearFlow: 'mean' has non-finite values")
         self.matrix = nn.Parameter(matrix.clone())
         self.mean = nn.Parameter(mean.clone())
         self.config = dict(type="linear", image_shape=list(shape))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..draws import check_seed
 from .base import MultiScaleFlow, positive_int
 from .glow import image_size_pair
 from .layers import ActNorm, AffineCoupling, Preprocess, Split, Squeeze, check_clamp
@@ -46,6 +47,7 @@ class RealNVP(MultiScaleFlow):
         couplings = positive_int(couplings, where, "couplings")
         hidden = positive_int(hidden, where, "hidden")
         clamp = check_clamp(clamp, scale, where)  # here, not at the first forward
+        seed = check_seed(seed, where)
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
             raise ValueError(f"{where}: image_size {(height, width)} must be divisible by "
                              f"2**(levels - 1) = {2 ** (levels - 1)}")

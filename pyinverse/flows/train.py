@@ -21,6 +21,7 @@ import numbers
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -158,6 +159,9 @@ def _load_optimizer_state(optimizer: torch.optim.Adam, params: list[torch.nn.Par
         }
 
 
+_BEST_PREFIX = "best/"  # train_state names of the best epoch's weights, when they are not the checkpoint's
+
+
 def _checkpointed(epoch: int, checkpoint_every: int, epochs: int) -> bool:
     """Whether the end of (1-based) ``epoch`` writes a checkpoint: every ``checkpoint_every`` and the last."""
     return epoch % checkpoint_every == 0 or epoch == epochs
@@ -252,11 +256,11 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     eval_every = positive_int(eval_every, where, "eval_every")
     checkpoint_every = positive_int(checkpoint_every, where, "checkpoint_every")
     init_batch = positive_int(init_batch, where, "init_batch")
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"{where}: 'lr' must be a finite number > 0, got {lr!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
         raise ValueError(f"{where}: 'warmup_steps' must be an int >= 0, got {warmup_steps!r}")
-    if not (isinstance(grad_clip, numbers.Real) and grad_clip > 0):
+    if isinstance(grad_clip, bool) or not (isinstance(grad_clip, numbers.Real) and grad_clip > 0):
         raise ValueError(f"{where}: 'grad_clip' must be a number > 0, got {grad_clip!r}")
     seed = check_seed(seed, where)
     levels = quantize_levels(_as_image_tensor(data, model, where, "data"))
@@ -299,6 +303,9 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         _load_optimizer_state(optimizer, params, state, str(resume_path), where)
         generator.set_state(state["rng"].to(torch.uint8))
         step, start_epoch = (int(v) for v in state["counters"].tolist())
+        if epochs < start_epoch:
+            raise ValueError(f"{where}: '{resume_path}' is at epoch {start_epoch}, past epochs={epochs}; "
+                             "'epochs' is the total to reach, so pass epochs >= that to continue")
     if folder is not None and not overwrite:
         # Fail now rather than after the first epoch, at the first checkpoint that would clash.
         for later in range(start_epoch + 1, epochs + 1):
@@ -319,6 +326,11 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
         history.best_epoch = int(info.get("best_epoch", 0))
         if history.best_epoch == start_epoch:
             best_state = copy.deepcopy(model.state_dict())
+        elif any(key.startswith(_BEST_PREFIX) for key in state):  # an earlier best epoch's weights
+            probe = copy.deepcopy(model)
+            load_state_checked(probe, {key[len(_BEST_PREFIX):]: value for key, value in state.items()
+                                       if key.startswith(_BEST_PREFIX)}, f"{resume_path} (best epoch)", where)
+            best_state = probe.state_dict()
         emit(f"resumed from {resume_path} at epoch {start_epoch}, step {step}")
     else:
         # actnorm's data-dependent init: one forward pass in train mode on a random subset.
@@ -364,7 +376,7 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
                     bar.set_postfix(epoch=epoch + 1, bpd=f"{losses[-1]:.3f}")
             held = math.nan
             if held_images is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                held = evaluate_bpd(model, held_images, seed=int(seed) + 1)
+                held = evaluate_bpd(model, held_images, seed=(int(seed) + 1) % 2**63)  # seed 2**63 - 1 too
                 if held < best_value:
                     best_value = held
                     best_state = copy.deepcopy(model.state_dict())
@@ -382,6 +394,9 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
                 state = _optimizer_state(optimizer, params)
                 state["rng"] = generator.get_state()
                 state["counters"] = torch.tensor([step, epoch + 1], dtype=torch.int64)
+                if best_state is not None and history.best_epoch != epoch + 1:
+                    # The best epoch's weights too: a resumed run restores them as this run would.
+                    state.update({_BEST_PREFIX + key: value.contiguous() for key, value in best_state.items()})
                 info = {"epoch": epoch + 1, "step": step, "lr": float(lr), "batch_size": batch_size, "seed": int(seed),
                         "run": run,
                         "train_bpd": history.train_bpd[-1], "held_out_bpd": held,
@@ -398,22 +413,22 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
     if not history.best_epoch and history.epochs:
         history.best_epoch = history.epochs[-1]
     if restore_best and best_state is None and history.best_epoch not in (0, history.epochs[-1] if history.epochs else 0):
-        best_state = _state_from_checkpoint(model, folder, history, where, emit)
+        best_state = _state_from_checkpoint(model, folder, history, where)
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
 
 
-def _state_from_checkpoint(model, folder, history, where, emit):
+def _state_from_checkpoint(model, folder, history, where):
     """The weights of the best epoch from its checkpoint (a resumed run's best came before it)."""
     epoch_index = history.epochs.index(history.best_epoch) if history.best_epoch in history.epochs else None
     if folder is None or epoch_index is None:
-        emit(f"best epoch {history.best_epoch} was not checkpointed; keeping the last weights")
+        warnings.warn(f"best epoch {history.best_epoch} was not checkpointed; keeping the last weights", RuntimeWarning, stacklevel=3)
         return None
     path = _checkpoint_path(folder, history.steps[epoch_index])
     if not path.is_file():
-        emit(f"best epoch {history.best_epoch}: '{path}' is gone; keeping the last weights")
+        warnings.warn(f"best epoch {history.best_epoch}: '{path}' is gone; keeping the last weights", RuntimeWarning, stacklevel=3)
         return None
     config, tensors, _, _ = read_flow_file(path, where)
     check_config_matches(model, config, str(path), where)

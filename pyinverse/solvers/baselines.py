@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..draws import check_seed
+
 TRANSFORMS = ("dct", "wavelet")
 
 
@@ -135,13 +137,16 @@ def _back(x: np.ndarray, kind: str, like: Any):
 
 
 def operator_norm_squared(operator: Any, image_shape: tuple[int, ...], iterations: int = 50, seed: int = 0) -> float:
-    """``||A||_2^2`` (largest eigenvalue of ``A^T A``) by power iteration, float64.
+    """``||A||_2^2`` (largest eigenvalue of ``A^T A``) by ``iterations`` >= 1 steps of power
+    iteration from a seeded random start, float64.
 
     Example:
         >>> operator_norm_squared(Denoising(0.1), (1, 1, 8, 8))
         1.0
     """
-    rng = np.random.default_rng(seed)
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"operator_norm_squared: 'iterations' must be an int >= 1, got {iterations!r}")
+    rng = np.random.default_rng(check_seed(seed, "operator_norm_squared"))
     v = rng.standard_normal(image_shape)
     v /= np.linalg.norm(v)
     value = 0.0

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..draws import Draws
 from ..flows.base import FlowModel
-from .latent_map import (_nonneg_float, _positive_float, _positive_int, check_differentiable, initial_latents,
+from .latent_map import (_nonneg_float, _positive_float, _positive_int, check_differentiable, frozen, initial_latents,
                          latent_map, measurement_tensor)
 
 METHODS = ("ula", "mala")
@@ -120,6 +120,8 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
     if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral) or burn_in < 0:
         raise ValueError(f"{where}: 'burn_in' must be an int >= 0, got {burn_in!r}")
     thin = _positive_int(thin, where, "thin")
+    if not isinstance(adapt, bool):  # "no" would read as True
+        raise TypeError(f"{where}: 'adapt' must be a bool, got {adapt!r}")
     chains = min(n_samples, 8) if chains is None else _positive_int(chains, where, "chains")
     if not (isinstance(target_accept, numbers.Real) and 0 < target_accept < 1):
         raise ValueError(f"{where}: 'target_accept' must be in (0, 1), got {target_accept!r}")
@@ -130,7 +132,8 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         mode = latent_map(model, operator, y_t, gamma=sigma**2, steps=_positive_int(map_steps, where, "map_steps"))
         start = mode.z
     else:
-        start = initial_latents(model, operator, y_t, init, None, draws, where)
+        with frozen(model):  # in train mode the pseudo-inverse start would initialise actnorm
+            start = initial_latents(model, operator, y_t, init, None, draws, where)
 
     def randn(per_measurement):
         return draws.randn(per_measurement, dim).to(dtype=model.dtype, device=model.device)
@@ -150,17 +153,12 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
             (grad,) = torch.autograd.grad(torch.where(finite, value, torch.zeros_like(value)).sum(), v)
         return value.detach(), grad
 
-    requires = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     per_chain = math.ceil(n_samples / chains)
     total = burn_in + (per_chain - 1) * thin + 1
     kept = []
     accepted = torch.zeros(chains * batch, dtype=torch.float64, device=model.device)
     counted = 0
-    try:
+    with frozen(model):
         log_p, grad = log_post_and_grad(z)
         if not bool(torch.isfinite(log_p).all()):
             raise FloatingPointError(f"{where}: the log posterior is not finite at the start")
@@ -192,15 +190,11 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
                 counted += 1
             if step >= burn_in + 1 and (step - burn_in - 1) % thin == 0:
                 kept.append(z.detach().clone())
-    finally:
-        for p, flag in zip(model.parameters(), requires):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
     # kept[k] is (chains * B, D); sample index s = k * chains + c.
     latents = torch.stack(kept, 0).reshape(len(kept), chains, batch, dim).reshape(len(kept) * chains, batch, dim)
     latents = latents[:n_samples]
-    with torch.no_grad():
+    with torch.no_grad(), frozen(model):
         images, _ = model._inverse(latents.reshape(-1, dim))
     images = images.reshape((n_samples, batch) + tuple(model.image_shape))
     acceptance = (accepted / max(counted, 1)).reshape(chains, batch).mean(0).cpu().numpy()

@@ -19,6 +19,7 @@ non-finite is frozen at its best iterate and reported as ``"diverged"`` (with a 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -133,6 +134,23 @@ def _positive_int(value, where, name):
     return int(value)
 
 
+@contextlib.contextmanager
+def frozen(model: FlowModel):
+    """The flow in eval mode with its parameters frozen, restored afterwards: the solvers change
+    only latents (in train mode a forward pass would run actnorm's data-dependent init)."""
+    requires = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), requires):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
 def initial_latents(model: FlowModel, operator: Any, y: torch.Tensor, init: Any, init_norm: float | None,
                     draws: Draws, where: str) -> torch.Tensor:
     """The starting latents ``(B, D)`` for one restart (see :func:`latent_map`'s ``init``)."""
@@ -224,16 +242,18 @@ class _Tracker:
         self.steps = torch.zeros(n, dtype=torch.int64, device=z.device)
         self.tol, self.patience = tol, patience
 
-    def observe(self, z, value, fit, step):
+    def observe(self, z, value, fit, grad, step):
         value64 = value.double()
         finite = torch.isfinite(value64) & torch.isfinite(z).all(1)
-        newly_diverged = self.active & ~finite
-        self.diverged |= newly_diverged
-        self.active &= ~newly_diverged
         better = self.active & finite & (value64 < self.best)
         self.best = torch.where(better, value64, self.best)
         self.best_fit = torch.where(better, fit.double(), self.best_fit)
         self.best_z[better] = z.detach()[better]
+        # A non-finite gradient ends a row too (its finite iterate counts): no step can be taken
+        # from it, and L-BFGS's line search would fail on every trial and call the row converged.
+        newly_diverged = self.active & ~(finite & torch.isfinite(grad).all(1))
+        self.diverged |= newly_diverged
+        self.active &= ~newly_diverged
         self.steps[self.active] = step
         self.window_low = torch.minimum(self.window_low, torch.where(finite, value64, self.window_low))
         if step % self.patience == 0:
@@ -259,7 +279,7 @@ def _run_adam(objective, z0, steps, lr, tol, patience):
     tracker = _Tracker(z, tol, patience)
     for step in range(steps + 1):
         value, fit, grad = _value_and_grad(objective, z)
-        tracker.observe(z, value, fit, step)
+        tracker.observe(z, value, fit, grad, step)
         if step == steps or not bool(tracker.active.any()):
             break
         z.grad = torch.where(tracker.active[:, None], grad, torch.zeros_like(grad))
@@ -276,7 +296,7 @@ def _run_lbfgs(objective, z0, steps, tol, patience, history=10, max_line_search=
     n = z.shape[0]
     tracker = _Tracker(z, tol, patience)
     value, fit, grad = _value_and_grad(objective, z)
-    tracker.observe(z, value, fit, 0)
+    tracker.observe(z, value, fit, grad, 0)
     s_hist, y_hist, rho_hist = [], [], []
     for step in range(1, steps + 1):
         if not bool(tracker.active.any()):
@@ -332,7 +352,7 @@ def _run_lbfgs(objective, z0, steps, tol, patience, history=10, max_line_search=
         if len(s_hist) > history:
             s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
         z, value, fit, grad = new_z, new_value, new_fit, new_grad
-        tracker.observe(z, value, fit, step)
+        tracker.observe(z, value, fit, grad, step)
         finished_stuck = stuck & tracker.active
         tracker.converged |= finished_stuck
         tracker.active &= ~finished_stuck
@@ -414,26 +434,16 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
     if init_norm is not None:
         init_norm = _nonneg_float(init_norm, where, "init_norm")
     draws = Draws(seed, y_t.shape[0], where)
-    starts = [initial_latents(model, operator, y_t, init, init_norm, draws, where)]
-    for _ in range(restarts - 1):
-        starts.append(initial_latents(model, operator, y_t, "random", init_norm, draws, where))
-    z0 = torch.cat(starts, 0)
-    objective = make_objective(model, operator, y_t, gamma, prior)
-
-    requires = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
+        starts = [initial_latents(model, operator, y_t, init, init_norm, draws, where)]
+        for _ in range(restarts - 1):
+            starts.append(initial_latents(model, operator, y_t, "random", init_norm, draws, where))
+        z0 = torch.cat(starts, 0)
+        objective = make_objective(model, operator, y_t, gamma, prior)
         if optimizer == "adam":
             tracker = _run_adam(objective, z0, steps, lr, tol, patience)
         else:
             tracker = _run_lbfgs(objective, z0, steps, tol, patience)
-    finally:
-        for p, flag in zip(model.parameters(), requires):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
     batch = y_t.shape[0]
     best = tracker.best.reshape(restarts, batch)
@@ -455,7 +465,7 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
             raise FloatingPointError(f"{message}. Lower 'lr' or raise 'gamma'")
         warnings.warn(f"{message}; their best finite iterate is returned. Lower 'lr' or raise 'gamma'",
                       RuntimeWarning, stacklevel=2)
-    with torch.no_grad():
+    with torch.no_grad(), frozen(model):
         x, _ = model._inverse(z_best)
     x_out = x.detach().cpu().numpy() if was_numpy else x.detach()
     return MapResult(x=x_out, z=z_best.detach(), objective=tracker.best[rows].cpu().numpy(),
