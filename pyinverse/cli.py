@@ -1,14 +1,14 @@
 """The ``pyinverse`` command (also ``python -m pyinverse``).
 
 Subcommands that exist today:
-  run       the study on the bundled default data; for now the calibrated-uncertainty study
-            (RCPS on noisy photo patches with an exact Gaussian-mixture posterior sampler),
-            writing its figure and numbers into --out
+  run       the study on the bundled default data, in stages (--stages: calibrated uncertainty,
+            reference validity, flow posterior, flow prior, cIMLE, Deep OT, tradeoffs), writing
+            its report, figures and numbers into --out
   evaluate  a researcher's own samples: validity, distortion, calibrated uncertainty and
             perception, as report/index.html (self-contained) and report/results.json
   restore   samples (S, N, C, H, W) from a shipped or a user's restorer (flow posterior / MAP,
             cIMLE) for a file or folder of observations, written as one .npy for ``evaluate``
-  train     a flow prior or a cIMLE generator on a folder (or array) of your images
+  train     a flow prior, cIMLE generator, VAE or feature network on a folder (or array) of your images
   bench     run benchmarks/ (a source checkout) and print the peer comparison
   config    print the build configuration (as ``pyinverse.show_config()``)
 Errors in the inputs end with a one-line message and exit status 2, never a traceback.
@@ -27,9 +27,9 @@ def _default_out_dir(kind: str) -> Path:
 
 
 def _check_seed(seed: int, option: str = "--seed") -> None:
-    # numpy's generators refuse negative seeds, late: say so before any work
-    if seed < 0:
-        raise ValueError(f"{option} must be an integer >= 0, got {seed}")
+    # numpy's generators refuse negative seeds and torch's those of 2**63 and more, late: say so first
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"{option} must be an integer in [0, 2**63), got {seed}")
 
 
 def _out_folder_refusal(out: Path) -> str | None:
@@ -191,8 +191,11 @@ def _restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must name a .npy file, got {str(out)!r}")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
-    if args.samples < 1:
+    if args.samples is not None and args.samples < 1:
         raise ValueError(f"--samples must be an integer >= 1, got {args.samples}")
+    if args.method == "flow-map" and args.samples not in (None, 1):
+        raise ValueError(f"--samples {args.samples}: flow-map gives one MAP estimate per input (S = 1); "
+                         "use --method flow-langevin or cimle for samples")
     _check_seed(args.seed)
     operator = by_name(args.operator) if args.operator else None
     # images, or measurement vectors (N, m) such as compressed sensing's
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "vectors (e.g. cs:RATIO) or a folder of PNGs (natural order; one channel if every image "
                          "is grayscale, else RGB)")
     restore.add_argument("--operator", help="forward process NAME[:ARGS] (flow methods; cimle's task fixes it)")
-    restore.add_argument("--samples", type=int, default=16, help="samples per input S (default 16)")
+    restore.add_argument("--samples", type=int, help="samples per input S (default 16; flow-map gives 1)")
     restore.add_argument("--out", required=True, help="the .npy file for the (S, N, C, H, W) samples")
     restore.add_argument("--seed", type=int, default=0, help="seed of every random draw, >= 0 (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

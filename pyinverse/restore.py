@@ -43,7 +43,7 @@ def _check_images(inputs: np.ndarray, shape: tuple, what: str) -> None:
                          f"got {tuple(inputs.shape)}")
 
 
-def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_samples: int = 16,
+def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_samples: int | None = None,
             seed: int = 0, progress: bool = False) -> np.ndarray:
     """Samples ``(S, N, C, H, W)`` float32 in [0, 1] for the observations ``inputs``.
 
@@ -54,7 +54,9 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         model: a shipped model name or a file path (see the module docstring).
         operator: the forward process (a ``pyinverse.physics`` operator or its ``by_name``
             string); required for the flow methods, fixed by the task for ``cimle``.
-        num_samples: S >= 1 (``flow-map`` gives S = 1).
+        num_samples: S >= 1; default 16, and 1 for ``flow-map``, which gives one estimate per input
+            (``ValueError`` for more: ``pyinverse evaluate`` needs S >= 2 samples, from
+            ``flow-langevin`` or ``cimle``).
         seed: seeds every random draw.
         progress: show a progress bar over the Langevin steps (``flow-langevin``; stderr).
     """
@@ -63,8 +65,13 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
 
     if method not in METHODS:
         raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    if num_samples is None:
+        num_samples = 1 if method == "flow-map" else 16
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"restore: 'num_samples' must be a positive int, got {num_samples!r}")
+    if method == "flow-map" and num_samples != 1:
+        raise ValueError(f"restore: flow-map gives one MAP estimate per input (S = 1), not {num_samples} samples; "
+                         "use flow-langevin (or cimle) for samples")
     array = inputs.detach() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     require_float_images(array, "restore: 'inputs' must hold floats (observations of images in [0, 1])")
     if isinstance(array, torch.Tensor):
@@ -87,6 +94,8 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
                                             "spec", None) != task.operator.spec:
             raise ValueError(f"restore: the cIMLE task '{task.name}' is trained for the operator "
                              f"'{task.operator.spec}', not {operator!r}")
+        observed = task.operator.output_shape((1, generator.out_channels, *generator.image_size))[1:]
+        _check_images(y.numpy(), observed, f"the cIMLE task '{task.name}' ({task.operator.spec})")
         with torch.no_grad():
             return generator.sample(task.lift(y), num_samples, seed=seed).numpy()
     if operator is None:

@@ -55,7 +55,7 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
         raise ValueError(f"{where}: 'epochs' must be a positive int, got {epochs!r}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ValueError(f"{where}: {out} exists; choose another output or pass overwrite")
+        raise ValueError(f"{where}: {out} exists; choose another output or pass overwrite=True (--overwrite)")
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"{where}: 'images' must have shape (N >= 2, C, H, W), got {images.shape}")

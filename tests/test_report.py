@@ -73,3 +73,14 @@ def test_cells_blocks_and_out_dir_are_checked(tmp_path):
         with pytest.raises(NotADirectoryError, match="write_report: 'out_dir' .*afile' is a file, not a report folder"):
             write_report(afile, "t", "i", [], {}, overwrite=overwrite)
     assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    # overwrite replaces a report folder, never one that holds anything else
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "notes.md").write_text("keep")
+    (mine / "index.html").write_text("old")
+    with pytest.raises(FileExistsError, match=r"holds files that are not a report's \(data, notes.md\)"):
+        write_report(mine, "t", "i", [], {}, overwrite=True)
+    assert (mine / "notes.md").read_text() == "keep" and (mine / "data").is_dir()
+    write_report(tmp_path / "report2", "t", "i", [], {})
+    write_report(tmp_path / "report2", "t2", "i", [], {"a": 1}, overwrite=True)
+    assert json.loads((tmp_path / "report2" / "results.json").read_text()) == {"a": 1}

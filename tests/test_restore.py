@@ -56,11 +56,30 @@ def test_flow_map_restores_denoised_faces(faces):
     (dict(method="flow-map", model="missing.safetensors", operator="denoising:0.1"), "shipped flow"),
     (dict(method="diffusion", model="faces"), "'method' must be one of"),
     (dict(method="cimle", model="sr4", num_samples=0), "'num_samples'"),
+    (dict(method="flow-map", model="faces", operator="denoising:0.1", num_samples=8), "one MAP estimate per input"),
 ])
 def test_bad_arguments_are_named(faces, kwargs, message):
     inputs = Downsample(4).A(torch.from_numpy(faces)).numpy() if kwargs["method"] == "cimle" else faces
     with pytest.raises(ValueError, match=message):
         restore(inputs=inputs, **kwargs)
+
+
+def test_cimle_checks_the_observation_shape(faces):
+    """High-resolution images given to sr4 are named as the inputs' shape, not as the lifted one's."""
+    with pytest.raises(ValueError, match=r"restore: the cIMLE task 'sr4' .* takes inputs of shape \(N, 1, 6, 6\), "
+                                         r"got \(3, 1, 24, 24\)"):
+        restore("cimle", faces, model="sr4")
+
+
+def test_restore_command_refuses_samples_for_flow_map_and_big_seeds(tmp_path, faces, capsys):
+    np.save(tmp_path / "noisy.npy", faces)
+    base = ["restore", "--method", "flow-map", "--model", "faces", "--inputs", str(tmp_path / "noisy.npy"),
+            "--operator", "denoising:0.1", "--out", str(tmp_path / "map.npy")]
+    assert main(base + ["--samples", "8"]) == 2
+    assert "flow-map gives one MAP estimate per input" in capsys.readouterr().err
+    assert main(base + ["--seed", str(2**64)]) == 2
+    assert "--seed must be an integer in [0, 2**63)" in capsys.readouterr().err
+    assert not (tmp_path / "map.npy").exists()
 
 
 def test_integer_inputs_are_refused_not_read_as_0_to_255(faces):

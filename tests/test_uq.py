@@ -271,9 +271,12 @@ def test_hb_upper_bound_inverts_the_p_value(n, delta):
 
 
 def test_minimum_calibration_size_is_the_first_n_that_can_succeed():
-    for alpha, delta in [(0.1, 0.1), (0.05, 0.01), (0.3, 0.2)]:
+    # Tiny alphas need 10^12 images and more: found by bisection (one step at a time from the
+    # closed-form guess, 1e-12 took 2e8 steps and hung).
+    for alpha, delta in [(0.1, 0.1), (0.05, 0.01), (0.3, 0.2), (1e-12, 0.1), (1e-15, 0.05), (0.999, 0.5)]:
         n = minimum_calibration_size(alpha, delta)
-        assert uq_hb_p_value(0.0, n, alpha) < delta <= uq_hb_p_value(0.0, n - 1, alpha)
+        assert uq_hb_p_value(0.0, n, alpha) < delta
+        assert n == 1 or delta <= uq_hb_p_value(0.0, n - 1, alpha)
     assert minimum_calibration_size(0.1, 0.1) == 22
 
 
@@ -492,6 +495,22 @@ def test_conformal_rank_is_exact_for_decimal_alphas():
     assert conformal_rank(9, 0.1) == 9 and conformal_rank(99, 0.1) == 90 and conformal_rank(9, 0.3) == 7
     with pytest.raises(ValueError, match="need at least 9"):
         PixelwiseConformal(alpha=0.1).fit(*synthetic_problem(np.random.default_rng(0), num_images=8))
+    # The size asked for is the first n whose rank fits (a scan to 10^9 took minutes for tiny alphas).
+    problem = synthetic_problem(np.random.default_rng(0), num_images=8)
+    for alpha in (0.013, 1e-3, 1e-5):
+        needed = next(n for n in range(1, 10**6) if conformal_rank(n, alpha) <= n)
+        with pytest.raises(ValueError, match=f"need at least {needed}$"):
+            PixelwiseConformal(alpha=alpha).fit(*problem)
+    for alpha in (1e-9, 1e-12):  # near 1 / alpha: where the rank first fits, as conformal_rank computes it
+        with pytest.raises(ValueError, match="need at least") as raised:
+            PixelwiseConformal(alpha=alpha).fit(*problem)
+        needed = int(str(raised.value).rsplit(" ", 1)[1])
+        assert abs(needed * alpha - 1) < 1e-3  # float64 rounding of (n + 1)(1 - alpha) near 1e12
+        assert conformal_rank(needed, alpha) <= needed and conformal_rank(needed - 1, alpha) > needed - 1
+    for n, alpha, error in ((0, 0.1, ValueError), (2.5, 0.1, ValueError), (True, 0.1, ValueError),
+                            (10, 1.5, ValueError), (10, -0.5, ValueError), (10, math.nan, ValueError)):
+        with pytest.raises(error, match=r"conformal_rank: '(n|alpha)'"):
+            conformal_rank(n, alpha)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

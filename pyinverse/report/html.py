@@ -177,6 +177,9 @@ def sections_from_json(data: Any) -> list[Section]:
         raise ValueError(f"sections_from_json: not a serialised report section ({type(exc).__name__}: {exc})") from None
 
 
+_REPORT_FILES = ("index.html", "results.json")  # all that write_report writes
+
+
 def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],
                  results: dict, *, overwrite: bool = False) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/results.json`` as one atomic folder.
@@ -188,8 +191,14 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"write_report: 'out_dir' {str(out_dir)!r} is a file, not a report folder; "
                                  "choose another path")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
+        others = sorted(p.name for p in out_dir.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
+        if others:  # overwrite replaces a report, never a folder of the user's files
+            raise FileExistsError(f"write_report: {out_dir} holds files that are not a report's ({', '.join(others[:5])}"
+                                  f"{', ...' if len(others) > 5 else ''}); overwrite=True replaces only a folder "
+                                  f"holding {' and '.join(_REPORT_FILES)}; choose another folder")
     page = render_html(title, intro, sections)
     numbers = json.dumps(json_safe(results, where="write_report", name="results"), indent=2, allow_nan=False) + "\n"
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,25 @@ def check_open_unit(value: Any, name: str, op: str) -> float:
     return value
 
 
+def smallest_int_where(holds: Any, guess: int) -> int:
+    """The smallest integer ``n >= 1`` at which the monotone predicate ``holds`` (False below, True
+    from there on) is True: doubling or halving from ``guess``, then bisection, so O(log n) calls
+    even when ``guess`` is far off (a step at a time from a closed-form guess took 10^8 steps)."""
+    guess = max(1, int(guess))
+    if holds(guess):
+        low, high = guess // 2, guess  # holds(high); low = 0 stands for "fails"
+        while low >= 1 and holds(low):
+            low, high = low // 2, low
+    else:
+        low, high = guess, 2 * guess
+        while not holds(high):
+            low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle, high)
+    return high
+
+
 def check_levels(q: Any, op: str) -> tuple[float, float]:
     """Two quantile levels 0 <= q_lo < q_hi <= 1."""
     try:

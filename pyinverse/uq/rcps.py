@@ -22,7 +22,7 @@ import numpy as np
 from .._backend import check_choice
 from ..ops.quantile import sample_stats
 from ._arrays import (check_finite_samples, check_levels, check_open_unit, check_samples,
-                      check_samples_truth, to_numpy64)
+                      check_samples_truth, smallest_int_where, to_numpy64)
 from .bounds import _log_p_value, hoeffding_bentkus_p_value, hoeffding_bentkus_upper_bound
 from .coverage import per_image_miscoverage
 from .intervals import CENTERS, SCALINGS, sample_intervals_and_mean, scale_intervals, smallest_covering_lambda
@@ -125,12 +125,9 @@ def minimum_calibration_size(alpha: float, delta: float) -> int:
     op = "minimum_calibration_size"
     alpha = check_open_unit(alpha, "alpha", op)
     delta = check_open_unit(delta, "delta", op)
-    n = max(1, math.floor(math.log(delta) / math.log1p(-alpha)))
-    while hoeffding_bentkus_p_value(0.0, n, alpha) >= delta:
-        n += 1
-    while n > 1 and hoeffding_bentkus_p_value(0.0, n - 1, alpha) < delta:
-        n -= 1
-    return n
+    # The p-value of zero risk falls with n; Hoeffding's closed form is the starting guess.
+    return smallest_int_where(lambda n: hoeffding_bentkus_p_value(0.0, n, alpha) < delta,
+                              math.floor(math.log(delta) / math.log1p(-alpha)))
 
 
 def exact_lambda_hat(lambda_star: Any, alpha: float, delta: float, lower_limit: float = -np.inf) -> tuple[float, float]:

@@ -11,6 +11,7 @@ fraction of uncovered pixels per image with one scale for all pixels.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from ..ops.quantile import quantile
 from .._backend import check_choice
 from ._arrays import (check_finite_samples, check_levels, check_open_unit, check_samples,
-                      check_samples_truth)
+                      check_samples_truth, smallest_int_where)
 from .coverage import per_image_miscoverage
 from .intervals import CENTERS, SCALINGS, sample_intervals_and_mean, scale_intervals, smallest_covering_lambda
 
@@ -28,12 +29,20 @@ _RANK_TOLERANCE = 1e-9
 
 
 def conformal_rank(n: int, alpha: float) -> int:
-    """``ceil((n + 1)(1 - alpha))``: which smallest calibration score is the conformal quantile.
+    """``ceil((n + 1)(1 - alpha))``: which smallest of ``n >= 1`` calibration scores is the
+    conformal quantile (above ``n``: none, the quantile is infinite).
 
     Example:
         >>> conformal_rank(99, 0.1)
         90
     """
+    op = "conformal_rank"
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{op}: 'n' must be an int >= 1 (calibration images), got {n!r}")
+    return _rank(int(n), check_open_unit(alpha, "alpha", op))
+
+
+def _rank(n: int, alpha: float) -> int:
     return max(1, math.ceil((n + 1) * (1.0 - alpha) - _RANK_TOLERANCE))
 
 
@@ -74,9 +83,10 @@ class PixelwiseConformal:
         op = "PixelwiseConformal.fit"
         samples, truth = check_samples_truth(samples, truth, op)
         num_images = samples.shape[1]
-        rank = conformal_rank(num_images, self.alpha)
+        rank = _rank(num_images, self.alpha)
         if rank > num_images:
-            needed = next(n for n in range(num_images, 10**9) if conformal_rank(n, self.alpha) <= n)
+            # rank - n falls (weakly) with n: the first n where it is <= 0, about (1 - alpha) / alpha.
+            needed = smallest_int_where(lambda n: _rank(n, self.alpha) <= n, (1 - self.alpha) / self.alpha)
             raise ValueError(f"{op}: {num_images} calibration images are too few for alpha={self.alpha}: "
                              f"the conformal quantile would be infinite; need at least {needed}")
         lower, center, upper = self._intervals(samples, op)
