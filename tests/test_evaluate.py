@@ -252,7 +252,8 @@ def test_float_images_outside_the_unit_range_or_channels_last_are_refused(tmp_pa
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--seed", "-1"], r"--seed must be an integer in \[0, 2\*\*63\), got -1"),
+    (["--seed", str(2**64)], r"--seed must be an integer in \[0, 2\*\*63\), got 18446744073709551616"),
     (["--alpha", "1.5"], r"--alpha must be in \(0, 1\), got 1.5"),
     (["--delta", "0"], r"--delta must be in \(0, 1\), got 0"),
 ])
@@ -273,10 +274,10 @@ def test_out_naming_a_file_is_refused_before_the_evaluation(tmp_path, problem, c
 def test_run_refuses_a_negative_seed_before_creating_anything(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--quick", "--stages", "uq", "--seed", "-1", "--out", str(out)]) == 2
-    assert "--seed must be an integer >= 0, got -1" in capsys.readouterr().err
+    assert "--seed must be an integer in [0, 2**63), got -1" in capsys.readouterr().err
     (tmp_path / "c.toml").write_text('seed = -3\nquick = true\nstages = ["uq"]\n')
     assert main(["run", "--config", str(tmp_path / "c.toml"), "--out", str(out)]) == 2
-    assert "'seed' must be an integer >= 0, got -3" in capsys.readouterr().err
+    assert "'seed' must be an integer in [0, 2**63), got -3" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -289,7 +290,7 @@ def test_restore_takes_measurement_vectors(tmp_path, rng, capsys):
             "--operator", "cs:0.25", "--out", str(tmp_path / "x.npy")]
     assert main(args) == 0, capsys.readouterr().err
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), restore("flow-map", y, model="faces", operator="cs:0.25"))
-    for options, message in ((["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    for options, message in ((["--seed", "-1"], "--seed must be an integer in [0, 2**63), got -1"),
                              (["--samples", "0"], "--samples must be an integer >= 1, got 0")):
         assert main([*args[:-1], str(tmp_path / "bad.npy"), *options]) == 2
         assert message in capsys.readouterr().err
