@@ -119,7 +119,10 @@ def describe(x: Any, name: str, op: str) -> ArrayInfo:
             raise TypeError(f"{op}: '{name}' is a {x.layout} torch tensor; pass a dense (strided) tensor")
         if x.is_complex() or x.dtype in (torch.bfloat16,):
             raise TypeError(f"{op}: '{name}' has dtype {x.dtype}, which pyinverse kernels do not take")
-        dtype = _numpy_dtype_of(x.dtype)
+        try:
+            dtype = _numpy_dtype_of(x.dtype)
+        except TypeError:  # no numpy twin (float8, uint1..7, ...)
+            raise TypeError(f"{op}: '{name}' has dtype {x.dtype}, which pyinverse kernels do not take") from None
         device = x.device.type
         if device not in ("cpu", "cuda"):
             raise TypeError(f"{op}: '{name}' is on device '{x.device}'; pyinverse kernels run on cpu and cuda")
@@ -208,6 +211,8 @@ def allocate(like: ArrayInfo, shape: tuple[int, ...], dtype: np.dtype) -> tuple[
 
 
 def is_c_contiguous(info: ArrayInfo) -> bool:
+    if 0 in info.shape:  # no element to misplace (numpy and torch call these contiguous whatever the strides)
+        return True
     expected = 1
     for extent, stride in zip(reversed(info.shape), reversed(info.strides)):
         if extent != 1 and stride != expected:

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 
 def current_umask() -> int:
+    """The process's umask, read from /proc where Linux has it: ``os.umask`` reads it only by
+    setting it, and a file another thread creates in between gets mode 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -21,8 +31,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
 
     The temporary file lives in the target folder (same file system, so the move is atomic). With
     ``overwrite=False`` an existing ``path`` raises ``FileExistsError`` (checked atomically with a
-    hard link where the file system allows). The file gets the usual permissions (0666 & ~umask),
-    not mkstemp's 0600, so installed or shared files stay readable.
+    hard link where the file system allows). A new file gets the usual permissions (0666 & ~umask),
+    not mkstemp's 0600, so installed or shared files stay readable; a replaced file keeps its own.
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -32,7 +42,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     os.close(handle)
     try:
         write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~current_umask())
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode) if overwrite else None  # a 0600 file stays 0600
+        except FileNotFoundError:
+            mode = None
+        os.chmod(temporary, 0o666 & ~current_umask() if mode is None else mode)
         if overwrite:
             os.replace(temporary, path)
         else:

@@ -30,6 +30,8 @@ import torch
 
 from . import distributed as dist
 from . import sample_stats
+from ._backend import require_float_images
+from .data.arrays import as_unit_float32
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
 from .metrics.validity import ssim_sigma_for
 from .physics import RowSpace, by_name
@@ -186,11 +188,14 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
     drawn on rank 0 only (from the first ``max_figure_images`` images, gathered); the other
     ranks' sections hold the tables.
     """
+    for name, images in (("samples", samples), ("inputs", inputs), ("truth", truth)):
+        # 8-bit images (0..255) cast to float would be scored as images far outside [0, 1]
+        require_float_images(images, f"evaluate: '{name}' must hold floats (images in [0, 1])")
     operator, inputs = _image_measurements(samples, inputs, operator)
     if not dist.active():
-        samples = np.asarray(samples, dtype=np.float32)
+        samples = as_unit_float32(np.asarray(samples), "evaluate: 'samples'")
         inputs = np.asarray(inputs, dtype=np.float32)
-        truth = None if truth is None else np.asarray(truth, dtype=np.float32)
+        truth = None if truth is None else as_unit_float32(np.asarray(truth), "evaluate: 'truth'")
         operator = _check_inputs(samples, inputs, operator, truth)
         return _evaluate(samples, inputs, operator, truth, start=0, num_images=samples.shape[1], alpha=alpha,
                          delta=delta, q=q, seed=seed, max_figure_images=max_figure_images)

@@ -167,7 +167,7 @@ def test_image_folder_resizes_with_pillow_bicubic(tmp_path):
     small = write_rgb(tmp_path / "small.png", rng, 6, 5)
     large = write_rgb(tmp_path / "large.png", rng, 9, 11)
     with pytest.raises(ValueError, match=r"different sizes: 6x5 \(e.g. small.png\), 9x11 \(e.g. large.png\); "
-                                         r"pass size="):
+                                         r"resize them to one size"):
         image_folder(tmp_path)
     images = image_folder(tmp_path, size=(4, 7))
     check_images(images, (2, 3, 4, 7))
@@ -200,6 +200,16 @@ def test_image_folder_errors(tmp_path):
     for bad in (0, (3,), (2, -1), 2.5, True):
         with pytest.raises(ValueError, match="image_folder: 'size' must be None, a positive int or"):
             image_folder(empty, size=bad)
+    # A decompression bomb (a small file of 15000 x 15000 pixels) is an unreadable image, named.
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    Image.new("1", (15000, 15000)).save(bomb / "huge.png")
+    with pytest.raises(ValueError, match=r"could not read '.*huge.png' as an image: Image size"):
+        image_folder(bomb)
+    # Hidden files (macOS's ._name sidecars) are skipped.
+    (broken / "truncated.jpg").unlink()
+    (broken / "._good.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert image_folder(broken).shape[0] == 1
 
 
 def test_image_folder_keeps_one_channel_when_every_image_is_gray(tmp_path):

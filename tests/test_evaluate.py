@@ -182,6 +182,41 @@ def test_gray_png_inputs_load_as_one_channel(tmp_path, rng, capsys):
     assert results["validity"]["psnr"] == pytest.approx(expected["psnr"], rel=1e-6)
 
 
+def test_api_and_loaders_refuse_what_is_not_an_image_in_0_1(tmp_path, problem):
+    """evaluate_samples refuses 8-bit and 0..255 float images (it scored them: PSNR -14 dB); the
+    loaders refuse uint32 (read as 0..2^32 - 1) and arrays of 2 or 4 channels."""
+    samples, inputs, truth = problem
+    with pytest.raises(TypeError, match=r"evaluate: 'samples' must hold floats .*uint8; divide 8-bit images by 255"):
+        evaluate_samples(np.round(samples * 255).astype(np.uint8), inputs, "downsample:2", truth)
+    with pytest.raises(ValueError, match=r"evaluate: 'truth' holds float values in \[.*\]; expected \[0, 1\]"):
+        evaluate_samples(samples, inputs, "downsample:2", truth * 255)
+    np.save(tmp_path / "t32.npy", np.round(truth * 255).astype(np.uint32))
+    with pytest.raises(ValueError, match="holds uint32 values; expected floats in \\[0, 1\\], uint8 or uint16"):
+        load_images(tmp_path / "t32.npy", "truth")
+    np.save(tmp_path / "t16.npy", (truth * 65535).astype(np.uint16))
+    np.testing.assert_allclose(load_images(tmp_path / "t16.npy"), truth, atol=1e-4)
+    rgba = np.concatenate([truth] * 4, axis=1)  # (N, 4, H, W)
+    np.save(tmp_path / "rgba.npy", rgba)
+    with pytest.raises(ValueError, match=r"with C = 4; expected \(N, C, H, W\) with C = 1 \(gray\) or 3 \(RGB\)"):
+        load_images(tmp_path / "rgba.npy")
+    np.save(tmp_path / "rgba_last.npy", rgba.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"looks channels-last.*\(0, 3, 1, 2\)\) and drop or merge channels"):
+        load_images(tmp_path / "rgba_last.npy")
+
+
+def test_sample_folders_skip_hidden_entries_and_refuse_loose_images(tmp_path, rng):
+    samples = rng.random((2, 3, 1, 4, 4), dtype=np.float32)
+    for image in range(3):
+        save_png_stack(tmp_path / "samples" / f"img_{image}", samples[:, image])
+    save_png_stack(tmp_path / "samples" / ".ipynb_checkpoints", samples[:, 0])  # not an input
+    (tmp_path / "samples" / "img_0" / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # a macOS sidecar
+    assert load_samples(tmp_path / "samples").shape == samples.shape
+    save_png_stack(tmp_path / "samples" / "stray", samples[:, 0])
+    (tmp_path / "samples" / "stray" / "000.png").rename(tmp_path / "samples" / "loose.png")
+    with pytest.raises(ValueError, match=r"has 4 sub-folder\(s\) and 1 image file\(s\) directly in it \(e.g. loose.png\)"):
+        load_samples(tmp_path / "samples")
+
+
 def test_sample_folders_pair_with_inputs_in_natural_order(tmp_path, rng):
     samples = rng.random((2, 12, 1, 4, 4), dtype=np.float32)
     for image in range(12):  # folders 0, 1, ..., 11: not 0, 1, 10, 11, 2, ...
@@ -230,7 +265,7 @@ def test_float_images_outside_the_unit_range_or_channels_last_are_refused(tmp_pa
     # channels-last stacks would be read as C = H
     np.save(tmp_path / "s_last.npy", samples.transpose(0, 1, 3, 4, 2))
     err = run_expecting_error(capsys, tmp_path, tmp_path / "s_last.npy", tmp_path / "y.npy")
-    assert re.search(r"looks channels-last; expected \(S, N, C, H, W\): transpose it with "
+    assert re.search(r"looks channels-last; expected \(S, N, C, H, W\) with C = 1 or 3: transpose it with "
                      r"np.transpose\(array, \(0, 1, 4, 2, 3\)\)", err), err
     np.save(tmp_path / "y_last.npy", inputs.transpose(0, 2, 3, 1))
     with pytest.raises(ValueError, match=r"inputs: .*y_last.npy holds an array of shape \(6, 8, 8, 1\), which looks "

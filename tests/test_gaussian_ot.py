@@ -387,3 +387,13 @@ def test_bad_input():
         fitted.transform(np.zeros((4, 3)))
     with pytest.raises(TypeError, match="floats"):
         fitted.transform(np.zeros((4, 2), dtype=np.int64))
+
+
+def test_lists_are_samples_and_tuples_are_moments(rng):
+    """A list of samples (array-like) was taken as a (mean, cov) pair and refused for N != 2."""
+    source, target = rng.standard_normal((50, 3)), 2 + rng.standard_normal((40, 3))
+    from_arrays = GaussianOT().fit(source, target)
+    from_lists = GaussianOT().fit(source.tolist(), target.tolist())
+    np.testing.assert_array_equal(from_lists.matrix_, from_arrays.matrix_)
+    two = GaussianOT(shrinkage=0.5).fit(source[:2].tolist(), target[:2].tolist())  # N = 2 samples, not moments
+    np.testing.assert_array_equal(two.matrix_, GaussianOT(shrinkage=0.5).fit(source[:2], target[:2]).matrix_)

@@ -38,6 +38,21 @@ def test_permissions_follow_umask(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
 
 
+def test_umask_is_read_without_changing_it_and_overwrite_keeps_the_mode(tmp_path):
+    from pyinverse._io import current_umask
+
+    previous = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027 and os.umask(0o027) == 0o027  # read, not set to 0 meanwhile
+        private = atomic_write_text(tmp_path / "p.txt", "x")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o640
+        os.chmod(private, 0o600)
+        atomic_write_text(private, "y", overwrite=True)  # replaced, not widened to 0o640
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text() == "y"
+    finally:
+        os.umask(previous)
+
+
 def test_json_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_json(tmp_path / "r.json", {"x": float("nan")})

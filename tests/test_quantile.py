@@ -304,6 +304,24 @@ def test_sample_stats_nan_policies(rng, num_samples):
         assert propagated.quantiles is None
 
 
+@pytest.mark.parametrize("num_samples", [2, 50, 200])
+@pytest.mark.parametrize("q", [None, 0.5, (0.05, 0.95)])
+def test_omitted_nans_before_the_first_value_keep_the_std_accurate(rng, num_samples, q):
+    """Pixels far from 0 with a small spread whose first samples are NaN: the sums are shifted by the
+    first non-NaN sample (unshifted, the std of 1e-3 at 1e9 came out as 25, or 0), on every path."""
+    a = 1e9 + 1e-3 * rng.standard_normal((num_samples, 37))
+    a[0, ::2] = np.nan
+    a[: num_samples // 2, ::5] = np.nan
+    stats = sample_stats(a, q=q, ddof=1, nan_policy="omit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected_std = np.nanstd(a, axis=0, ddof=1)
+    np.testing.assert_allclose(stats.std, expected_std, rtol=1e-4)
+    np.testing.assert_allclose(stats.mean, np.nanmean(a, axis=0), rtol=1e-14)
+    huge = sample_stats(a, q=q, ddof=2**40, nan_policy="omit").std  # past any sample count: NaN, as np.nanstd
+    assert np.isnan(huge).all()
+
+
 @pytest.mark.parametrize("num_samples", [1, 2, 3])
 def test_sample_stats_without_degrees_of_freedom(rng, num_samples):
     # np.std divides by max(n - ddof, 0): inf, NaN for a constant pixel; np.nanstd gives NaN.
@@ -460,6 +478,12 @@ def test_torch_integer_and_unsupported_tensors():
     assert_same(quantile(a, 0.5).numpy(), np.quantile(a.numpy(), 0.5, axis=0))
     with pytest.raises(TypeError, match="bfloat16"):
         quantile(torch.zeros(3, 3, dtype=torch.bfloat16), 0.5)
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # no numpy twin: named, not torch's bare error
+        with pytest.raises(TypeError, match=f"quantile: '\\w+' has dtype {dtype}"):
+            quantile(torch.zeros(3, 3).to(dtype), 0.5)
+    # empty outputs are contiguous whatever their strides
+    assert quantile(np.zeros((5, 2, 0)), [0.5], out=np.empty((1, 2, 0))).shape == (1, 2, 0)
+    assert quantile(torch.zeros(5, 2, 0), [0.5], out=torch.empty(1, 2, 0)).shape == (1, 2, 0)
     with pytest.raises(TypeError, match="device 'meta'"):
         quantile(torch.zeros(3, 3, device="meta"), 0.5)
     with pytest.raises(TypeError, match="strided"):

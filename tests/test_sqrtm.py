@@ -340,9 +340,12 @@ def test_inv_sqrtm_floor_and_pseudo_inverse(rng, n, kernel_algorithm):
     projector = w @ a @ w
     np.testing.assert_allclose(projector @ projector, projector, atol=1e-10)
     np.testing.assert_allclose(np.trace(projector, axis1=1, axis2=2), n // 2, atol=1e-9)
-    zero = np.zeros((1, 3, 3))
-    assert np.isnan(inv_sqrtm_spd(zero)).all()  # no inverse exists
-    np.testing.assert_array_equal(inv_sqrtm_spd(zero, pseudo=True), zero)
+    for size in (1, 3, 70):  # n = 1 gave inf (1 / sqrt(0) without an inf * 0 to make it NaN)
+        zero = np.zeros((1, size, size))
+        assert np.isnan(inv_sqrtm_spd(zero)).all()  # no inverse exists
+        np.testing.assert_array_equal(inv_sqrtm_spd(zero, pseudo=True), zero)
+    for size in (1, 3):  # eps = 0: no floor, and a positive definite matrix still has its inverse root
+        np.testing.assert_allclose(inv_sqrtm_spd(4 * np.eye(size)[None], 0.0), 0.5 * np.eye(size)[None], rtol=1e-15)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -215,14 +215,20 @@ struct ExtremesScratch {
     return gathered;
   }
 
-  // float64 sums for mean/std, shifted by the first sample (k == 0) for accuracy.
+  // float64 sums for mean/std, shifted by the first sample (k == 0) for accuracy; with kOmitNan by
+  // a lane's first non-NaN sample (NaN marks "not yet": the omitted NaNs before it added nothing).
+  // Unshifted, sums of values far from 0 cancel: a NaN first sample gave std 25 for std 1e-3 at 1e9.
   template <bool kOmitNan>
   PYINV_ALWAYS_INLINE void add_stats(const T* row, bool first) {
     double* shift_ = shift.data();
     double* sum_ = sum.data();
     double* sum_squares_ = sum_squares.data();
     if (first) {
-      for (int64_t t = 0; t < lanes; ++t) shift_[t] = stats_shift(row[t]);
+      for (int64_t t = 0; t < lanes; ++t)
+        shift_[t] = (kOmitNan && row[t] != row[t]) ? std::numeric_limits<double>::quiet_NaN() : stats_shift(row[t]);
+    } else if (kOmitNan) {
+      for (int64_t t = 0; t < lanes; ++t)
+        if (shift_[t] != shift_[t] && row[t] == row[t]) shift_[t] = stats_shift(row[t]);
     }
 #pragma omp simd
     for (int64_t t = 0; t < lanes; ++t) {

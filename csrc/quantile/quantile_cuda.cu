@@ -84,8 +84,9 @@ __global__ void extremes_kernel(const T* data, DeviceLayout layout, const double
   double shift = 0.0, sum = 0.0, sum_squares = 0.0;
   for (int64_t k = 0; k < layout.num_samples; ++k) {
     const T v = base[k * layout.sample_stride];
-    if (k == 0) shift = stats_shift(v);
     const bool is_nan = v != v;
+    // Shift by the first value; omitting NaNs, by the first non-NaN one (the NaNs add nothing).
+    if (kOmitNan ? (n_valid == 0 && !is_nan) : k == 0) shift = stats_shift(v);
     has_nan |= is_nan;
     n_valid += is_nan ? 0 : 1;
     if (!(kOmitNan && is_nan)) {

@@ -531,8 +531,8 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int symmetric_eigh(double* a, double* lambd
 //   kind 0: sqrt(max(lambda, 0))
 //   kind 1: 1 / sqrt(max(lambda, floor)), floor = eps * max_k lambda_k  (inverse square root)
 //   kind 2: as 1, but 0 where lambda <= floor                        (pseudo-inverse square root)
-// For kind 1 a lane whose eigenvalues are all <= 0 gets f = +inf, so its composed matrix is NaN
-// (no inverse exists).
+// For kind 1 a lane whose eigenvalues are all <= 0 gets f = NaN, so its composed matrix is NaN
+// (no inverse exists; f = +inf would give NaN through inf * 0 only for n >= 2, inf for n = 1).
 template <int W>
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, int n, int64_t ls, int kind, double eps,
                                                           double* f) {
@@ -543,18 +543,18 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, 
     }
     return;
   }
-  double floor_value[W];
-  for (int l = 0; l < W; ++l) floor_value[l] = 0.0;
+  double largest[W], floor_value[W];
+  for (int l = 0; l < W; ++l) largest[l] = 0.0;
   for (int k = 0; k < n; ++k) {
     PYINV_SQRTM_SIMD
-    for (int l = 0; l < W; ++l) floor_value[l] = larger(floor_value[l], lambda[k * ls + l]);
+    for (int l = 0; l < W; ++l) largest[l] = larger(largest[l], lambda[k * ls + l]);
   }
-  for (int l = 0; l < W; ++l) floor_value[l] *= eps;
+  for (int l = 0; l < W; ++l) floor_value[l] = largest[l] * eps;
   for (int k = 0; k < n; ++k) {
     PYINV_SQRTM_SIMD
     for (int l = 0; l < W; ++l) {
       const double value = lambda[k * ls + l];
-      const double kept = 1.0 / sqrt(larger(value, floor_value[l]));
+      const double kept = largest[l] > 0.0 || kind == 2 ? 1.0 / sqrt(larger(value, floor_value[l])) : NAN;
       f[k * ls + l] = (kind == 2 && !(value > floor_value[l])) ? 0.0 : kept;
     }
   }

@@ -24,13 +24,13 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 OVERSHOOT_MARGIN, NOISE_SIGMAS = 0.25, 8.0
 
 
-def _to_unit_float32(array: np.ndarray, what: str, margin: float = OVERSHOOT_MARGIN) -> np.ndarray:
+def as_unit_float32(array: np.ndarray, what: str, margin: float = OVERSHOOT_MARGIN) -> np.ndarray:
     """float32 (floats: checked to lie within ``margin`` of [0, 1], not clipped; NaN/inf are left to
     the caller)."""
-    if array.dtype.kind == "u":
+    if array.dtype in (np.uint8, np.uint16):  # 8- and 16-bit images: their full range is [0, 1]
         return (array / np.iinfo(array.dtype).max).astype(np.float32)
-    if array.dtype.kind != "f":
-        raise ValueError(f"{what} holds {array.dtype} values; expected floats in [0, 1] or unsigned integers")
+    if array.dtype.kind != "f":  # uint32 0..255 would come out near 0, read as 0..2^32 - 1
+        raise ValueError(f"{what} holds {array.dtype} values; expected floats in [0, 1], uint8 or uint16")
     array = array.astype(np.float32, copy=False)
     if array.size:
         low, high = float(np.nanmin(array)), float(np.nanmax(array))
@@ -47,12 +47,18 @@ def _to_unit_float32(array: np.ndarray, what: str, margin: float = OVERSHOOT_MAR
 
 
 def _check_channels_first(array: np.ndarray, what: str, layout: str) -> None:
-    """Refuse channels-last images (..., H, W, C) read as C = H: an image array has 1 or 3 channels."""
+    """An image array has 1 or 3 channels: refuse others, and name channels-last arrays (..., H, W, C)
+    (read as C = H) with the transpose that fixes them."""
     channel_axis = array.ndim - 3
-    if array.shape[-1] in (1, 3) and array.shape[channel_axis] not in (1, 3):
+    if array.shape[channel_axis] in (1, 3):
+        return
+    if array.shape[-1] in (1, 2, 3, 4):
         order = (*range(channel_axis), array.ndim - 1, channel_axis, channel_axis + 1)
         raise ValueError(f"{what} holds an array of shape {array.shape}, which looks channels-last; expected "
-                         f"{layout}: transpose it with np.transpose(array, {order})")
+                         f"{layout} with C = 1 or 3: transpose it with np.transpose(array, {order})"
+                         + ("" if array.shape[-1] in (1, 3) else " and drop or merge channels to 1 or 3"))
+    raise ValueError(f"{what} holds an array of shape {array.shape} with C = {array.shape[channel_axis]}; "
+                     f"expected {layout} with C = 1 (gray) or 3 (RGB)")
 
 
 def _read_array_file(path: Path, what: str) -> np.ndarray:
@@ -107,7 +113,7 @@ def _images_from_array(array: np.ndarray, path: Path, what: str, margin: float =
     if array.ndim != 4:
         raise ValueError(f"{what}: {path} holds an array of shape {array.shape}; expected (N, C, H, W)")
     _check_channels_first(array, f"{what}: {path}", "(N, C, H, W)")
-    return _to_unit_float32(array, f"{what} {path}", margin)
+    return as_unit_float32(array, f"{what} {path}", margin)
 
 
 def load_inputs(path: str | os.PathLike, what: str = "inputs", noise_sigma: float = 0.0) -> np.ndarray:
@@ -136,11 +142,13 @@ def load_samples(path: str | os.PathLike, what: str = "samples") -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{what}: {path} does not exist")
     if path.is_dir():
-        folders = sorted((p for p in path.iterdir() if p.is_dir()), key=natural_sort_key)
-        if not folders:
-            loose = [p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-            hint = f" (it holds {len(loose)} image files directly: put each input's samples in its own sub-folder)" if loose else ""
-            raise ValueError(f"{what}: {path} has no sub-folders{hint}")
+        # Hidden entries (.ipynb_checkpoints, .DS_Store) are not inputs.
+        folders = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_sort_key)
+        loose = [p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        if not folders or loose:
+            hint = (f" and {len(loose)} image file(s) directly in it (e.g. {loose[0]}): put each input's samples in "
+                    "its own sub-folder" if loose else "")
+            raise ValueError(f"{what}: {path} has {len(folders) or 'no'} sub-folder(s){hint}")
         stacks = same_channels([image_folder(folder, gray=None) for folder in folders])
         counts = {len(stack) for stack in stacks}
         shapes = {stack.shape[1:] for stack in stacks}
@@ -154,4 +162,4 @@ def load_samples(path: str | os.PathLike, what: str = "samples") -> np.ndarray:
     if array.ndim != 5:
         raise ValueError(f"{what}: {path} holds an array of shape {array.shape}; expected (S, N, C, H, W)")
     _check_channels_first(array, f"{what}: {path}", "(S, N, C, H, W)")
-    return _to_unit_float32(array, f"{what} {path}")
+    return as_unit_float32(array, f"{what} {path}")

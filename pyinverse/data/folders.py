@@ -66,7 +66,9 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
     if not folder.is_dir():
         raise NotADirectoryError(f"image_folder: 'path' {str(folder)!r} is not a folder")
     target = _parse_size(size)
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+    # Hidden files (macOS's ._name.png sidecars) are not images.
+    files = sorted((p for p in folder.iterdir()
+                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
                    key=natural_sort_key)
     if not files:
         raise ValueError(f"image_folder: no {'/'.join(IMAGE_EXTENSIONS)} files in {str(folder)!r}")
@@ -80,7 +82,7 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
             examples.setdefault(image.shape[1:], file.name)
         listed = ", ".join(f"{h}x{w} (e.g. {name})" for (h, w), name in sorted(examples.items()))
         raise ValueError(f"image_folder: images in {str(folder)!r} have different sizes: {listed}; "
-                         "pass size=(height, width) to resize them")
+                         "resize them to one size (image_folder's size=(height, width) does it)")
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 
@@ -126,7 +128,7 @@ def _read_image(file: Path, gray: bool | None, target: tuple[int, int] | None) -
                 channels = rgb.transpose(2, 0, 1)
                 if gray:
                     channels = rgb_to_gray(channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"image_folder: could not read {str(file)!r} as an image: {exc}") from None
     if target is not None and channels.shape[1:] != target:
         # Resample each channel in float ("F" mode) so no precision is lost to 8-bit rounding.

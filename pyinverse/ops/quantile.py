@@ -267,7 +267,9 @@ def sample_stats(samples: Any, q: Any = (0.05, 0.95), axis: int = 0, ddof: int =
     # np.std divides by max(n - ddof, 0): with no degrees of freedom left the std is inf, or NaN
     # where the sum of squared deviations is 0 (the kernel gives NaN for both). np.nanstd gives NaN.
     no_dof = nan_policy == "propagate" and ddof >= info.shape[axis]
-    _run_kernel(info, axis, levels, method, nan_policy, 0 if no_dof else int(ddof), quantiles_info, mean_info, std_info)
+    # ddof past S + 1 acts as S + 1 (n_valid - ddof < 0: NaN), and fits the kernel's int.
+    kernel_ddof = 0 if no_dof else int(min(ddof, info.shape[axis] + 1))
+    _run_kernel(info, axis, levels, method, nan_policy, kernel_ddof, quantiles_info, mean_info, std_info)
     if no_dof:
         with np.errstate(divide="ignore", invalid="ignore"):
             std /= 0  # sqrt(sum / n) / 0: inf where the sum is positive, NaN where it is 0 or NaN

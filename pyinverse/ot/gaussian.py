@@ -258,7 +258,8 @@ class GaussianOT:
     * samples ``(N, d)`` (numpy, torch, array-like), or a batch ``(P, N, d)``: P independent maps
       (the patch-wise mode of Deep OT: one map per latent patch position), all P fitted at once
       with the batched small-matrix kernel when d <= 64;
-    * moments ``(mean, cov)``: ``(d,)`` and ``(d, d)``, or ``(P, d)`` and ``(P, d, d)``;
+    * moments, a tuple ``(mean, cov)``: ``(d,)`` and ``(d, d)``, or ``(P, d)`` and ``(P, d, d)``
+      (a list is array-like samples);
     * a :class:`~pyinverse.ot.moments.GaussianMoments` accumulator;
     * samples ``(N, d)`` with a group label per sample (``source_groups``, ``target_groups``):
       one map per group (the per-class mode of Deep OT), groups of any sizes.
@@ -309,7 +310,7 @@ class GaussianOT:
                 raise ValueError(f"{op}: '{name}' (GaussianMoments) needs more than ddof={self.ddof} samples, "
                                  f"got {value.count}")
             return value.mean[None], value.covariance(self.ddof)[None], None
-        if isinstance(value, (tuple, list)):
+        if isinstance(value, tuple):  # lists are samples, as every array-like
             if len(value) != 2:
                 raise ValueError(f"{op}: '{name}' as moments must be a pair (mean, cov), got {len(value)} items")
             mean = _as_float64(value[0], f"{name}[0] (mean)", op)
