@@ -191,6 +191,7 @@ struct ExtremesScratch {
   AlignedBuffer<Vec> nan;   // omit: NaN count; propagate: nonzero once a NaN was seen
   AlignedBuffer<T> value;   // [value_rows][lanes] gathered rows of strided or partial tiles
   AlignedBuffer<double> shift, sum, sum_squares;
+  int64_t unset_shifts = 0;  // omit: lanes whose samples so far were all NaN (shift NaN)
 
   PYINV_ALWAYS_INLINE void reset(bool stats) {
     const int64_t vectors = lanes / Simd<T>::kWidth;
@@ -224,11 +225,19 @@ struct ExtremesScratch {
     double* sum_ = sum.data();
     double* sum_squares_ = sum_squares.data();
     if (first) {
-      for (int64_t t = 0; t < lanes; ++t)
-        shift_[t] = (kOmitNan && row[t] != row[t]) ? std::numeric_limits<double>::quiet_NaN() : stats_shift(row[t]);
-    } else if (kOmitNan) {
-      for (int64_t t = 0; t < lanes; ++t)
-        if (shift_[t] != shift_[t] && row[t] == row[t]) shift_[t] = stats_shift(row[t]);
+      unset_shifts = 0;
+      for (int64_t t = 0; t < lanes; ++t) {
+        const bool unset = kOmitNan && row[t] != row[t];
+        shift_[t] = unset ? std::numeric_limits<double>::quiet_NaN() : stats_shift(row[t]);
+        unset_shifts += unset;
+      }
+    } else if (kOmitNan && unset_shifts > 0) {  // rare after the first rows: no cost once all are set
+      for (int64_t t = 0; t < lanes; ++t) {
+        if (shift_[t] != shift_[t] && row[t] == row[t]) {
+          shift_[t] = stats_shift(row[t]);
+          --unset_shifts;
+        }
+      }
     }
 #pragma omp simd
     for (int64_t t = 0; t < lanes; ++t) {
