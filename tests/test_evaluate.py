@@ -213,7 +213,8 @@ def test_sample_folders_skip_hidden_entries_and_refuse_loose_images(tmp_path, rn
     assert load_samples(tmp_path / "samples").shape == samples.shape
     save_png_stack(tmp_path / "samples" / "stray", samples[:, 0])
     (tmp_path / "samples" / "stray" / "000.png").rename(tmp_path / "samples" / "loose.png")
-    with pytest.raises(ValueError, match=r"has 4 sub-folder\(s\) and 1 image file\(s\) directly in it \(e.g. loose.png\)"):
+    with pytest.raises(ValueError, match=r"has 4 sub-folder\(s\) and 1 image file\(s\) directly in it "
+                                         r"\(e.g. loose.png\)"):
         load_samples(tmp_path / "samples")
 
 

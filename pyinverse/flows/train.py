@@ -424,11 +424,13 @@ def _state_from_checkpoint(model, folder, history, where):
     """The weights of the best epoch from its checkpoint (a resumed run's best came before it)."""
     epoch_index = history.epochs.index(history.best_epoch) if history.best_epoch in history.epochs else None
     if folder is None or epoch_index is None:
-        warnings.warn(f"best epoch {history.best_epoch} was not checkpointed; keeping the last weights", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"best epoch {history.best_epoch} was not checkpointed; keeping the last weights",
+                      RuntimeWarning, stacklevel=3)
         return None
     path = _checkpoint_path(folder, history.steps[epoch_index])
     if not path.is_file():
-        warnings.warn(f"best epoch {history.best_epoch}: '{path}' is gone; keeping the last weights", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"best epoch {history.best_epoch}: '{path}' is gone; keeping the last weights",
+                      RuntimeWarning, stacklevel=3)
         return None
     config, tensors, _, _ = read_flow_file(path, where)
     check_config_matches(model, config, str(path), where)

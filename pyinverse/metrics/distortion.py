@@ -94,7 +94,8 @@ def ssim(x: Any, y: Any, data_range: float | None = None, *, sigma: float = 1.5,
 
     Returns:
         torch tensor (in the inputs' float dtype) or, for numpy inputs, float64 numpy / float;
-        values in [-1, 1] (up to an ulp of rounding), 1 for identical images. Differentiable with respect to both inputs.
+        values in [-1, 1] (up to an ulp of rounding), 1 for identical images. Differentiable with
+        respect to both inputs.
 
     Example:
         >>> x = torch.rand(2, 3, 32, 32); ssim(x, x)

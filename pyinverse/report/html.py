@@ -196,8 +196,9 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
             raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
         others = sorted(p.name for p in out_dir.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
         if others:  # overwrite replaces a report, never a folder of the user's files
-            raise FileExistsError(f"write_report: {out_dir} holds files that are not a report's ({', '.join(others[:5])}"
-                                  f"{', ...' if len(others) > 5 else ''}); overwrite=True replaces only a folder "
+            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise FileExistsError(f"write_report: {out_dir} holds files that are not a report's ({listed}); "
+                                  "overwrite=True replaces only a folder "
                                   f"holding {' and '.join(_REPORT_FILES)}; choose another folder")
     page = render_html(title, intro, sections)
     numbers = json.dumps(json_safe(results, where="write_report", name="results"), indent=2, allow_nan=False) + "\n"
