@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .data import load_photo, photo_patches
 from .report import save_uncertainty_figure
 from .uq import RCPS, coverage_report, exact_lambda_hat, per_image_miscoverage, sample_intervals
@@ -98,12 +99,21 @@ class GaussianMixtureDenoisingPosterior:
                              f"{self.image_shape}, got {weights.shape}, {means.shape}, {covariances.shape}")
         if not (np.all(weights > 0) and abs(weights.sum() - 1.0) < 1e-9):
             raise ValueError(f"{op}: 'weights' must be positive and sum to 1, got {weights}")
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma)
+                or sigma <= 0):
             raise ValueError(f"{op}: 'sigma' must be a finite number > 0, got {sigma!r}")
+        for name, values in (("means", means), ("covariances", covariances)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"{op}: '{name}' hold NaN or inf")
         self.sigma = float(sigma)
         self.weights, self.means = weights, means
         eigenvalues, self.eigenvectors = np.linalg.eigh((covariances + covariances.transpose(0, 2, 1)) / 2)
-        self.eigenvalues = np.clip(eigenvalues, 0.0, None)  # PSD up to rounding
+        # PSD up to rounding: negative eigenvalues beyond it would be clipped into a wrong prior
+        tolerance = 1e-8 * np.abs(eigenvalues).max(axis=1, initial=0.0)
+        if (eigenvalues.min(axis=1) < -tolerance).any():
+            raise ValueError(f"{op}: 'covariances' must be positive semi-definite; component(s) "
+                             f"{np.flatnonzero(eigenvalues.min(axis=1) < -tolerance).tolist()} are not")
+        self.eigenvalues = np.clip(eigenvalues, 0.0, None)
         noise = self.sigma**2
         self._gain = self.eigenvalues / (self.eigenvalues + noise)
         self._posterior_std = np.sqrt(self.eigenvalues * noise / (self.eigenvalues + noise))
@@ -119,6 +129,12 @@ class GaussianMixtureDenoisingPosterior:
             raise ValueError(f"{op}: 'images' must be (N, C, H, W), got {images.shape}")
         if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"{op}: 'num_components' must be a positive int, got {num_components!r}")
+        if images.shape[0] < 2 or not np.isfinite(images).all():
+            raise ValueError(f"{op}: 'images' must hold at least 2 finite images, got {images.shape[0]}"
+                             + ("" if np.isfinite(images).all() else " with NaN or inf"))
+        if num_components > images.shape[0] // 2:
+            raise ValueError(f"{op}: 'num_components' {num_components} needs at least 2 images each; "
+                             f"{images.shape[0]} images allow at most {images.shape[0] // 2}")
         data = images.reshape(images.shape[0], -1).astype(np.float64)
         if num_components == 1:
             labels = np.zeros(len(data), dtype=np.int64)
@@ -129,6 +145,8 @@ class GaussianMixtureDenoisingPosterior:
             _, labels = kmeans2(data, num_components, minit="++", seed=rng)
         parts = [data[labels == k] for k in range(num_components)]
         parts = [part for part in parts if len(part) >= 2]  # an empty cluster carries no prior mass
+        if not parts:
+            raise ValueError(f"{op}: k-means left no cluster of 2 or more images; lower 'num_components'")
         fitted = [ledoit_wolf_covariance(part) for part in parts]
         weights = np.array([len(part) for part in parts], dtype=np.float64)
         return cls(weights / weights.sum(), np.stack([m for m, _, _ in fitted]),
@@ -188,21 +206,6 @@ class GaussianMixtureDenoisingPosterior:
             # (M, d) x (d, d) in one BLAS call.
             samples[sample_index, image_index] = mean + (noise * self._posterior_std[k]) @ self.eigenvectors[k].T
         return samples.reshape(num_samples, num_images, *self.image_shape).astype(np.float32)
-
-
-def _write_json_atomic(path: Path, payload: dict, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"run_uq_demo: {str(path)!r} exists; pass overwrite=True to replace it")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def _tile(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -359,7 +362,8 @@ def run_uq_demo(out_dir: str | os.PathLike, quick: bool = True, seed: int = 0, *
         "json": str(json_path),
     }
     numbers["seconds"] = round(time.perf_counter() - started, 3)
-    _write_json_atomic(json_path, numbers, overwrite)
+    # atomic_write_text, not atomic_write_json: the coverage curve's lambda_hat may be inf
+    atomic_write_text(json_path, json.dumps(numbers, indent=2, sort_keys=True) + "\n", overwrite=overwrite)
     if verbose:
         print(f"RCPS on {len(calibration)} calibration patches (alpha={alpha}, delta={delta}, S={num_samples}): "
               f"lambda_hat={numbers['lambda_hat']:.4f}, calibration risk={numbers['calibration_risk']:.4f} "

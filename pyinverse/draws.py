@@ -23,9 +23,20 @@ _SEED_LIMIT = 2**63
 
 def item_seeds(seed: int, indices: Sequence[int]) -> list[int]:
     """One independent seed per item index (``numpy.random.SeedSequence([seed, index])``), the
-    same whichever process or batch asks for it."""
-    check_seed(seed, "item_seeds", "seed")
-    return [int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0] >> 1) for i in indices]
+    same whichever process or batch asks for it; seed and indices are ints in [0, 2**63)."""
+    seed = check_seed(seed, "item_seeds", "seed")
+    return [int(np.random.SeedSequence(_entropy(seed, check_seed(i, "item_seeds", "indices")))
+                .generate_state(1, np.uint64)[0] >> 1) for i in indices]
+
+
+def _entropy(seed: int, index: int) -> list[int]:
+    """SeedSequence's entropy for (seed, index), one to one. SeedSequence splits ints into 32-bit
+    words and a trailing zero word counts as none, so [2**32, 0] and [0, 1] were the same entropy.
+    Below 2**32 both stay [seed, index] (the seeds every run so far derived); above, fixed-width
+    words and a nonzero last word, which no two-word entropy can equal."""
+    if seed < 2**32 and index < 2**32:
+        return [seed, index]
+    return [seed & 0xFFFFFFFF, seed >> 32, index & 0xFFFFFFFF, index >> 32, 0x5EED]
 
 
 def check_seed(value: Any, where: str, name: str = "seed") -> int:

@@ -30,6 +30,18 @@ def test_per_image_draws_do_not_depend_on_the_batch():
     assert item_seeds(7, [3]) == item_seeds(7, [0, 1, 2, 3])[3:]  # by index, not by position
 
 
+def test_item_seeds_are_one_to_one_and_check_their_indices():
+    """SeedSequence drops trailing zero words: (2**32, 0) and (0, 1) got one seed. Seeds and indices
+    below 2**32 keep the seeds they always had."""
+    assert item_seeds(0, [1]) == [2918264622725855778]  # SeedSequence([0, 1]), as before
+    pairs = [(2**32, 0), (0, 1), (7 + 5 * 2**32, 0), (7, 5), (1, 2**32), (2**32 + 1, 0), (0, 2**32), (2**62, 3)]
+    seeds = [item_seeds(seed, [index])[0] for seed, index in pairs]
+    assert len(set(seeds)) == len(pairs)
+    for indices in ([True], [1.7], [-1], "12", [2**63]):
+        with pytest.raises(ValueError, match=r"item_seeds: 'indices' must be an int in \[0, 2\*\*63\)"):
+            item_seeds(0, indices)
+
+
 @pytest.mark.parametrize("seed, match", [([1, 2], "2 seeds for 3 images"), ([1, -2, 3], r"\[0, 2\*\*63\)"),
                                          ([1, 2.5, 3], r"\[0, 2\*\*63\)"), ("abc", r"\[0, 2\*\*63\)"),
                                          (object(), "an int or a sequence of 3 ints"), (-1, r"\[0, 2\*\*63\)"),

@@ -92,6 +92,9 @@ def test_save_uncertainty_figure_atomic_and_no_silent_overwrite(tmp_path):
     with pytest.raises(ValueError, match="'width' contains NaN"):  # fails before any file appears
         save_uncertainty_figure(tmp_path / "bad.png", mean, np.full((16, 24), np.nan))
     assert not (tmp_path / "bad.png").exists()
+    with pytest.raises(ValueError, match="'truth' is 5x3 but 'mean_image' is 16x24"):  # panels of one size
+        save_uncertainty_figure(tmp_path / "bad.png", mean, width, truth=rng.uniform(size=(5, 3)))
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_save_uncertainty_figure_gets_the_usual_permissions(tmp_path):

@@ -136,6 +136,10 @@ def save_uncertainty_figure(path: str | os.PathLike, mean_image: Any, width: Any
     panels = [(name, _image_2d(image, name, op)) for name, image in (("truth", truth), ("observed", observed))
               if image is not None]
     panels.append(("posterior mean", _image_2d(mean_image, "mean_image", op)))
+    for name, image in panels[:-1]:  # side by side with the mean: one size
+        if image.shape[1:] != panels[-1][1].shape[1:]:
+            raise ValueError(f"{op}: '{name}' is {image.shape[1]}x{image.shape[2]} but 'mean_image' is "
+                             f"{panels[-1][1].shape[1]}x{panels[-1][1].shape[2]}")
 
     height, width_px = rgb.shape[:2]
     panel_height = 2.6
