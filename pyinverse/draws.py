@@ -74,6 +74,8 @@ class Draws:
         """``(per_image * batch, *shape)`` standard normal values."""
         if not self.per_image:
             return torch.randn(per_image * self.batch, *shape, generator=self.generators[0], dtype=dtype)
+        if not self.generators:  # no images, no draws
+            return torch.empty((0, *shape), dtype=dtype)
         drawn = [torch.randn(per_image, *shape, generator=g, dtype=dtype) for g in self.generators]
         return torch.stack(drawn, 1).reshape(per_image * self.batch, *shape)
 
@@ -81,5 +83,7 @@ class Draws:
         """``(per_image * batch,)`` float64 values uniform in [0, 1)."""
         if not self.per_image:
             return torch.rand(per_image * self.batch, generator=self.generators[0], dtype=torch.float64)
+        if not self.generators:
+            return torch.empty(0, dtype=torch.float64)
         drawn = [torch.rand(per_image, generator=g, dtype=torch.float64) for g in self.generators]
         return torch.stack(drawn, 1).reshape(-1)

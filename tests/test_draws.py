@@ -93,3 +93,8 @@ def test_cimle_samples_of_an_observation_do_not_depend_on_its_batch():
     codes = torch.randn(3, 8 * 8 + 2 * 4 * 4, generator=torch.Generator().manual_seed(9))
     assert generator.latent_dim == codes.shape[1]
     torch.testing.assert_close(generator.sample(y, 1, seed=9)[0], generator(y, codes).clamp(0, 1), rtol=0, atol=0)
+
+
+def test_per_image_draws_for_no_images_are_empty():
+    draws = Draws([], 0, "here")  # a shard without images
+    assert draws.randn(3, 2).shape == (0, 2) and draws.rand(4).shape == (0,)

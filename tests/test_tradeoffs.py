@@ -376,7 +376,7 @@ def test_temperatures_above_one_are_above_the_up_function():
     # temperatures: one number is a list of one; anything else is named
     one = gaussian_uncertainty_perception(np.eye(2), 1.0, 0.5, estimate=False)
     assert [p["temperature"] for p in one["points"]] == [0.5]
-    for bad in ([float("nan")], [-1.0], "hot", [[0.5]]):
+    for bad in ([float("nan")], [-1.0], "hot", [[0.5]], [True], True, "0.5", ["0.5"]):  # True was tau 1
         with pytest.raises(ValueError, match="gaussian_uncertainty_perception: 'temperatures' must be"):
             gaussian_uncertainty_perception(np.eye(2), 1.0, bad)
 

@@ -68,6 +68,14 @@ def test_uncertainty_map_inputs_and_scale():
         uncertainty_map(np.zeros((2, 4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="'cmap' 'nope' is not a matplotlib colormap"):
         uncertainty_map(np.zeros((4, 4)), np.zeros((4, 4)), cmap="nope")
+    for kwargs, match in ((dict(cmap=["magma"]), "'cmap' \\['magma'\\] is not a matplotlib colormap name"),
+                          (dict(dim=True), "'dim' must be a number in"), (dict(dim="0.5"), "'dim' must be a number in"),
+                          (dict(vmax=True), "'vmax' must be a finite number"),
+                          (dict(vmax=np.array([1.0, 2.0])), "'vmax' must be a finite number")):
+        with pytest.raises(ValueError, match=match):  # bools, strings and arrays are not numbers
+            uncertainty_map(np.zeros((4, 4)), np.zeros((4, 4)), **kwargs)
+    numpy_scalars = uncertainty_map(np.zeros((4, 4)), np.ones((4, 4)), dim=np.float32(0.5), vmax=np.float64(2.0))
+    assert numpy_scalars.shape == (4, 4, 3)
 
 
 def test_save_uncertainty_figure_atomic_and_no_silent_overwrite(tmp_path):

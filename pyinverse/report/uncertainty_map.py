@@ -9,6 +9,7 @@ interval is never drawn darker than a narrower one over the same mean.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from .._io import atomic_write
 
 # ITU-R BT.601 luma, as pyinverse.data.rgb_to_gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _is_real(value: Any) -> bool:
+    """A real scalar (Python or numpy), not a bool, string or array."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _image_2d(x: Any, name: str, op: str) -> np.ndarray:
@@ -73,11 +79,13 @@ def uncertainty_map(mean_image: Any, width: Any, *, dim: float = 0.35, cmap: str
                          f"got {spread.shape[1:]}")
     if (spread < 0).any():
         raise ValueError(f"{op}: 'width' must be >= 0 (upper - lower), got min {spread.min():g}")
-    if not 0.0 <= float(dim) <= 1.0:
-        raise ValueError(f"{op}: 'dim' must lie in [0, 1], got {dim!r}")
-    if cmap not in colormaps:
-        raise ValueError(f"{op}: 'cmap' {cmap!r} is not a matplotlib colormap")
+    if not _is_real(dim) or not 0.0 <= float(dim) <= 1.0:
+        raise ValueError(f"{op}: 'dim' must be a number in [0, 1], got {dim!r}")
+    if not isinstance(cmap, str) or cmap not in colormaps:
+        raise ValueError(f"{op}: 'cmap' {cmap!r} is not a matplotlib colormap name")
     spread = spread.mean(axis=0)
+    if vmax is not None and not _is_real(vmax):
+        raise ValueError(f"{op}: 'vmax' must be a finite number >= 0, got {vmax!r}")
     top = float(spread.max()) if vmax is None else float(vmax)
     if not np.isfinite(top) or top < 0:
         raise ValueError(f"{op}: 'vmax' must be a finite number >= 0, got {vmax!r}")

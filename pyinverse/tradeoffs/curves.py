@@ -72,6 +72,8 @@ def _numbers(values: Any, name: str, op: str, *, nonnegative: bool = False) -> l
     """One number or a sequence of them -> a list of finite floats (>= 0 with ``nonnegative``)."""
     try:
         array = np.asarray(values, dtype=np.float64)
+        if np.asarray(values).dtype.kind in "bOUS":  # True is not temperature 1, "0.5" not 0.5
+            array = None
     except (TypeError, ValueError):
         array = None
     if array is None or array.ndim > 1:
