@@ -129,9 +129,10 @@ class GaussianMixtureDenoisingPosterior:
             raise ValueError(f"{op}: 'images' must be (N, C, H, W), got {images.shape}")
         if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
             raise ValueError(f"{op}: 'num_components' must be a positive int, got {num_components!r}")
-        if images.shape[0] < 2 or not np.isfinite(images).all():
+        finite = bool(np.isfinite(images).all())
+        if images.shape[0] < 2 or not finite:
             raise ValueError(f"{op}: 'images' must hold at least 2 finite images, got {images.shape[0]}"
-                             + ("" if np.isfinite(images).all() else " with NaN or inf"))
+                             + ("" if finite else " with NaN or inf"))
         if num_components > images.shape[0] // 2:
             raise ValueError(f"{op}: 'num_components' {num_components} needs at least 2 images each; "
                              f"{images.shape[0]} images allow at most {images.shape[0] // 2}")
@@ -144,9 +145,8 @@ class GaussianMixtureDenoisingPosterior:
             rng = np.random.default_rng(0) if rng is None else rng
             _, labels = kmeans2(data, num_components, minit="++", seed=rng)
         parts = [data[labels == k] for k in range(num_components)]
-        parts = [part for part in parts if len(part) >= 2]  # an empty cluster carries no prior mass
-        if not parts:
-            raise ValueError(f"{op}: k-means left no cluster of 2 or more images; lower 'num_components'")
+        # An empty cluster carries no prior mass; with N >= 2K images some cluster has 2 or more.
+        parts = [part for part in parts if len(part) >= 2]
         fitted = [ledoit_wolf_covariance(part) for part in parts]
         weights = np.array([len(part) for part in parts], dtype=np.float64)
         return cls(weights / weights.sum(), np.stack([m for m, _, _ in fitted]),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..draws import check_seed
+from .latent_map import _positive_int
 
 TRANSFORMS = ("dct", "wavelet")
 
@@ -144,8 +145,7 @@ def operator_norm_squared(operator: Any, image_shape: tuple[int, ...], iteration
         >>> operator_norm_squared(Denoising(0.1), (1, 1, 8, 8))
         1.0
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
-        raise ValueError(f"operator_norm_squared: 'iterations' must be an int >= 1, got {iterations!r}")
+    iterations = _positive_int(iterations, "operator_norm_squared", "iterations")
     rng = np.random.default_rng(check_seed(seed, "operator_norm_squared"))
     v = rng.standard_normal(image_shape)
     v /= np.linalg.norm(v)
