@@ -99,7 +99,7 @@ PYBIND11_MODULE(_C, m) {
                        as_ptr<void>(std_out));
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, "quantile");
+          const CudaDeviceGuard device_guard(device_index, "quantile");
           quantile_cuda(problem, as_ptr<const void>(data), as_ptr<void>(quantiles_out), as_ptr<void>(mean_out),
                         as_ptr<void>(std_out), stream);
 #else
@@ -155,7 +155,7 @@ PYBIND11_MODULE(_C, m) {
           sqrtm_cpu(problem, as_ptr<const void>(data), out);
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, op.c_str());
+          const CudaDeviceGuard device_guard(device_index, op.c_str());
           sqrtm_cuda(problem, as_ptr<const void>(data), out, stream);
 #else
           (void)stream;
@@ -203,7 +203,7 @@ PYBIND11_MODULE(_C, m) {
 #if PYINV_WITH_CUDA
         {
           py::gil_scoped_release release;
-          cuda_set_device(device_index, "DCIIndex.add");
+          const CudaDeviceGuard device_guard(device_index, "DCIIndex.add");
           dci_add_cuda(shape, as_ptr<const void>(directions), as_ptr<const void>(old_keys),
                        as_ptr<const int32_t>(old_ids), as_ptr<const void>(new_data), n_new, as_ptr<void>(out_keys),
                        as_ptr<int32_t>(out_ids), stream);
@@ -245,7 +245,7 @@ PYBIND11_MODULE(_C, m) {
                          as_ptr<int64_t>(out_indices));
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, op);
+          const CudaDeviceGuard device_guard(device_index, op);
           dci_search_cuda(shape, index, as_ptr<const void>(queries), num_queries, budget, as_ptr<void>(out_distances),
                           as_ptr<int64_t>(out_indices), stream);
 #else
@@ -276,7 +276,7 @@ PYBIND11_MODULE(_C, m) {
                               num_candidates, dim, as_ptr<int64_t>(out_indices), as_ptr<void>(out_distances));
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, op);
+          const CudaDeviceGuard device_guard(device_index, op);
           batched_nearest_cuda(type, as_ptr<const void>(candidates), as_ptr<const void>(targets), batch,
                                num_candidates, dim, as_ptr<int64_t>(out_indices), as_ptr<void>(out_distances), stream);
 #else
@@ -344,7 +344,7 @@ PYBIND11_MODULE(_C, m) {
           coupling_apply_cpu(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet), saved);
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, op);
+          const CudaDeviceGuard device_guard(device_index, op);
           coupling_apply_cuda(problem, input(in), input(h), input(t), output(out), as_ptr<void>(logdet), stream,
                               saved);
 #else
@@ -399,7 +399,7 @@ PYBIND11_MODULE(_C, m) {
           coupling_backward_cpu(problem, grads);
         } else if (device == "cuda") {
 #if PYINV_WITH_CUDA
-          cuda_set_device(device_index, op);
+          const CudaDeviceGuard device_guard(device_index, op);
           coupling_backward_cuda(problem, grads, stream);
 #else
           (void)stream;

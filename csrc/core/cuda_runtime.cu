@@ -26,7 +26,18 @@ void cuda_check(int status, const char* op, const char* what) {
   }
 }
 
-void cuda_set_device(int device, const char* op) { cuda_check(cudaSetDevice(device), op, "cudaSetDevice"); }
+CudaDeviceGuard::CudaDeviceGuard(int device, const char* op) {
+  int current = 0;
+  cuda_check(cudaGetDevice(&current), op, "cudaGetDevice");
+  if (current != device) {
+    cuda_check(cudaSetDevice(device), op, "cudaSetDevice");
+    previous_ = current;
+  }
+}
+
+CudaDeviceGuard::~CudaDeviceGuard() {
+  if (previous_ >= 0) cudaSetDevice(previous_);  // no throwing from a destructor; the launch's error wins
+}
 
 cudaMemPool_t scratch_pool(const char* op) {
   static std::mutex mutex;

@@ -11,8 +11,19 @@ namespace pyinv {
 int cuda_device_count();
 // Throw RuntimeError("<op>: <what> failed: <cuda message>") unless `status` is cudaSuccess.
 void cuda_check(int status, const char* op, const char* what);
-// Make `device` current for this host thread before a launch on the caller's stream.
-void cuda_set_device(int device, const char* op);
+// Makes `device` current for this host thread for a launch on the caller's stream, and puts the
+// thread's previous device back when it goes out of scope: torch's and cupy's current device is
+// this same runtime state, so a call on cuda:1 must not leave a cuda:0 caller on cuda:1.
+class CudaDeviceGuard {
+ public:
+  CudaDeviceGuard(int device, const char* op);
+  ~CudaDeviceGuard();
+  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
 #else
 inline int cuda_device_count() { return 0; }
 #endif

@@ -99,7 +99,7 @@ __global__ void finish_logdet_kernel(const double* partial, DeviceGrid grid, dou
   if (b >= grid.batch) return;
   double sum = 0.0;
   for (int64_t c = 0; c < grid.chunks_per_row; ++c) sum += partial[b * grid.chunks_per_row + c];
-  logdet[b] = static_cast<T>(sign * sum);
+  logdet[b] = static_cast<T>(grid.chunks_per_row == 0 ? 0.0 : sign * sum);  // no features: +0, as on the CPU
 }
 
 template <typename T, Scale kScale, bool kInverse, bool kKnownIsOutput, bool kReconstruct>

@@ -55,12 +55,16 @@ void dci_add_launch(const DciShape& shape, const T* directions, const T* old_key
   DeviceScratch ids_in(items * sizeof(int32_t), stream, op);
   DeviceScratch offsets((P + 1) * sizeof(int64_t), stream, op);
   if (n_old > 0) {
-    cuda_check(cudaMemcpy2DAsync(keys_in.as<T>(), n_total * sizeof(T), old_keys, n_old * sizeof(T),
-                                 n_old * sizeof(T), P, cudaMemcpyDeviceToDevice, stream),
-               op, "cudaMemcpy2DAsync");
-    cuda_check(cudaMemcpy2DAsync(ids_in.as<int32_t>(), n_total * sizeof(int32_t), old_ids, n_old * sizeof(int32_t),
-                                 n_old * sizeof(int32_t), P, cudaMemcpyDeviceToDevice, stream),
-               op, "cudaMemcpy2DAsync");
+    // One copy per direction: cudaMemcpy2D refuses pitches above the device's (2^31 - 1 bytes),
+    // which rows of more than 2^29 float32 keys would need.
+    for (int64_t p = 0; p < P; ++p) {
+      cuda_check(cudaMemcpyAsync(keys_in.as<T>() + p * n_total, old_keys + p * n_old, n_old * sizeof(T),
+                                 cudaMemcpyDeviceToDevice, stream),
+                 op, "cudaMemcpyAsync");
+      cuda_check(cudaMemcpyAsync(ids_in.as<int32_t>() + p * n_total, old_ids + p * n_old, n_old * sizeof(int32_t),
+                                 cudaMemcpyDeviceToDevice, stream),
+                 op, "cudaMemcpyAsync");
+    }
   }
   const int threads = 256;
   if (n_new > 0) {
@@ -70,6 +74,10 @@ void dci_add_launch(const DciShape& shape, const T* directions, const T* old_key
   }
   segment_offsets_kernel<<<blocks_for(P + 1, threads), threads, 0, stream>>>(offsets.as<int64_t>(), P, n_total);
   cuda_check(cudaGetLastError(), op, "offsets kernel launch");
+#if defined(CUB_VERSION) && CUB_VERSION < 200800
+  // CUB before 2.8 (CCCL PR 3308) takes the item count as int: refuse rather than truncate it.
+  PYINV_CHECK(items <= 2147483647LL, op, "more than 2^31 - 1 keys (directions x points) need CUB 2.8 or newer");
+#endif
   size_t temp_bytes = 0;
   cuda_check(cub::DeviceSegmentedSort::StableSortPairs(nullptr, temp_bytes, keys_in.as<T>(), out_keys,
                                                        ids_in.as<int32_t>(), out_ids, items, P,

@@ -12,7 +12,9 @@
 namespace pyinv {
 
 // Squared Euclidean distance in float64. Four partial sums in a fixed order: the loop vectorises,
-// and the rounding is the same on every ISA clone and on the GPU (builds disable FMA contraction).
+// and the rounding is the same on every ISA clone and in the GPU's DCI search (builds disable FMA
+// contraction). batched_nearest's CUDA kernel splits a distance over a warp instead: deterministic,
+// but a few ulps from this sum, so near-ties may pick another candidate than the CPU.
 template <typename T>
 PYINV_HOST_DEVICE double knn_squared_distance(const T* a, const T* b, int64_t dim) {
   double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;

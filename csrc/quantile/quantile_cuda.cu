@@ -126,13 +126,17 @@ void launch_extremes(bool omit_nan, int64_t blocks, int threads, cudaStream_t st
   }
 }
 
+// One block sorts one pixel's samples: in shared memory, or (global_values != nullptr, samples that
+// do not fit) in that pixel's row of a global scratch of `padded` entries a block.
 template <typename T>
 __global__ void selection_kernel(const T* data, DeviceLayout layout, const double* q, int num_q, int method,
-                                 int ddof, bool omit_nan, int padded, T* quantiles_out, T* mean_out, T* std_out) {
+                                 int ddof, bool omit_nan, int padded, int64_t first_pixel, T* global_values,
+                                 T* quantiles_out, T* mean_out, T* std_out) {
   extern __shared__ unsigned char shared_bytes[];
-  T* values = reinterpret_cast<T*>(shared_bytes);
+  T* values = global_values ? global_values + static_cast<int64_t>(blockIdx.x) * padded
+                            : reinterpret_cast<T*>(shared_bytes);
   __shared__ int nan_count;
-  const int64_t pixel = blockIdx.x;
+  const int64_t pixel = first_pixel + blockIdx.x;
   const T* base = data + strided_offset(layout.shape, layout.strides, layout.ndim, pixel);
   if (threadIdx.x == 0) nan_count = 0;
   __syncthreads();
@@ -162,6 +166,9 @@ __global__ void selection_kernel(const T* data, DeviceLayout layout, const doubl
     }
   }
   if (threadIdx.x != 0) return;
+  // Mean and std from the sorted values, shifted by the smallest: the same values to float64
+  // rounding as the CPU and the extremes kernel (which sum in sample order, shifted by the first
+  // sample), not always the same last bits.
   const int64_t n_valid = omit_nan ? layout.num_samples - nan_count : layout.num_samples;
   double shift = n_valid > 0 ? stats_shift(values[0]) : 0.0, sum = 0.0, sum_squares = 0.0;
   for (int64_t k = 0; (mean_out || std_out) && k < n_valid; ++k) {
@@ -214,17 +221,34 @@ void launch(const QuantileProblem& problem, const T* data, T* quantiles_out, T* 
     else if (needed <= 16) extremes(std::integral_constant<int, 16>{});
     else extremes(std::integral_constant<int, 32>{});
   } else {
+    // The bitonic sort's indices are int: at most 2^30 samples a pixel (4 GiB of float32).
+    if (problem.num_samples > (int64_t{1} << 30)) {
+      throw ValueError(std::string(op) + ": central quantiles of more than 2^30 samples per pixel are not "
+                       "supported on CUDA; use the CPU");
+    }
     int padded = 1;
     while (padded < problem.num_samples) padded <<= 1;
-    const size_t shared = static_cast<size_t>(padded) * sizeof(T);
-    if (shared > 48 * 1024) {
-      throw ValueError(std::string(op) + ": central quantiles of more than " + std::to_string(48 * 1024 / sizeof(T)) +
-                       " samples per pixel do not fit the shared-memory selection; use the CPU");
+    const size_t bytes_per_pixel = static_cast<size_t>(padded) * sizeof(T);
+    constexpr size_t kSharedLimit = 48 * 1024;  // without the opt-in attribute
+    if (bytes_per_pixel <= kSharedLimit) {
+      PYINV_CHECK(pixels <= 2147483647LL, op, "too many pixels for one launch");
+      selection_kernel<T><<<static_cast<unsigned>(pixels), 256, bytes_per_pixel, stream>>>(
+          data, layout, q_device, num_q, method, problem.ddof, problem.omit_nan, padded, 0, nullptr, quantiles_out,
+          mean_out, std_out);
+    } else {
+      // More samples than shared memory holds (8192 float32, 4096 float64): the same sort in a
+      // global scratch, a chunk of pixels per launch so that the scratch stays below 256 MiB.
+      constexpr size_t kScratchBytes = size_t{256} << 20;
+      const int64_t chunk = std::min<int64_t>(pixels, std::max<size_t>(1, kScratchBytes / bytes_per_pixel));
+      DeviceScratch scratch(static_cast<size_t>(chunk) * bytes_per_pixel, stream, op);
+      for (int64_t first = 0; first < pixels; first += chunk) {
+        const int64_t count = std::min(chunk, pixels - first);
+        selection_kernel<T><<<static_cast<unsigned>(count), 256, 0, stream>>>(
+            data, layout, q_device, num_q, method, problem.ddof, problem.omit_nan, padded, first, scratch.as<T>(),
+            quantiles_out, mean_out, std_out);
+        cuda_check(cudaGetLastError(), op, "kernel launch");
+      }
     }
-    PYINV_CHECK(pixels <= 2147483647LL, op, "too many pixels for one launch");
-    selection_kernel<T><<<static_cast<unsigned>(pixels), 256, shared, stream>>>(
-        data, layout, q_device, num_q, method, problem.ddof, problem.omit_nan, padded, quantiles_out, mean_out,
-        std_out);
   }
   cuda_check(cudaGetLastError(), op, "kernel launch");
 }

@@ -196,8 +196,16 @@ void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cu
     const int64_t blocks = (count + teams - 1) / teams;
     PYINV_CHECK(blocks <= 0x7fffffff, op, "too many matrices for one launch");  // terabytes of input
     const size_t shared_bytes = sizeof(double) * teams * sqrtm::jacobi::workspace_doubles(n);
+    // The attribute is the kernel's, for the whole process: always the largest any order needs,
+    // so that a concurrent call (the GIL is released) for a smaller n cannot lower it between
+    // this call's setting and its launch.
+    size_t most_shared_bytes = 0;
+    for (int order = 1; order <= kSqrtmMaxOrder; ++order) {
+      most_shared_bytes = std::max<size_t>(most_shared_bytes, sizeof(double) * (kWarp / sqrtm::jacobi::team_size(order)) *
+                                                                   sqrtm::jacobi::workspace_doubles(order));
+    }
     cuda_check(cudaFuncSetAttribute(sqrtm_jacobi_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(shared_bytes)),
+                                    static_cast<int>(most_shared_bytes)),
                op, "cudaFuncSetAttribute");
     sqrtm_jacobi_kernel<T><<<static_cast<unsigned>(blocks), kWarp, shared_bytes, stream>>>(
         a, layout, n, problem.row_stride, problem.col_stride, count, device_out, problem.eps, inverse_kind,
