@@ -209,7 +209,6 @@ def lpips_alex_reference(x, y, backbone: dict, heads: dict):
     x, y: (B, 3, H, W) numpy in [0, 1]. backbone: 'features.{0,3,6,8,10}.{weight,bias}';
     heads: 'lin{k}.model.1.weight' (1, C, 1, 1). Layer by layer as in lpips/pretrained_networks.py.
     """
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -233,6 +232,84 @@ def lpips_alex_reference(x, y, backbone: dict, heads: dict):
 
     weights = [heads[f"lin{k}.model.1.weight"].double().numpy().reshape(-1) for k in range(5)]
     return unit_feature_distance_reference(taps(x), taps(y), weights)
+
+
+def fid_inception_reference(images, state: dict):
+    """pytorch-fid's InceptionV3 pool3 features (B, 2048) from a torchvision-named state dict, float64.
+
+    Written from pytorch-fid's inception.py (FIDInceptionA/C/E_1/E_2 and torchvision's B/D blocks):
+    bilinear resize to 299 (align_corners=False), x -> 2x - 1, BasicConv2d = conv (no bias) +
+    BatchNorm(eps 1e-3, running statistics) + ReLU; the 3x3 average pools leave the padding out of
+    the mean (computed here as a sum over a count), Mixed_7c max-pools instead; global mean last.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    w = {k: v.double() for k, v in state.items()}
+
+    def conv(name, x, stride=1, padding=0):
+        x = F.conv2d(x, w[f"{name}.conv.weight"], stride=stride, padding=padding)
+        scale = w[f"{name}.bn.weight"] / torch.sqrt(w[f"{name}.bn.running_var"] + 1e-3)
+        shift = w[f"{name}.bn.bias"] - w[f"{name}.bn.running_mean"] * scale
+        return F.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+    def mean_pool_without_padding(x):
+        ones = torch.ones_like(x[:1, :1])
+        total = F.conv2d(F.pad(x, (1, 1, 1, 1)).flatten(0, 1).unsqueeze(1), torch.ones(1, 1, 3, 3, dtype=x.dtype))
+        count = F.conv2d(F.pad(ones, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3, dtype=x.dtype))
+        return total.view(x.shape) / count
+
+    def block_a(p, x):
+        return torch.cat([conv(f"{p}.branch1x1", x),
+                          conv(f"{p}.branch5x5_2", conv(f"{p}.branch5x5_1", x), padding=2),
+                          conv(f"{p}.branch3x3dbl_3", conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x),
+                                                              padding=1), padding=1),
+                          conv(f"{p}.branch_pool", mean_pool_without_padding(x))], 1)
+
+    def block_b(p, x):
+        dbl = conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x), padding=1)
+        return torch.cat([conv(f"{p}.branch3x3", x, stride=2), conv(f"{p}.branch3x3dbl_3", dbl, stride=2),
+                          F.max_pool2d(x, 3, 2)], 1)
+
+    def block_c(p, x):
+        b7 = conv(f"{p}.branch7x7_1", x)
+        b7 = conv(f"{p}.branch7x7_3", conv(f"{p}.branch7x7_2", b7, padding=(0, 3)), padding=(3, 0))
+        d7 = conv(f"{p}.branch7x7dbl_1", x)
+        for k, pad in ((2, (3, 0)), (3, (0, 3)), (4, (3, 0)), (5, (0, 3))):
+            d7 = conv(f"{p}.branch7x7dbl_{k}", d7, padding=pad)
+        return torch.cat([conv(f"{p}.branch1x1", x), b7, d7, conv(f"{p}.branch_pool", mean_pool_without_padding(x))], 1)
+
+    def block_d(p, x):
+        b3 = conv(f"{p}.branch3x3_2", conv(f"{p}.branch3x3_1", x), stride=2)
+        b7 = conv(f"{p}.branch7x7x3_1", x)
+        b7 = conv(f"{p}.branch7x7x3_3", conv(f"{p}.branch7x7x3_2", b7, padding=(0, 3)), padding=(3, 0))
+        return torch.cat([b3, conv(f"{p}.branch7x7x3_4", b7, stride=2), F.max_pool2d(x, 3, 2)], 1)
+
+    def block_e(p, x, max_pool):
+        b3 = conv(f"{p}.branch3x3_1", x)
+        d3 = conv(f"{p}.branch3x3dbl_2", conv(f"{p}.branch3x3dbl_1", x), padding=1)
+        pooled = F.max_pool2d(x, 3, 1, 1) if max_pool else mean_pool_without_padding(x)
+        return torch.cat([conv(f"{p}.branch1x1", x),
+                          conv(f"{p}.branch3x3_2a", b3, padding=(0, 1)), conv(f"{p}.branch3x3_2b", b3, padding=(1, 0)),
+                          conv(f"{p}.branch3x3dbl_3a", d3, padding=(0, 1)),
+                          conv(f"{p}.branch3x3dbl_3b", d3, padding=(1, 0)),
+                          conv(f"{p}.branch_pool", pooled)], 1)
+
+    x = torch.as_tensor(images, dtype=torch.float64)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    x = conv("Conv2d_2b_3x3", conv("Conv2d_2a_3x3", conv("Conv2d_1a_3x3", x, stride=2)), padding=1)
+    x = conv("Conv2d_4a_3x3", conv("Conv2d_3b_1x1", F.max_pool2d(x, 3, 2)))
+    x = F.max_pool2d(x, 3, 2)
+    for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
+        x = block_a(name, x)
+    x = block_b("Mixed_6a", x)
+    for name in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+        x = block_c(name, x)
+    x = block_e("Mixed_7b", block_d("Mixed_7a", x), max_pool=False)
+    x = block_e("Mixed_7c", x, max_pool=True)
+    return x.mean(dim=(2, 3))
 
 
 # =================================================================================================

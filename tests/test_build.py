@@ -56,3 +56,25 @@ def test_top_level_exports_the_kernels_without_importing_torch():
     assert done.stdout.strip() == "[] False"  # drop-in kernels: numpy users do not pay for torch
     for name in ("quantile", "sqrtm_spd", "affine_coupling", "frechet_distance"):
         assert name in pyinverse.__all__
+
+
+@pytest.mark.parametrize("env, expected", [("3", 3), ("1", 1), (None, None)])
+def test_thread_count_default_and_restore(env, expected):
+    """The default follows OMP_NUM_THREADS (else the CPUs this process may use); set_num_threads(n)
+    overrides it and None or 0 restore it. In a fresh process: the default is read at load."""
+    import os
+
+    code = ("import os, pyinverse; d = pyinverse.get_num_threads(); pyinverse.set_num_threads(5); a = "
+            "pyinverse.get_num_threads(); pyinverse.set_num_threads(None); b = pyinverse.get_num_threads(); "
+            "pyinverse.set_num_threads(7); pyinverse.set_num_threads(0); c = pyinverse.get_num_threads(); "
+            "print(d, a, b, c, len(os.sched_getaffinity(0)))")
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if env is not None:
+        environment["OMP_NUM_THREADS"] = env
+    default, overridden, after_none, after_zero, usable = map(int, subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment,
+        cwd=ROOT).stdout.split())
+    assert default == (expected if expected is not None else usable)
+    assert overridden == 5 and after_none == after_zero == default
+    with pytest.raises(ValueError, match="set_num_threads: 'n' must be a non-negative int or None"):
+        pyinverse.set_num_threads(-1)

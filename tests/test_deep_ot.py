@@ -175,6 +175,32 @@ def test_class_mode_maps_each_class_onto_its_clean_patches(small_vae, seed):
     assert single.latent_w2(restored, clean) == pytest.approx(shared.latent_w2(restored, clean), rel=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["shared", "position", "class"])
+def test_latent_w2_is_the_gaussian_w2_of_the_latent_patches(small_vae, mode):
+    """latent_w2 from its definition: the latents' 2x2 patches cut in numpy, Gaussian fits (np.cov),
+    the Frechet distance through scipy's sqrtm; position mode is the root of the per-position
+    sum of W2^2, class mode that of shared mode."""
+    rng = np.random.default_rng(5)
+    images = torch.from_numpy(rng.uniform(0, 1, (40, 3, 16, 16)).astype(np.float32))
+    reference = torch.from_numpy(rng.uniform(0.6, 1, (30, 3, 16, 16)).astype(np.float32))
+    deep_ot = DeepOT(small_vae, patch_size=2, mode=mode, shrinkage=None)
+
+    def patches(x):  # (B, P, L p p): the latents (B, 2, 4, 4) cut into 4 patches of 2x2
+        z = deep_ot.latents(x).double().numpy()
+        return np.stack([z[:, :, i:i + 2, j:j + 2].reshape(len(z), -1) for i in (0, 2) for j in (0, 2)], axis=1)
+
+    def w2_squared(a, b):
+        return frechet_distance_reference(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+    a, b = patches(images), patches(reference)
+    if mode == "position":
+        expected = math.sqrt(sum(w2_squared(a[:, k], b[:, k]) for k in range(a.shape[1])))
+    else:
+        expected = math.sqrt(w2_squared(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])))
+    assert expected > 1e-4  # the two sets differ in latent space
+    assert deep_ot.latent_w2(images, reference) == pytest.approx(expected, rel=1e-7)
+
+
 def test_patch_classes_drop_thin_classes():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -317,7 +343,7 @@ def test_vae_save_load_round_trip_and_validation(tmp_path, small_vae):
         load_vae(tmp_path / "missing.safetensors")
     nan_state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
     save_file(nan_state, str(tmp_path / "nan.safetensors"), metadata=meta)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-finite values"):
         load_vae(tmp_path / "nan.safetensors")
     save_file(state, str(tmp_path / "format.safetensors"), metadata={**meta, "format": "other"})
     with pytest.raises(ValueError, match="format"):

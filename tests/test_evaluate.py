@@ -79,6 +79,67 @@ def test_evaluate_from_files_writes_a_consistent_report(tmp_path, problem, fmt, 
     assert "already holds a report" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # scipy's sqrtm on 6 truth images' covariance
+def test_evaluate_samples_numbers_against_numpy_and_scikit_image(problem):
+    """Every aggregate of the report recomputed from the definitions: numpy float64, scikit-image's
+    SSIM, the Frechet distance of the shipped features through scipy's sqrtm."""
+    from skimage.metrics import structural_similarity
+
+    from pyinverse.metrics.features import default_extractor
+    from tests.reference import frechet_distance_reference
+
+    samples, inputs, truth = problem
+    operator = Downsample(2)
+    results = evaluate_samples(samples, inputs, operator, truth=truth).results
+    s64, t64 = samples.astype(np.float64), truth.astype(np.float64)
+
+    def psnr(a, b):
+        return 10 * np.log10(1 / np.mean((a - b) ** 2))
+
+    def ssim(a, b, sigma):
+        return structural_similarity(a[0], b[0], data_range=1.0, gaussian_weights=True, sigma=sigma,
+                                     use_sample_covariance=False)
+
+    measured = operator.A(torch.from_numpy(samples.reshape(-1, *samples.shape[2:]))).numpy().reshape(
+        NUM_SAMPLES, NUM_IMAGES, *inputs.shape[1:]).astype(np.float64)
+    validity_psnr = np.array([[psnr(measured[s, i], inputs[i]) for i in range(NUM_IMAGES)]
+                              for s in range(NUM_SAMPLES)])
+    validity_ssim = [ssim(measured[s, i], inputs[i].astype(np.float64), 3 / 3.5)  # 8x8: the widest window
+                     for s in range(NUM_SAMPLES) for i in range(NUM_IMAGES)]
+    validity = results["validity"]
+    assert validity["psnr"] == pytest.approx(validity_psnr.mean(), rel=1e-5)
+    np.testing.assert_allclose(validity["psnr_per_image"], validity_psnr.mean(axis=0), rtol=1e-5)
+    assert validity["ssim"] == pytest.approx(np.mean(validity_ssim), rel=1e-5)
+    assert validity["consistent_fraction"] == 0.0
+
+    sample_psnr = np.array([[psnr(s64[s, i], t64[i]) for i in range(NUM_IMAGES)] for s in range(NUM_SAMPLES)])
+    pairs = [np.mean((s64[a] - s64[b]) ** 2) for a in range(NUM_SAMPLES) for b in range(NUM_SAMPLES) if a != b]
+    mean = s64.mean(axis=0)
+    distortion = results["distortion"]
+    assert distortion["psnr_of_samples"] == pytest.approx(sample_psnr.mean(), rel=1e-5)
+    assert distortion["psnr_best_of_s"] == pytest.approx(sample_psnr.max(axis=0).mean(), rel=1e-5)
+    assert distortion["psnr_best_of_s"] > distortion["psnr_of_samples"]
+    assert distortion["ssim_of_mean"] == pytest.approx(np.mean([ssim(mean[i], t64[i], 1.5) for i in range(NUM_IMAGES)]),
+                                                       rel=1e-5)
+    assert distortion["diversity_rms_pairwise"] == pytest.approx(np.sqrt(np.mean(pairs)), rel=1e-5)
+
+    lower, upper = np.quantile(s64, [0.05, 0.95], axis=0)
+    outside = ((t64 < lower) | (t64 > upper)).reshape(NUM_IMAGES, -1).mean(axis=1)
+    uncertainty = results["uncertainty"]
+    assert uncertainty["mean_interval_width"] == pytest.approx(np.mean(upper - lower), rel=1e-5)
+    assert uncertainty["mean_std"] == pytest.approx(np.mean(s64.std(axis=0)), rel=1e-5)
+    assert uncertainty["raw_coverage"]["risk"] == pytest.approx(outside.mean(), abs=1e-12)
+    assert uncertainty["raw_coverage"]["max_image_risk"] == pytest.approx(outside.max(), abs=1e-12)
+
+    extract = default_extractor(torch.device("cpu"))
+    with torch.no_grad():
+        fake = extract(torch.from_numpy(samples.reshape(-1, *samples.shape[2:]))).double().numpy()
+        real = extract(torch.from_numpy(truth)).double().numpy()
+    expected_fid = frechet_distance_reference(fake.mean(0), np.cov(fake, rowvar=False), real.mean(0),
+                                              np.cov(real, rowvar=False))
+    assert results["perception"]["fid"] == pytest.approx(expected_fid, rel=1e-4, abs=1e-8)
+
+
 def run_expecting_error(capsys, tmp_path, samples_path, inputs_path, operator="downsample:2", options=()):
     out = tmp_path / "out"
     code = main(["evaluate", "--samples", str(samples_path), "--inputs", str(inputs_path),

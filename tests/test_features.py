@@ -14,7 +14,7 @@ from pyinverse.metrics import (FeatureExtractor, FeatureNet, FIDInceptionV3, LPI
                                validity)
 from pyinverse.metrics.features import SHIPPED_WEIGHTS
 from pyinverse.physics import by_name
-from tests.reference import lpips_alex_reference, unit_feature_distance_reference
+from tests.reference import fid_inception_reference, lpips_alex_reference, unit_feature_distance_reference
 
 
 @pytest.fixture(scope="module")
@@ -302,15 +302,35 @@ class _NotWeights:
     pass
 
 
-def test_fid_inception_round_trip_through_a_saved_state_dict(tmp_path):
-    torch.manual_seed(0)
-    source = FIDInceptionV3()
+def _random_fid_inception(seed=0):
+    torch.manual_seed(seed)
+    net = FIDInceptionV3()
     with torch.no_grad():  # random BatchNorm statistics, so eval-mode BN is exercised
-        for module in source.modules():
+        for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return net
+
+
+@pytest.mark.parametrize("channels,size", [(3, 40), (1, 311)])
+def test_fid_inception_matches_an_independent_float64_forward(channels, size):
+    """The whole network, resize and [-1, 1] mapping included, against a functional float64 reference
+    written from pytorch-fid (padding-free average pools, Mixed_7c's max pool); gray images as RGB."""
+    net = _random_fid_inception(seed=channels).double()
+    images = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
+    with torch.no_grad():
+        got = net(images)
+    expected = fid_inception_reference(images, net.state_dict())
+    assert got.dtype == torch.float64 and got.shape == (2, 2048)
+    assert expected.abs().max() > 0.1  # the features are not all zero after 40 ReLU layers
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12 * float(expected.abs().max()))
+
+
+def test_fid_inception_round_trip_through_a_saved_state_dict(tmp_path):
+    source = _random_fid_inception()
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(state, tmp_path / "pt_inception.pth")  # like pytorch-fid's file: no BN counters
     loaded = fid_inception_v3(tmp_path / "pt_inception.pth")

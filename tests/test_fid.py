@@ -246,7 +246,8 @@ def test_against_torchmetrics_if_importable():
     ours_kid.update(fake, real=False)
     # full subsets: both are the unbiased MMD^2 of all features, whatever the permutation
     print("KID ours", ours_kid.compute(), "torchmetrics", reference_kid.compute())
-    assert ours_kid.compute()[0] == pytest.approx(float(reference_kid.compute()[0]), rel=1e-5)
+    # torchmetrics keeps float32 features and kernels (ours are float64): agreement to float32 rounding
+    assert ours_kid.compute()[0] == pytest.approx(float(reference_kid.compute()[0]), rel=1e-4)
 
 
 # --- torch.distributed -----------------------------------------------------------------------

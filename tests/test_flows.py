@@ -240,6 +240,9 @@ def test_sample_temperature_and_seed():
     model, _ = initialised("glow-affine-tanh", 0)
     a = model.sample(5, temperature=0.7, seed=3, clip=False)
     assert a.shape == (5, 1, 4, 4) and torch.equal(a, model.sample(5, temperature=0.7, seed=3, clip=False))
+    # the documented draw: inverse(temperature * eps), eps from a CPU generator seeded with `seed`
+    eps = torch.randn(5, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(a, model.inverse(0.7 * eps).detach(), rtol=1e-12, atol=1e-12)
     mode = model.sample(2, temperature=0.0, seed=1, clip=False)
     np.testing.assert_allclose(mode.numpy(), model.inverse(torch.zeros(2, 16, dtype=torch.float64)).detach().numpy())
     clipped = model.sample(50, temperature=3.0, seed=0)

@@ -175,11 +175,19 @@ def test_training_is_deterministic_given_the_seed():
 
 
 def test_feature_distance_and_feature_loss_train():
+    """One epoch of one batch: its loss is the L1 loss plus 0.1 x the perceptual distance of the
+    generator's output for the codes select_codes picks (same seed), before the (negligible) step."""
     inputs, targets = two_mode_data(n=6)
-    g = tiny()
+    g, replica = tiny(), tiny()
     history = train_cimle(g, inputs, targets, samples_per_input=2, epochs=1, batch_size=6, distance="features",
-                          loss="l1", feature_weight=0.1)
-    assert np.isfinite(history.epoch_loss).all() and np.isfinite(history.selection_distance).all()
+                          loss="l1", feature_weight=0.1, lr=1e-30)
+    codes, distances = select_codes(replica.eval(), inputs, targets, 2, rng=torch.Generator().manual_seed(0),
+                                    distance="features")
+    with torch.no_grad():
+        out = replica.train()(inputs, codes)
+        expected = (out - targets).abs().mean() + 0.1 * perceptual_distance(out.clamp(0, 1), targets).mean()
+    assert history.selection_distance == [pytest.approx(float(distances.double().mean()), rel=1e-6)]
+    assert history.epoch_loss == [pytest.approx(float(expected), rel=1e-5)]
 
 
 # -------------------------------------------------------------------------------------------------

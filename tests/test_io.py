@@ -54,6 +54,6 @@ def test_umask_is_read_without_changing_it_and_overwrite_keeps_the_mode(tmp_path
 
 
 def test_json_refuses_nan(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant"):
         atomic_write_json(tmp_path / "r.json", {"x": float("nan")})
     assert not (tmp_path / "r.json").exists()

@@ -285,8 +285,23 @@ def test_sample_stats_matches_float64_reference(rng, num_samples, ddof, dtype):
         warnings.simplefilter("ignore", RuntimeWarning)
         expected_std = a64.std(axis=0, ddof=ddof)
     np.testing.assert_allclose(stats.std, expected_std, rtol=tolerance * 100, atol=tolerance * 100)
-    assert_same(stats.quantiles, quantile(a, (0.05, 0.5, 0.95)))
+    assert_same(stats.quantiles, np.stack([numpy_quantile(a, q) for q in (0.05, 0.5, 0.95)]))
     assert stats.mean.dtype == stats.std.dtype == dtype
+
+
+@pytest.mark.parametrize("method", QUANTILE_METHODS)
+def test_sample_stats_every_method_and_integer_samples(rng, method):
+    """sample_stats passes its method on (numpy's quantiles bit for bit); integer samples give a
+    float64 mean and std (np.mean / np.std) and numpy's quantiles."""
+    a = rng.standard_normal((37, 5, 6))
+    stats = sample_stats(a, q=(0.1, 0.5, 0.93), method=method)
+    assert_same(stats.quantiles, np.stack([numpy_quantile(a, q, method=method) for q in (0.1, 0.5, 0.93)]))
+    counts = rng.integers(-1000, 1000, (37, 5, 6))
+    stats = sample_stats(counts, q=(0.1, 0.93), ddof=1, method=method)
+    assert stats.mean.dtype == stats.std.dtype == np.float64
+    np.testing.assert_allclose(stats.mean, counts.mean(axis=0), rtol=1e-13, atol=1e-12)  # values up to 1000
+    np.testing.assert_allclose(stats.std, counts.std(axis=0, ddof=1), rtol=1e-13)
+    assert_same(stats.quantiles, np.stack([numpy_quantile(counts, q, method=method) for q in (0.1, 0.93)]))
 
 
 @pytest.mark.parametrize("num_samples", [4, 300])
@@ -471,6 +486,8 @@ def test_torch_cpu_round_trip(rng, dtype):
     stats = sample_stats(a, q=0.9, ddof=1)
     assert all(isinstance(x, torch.Tensor) for x in stats)
     torch.testing.assert_close(stats.std, a.std(dim=0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.mean, a.mean(dim=0), rtol=1e-6, atol=1e-7)
+    assert_same(stats.quantiles.numpy(), numpy_quantile(a.numpy(), 0.9))
 
 
 def test_torch_integer_and_unsupported_tensors():
@@ -511,7 +528,7 @@ def test_cupy_round_trip(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("num_samples", [1, 7, 50, 1000])
+@pytest.mark.parametrize("num_samples", [1, 7, 50, 1000, 10000])  # 10000: sorted in global memory
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("omit", [False, True])
 def test_cuda_matches_numpy(rng, num_samples, dtype, omit):

@@ -443,10 +443,14 @@ def test_frechet_rank_deficient(rng, d, n_samples):
     fd = frechet_distance(mu1, s1, mu2, s2)
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product_sample_space_reference(x, s2)
     assert np.isfinite(fd) and fd >= 0 and fd == pytest.approx(expected, rel=1e-10)
-    # Both covariances rank-deficient: still real, finite and >= 0.
-    (mu1, s1, mu2, s2), _, _ = _gaussian_pair(rng, n_samples, d)
-    both = frechet_distance(mu1, s1, mu2, s2)
-    assert np.isfinite(both) and both >= 0.0
+    # Both covariances rank-deficient: with S_i = Z_i^T Z_i / (n_i - 1) (Z_i centred samples), the
+    # cross term tr (S1 S2)^1/2 is the nuclear norm of Z1 Z2^T / sqrt((n1 - 1)(n2 - 1)).
+    (mu1, s1, mu2, s2), x, y = _gaussian_pair(rng, n_samples, d)
+    z1, z2 = x - x.mean(0), y - y.mean(0)
+    cross_term = np.linalg.svd(z1 @ z2.T, compute_uv=False).sum() / np.sqrt((len(x) - 1) * (len(y) - 1))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross_term
+    assert trace_sqrt_product(s1, s2) == pytest.approx(cross_term, rel=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("d, n_samples", [(5, 100), (50, 10), (120, 500)])
