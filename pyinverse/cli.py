@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="draw samples from a restorer for your observations")
     restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "cimle"))
     restore.add_argument("--model", required=True,
-                         help="shipped name (flows: faces, patches; cimle: sr4, colour) or a model file")
+                         help="shipped name (flows: faces, patches; cimle: sr4, sr8, colour, jpeg) or a model file")
     restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt), (N, m) measurement "
                          "vectors (e.g. cs:RATIO) or a folder of PNGs (natural order; one channel if every image "
                          "is grayscale, else RGB)")

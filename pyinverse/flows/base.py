@@ -129,6 +129,7 @@ class FlowModel(nn.Module):
         """``log p(x)`` in nats per image ``(B,)``: the density of ``x`` in [0, 1] units.
 
         Example:
+            >>> from pyinverse.flows import Glow
             >>> model = Glow(1, (8, 8), levels=2, depth=2, hidden=16)
             >>> model.log_prob(torch.rand(4, 1, 8, 8)).shape
             torch.Size([4])

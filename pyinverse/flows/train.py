@@ -102,7 +102,7 @@ def evaluate_bpd(model: FlowModel, data: Any, batch_size: int = 256, seed: int =
 
     Example:
         >>> evaluate_bpd(load_pretrained("patches"), photo_patches("held_out", 16, gray=True))  # doctest: +SKIP
-        4.9
+        4.14
     """
     where = "evaluate_bpd"
     batch_size = positive_int(batch_size, where, "batch_size")  # -1 returned 0.0 (empty loop)
@@ -242,6 +242,8 @@ def train_flow(model: FlowModel, data: Any, epochs: int = 10, batch_size: int = 
             lower ``lr`` or raise ``warmup_steps``).
 
     Example:
+        >>> from pyinverse.data import photo_patches
+        >>> from pyinverse.flows import Glow
         >>> model = Glow(1, 16, levels=3, depth=4, hidden=32)
         >>> history = train_flow(model, photo_patches("train", 16, gray=True), epochs=2,
         ...                      held_out=photo_patches("held_out", 16, gray=True), progress=False)

@@ -390,7 +390,7 @@ def knn_recall(distances: Any, reference_distances: Any, k: int | None = None, r
     Example:
         >>> d_ref, _ = exact_knn(x, q, 10)
         >>> d, _ = index.search(q, 10)
-        >>> knn_recall(d, d_ref), knn_recall(d, d_ref, k=1)
+        >>> recall_at_10, recall_at_1 = knn_recall(d, d_ref), knn_recall(d, d_ref, k=1)  # floats in [0, 1]
     """
     op = "knn_recall"
     found = as_tensor(describe_points(distances, "distances", op)).to(torch.float64).cpu()

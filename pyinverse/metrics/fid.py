@@ -118,7 +118,7 @@ class FID(_FeatureAccumulator):
         >>> fid = FID()                      # the shipped 128-d extractor
         >>> fid.update(real_batch, real=True)
         >>> fid.update(fake_batch, real=False)
-        >>> fid.compute()                    # float; needs >= 2 images of each kind
+        >>> distance = fid.compute()         # a float; needs >= 2 images of each kind
     """
 
     _name = "FID"

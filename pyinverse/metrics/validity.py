@@ -81,7 +81,9 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
         >>> op = by_name("downsample:4")
         >>> x = torch.rand(2, 3, 32, 32); y = op.A(x)
         >>> samples = torch.stack([x + 0.01 * torch.randn_like(x) for _ in range(5)])  # (5, 2, 3, 32, 32)
-        >>> validity(op, y, samples, metrics=("psnr",))["psnr"]  # about 53 dB
+        >>> psnr = validity(op, y, samples, metrics=("psnr",))["psnr"]
+        >>> 50 < psnr < 57  # noise 0.01 through a 4x downsampling: about 53 dB
+        True
     """
     fn = "validity"
     if isinstance(metrics, str):

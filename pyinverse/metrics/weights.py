@@ -104,6 +104,7 @@ def load_torch_weights(module: nn.Module, path: str | os.PathLike, *,
         ValueError: the file is unreadable or its keys / shapes / dtypes do not match ``module``.
 
     Example:
+        >>> from pyinverse.metrics import FIDInceptionV3
         >>> net = FIDInceptionV3()
         >>> load_torch_weights(net, "pt_inception-2015-12-05-6726825d.pth")  # doctest: +SKIP
     """

@@ -32,7 +32,7 @@ class GaussianMoments:
     Example:
         >>> moments = GaussianMoments()
         >>> for batch in np.array_split(np.random.default_rng(0).standard_normal((1000, 4)), 7):
-        ...     moments.update(batch)
+        ...     _ = moments.update(batch)
         >>> moments.count, moments.mean.shape, moments.covariance().shape
         (1000, (4,), (4, 4))
     """

@@ -27,6 +27,7 @@ class RowSpace(LinearOperator):
         operator: a :class:`~pyinverse.physics.base.LinearOperator` (e.g. ``CompressedSensing``).
 
     Example:
+        >>> from pyinverse.physics import CompressedSensing
         >>> cs = CompressedSensing(0.3, seed=0, noise_sigma=0.05)
         >>> x = torch.rand(2, 1, 16, 16)
         >>> view = RowSpace(cs)

@@ -142,6 +142,7 @@ def operator_norm_squared(operator: Any, image_shape: tuple[int, ...], iteration
     iteration from a seeded random start, float64.
 
     Example:
+        >>> from pyinverse.physics import Denoising
         >>> operator_norm_squared(Denoising(0.1), (1, 1, 8, 8))
         1.0
     """
@@ -178,6 +179,8 @@ def lasso_fista(operator: Any, y: Any, lam: float, transform: str = "dct", *, im
         images ``(B, C, H, W)``: numpy in the input dtype for numpy ``y``, else torch on ``y``'s device.
 
     Example:
+        >>> from pyinverse.physics import CompressedSensing
+        >>> x = torch.rand(2, 1, 16, 16)
         >>> op = CompressedSensing(0.3, seed=0, image_shape=(1, 16, 16))
         >>> x_hat = lasso_fista(op, op.A(x), lam=0.01, transform="dct", image_shape=(1, 16, 16))
     """

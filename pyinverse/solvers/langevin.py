@@ -99,7 +99,10 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
             non-finite proposals, so it cannot diverge.
 
     Example:
+        >>> from pyinverse.data import lfw_faces
+        >>> from pyinverse.flows import load_pretrained
         >>> from pyinverse.physics import Inpainting
+        >>> faces = torch.from_numpy(lfw_faces()[..., :24, :24].copy())  # the flow's 24 x 24 crops
         >>> op = Inpainting(fraction=0.5, seed=0, noise_sigma=0.05)
         >>> result = latent_langevin(load_pretrained("faces"), op, op(faces[:2], seed=1), n_samples=8)
         >>> result.samples.shape

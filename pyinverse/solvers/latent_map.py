@@ -408,6 +408,8 @@ def latent_map(model: FlowModel, operator: Any, y: Any, *, gamma: float = 0.0, p
         numpy, else a torch tensor on the model's device.
 
     Example:
+        >>> from pyinverse.data import photo_patches
+        >>> from pyinverse.flows import load_pretrained
         >>> from pyinverse.physics import CompressedSensing
         >>> model = load_pretrained("patches")
         >>> op = CompressedSensing(0.2, seed=0)

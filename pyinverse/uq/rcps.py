@@ -213,7 +213,7 @@ class RCPS:
     Example:
         >>> rcps = RCPS(alpha=0.1, delta=0.1).fit(cal_samples, cal_truth)  # (S,N,C,H,W), (N,C,H,W)
         >>> lower, upper = rcps.predict(test_samples)
-        >>> rcps.risk(test_samples, test_truth).mean()                    # about <= alpha
+        >>> held_out_risk = rcps.risk(test_samples, test_truth).mean()    # about <= alpha
     """
 
     def __init__(self, alpha: float = 0.1, delta: float = 0.1, scaling: str = "multiplicative",
