@@ -394,111 +394,132 @@ struct PendingRotations {
 // of zt the eigenvector of d[k]. rot is 4 n-vectors of scratch (two rotation buffers). Returns the
 // largest iteration count any eigenvalue needed.
 //
-// Per lane, QL works on the unreduced block l..m (m: first negligible e[m] at or after l); lanes
-// with m == l are done with l, lanes with a shorter block idle through the first steps. Masks are
-// int64_t 0/1 (as wide as a double) combined with & and | and applied with pick(), so the lane
-// loops stay branch-free blends.
+// Each lane works on its own eigenvalue l[lane], on its unreduced block l..m (m: first negligible
+// e[m] at or after l), and moves on to l + 1 as soon as its block splits there: lanes do not wait
+// for each other's eigenvalues (in lockstep, every eigenvalue took as many iterations as its
+// slowest lane, 17% more QL work at n = 32). A step's chain runs from the largest m down to the
+// smallest l of the lanes; a lane outside its own block gets the identity rotation (c = 1, s = 0,
+// exact), so every lane still runs the same instructions. Masks are int64_t 0/1 (as wide as a
+// double) combined with & and | and applied with pick(), so the lane loops stay branch-free blends.
 template <int W>
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, double* zt, double* rot, int n,
                                                         int64_t ls) {
   PendingRotations<W> pending;
   int buffer = 0;  // the chain writes one rotation buffer while the other one is being applied
   int most_iterations = 0;
-  for (int l = 0; l < n; ++l) {
-    for (int iteration = 0;; ++iteration) {
-      int64_t m[W], active[W];
+  int64_t l[W], iterations[W];
+  for (int lane = 0; lane < W; ++lane) {
+    l[lane] = 0;
+    iterations[lane] = 0;
+  }
+  for (;;) {
+    int64_t m[W], active[W];
+    int low = n, top = 0;
+    // Deflate: a lane whose block is split at its l (m == l), or that gave up on l after
+    // kMaxQlIterations, goes on to the next eigenvalue, until every lane has work or is done.
+    for (int64_t moved = 1; moved;) {
+      low = n;
+      for (int lane = 0; lane < W; ++lane) low = l[lane] < low ? static_cast<int>(l[lane]) : low;
       PYINV_SQRTM_SIMD
       for (int lane = 0; lane < W; ++lane) m[lane] = n - 1;
-      for (int k = n - 2; k >= l; --k) {
+      for (int k = n - 2; k >= low; --k) {
         const double* dk = d + k * ls;
         const double* dk1 = d + (k + 1) * ls;
         const double* ek = e + k * ls;
         PYINV_SQRTM_SIMD
         for (int lane = 0; lane < W; ++lane) {
           const int64_t negligible = fabs(ek[lane]) <= kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane]));
-          m[lane] = pick(negligible, static_cast<int64_t>(k), m[lane]);
+          m[lane] = pick(negligible & static_cast<int64_t>(k >= l[lane]), static_cast<int64_t>(k), m[lane]);
         }
       }
-      int64_t any = 0;
-      int top = l;
-      double dm[W];
+      moved = 0;
       for (int lane = 0; lane < W; ++lane) {
-        active[lane] = m[lane] != l;
-        any |= active[lane];
-        top = m[lane] > top ? static_cast<int>(m[lane]) : top;
-        dm[lane] = d[m[lane] * ls + lane];
+        const int64_t next = static_cast<int64_t>(l[lane] < n && (m[lane] <= l[lane] ||
+                                                                   iterations[lane] == kMaxQlIterations));
+        l[lane] += next;
+        iterations[lane] = next ? 0 : iterations[lane];
+        moved |= next;
       }
-      if (!any || iteration == kMaxQlIterations) break;
-      most_iterations = iteration + 1 > most_iterations ? iteration + 1 : most_iterations;
-      // Shift from the leading 2x2 of the block (Wilkinson-type, as in tqli).
-      double g[W], s[W], c[W], p[W];
-      int64_t live[W], split[W];
-      const double* dl = d + l * ls;
-      const double* dl1 = d + (l + 1 < n ? l + 1 : l) * ls;
-      const double* el = e + l * ls;
+    }
+    int64_t any = 0;
+    low = n;
+    double dm[W];
+    for (int lane = 0; lane < W; ++lane) {
+      active[lane] = l[lane] < n;
+      any |= active[lane];
+      low = active[lane] && l[lane] < low ? static_cast<int>(l[lane]) : low;
+      top = active[lane] && m[lane] > top ? static_cast<int>(m[lane]) : top;
+      iterations[lane] += active[lane];
+      most_iterations = iterations[lane] > most_iterations ? static_cast<int>(iterations[lane]) : most_iterations;
+    }
+    if (!any) break;
+    // Shift from the leading 2x2 of each lane's block (Wilkinson-type, as in tqli).
+    double g[W], s[W], c[W], p[W], dl[W], dl1[W], el[W];
+    int64_t live[W], split[W];
+    for (int lane = 0; lane < W; ++lane) {
+      const int64_t at_l = active[lane] ? l[lane] : 0, at_m = active[lane] ? m[lane] : 0;
+      dl[lane] = d[at_l * ls + lane];
+      dl1[lane] = d[(at_l + 1 < n ? at_l + 1 : at_l) * ls + lane];
+      el[lane] = e[at_l * ls + lane];
+      dm[lane] = d[at_m * ls + lane];
+    }
+    PYINV_SQRTM_SIMD
+    for (int lane = 0; lane < W; ++lane) {
+      const double q = (dl1[lane] - dl[lane]) / pick(active[lane], 2.0 * el[lane], 1.0);
+      const double r = sqrt(q * q + 1.0);
+      const double shift = dm[lane] - dl[lane] + el[lane] / (q + pick(q >= 0.0, r, -r));
+      g[lane] = pick(active[lane], shift, 0.0);
+      s[lane] = 1.0;
+      c[lane] = 1.0;
+      p[lane] = 0.0;
+      live[lane] = active[lane];
+      split[lane] = 0;
+    }
+    double* cr = rot + 2 * buffer * n * ls;
+    double* sr = cr + n * ls;
+    // The previous iteration's rotations, spread evenly over this iteration's chain steps.
+    const int units = kInterleaveRotations ? (pending.remaining() + (top - low) - 1) / (top - low) : 0;
+    for (int i = top - 1; i >= low; --i) {
+      double* di = d + i * ls;
+      double* di1 = d + (i + 1) * ls;
+      double* ei = e + i * ls;
+      double* ei1 = e + (i + 1) * ls;
       PYINV_SQRTM_SIMD
       for (int lane = 0; lane < W; ++lane) {
-        const double q = (dl1[lane] - dl[lane]) / pick(active[lane], 2.0 * el[lane], 1.0);
-        const double r = sqrt(q * q + 1.0);
-        const double shift = dm[lane] - dl[lane] + el[lane] / (q + pick(q >= 0.0, r, -r));
-        g[lane] = pick(active[lane], shift, 0.0);
-        s[lane] = 1.0;
-        c[lane] = 1.0;
-        p[lane] = 0.0;
-        live[lane] = active[lane];
-        split[lane] = 0;
+        const int64_t step = live[lane] & static_cast<int64_t>(i < m[lane]) & static_cast<int64_t>(i >= l[lane]);
+        const double f = s[lane] * ei[lane];
+        const double b = c[lane] * ei[lane];
+        const double r = sqrt(f * f + g[lane] * g[lane]);
+        const int64_t zero = static_cast<int64_t>(r == 0.0);  // underflow: the block splits at i + 1
+        const int64_t rotate = step & (zero ^ 1);
+        const double inverse_r = 1.0 / pick(rotate, r, 1.0);
+        const double sn = f * inverse_r, cs = g[lane] * inverse_r;
+        const double gi = di1[lane] - p[lane];
+        const double rr = (di[lane] - gi) * sn + 2.0 * cs * b;
+        const double pn = sn * rr;
+        ei1[lane] = pick(step, r, ei1[lane]);
+        di1[lane] = pick(rotate, gi + pn, pick(step, gi, di1[lane]));
+        split[lane] |= step & zero;
+        live[lane] &= (step & zero) ^ 1;
+        s[lane] = pick(rotate, sn, s[lane]);
+        c[lane] = pick(rotate, cs, c[lane]);
+        p[lane] = pick(rotate, pn, p[lane]);
+        g[lane] = pick(rotate, cs * rr - b, g[lane]);
+        cr[i * ls + lane] = pick(rotate, cs, 1.0);
+        sr[i * ls + lane] = pick(rotate, sn, 0.0);
       }
-      double* cr = rot + 2 * buffer * n * ls;
-      double* sr = cr + n * ls;
-      // The previous iteration's rotations, spread evenly over this iteration's chain steps.
-      const int units = kInterleaveRotations ? (pending.remaining() + (top - l) - 1) / (top - l) : 0;
-      for (int i = top - 1; i >= l; --i) {
-        double* di = d + i * ls;
-        double* di1 = d + (i + 1) * ls;
-        double* ei = e + i * ls;
-        double* ei1 = e + (i + 1) * ls;
-        PYINV_SQRTM_SIMD
-        for (int lane = 0; lane < W; ++lane) {
-          const int64_t step = live[lane] & static_cast<int64_t>(i < m[lane]);
-          const double f = s[lane] * ei[lane];
-          const double b = c[lane] * ei[lane];
-          const double r = sqrt(f * f + g[lane] * g[lane]);
-          const int64_t zero = static_cast<int64_t>(r == 0.0);  // underflow: the block splits at i + 1
-          const int64_t rotate = step & (zero ^ 1);
-          const double inverse_r = 1.0 / pick(rotate, r, 1.0);
-          const double sn = f * inverse_r, cs = g[lane] * inverse_r;
-          const double gi = di1[lane] - p[lane];
-          const double rr = (di[lane] - gi) * sn + 2.0 * cs * b;
-          const double pn = sn * rr;
-          ei1[lane] = pick(step, r, ei1[lane]);
-          di1[lane] = pick(rotate, gi + pn, pick(step, gi, di1[lane]));
-          split[lane] |= step & zero;
-          live[lane] &= (step & zero) ^ 1;
-          s[lane] = pick(rotate, sn, s[lane]);
-          c[lane] = pick(rotate, cs, c[lane]);
-          p[lane] = pick(rotate, pn, p[lane]);
-          g[lane] = pick(rotate, cs * rr - b, g[lane]);
-          cr[i * ls + lane] = pick(rotate, cs, 1.0);
-          sr[i * ls + lane] = pick(rotate, sn, 0.0);
-        }
-        pending.advance(units);
+      pending.advance(units);
+    }
+    pending.finish();
+    pending.start(zt, cr, sr, low, top, n, ls);
+    buffer ^= 1;
+    for (int lane = 0; lane < W; ++lane) {
+      if (!active[lane]) continue;
+      if (!split[lane]) {
+        d[l[lane] * ls + lane] -= p[lane];
+        e[l[lane] * ls + lane] = g[lane];
       }
-      pending.finish();
-      pending.start(zt, cr, sr, l, top, n, ls);
-      buffer ^= 1;
-      double* dl_out = d + l * ls;
-      double* el_out = e + l * ls;
-      PYINV_SQRTM_SIMD
-      for (int lane = 0; lane < W; ++lane) {
-        const int64_t finish = active[lane] & (split[lane] ^ 1);
-        dl_out[lane] = pick(finish, dl_out[lane] - p[lane], dl_out[lane]);
-        el_out[lane] = pick(finish, g[lane], el_out[lane]);
-      }
-      for (int k = l; k <= top; ++k) {
-        double* ek = e + k * ls;
-        PYINV_SQRTM_SIMD
-        for (int lane = 0; lane < W; ++lane) ek[lane] = pick(active[lane] & static_cast<int64_t>(m[lane] == k), 0.0, ek[lane]);
-      }
+      e[m[lane] * ls + lane] = 0.0;
     }
   }
   pending.finish();
