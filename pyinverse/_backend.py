@@ -126,6 +126,8 @@ def describe(x: Any, name: str, op: str) -> ArrayInfo:
         device = x.device.type
         if device not in ("cpu", "cuda"):
             raise TypeError(f"{op}: '{name}' is on device '{x.device}'; pyinverse kernels run on cpu and cuda")
+        if x.is_neg():  # a lazily negated view (e.g. from .conj().imag): its memory holds -x
+            x = x.resolve_neg()
         return ArrayInfo(x, "torch", device, x.device.index if device == "cuda" else -1,
                          x.data_ptr(), tuple(x.shape), tuple(x.stride()), dtype)
     # cupy

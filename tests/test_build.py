@@ -78,3 +78,49 @@ def test_thread_count_default_and_restore(env, expected):
     assert overridden == 5 and after_none == after_zero == default
     with pytest.raises(ValueError, match="set_num_threads: 'n' must be a non-negative int or None"):
         pyinverse.set_num_threads(-1)
+
+
+def test_negated_torch_views_are_read_as_their_values():
+    """A tensor with torch's negative bit (here from .conj().imag) stores -x in its memory: every
+    kernel entry point must see x (numpy float64 references), and an out= of that kind is refused."""
+    import numpy as np
+    import torch
+
+    from pyinverse.knn import DCIIndex, batched_nearest, exact_knn
+    from pyinverse.ops.coupling import affine_coupling, affine_coupling_vjp
+
+    def negated_view(t):
+        view = torch.complex(torch.zeros_like(t), -t).conj().imag
+        assert view.is_neg() and torch.equal(view, t)
+        return view
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=generator, dtype=torch.float64) + 3
+    np.testing.assert_array_equal(pyinverse.quantile(negated_view(x), 0.5).numpy(), np.quantile(x.numpy(), 0.5, axis=0))
+    np.testing.assert_allclose(pyinverse.sample_stats(negated_view(x), q=None).mean.numpy(), x.numpy().mean(0))
+    spd = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    root = pyinverse.sqrtm_spd(negated_view(spd))
+    np.testing.assert_allclose((root @ root).numpy(), spd.numpy(), rtol=1e-12)
+    x_b, h, t = (torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    y, logdet = affine_coupling(negated_view(x_b), negated_view(h), negated_view(t))
+    s = 2 * np.tanh(h.numpy() / 2)
+    np.testing.assert_allclose(y.numpy(), x_b.numpy() * np.exp(s) + t.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(logdet.numpy(), s.sum(axis=(1, 2, 3)), rtol=1e-12)
+    grad_y = torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    leaf = x_b.clone().requires_grad_(True)
+    affine_coupling(leaf, h, t).output.backward(negated_view(grad_y))
+    np.testing.assert_allclose(leaf.grad.numpy(), grad_y.numpy() * np.exp(s), rtol=1e-12)
+    grads = affine_coupling_vjp(negated_view(grad_y), negated_view(torch.ones(2, dtype=torch.float64)), h, t, x_b=x_b)
+    np.testing.assert_allclose(grads.grad_input.numpy(), grad_y.numpy() * np.exp(s), rtol=1e-12)
+    points, queries = torch.randn(100, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    expected = np.argsort(((queries.double().numpy()[:, None] - points.double().numpy()[None]) ** 2).sum(-1), axis=1)[:, :3]
+    np.testing.assert_array_equal(exact_knn(negated_view(points), negated_view(queries), 3)[1].numpy(), expected)
+    index = DCIIndex(8, seed=0)
+    index.add(negated_view(points))
+    np.testing.assert_array_equal(index.search(negated_view(queries), 3, exact=True)[1].numpy(), expected)
+    candidates, targets = torch.randn(4, 6, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    nearest = ((candidates.double() - targets.double()[:, None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(batched_nearest(negated_view(candidates), negated_view(targets))[0].numpy(),
+                                  nearest.numpy())
+    with pytest.raises(ValueError, match="'out' is a negated view"):
+        pyinverse.quantile(x, [0.5], out=negated_view(torch.zeros(1, 4, dtype=torch.float64)))

@@ -180,8 +180,8 @@ def _torch_call(arrays: tuple) -> _TorchCall | None:
         return None
     for a in arrays:
         if (not isinstance(a, torch.Tensor) or a.dtype != first.dtype or a.device != first.device
-                or a.shape != first.shape or a.layout != torch.strided or not _samples_contiguous(a)):
-            return None
+                or a.shape != first.shape or a.layout != torch.strided or not _samples_contiguous(a) or a.is_neg()):
+            return None  # the generic path (a negated view's memory holds -a: describe resolves it)
     if first.ndim < 1 or first.numel() == 0 or first.device.type not in ("cpu", "cuda"):
         return None
     index, stream = -1, 0
@@ -262,7 +262,7 @@ def _vjp(grad_out: Any, grad_logdet: Any, h: Any, t: Any, x_b: Any, y_b: Any, in
     if call is not None and (grad_logdet is None or (
             isinstance(grad_logdet, type(grad_out)) and grad_logdet.dtype == grad_out.dtype
             and grad_logdet.device == grad_out.device and grad_logdet.shape == (call.batch,)
-            and grad_logdet.is_contiguous())):
+            and grad_logdet.is_contiguous() and not grad_logdet.is_neg())):
         import torch
 
         outputs = [torch.empty_like(grad_out) if wanted else None for wanted in (*need, reconstruct)]
@@ -310,11 +310,12 @@ def _vjp_from_saved(grad_out: Any, grad_logdet: Any, x_b: Any, multiplier: Any, 
     one pass over memory, no elementary function; the same values as ``_vjp`` from ``h``."""
     import torch
 
+    grad_out = grad_out.resolve_neg()  # autograd may hand over a caller's negated view
     if not _samples_contiguous(grad_out):
         grad_out = grad_out.contiguous()
     call = _torch_call((grad_out, x_b, multiplier, slope))
     if grad_logdet is not None:
-        grad_logdet = grad_logdet.contiguous()
+        grad_logdet = grad_logdet.resolve_neg().contiguous()
     outputs = [torch.empty_like(grad_out) if wanted else None for wanted in need]
     _C.coupling_backward(
         device=call.device, device_index=max(call.device_index, 0), dtype=call.dtype, scale="exp", clamp=1.0,

@@ -136,6 +136,8 @@ def _integer_samples(info: ArrayInfo, axis: int, levels: np.ndarray, method: str
 
 
 def _check_out(out: Any, like: ArrayInfo, shape: tuple, dtype: np.dtype, name: str, op: str) -> ArrayInfo:
+    if getattr(out, "is_neg", lambda: False)():  # describe would read it through a copy: writes would be lost
+        raise ValueError(f"{op}: '{name}' is a negated view (torch's negative bit); pass a tensor that owns its values")
     info = describe(out, name, op)
     if (info.kind, info.device, info.device_index) != (like.kind, like.device, like.device_index):
         raise ValueError(f"{op}: '{name}' must be a {like.kind} array on {like.device} like 'a', got {info.kind} on {info.device}")
