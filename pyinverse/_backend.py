@@ -128,8 +128,14 @@ def describe(x: Any, name: str, op: str) -> ArrayInfo:
             raise TypeError(f"{op}: '{name}' is on device '{x.device}'; pyinverse kernels run on cpu and cuda")
         if x.is_neg():  # a lazily negated view (e.g. from .conj().imag): its memory holds -x
             x = x.resolve_neg()
+        try:
+            pointer = x.data_ptr()
+        except RuntimeError:  # no storage: a torch.func (vmap, grad) or functional wrapper tensor
+            raise TypeError(f"{op}: '{name}' is a tensor without storage (inside torch.func.vmap / grad / "
+                            "functionalize?); pyinverse kernels read memory directly: call them outside the "
+                            "transform, or through pyinverse.torch_ops") from None
         return ArrayInfo(x, "torch", device, x.device.index if device == "cuda" else -1,
-                         x.data_ptr(), tuple(x.shape), tuple(x.stride()), dtype)
+                         pointer, tuple(x.shape), tuple(x.stride()), dtype)
     # cupy
     return ArrayInfo(x, "cupy", "cuda", int(x.device.id), int(x.data.ptr), tuple(x.shape),
                      _byte_strides_to_elements(op, name, x.strides, x.itemsize), x.dtype)

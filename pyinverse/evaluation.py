@@ -22,6 +22,7 @@ operator's matrix (:class:`pyinverse.physics.RowSpace`): validity compares each 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,11 @@ import torch
 from . import distributed as dist
 from . import sample_stats
 from ._backend import require_float_images
-from .data.arrays import as_unit_float32
+from .data.arrays import NOISE_SIGMAS, OVERSHOOT_MARGIN, as_unit_float32
+from .draws import check_seed
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
 from .metrics.validity import ssim_sigma_for
-from .physics import RowSpace, by_name
+from .physics import Operator, RowSpace, by_name
 from .report.html import Figure, Section, Table, figure_to_png
 from .report.uncertainty_map import uncertainty_map
 from .uq import RCPS, BandRCPS, coverage_report
@@ -191,6 +193,16 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
     for name, images in (("samples", samples), ("inputs", inputs), ("truth", truth)):
         # 8-bit images (0..255) cast to float would be scored as images far outside [0, 1]
         require_float_images(images, f"evaluate: '{name}' must hold floats (images in [0, 1])")
+    RCPS(alpha=alpha, delta=delta, q=q)  # checks alpha, delta and q, with truth or without
+    check_seed(seed, "evaluate")
+    if isinstance(max_figure_images, bool) or not isinstance(max_figure_images, numbers.Integral) or max_figure_images < 1:
+        raise ValueError(f"evaluate: 'max_figure_images' must be an int >= 1, got {max_figure_images!r}")
+    if isinstance(operator, str):
+        operator = by_name(operator)
+    if np.ndim(inputs) == 4 and isinstance(operator, Operator) and not isinstance(operator, RowSpace):
+        # images observed by one of our operators: within the loaders' margin of [0, 1] (0..255 refused)
+        noise_sigma = float(getattr(operator, "noise_sigma", 0.0) or 0.0)
+        as_unit_float32(np.asarray(inputs), "evaluate: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * noise_sigma)
     operator, inputs = _image_measurements(samples, inputs, operator)
     if not dist.active():
         samples = as_unit_float32(np.asarray(samples), "evaluate: 'samples'")

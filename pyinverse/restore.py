@@ -15,6 +15,7 @@ generator, e.g. ``sr4``) or a path to a file written by :func:`pyinverse.flows.s
 """
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ._backend import require_float_images
+from .data.arrays import NOISE_SIGMAS, OVERSHOOT_MARGIN, as_unit_float32
 
 METHODS = ("flow-langevin", "flow-map", "cimle")
 
@@ -67,8 +69,9 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
     if num_samples is None:
         num_samples = 1 if method == "flow-map" else 16
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
         raise ValueError(f"restore: 'num_samples' must be a positive int, got {num_samples!r}")
+    num_samples = int(num_samples)
     if method == "flow-map" and num_samples != 1:
         raise ValueError(f"restore: flow-map gives one MAP estimate per input (S = 1), not {num_samples} samples; "
                          "use flow-langevin (or cimle) for samples")
@@ -96,6 +99,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
                              f"'{task.operator.spec}', not {operator!r}")
         observed = task.operator.output_shape((1, generator.out_channels, *generator.image_size))[1:]
         _check_images(y.numpy(), observed, f"the cIMLE task '{task.name}' ({task.operator.spec})")
+        as_unit_float32(y.numpy(), "restore: 'inputs'")  # images in [0, 1] (0..255 floats refused)
         with torch.no_grad():
             return generator.sample(task.lift(y), num_samples, seed=seed).numpy()
     if operator is None:
@@ -104,6 +108,8 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     flow = _flow(model)
     expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
+    if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]
+        as_unit_float32(y.numpy(), "restore: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * operator.noise_sigma)
     if method == "flow-map":
         # gamma = 4 sigma^2: validation in pyinverse/studies/flow_prior.py picks 2 to 8 sigma^2 per level;
         # noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting)

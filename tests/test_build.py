@@ -124,3 +124,15 @@ def test_negated_torch_views_are_read_as_their_values():
                                   nearest.numpy())
     with pytest.raises(ValueError, match="'out' is a negated view"):
         pyinverse.quantile(x, [0.5], out=negated_view(torch.zeros(1, 4, dtype=torch.float64)))
+
+
+def test_tensors_without_storage_are_named():
+    """Inside torch.func transforms the kernels cannot read memory: a TypeError says so."""
+    import torch
+
+    from pyinverse.ops.coupling import affine_coupling
+
+    with pytest.raises(TypeError, match="quantile: 'a' is a tensor without storage"):
+        torch.func.vmap(lambda t: pyinverse.quantile(t, 0.5))(torch.randn(3, 10, 4))
+    with pytest.raises(TypeError, match="affine_coupling: 'x_b' is a tensor without storage"):
+        torch.func.vmap(lambda a: affine_coupling(a, a, a).output)(torch.randn(2, 3, 4))

@@ -140,6 +140,23 @@ def test_evaluate_samples_numbers_against_numpy_and_scikit_image(problem):
     assert results["perception"]["fid"] == pytest.approx(expected_fid, rel=1e-4, abs=1e-8)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(alpha=1.5), ValueError, "'alpha'"),
+    (dict(delta=float("nan")), ValueError, "'delta'"),
+    (dict(q=(0.9, 0.1)), ValueError, "0 <= q_lo < q_hi <= 1"),
+    (dict(q=0.5), ValueError, "'q' must be a pair"),
+    (dict(seed=-1), ValueError, "evaluate: 'seed' must be an int in"),
+    (dict(max_figure_images=0), ValueError, "'max_figure_images' must be an int >= 1"),
+    (dict(max_figure_images=2.5), ValueError, "'max_figure_images' must be an int >= 1"),
+    (dict(scale=255.0), ValueError, r"evaluate: 'inputs' holds float values in .* expected \[0, 1\]"),
+])
+def test_evaluate_samples_checks_its_arguments_without_truth(problem, kwargs, error, match):
+    samples, inputs, _ = problem
+    scale = kwargs.pop("scale", 1.0)
+    with pytest.raises(error, match=match):
+        evaluate_samples(samples, inputs * scale, Downsample(2), **kwargs)
+
+
 def run_expecting_error(capsys, tmp_path, samples_path, inputs_path, operator="downsample:2", options=()):
     out = tmp_path / "out"
     code = main(["evaluate", "--samples", str(samples_path), "--inputs", str(inputs_path),

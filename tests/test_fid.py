@@ -291,3 +291,12 @@ def test_distributed_compute_reduces_all_ranks(tmp_path):
         assert fid_value == pytest.approx(single_fid.compute(), rel=1e-10)
         assert fid_again == fid_value  # compute() does not change the local state
         np.testing.assert_allclose(kid_value, single_kid.compute(), rtol=1e-10)
+
+
+def test_kid_overflow_of_the_cubic_kernel_is_named():
+    rng = np.random.default_rng(0)
+    kid = KID(subset_size=10, num_subsets=2)
+    kid.update_features(rng.standard_normal((10, 4)) * 1e60, real=True)
+    kid.update_features(rng.standard_normal((10, 4)) * 1e60, real=False)
+    with pytest.raises(ValueError, match="KID.compute: the polynomial kernel .* overflows float64"):
+        kid.compute()

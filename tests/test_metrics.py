@@ -330,3 +330,18 @@ def test_read_only_numpy_images_are_copied_not_aliased():
     frozen_samples.flags.writeable = False
     np.testing.assert_array_equal(validity(op, op.A(x), frozen_samples, metrics=("psnr",))["psnr_per_sample"],
                                   validity(op, op.A(x), samples, metrics=("psnr",))["psnr_per_sample"])
+
+
+def test_out_of_range_parameters_and_integer_observations_are_named():
+    x, y = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="psnr: 'data_range' must be between 1e-150 and 1e150"):
+        psnr(x, y, data_range=1e200)
+    with pytest.raises(ValueError, match="ssim: 'k1' \\* data_range must be below 1e150"):
+        ssim(x, y, k1=1e200)
+    with pytest.raises(ValueError, match="the radius truncate \\* sigma must be below 1e6 pixels"):
+        ssim(x, y, sigma=1e308)
+    op = by_name("downsample:2")
+    samples = torch.rand(3, 1, 1, 16, 16)
+    observed = (255 * op.A(samples[0])).round().to(torch.uint8)
+    with pytest.raises(TypeError, match="validity: 'y' must be float observations on the samples' scale"):
+        validity(op, observed, samples)

@@ -812,7 +812,8 @@ def test_by_name_parses_specs(spec, cls, attributes):
 def test_by_name_spec_round_trip_for_every_operator():
     ops = [Denoising(0.05), CompressedSensing(0.3, seed=2), CompressedSensing(m=9, seed=1, noise_sigma=0.1),
            Inpainting(fraction=0.3, seed=4), Inpainting(box=(1, 2, 3, 4), noise_sigma=0.01), Downsample(3, "matlab"),
-           Grayscale(noise_sigma=0.5), JPEG(5, subsampling=None), JPEG(20, "4:2:2"), GaussianBlur(0.7, "circular", 2.5, noise_sigma=0.2)]
+           Grayscale(noise_sigma=0.5), JPEG(5, subsampling=None), JPEG(20, "4:2:2"), GaussianBlur(0.7, "circular", 2.5, noise_sigma=0.2),
+           GaussianBlur(3.0, pinv_rtol=0.5), Downsample(2, pinv_rtol=0.3, noise_sigma=0.01)]
     names = set()
     for op in ops:
         rebuilt = by_name(op.spec)
@@ -820,6 +821,9 @@ def test_by_name_spec_round_trip_for_every_operator():
         names.add(op.spec.split(":")[0])
         x = torch.rand(1, 3, 12, 12, dtype=torch.float64)
         torch.testing.assert_close(rebuilt(x, seed=1), op(x, seed=1), rtol=0, atol=0)
+        if getattr(op, "pinv_rtol", None) is not None:  # the pseudo-inverse's cut-off comes back too
+            y = op.A(x)
+            torch.testing.assert_close(rebuilt.A_pinv(y), op.A_pinv(y), rtol=0, atol=0)
     assert names == set(OPERATOR_NAMES)
     assert Inpainting(np.ones((3, 3))).spec is None
     existing = Downsample(2)
@@ -1029,3 +1033,9 @@ def test_inpainting_mask_for_checks_the_box():
     with pytest.raises(ValueError, match="does not fit"):
         op.mask_for((4, 4))
     assert op.mask_for((12, 12)).sum() == 144 - 100
+
+
+def test_blur_kernel_radius_is_bounded():
+    for sigma in (1e9, 1e308):
+        with pytest.raises(ValueError, match="GaussianBlur: the kernel radius truncate \\* sigma must be below 1e6"):
+            GaussianBlur(sigma)

@@ -289,6 +289,17 @@ def test_sample_stats_matches_float64_reference(rng, num_samples, ddof, dtype):
     assert stats.mean.dtype == stats.std.dtype == dtype
 
 
+def test_sample_stats_std_overflow_is_numpys_inf():
+    """Finite samples whose squared deviations overflow float64: inf as np.std (was NaN from inf - inf);
+    an infinite sample still gives NaN, as np.std."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for a in (np.array([[1e154], [-1e154]]), np.array([[1e160], [-1e160], [3.0]])):
+            assert np.isinf(np.std(a, axis=0)).all()
+            np.testing.assert_array_equal(sample_stats(a, q=None).std, [np.inf])
+        np.testing.assert_array_equal(sample_stats(np.array([[np.inf], [1.0]]), q=None).std, [np.nan])
+
+
 @pytest.mark.parametrize("method", QUANTILE_METHODS)
 def test_sample_stats_every_method_and_integer_samples(rng, method):
     """sample_stats passes its method on (numpy's quantiles bit for bit); integer samples give a

@@ -206,3 +206,13 @@ def test_train_rejects_what_it_cannot_train(tmp_path, capsys):
     assert "needs a 'task' among" in capsys.readouterr().err
     assert main(["train", "flow", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "f.st")]) == 2
     assert "divisible by 8" in capsys.readouterr().err
+
+
+def test_inputs_on_another_scale_are_refused_and_numpy_counts_are_taken(faces):
+    low = Downsample(4).A(torch.from_numpy(faces)).numpy()
+    with pytest.raises(ValueError, match=r"restore: 'inputs' holds float values in .* expected \[0, 1\]"):
+        restore("cimle", low * 255, model="sr4")
+    with pytest.raises(ValueError, match=r"restore: 'inputs' holds float values in .* expected \[0, 1\]"):
+        restore("flow-map", faces * 255, model="faces", operator="denoising:0.1")
+    samples = restore("cimle", low, model="sr4", num_samples=np.int64(2))
+    assert samples.shape == (2, *faces.shape)

@@ -460,6 +460,20 @@ def test_frechet_identical_inputs_are_zero(rng, d, n_samples):
     assert trace_sqrt_product(sigma, sigma) == pytest.approx(np.trace(sigma), rel=1e-12)
 
 
+@pytest.mark.parametrize("exponent", [-505, -400, 0, 400, 505])
+def test_frechet_at_the_ends_of_float64(rng, exponent):
+    """Means scaled by 2^k and covariances by 4^k scale the distance by 4^k exactly: the same value
+    near float64's overflow and underflow (squares and traces would give inf - inf = NaN or 0)."""
+    (mu1, s1, mu2, s2), _, _ = _gaussian_pair(rng, 40, 6)
+    base = frechet_distance(mu1, s1, mu2, s2)
+    scale = 2.0 ** exponent
+    scaled = frechet_distance(mu1 * scale, s1 * scale**2, mu2 * scale, s2 * scale**2)
+    assert scaled == pytest.approx(base * scale**2, rel=1e-9) and np.isfinite(scaled)
+    assert frechet_distance(mu1 * scale, s1 * scale**2, mu1 * scale, s1 * scale**2) <= 1e-12 * np.trace(s1) * scale**2
+    assert frechet_distance(np.zeros(2), 1e308 * np.eye(2), np.zeros(2), 1e308 * np.eye(2)) == 0.0
+    assert frechet_distance(np.full(2, 1e200), np.eye(2), np.full(2, -1e200), np.eye(2)) == np.inf
+
+
 def test_frechet_closed_form_and_wasserstein_alias(rng):
     a, b = rng.uniform(0.0, 3.0, 7), rng.uniform(0.0, 3.0, 7)
     a[0] = 0.0

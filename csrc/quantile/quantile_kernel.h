@@ -99,7 +99,11 @@ PYINV_HOST_DEVICE MeanStd mean_std_from_sums(double shift, double sum, double su
   if (n - ddof <= 0) return {mean, NAN};
   double variance = (sum_squares - sum * (sum / nd)) / static_cast<double>(n - ddof);
   if (variance < 0.0) variance = 0.0;  // rounding only: the exact value is >= 0
-  if (variance != variance) return {mean, NAN};
+  if (variance != variance) {
+    // inf - inf: the squares overflowed. With a finite sum the values were finite, so the variance
+    // overflows (np.std's inf), else an infinity was among the values (np.std's nan).
+    return {mean, (sum - sum == 0.0 && sum_squares == INFINITY) ? INFINITY : NAN};
+  }
   return {mean, sqrt(variance)};
 }
 

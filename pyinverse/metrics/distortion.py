@@ -19,7 +19,10 @@ def _data_range(data_range: Any, x: Any, y: Any, fn: str) -> float:
     """``data_range`` checked; ``None``: 1.0 for float images, while integer images must say theirs
     (8-bit values against a range of 1 would give a meaningless score)."""
     if data_range is not None:
-        return positive_float(data_range, fn, "data_range")
+        data_range = positive_float(data_range, fn, "data_range")
+        if not 1e-150 < data_range < 1e150:  # PSNR and SSIM square it
+            raise ValueError(f"{fn}: 'data_range' must be between 1e-150 and 1e150, got {data_range!r}")
+        return data_range
     for name, images in (("x", x), ("y", y)):
         dtype = getattr(images, "dtype", None)  # other types and dtypes: image_pair's errors
         integral = (not (dtype.is_floating_point or dtype.is_complex) if isinstance(dtype, torch.dtype)
@@ -65,6 +68,9 @@ def gaussian_window(sigma: float, truncate: float = 3.5, *, dtype: torch.dtype =
     """
     sigma = positive_float(sigma, "gaussian_window", "sigma")
     truncate = positive_float(truncate, "gaussian_window", "truncate")
+    if not truncate * sigma < 1e6:
+        raise ValueError(f"gaussian_window: the radius truncate * sigma must be below 1e6 pixels, got "
+                         f"{truncate} * {sigma}")
     radius = int(truncate * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -107,6 +113,9 @@ def ssim(x: Any, y: Any, data_range: float | None = None, *, sigma: float = 1.5,
     truncate = positive_float(truncate, fn, "truncate")
     k1 = positive_float(k1, fn, "k1")
     k2 = positive_float(k2, fn, "k2")
+    for name, k in (("k1", k1), ("k2", k2)):
+        if not k * data_range < 1e150:
+            raise ValueError(f"{fn}: '{name}' * data_range must be below 1e150 (SSIM squares it), got {k * data_range!r}")
     check_reduction(reduction, fn)
     bx, by = image_pair(x, y, fn)
     images, others = bx.tensor, by.tensor

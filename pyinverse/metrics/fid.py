@@ -267,4 +267,8 @@ class KID(_FeatureAccumulator):
                 x, y = real[pick_real], fake[pick_fake]
                 scores[index] = unbiased_mmd2(polynomial_kernel(x, x), polynomial_kernel(y, y),
                                               polynomial_kernel(x, y))
+        if not np.isfinite(scores).all():  # the features are finite (checked): the cubic kernel overflowed
+            raise ValueError("KID.compute: the polynomial kernel (x . y / d + 1)^3 overflows float64 for these "
+                             f"features (largest magnitude {max(float(real.abs().max()), float(fake.abs().max())):.3g}); "
+                             "rescale them")
         return float(scores.mean()), float(scores.std())

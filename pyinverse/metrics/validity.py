@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .._backend import require_float_images
 from ._inputs import positive_float, to_tensor
 from .distortion import gaussian_window, psnr, ssim
 
@@ -95,6 +96,9 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
     data_range = positive_float(data_range, fn, "data_range")
     forward = _forward_map(physics)
 
+    # Integer arrays would be compared on their own scale (0..255) with data_range 1: refused.
+    require_float_images(y, f"{fn}: 'y' must be float observations on the samples' scale")
+    require_float_images(samples, f"{fn}: 'samples' must be float images")
     observations, _ = to_tensor(y, fn, "y")
     sample_tensor, _ = to_tensor(samples, fn, "samples")
     if observations.ndim != 4:
@@ -108,7 +112,7 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
     if batch != observations.shape[0]:
         raise ValueError(f"{fn}: 'samples' has {batch} images per sample (axis 1 of (S, B, C, H, W)) "
                          f"but 'y' has {observations.shape[0]}; put the sample axis first")
-    if not observations.is_floating_point():
+    if not observations.is_floating_point():  # nested lists of ints
         observations = observations.to(torch.float32)
 
     if "ssim" in metrics:

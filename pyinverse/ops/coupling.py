@@ -184,6 +184,10 @@ def _torch_call(arrays: tuple) -> _TorchCall | None:
             return None  # the generic path (a negated view's memory holds -a: describe resolves it)
     if first.ndim < 1 or first.numel() == 0 or first.device.type not in ("cpu", "cuda"):
         return None
+    try:
+        first.data_ptr()
+    except RuntimeError:  # no storage (torch.func transforms): the generic path says so
+        return None
     index, stream = -1, 0
     if first.device.type == "cuda":
         index = first.device.index if first.device.index is not None else torch.cuda.current_device()

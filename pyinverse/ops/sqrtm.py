@@ -663,11 +663,24 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
         if not bool(xp.isfinite(arrays[name]).all()):
             raise ValueError(f"{op}: '{name}' holds NaN or inf")
     _check_covariances(arrays, infos, ("sigma1", "sigma2"), infos["mu1"].shape[0], library, op)
+    # Near the ends of float64 the squares and traces would overflow (inf - inf = NaN) or
+    # underflow: compute with means scaled by 2^k and covariances by 4^k (exact), and scale back.
+    magnitude = 0.0 if infos["mu1"].shape[0] == 0 else max(
+        [float(xp.abs(arrays[n]).max()) for n in ("mu1", "mu2")]
+        + [math.sqrt(float(xp.abs(arrays[n]).max())) for n in ("sigma1", "sigma2")])
+    exponent = -math.frexp(magnitude)[1] if magnitude > 0 and not 2.0**-400 < magnitude < 2.0**400 else 0
+    if exponent:
+        arrays = {name: value * (2.0 ** (exponent if name.startswith("mu") else 2 * exponent))
+                  for name, value in arrays.items()}
     diff = arrays["mu1"] - arrays["mu2"]
     mean_term = float((diff * diff).sum())
     trace_term = float(xp.trace(arrays["sigma1"])) + float(xp.trace(arrays["sigma2"]))
     cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
-    return max(mean_term + trace_term - 2.0 * cross, 0.0)
+    distance = max(mean_term + trace_term - 2.0 * cross, 0.0)
+    try:
+        return math.ldexp(distance, -2 * exponent)
+    except OverflowError:  # the distance itself is beyond float64
+        return math.inf
 
 
 def wasserstein2_gaussian(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, squared: bool = False) -> float:

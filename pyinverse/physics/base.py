@@ -184,6 +184,10 @@ class Operator:
     def _noise_suffix(self) -> str:
         return f":noise_sigma={_fmt(self.noise_sigma)}" if self.noise_sigma > 0 else ""
 
+    def _pinv_suffix(self) -> str:
+        rtol = getattr(self, "pinv_rtol", None)
+        return "" if rtol is None else f":pinv_rtol={_fmt(rtol)}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec or ''})"
 

@@ -68,6 +68,9 @@ class GaussianBlur(SeparableOperator):
             raise ValueError(f"GaussianBlur: 'boundary' must be one of {BLUR_BOUNDARIES}, got {boundary!r}")
         if isinstance(truncate, bool) or not isinstance(truncate, numbers.Real) or not 0 < truncate < 100:
             raise ValueError(f"GaussianBlur: 'truncate' must be a number in (0, 100), got {truncate!r}")
+        if not truncate * sigma < 1e6:  # the kernel has 2 radius + 1 taps
+            raise ValueError(f"GaussianBlur: the kernel radius truncate * sigma must be below 1e6 pixels, got "
+                             f"{truncate} * {sigma}")
         self.sigma = sigma
         self.boundary = boundary
         self.truncate = float(truncate)
@@ -81,4 +84,4 @@ class GaussianBlur(SeparableOperator):
     @property
     def spec(self) -> str:
         return (f"blur:{_fmt(self.sigma)}:boundary={self.boundary}:truncate={_fmt(self.truncate)}"
-                + self._noise_suffix())
+                + self._noise_suffix() + self._pinv_suffix())

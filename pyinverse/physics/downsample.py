@@ -121,4 +121,4 @@ class Downsample(SeparableOperator):
 
     @property
     def spec(self) -> str:
-        return f"downsample:{self.factor}:kernel={self.kernel}" + self._noise_suffix()
+        return f"downsample:{self.factor}:kernel={self.kernel}" + self._noise_suffix() + self._pinv_suffix()

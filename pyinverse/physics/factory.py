@@ -18,10 +18,11 @@ _OPERATORS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "denoising": (Denoising, ("sigma",), ("sigma",)),
     "cs": (CompressedSensing, ("ratio", "seed"), ("ratio", "seed", "m", "noise_sigma")),
     "inpainting": (Inpainting, ("fraction", "seed"), ("fraction", "box", "seed", "noise_sigma")),
-    "downsample": (Downsample, ("factor", "kernel"), ("factor", "kernel", "noise_sigma")),
+    "downsample": (Downsample, ("factor", "kernel"), ("factor", "kernel", "noise_sigma", "pinv_rtol")),
     "grayscale": (Grayscale, (), ("noise_sigma",)),
     "jpeg": (JPEG, ("quality", "subsampling"), ("quality", "subsampling")),
-    "blur": (GaussianBlur, ("sigma", "boundary", "truncate"), ("sigma", "boundary", "truncate", "noise_sigma")),
+    "blur": (GaussianBlur, ("sigma", "boundary", "truncate"),
+             ("sigma", "boundary", "truncate", "noise_sigma", "pinv_rtol")),
 }
 _ALIASES = {
     "denoise": "denoising", "noise": "denoising",
@@ -69,7 +70,7 @@ def by_name(spec: str | Operator) -> Operator:
 
     Aliases: denoise/noise, compressed_sensing, inpaint, sr/super_resolution, gray/grey,
     gaussian_blur. Every operator but denoising (whose noise is ``sigma``) and jpeg also takes
-    ``noise_sigma=...``. An :class:`Operator` passes through unchanged. Every operator's
+    ``noise_sigma=...``; downsample and blur take ``pinv_rtol=...`` (their pseudo-inverse's cut-off). An :class:`Operator` passes through unchanged. Every operator's
     ``spec`` property gives a string this function reads back into an equal operator.
 
     Raises:
