@@ -101,6 +101,15 @@ def _image_measurements(samples: Any, inputs: Any, operator: Any) -> tuple[Any, 
     return view, view.observe(np.asarray(inputs, dtype=np.float64))
 
 
+def _check_observation_scale(inputs: Any, operator: Any) -> None:
+    """Images observed by one of our image operators lie within the loaders' margin of [0, 1]
+    (0.25 + 8 noise sigma): 0..255 floats are refused. Row-space images and users' own operators
+    are not checked."""
+    if np.ndim(inputs) == 4 and isinstance(operator, Operator) and not isinstance(operator, RowSpace):
+        noise_sigma = float(getattr(operator, "noise_sigma", 0.0) or 0.0)
+        as_unit_float32(np.asarray(inputs), "evaluate: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * noise_sigma)
+
+
 _CHECKED = (("samples", 1), ("inputs", 0), ("truth", 0))  # each array's image axis
 
 
@@ -197,14 +206,9 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
     check_seed(seed, "evaluate")
     if isinstance(max_figure_images, bool) or not isinstance(max_figure_images, numbers.Integral) or max_figure_images < 1:
         raise ValueError(f"evaluate: 'max_figure_images' must be an int >= 1, got {max_figure_images!r}")
-    if isinstance(operator, str):
-        operator = by_name(operator)
-    if np.ndim(inputs) == 4 and isinstance(operator, Operator) and not isinstance(operator, RowSpace):
-        # images observed by one of our operators: within the loaders' margin of [0, 1] (0..255 refused)
-        noise_sigma = float(getattr(operator, "noise_sigma", 0.0) or 0.0)
-        as_unit_float32(np.asarray(inputs), "evaluate: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * noise_sigma)
     operator, inputs = _image_measurements(samples, inputs, operator)
     if not dist.active():
+        _check_observation_scale(inputs, operator)
         samples = as_unit_float32(np.asarray(samples), "evaluate: 'samples'")
         inputs = np.asarray(inputs, dtype=np.float32)
         truth = None if truth is None else as_unit_float32(np.asarray(truth), "evaluate: 'truth'")
@@ -220,6 +224,7 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
         raise dist.SharedError(f"evaluate: {num_images} images cannot be shared among {world} processes; "
                                f"start at most {num_images} (torchrun --nproc-per-node)")
     part = dist.my_shard(num_images)
+    _check_observation_scale(inputs[part], operator)  # each rank reads its shard only
     return evaluate_shard(samples[:, part], inputs[part], operator, None if truth is None else truth[part],
                           start=part.start, num_images=num_images, alpha=alpha, delta=delta, q=q, seed=seed,
                           max_figure_images=max_figure_images)

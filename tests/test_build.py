@@ -110,8 +110,12 @@ def test_negated_torch_views_are_read_as_their_values():
     leaf = x_b.clone().requires_grad_(True)
     affine_coupling(leaf, h, t).output.backward(negated_view(grad_y))
     np.testing.assert_allclose(leaf.grad.numpy(), grad_y.numpy() * np.exp(s), rtol=1e-12)
-    grads = affine_coupling_vjp(negated_view(grad_y), negated_view(torch.ones(2, dtype=torch.float64)), h, t, x_b=x_b)
+    grad_logdet = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    grads = affine_coupling_vjp(negated_view(grad_y), negated_view(grad_logdet), h, t, x_b=x_b)
     np.testing.assert_allclose(grads.grad_input.numpy(), grad_y.numpy() * np.exp(s), rtol=1e-12)
+    slope = 1 - (s / 2) ** 2
+    expected_grad_h = (grad_y.numpy() * x_b.numpy() * np.exp(s) + grad_logdet.numpy()[:, None, None, None]) * slope
+    np.testing.assert_allclose(grads.grad_h.numpy(), expected_grad_h, rtol=1e-9, atol=1e-12)
     points, queries = torch.randn(100, 8, generator=generator), torch.randn(5, 8, generator=generator)
     expected = np.argsort(((queries.double().numpy()[:, None] - points.double().numpy()[None]) ** 2).sum(-1), axis=1)[:, :3]
     np.testing.assert_array_equal(exact_knn(negated_view(points), negated_view(queries), 3)[1].numpy(), expected)

@@ -63,7 +63,9 @@ def test_helpers_are_the_identity_in_one_process():
 
 
 def compare(single, sharded, where=""):
-    """Every number within rel 1e-6; exact counts, strings and whatever is an order statistic."""
+    """Every number within rel 1e-6 (rel 1e-4 for BM3D's, when the optional bm3d is installed: its
+    float32 filtering varies with threads and between calls); exact counts, strings and whatever is
+    an order statistic."""
     assert type(single) is type(sharded), where
     if isinstance(single, dict):
         assert single.keys() == sharded.keys(), where
@@ -74,7 +76,7 @@ def compare(single, sharded, where=""):
         for index, (a, b) in enumerate(zip(single, sharded)):
             compare(a, b, f"{where}[{index}]")
     elif isinstance(single, float):
-        assert sharded == pytest.approx(single, rel=1e-6, abs=1e-12), where
+        assert sharded == pytest.approx(single, rel=1e-4 if "/BM3D/" in where else 1e-6, abs=1e-12), where
     else:
         assert single == sharded, where
 

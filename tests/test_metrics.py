@@ -345,3 +345,7 @@ def test_out_of_range_parameters_and_integer_observations_are_named():
     observed = (255 * op.A(samples[0])).round().to(torch.uint8)
     with pytest.raises(TypeError, match="validity: 'y' must be float observations on the samples' scale"):
         validity(op, observed, samples)
+    # with its data range given, an 8-bit observation is scored on its scale
+    given = validity(op, observed, 255 * samples, metrics=("psnr",), data_range=255)["psnr"]
+    floats = validity(op, observed.double() / 255, samples.double(), metrics=("psnr",))["psnr"]
+    assert given == pytest.approx(floats, rel=1e-5)

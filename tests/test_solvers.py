@@ -425,20 +425,23 @@ def test_bm3d_denoises():
     denoised = bm3d_denoise(noisy.astype(np.float32), 0.1)
     assert denoised.dtype == np.float32 and denoised.shape == clean.shape
     assert np.mean((denoised - clean) ** 2) < 0.25 * np.mean((noisy - clean) ** 2)
-    # the peer itself, image by image: gray through bm3d.bm3d, RGB (channels last) through bm3d_rgb
-    # (to 1e-4: bm3d's float32 filtering varies that much with its thread count; a swapped channel or
-    # image would be off by about 0.1)
+    # the peer itself, image by image: gray through bm3d.bm3d, RGB (channels last) through bm3d_rgb.
+    # bm3d's float32 filtering varies between calls (up to 4e-4 seen); a swapped channel or image
+    # would be off by about 0.1 on average
     import bm3d
 
+    def assert_close_to_peer(ours, peer):
+        assert np.abs(ours - peer).max() < 5e-3 and np.abs(ours - peer).mean() < 2e-4
+
     for index in range(2):
-        expected = bm3d.bm3d(noisy[index, 0].astype(np.float32).astype(np.float64), sigma_psd=0.1)
-        np.testing.assert_allclose(denoised[index, 0], expected, rtol=0, atol=1e-4)
+        assert_close_to_peer(denoised[index, 0], bm3d.bm3d(noisy[index, 0].astype(np.float32).astype(np.float64),
+                                                           sigma_psd=0.1))
     rgb = np.clip(np.stack([clean[0, 0], clean[0, 0].T, 1 - clean[0, 0]])[None]
                   + 0.1 * rng.standard_normal((1, 3, 32, 32)), 0, 1)
     rgb_torch = bm3d_denoise(torch.from_numpy(rgb), 0.1)
     assert isinstance(rgb_torch, torch.Tensor) and rgb_torch.dtype == torch.float64
     expected_rgb = np.moveaxis(bm3d.bm3d_rgb(np.moveaxis(rgb[0], 0, -1), sigma_psd=0.1), -1, 0)
-    np.testing.assert_allclose(rgb_torch[0].numpy(), expected_rgb, rtol=0, atol=1e-4)
+    assert_close_to_peer(rgb_torch[0].numpy(), expected_rgb)
     with pytest.raises(ValueError, match=r"'y' must have shape \(B, 1 or 3, H, W\)"):
         bm3d_denoise(noisy[:, 0], 0.1)
     with pytest.raises(ValueError, match="'sigma' must be a finite number > 0"):

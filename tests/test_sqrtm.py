@@ -472,6 +472,11 @@ def test_frechet_at_the_ends_of_float64(rng, exponent):
     assert frechet_distance(mu1 * scale, s1 * scale**2, mu1 * scale, s1 * scale**2) <= 1e-12 * np.trace(s1) * scale**2
     assert frechet_distance(np.zeros(2), 1e308 * np.eye(2), np.zeros(2), 1e308 * np.eye(2)) == 0.0
     assert frechet_distance(np.full(2, 1e200), np.eye(2), np.full(2, -1e200), np.eye(2)) == np.inf
+    assert frechet_distance(np.full(1, 1e308), np.eye(1), np.full(1, -1e308), np.eye(1)) == np.inf
+    # large equal means, ordinary covariances; tiny means, no covariance; the two scales apart
+    assert frechet_distance([1e200], [[1.0]], [1e200], [[4.0]]) == pytest.approx(1.0, rel=1e-14)
+    assert frechet_distance([1e-160], np.zeros((1, 1)), [0.0], np.zeros((1, 1))) == pytest.approx(1e-320, rel=1e-3)
+    assert frechet_distance([1e130], [[1e-200]], [1e130], [[4e-200]]) == pytest.approx(1e-200, rel=1e-12)
 
 
 def test_frechet_closed_form_and_wasserstein_alias(rng):

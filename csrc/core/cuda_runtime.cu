@@ -35,8 +35,35 @@ CudaDeviceGuard::CudaDeviceGuard(int device, const char* op) {
   }
 }
 
+namespace {
+
+// Whether `device`'s primary context exists (the driver's cuDevicePrimaryCtxGetState, reached
+// through the runtime, which links no libcuda); true when the query is unavailable.
+bool primary_context_active(int device) {
+  using GetState = int (*)(int device, unsigned int* flags, int* active);  // CUresult, CUdevice
+  static GetState get_state = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuDevicePrimaryCtxGetState", &function, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<GetState>(nullptr);
+    }
+    return reinterpret_cast<GetState>(function);
+  }();
+  unsigned int flags = 0;
+  int active = 1;
+  return get_state == nullptr || get_state(device, &flags, &active) != 0 || active != 0;
+}
+
+}  // namespace
+
 CudaDeviceGuard::~CudaDeviceGuard() {
-  if (previous_ >= 0) cudaSetDevice(previous_);  // no throwing from a destructor; the launch's error wins
+  // As torch's device guard: back to the previous device, unless that would create its context
+  // (a thread that never chose a device reads device 0; cudaSetDevice(0) would initialise GPU 0).
+  // No throwing from a destructor; the launch's error wins.
+  if (previous_ >= 0 && primary_context_active(previous_)) cudaSetDevice(previous_);
 }
 
 cudaMemPool_t scratch_pool(const char* op) {

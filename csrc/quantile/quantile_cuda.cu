@@ -221,9 +221,10 @@ void launch(const QuantileProblem& problem, const T* data, T* quantiles_out, T* 
     else if (needed <= 16) extremes(std::integral_constant<int, 16>{});
     else extremes(std::integral_constant<int, 32>{});
   } else {
-    // The bitonic sort's indices are int: at most 2^30 samples a pixel (4 GiB of float32).
-    if (problem.num_samples > (int64_t{1} << 30)) {
-      throw ValueError(std::string(op) + ": central quantiles of more than 2^30 samples per pixel are not "
+    // The bitonic sort's indices are int (its stage size reaches 2 padded): at most 2^29 samples
+    // a pixel (2 GiB of float32).
+    if (problem.num_samples > (int64_t{1} << 29)) {
+      throw ValueError(std::string(op) + ": central quantiles of more than 2^29 samples per pixel are not "
                        "supported on CUDA; use the CPU");
     }
     int padded = 1;

@@ -204,6 +204,11 @@ void launch(const SqrtmProblem& problem, const T* a, const SqrtmOutputs& out, cu
       most_shared_bytes = std::max<size_t>(most_shared_bytes, sizeof(double) * (kWarp / sqrtm::jacobi::team_size(order)) *
                                                                    sqrtm::jacobi::workspace_doubles(order));
     }
+    int device = 0, opt_in = 0;  // the device's limit: a call beyond it fails at its launch, as it must
+    cuda_check(cudaGetDevice(&device), op, "cudaGetDevice");
+    cuda_check(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), op,
+               "cudaDeviceGetAttribute");
+    most_shared_bytes = std::min<size_t>(most_shared_bytes, static_cast<size_t>(opt_in));
     cuda_check(cudaFuncSetAttribute(sqrtm_jacobi_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(most_shared_bytes)),
                op, "cudaFuncSetAttribute");

@@ -44,7 +44,7 @@ def _forward_map(physics: Any) -> Callable[[torch.Tensor], Any]:
 
 
 def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDITY_METRICS, *,
-             data_range: float = 1.0, ssim_sigma: float | None = None,
+             data_range: float | None = None, ssim_sigma: float | None = None,
              perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict:
     """How well S samples per observation reproduce the observation under the forward process.
 
@@ -63,7 +63,8 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
         samples: (S, B, C, H, W): S samples for each of the B observations, sample axis FIRST
             (``torch.stack(list_of_sample_batches)``), torch or numpy, float32 or float64.
         metrics: any of ``"psnr"``, ``"ssim"``, ``"perceptual"``.
-        data_range: the images' value range for PSNR and SSIM.
+        data_range: the images' value range for PSNR and SSIM; default 1.0 for float images, while
+            integer ``y`` or ``samples`` must give theirs (255 for 8-bit values).
         ssim_sigma: the SSIM window's sigma. ``None``: 1.5 (Wang et al.'s 11x11 window) when the
             observations are at least 11x11, else the widest window that fits (e.g. 7x7,
             sigma 3/3.5, for 8x8 observations); the value used is returned as ``"ssim_sigma"``.
@@ -93,12 +94,14 @@ def validity(physics: Any, y: Any, samples: Any, metrics: Sequence[str] = VALIDI
     unknown = [m for m in metrics if m not in VALIDITY_METRICS]
     if unknown or not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"{fn}: 'metrics' must be distinct names from {VALIDITY_METRICS}, got {metrics!r}")
+    if data_range is None:
+        # Integer arrays would be compared on their own scale (0..255) with data range 1: refused.
+        require_float_images(y, f"{fn}: 'y' must be float observations on the samples' scale (or give data_range)")
+        require_float_images(samples, f"{fn}: 'samples' must be float images (or give data_range)")
+        data_range = 1.0
     data_range = positive_float(data_range, fn, "data_range")
     forward = _forward_map(physics)
 
-    # Integer arrays would be compared on their own scale (0..255) with data_range 1: refused.
-    require_float_images(y, f"{fn}: 'y' must be float observations on the samples' scale")
-    require_float_images(samples, f"{fn}: 'samples' must be float images")
     observations, _ = to_tensor(y, fn, "y")
     sample_tensor, _ = to_tensor(samples, fn, "samples")
     if observations.ndim != 4:

@@ -185,7 +185,8 @@ def _torch_call(arrays: tuple) -> _TorchCall | None:
     if first.ndim < 1 or first.numel() == 0 or first.device.type not in ("cpu", "cuda"):
         return None
     try:
-        first.data_ptr()
+        for a in arrays:
+            a.data_ptr()
     except RuntimeError:  # no storage (torch.func transforms): the generic path says so
         return None
     index, stream = -1, 0

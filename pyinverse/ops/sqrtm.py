@@ -663,16 +663,21 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
         if not bool(xp.isfinite(arrays[name]).all()):
             raise ValueError(f"{op}: '{name}' holds NaN or inf")
     _check_covariances(arrays, infos, ("sigma1", "sigma2"), infos["mu1"].shape[0], library, op)
+    with np.errstate(over="ignore"):
+        diff = arrays["mu1"] - arrays["mu2"]
+    if not bool(xp.isfinite(diff).all()):  # the means are finite, their difference overflowed
+        return math.inf
     # Near the ends of float64 the squares and traces would overflow (inf - inf = NaN) or
-    # underflow: compute with means scaled by 2^k and covariances by 4^k (exact), and scale back.
+    # underflow: compute with the mean difference scaled by 2^k and the covariances by 4^k (exact,
+    # |k| <= 511), and scale the distance back.
     magnitude = 0.0 if infos["mu1"].shape[0] == 0 else max(
-        [float(xp.abs(arrays[n]).max()) for n in ("mu1", "mu2")]
-        + [math.sqrt(float(xp.abs(arrays[n]).max())) for n in ("sigma1", "sigma2")])
-    exponent = -math.frexp(magnitude)[1] if magnitude > 0 and not 2.0**-400 < magnitude < 2.0**400 else 0
-    if exponent:
-        arrays = {name: value * (2.0 ** (exponent if name.startswith("mu") else 2 * exponent))
+        float(xp.abs(diff).max()), *(math.sqrt(float(xp.abs(arrays[n]).max())) for n in ("sigma1", "sigma2")))
+    exponent = 0
+    if magnitude > 0 and not 2.0**-400 < magnitude < 2.0**400:
+        exponent = min(511, max(-511, -math.frexp(magnitude)[1]))
+        diff = diff * 2.0**exponent
+        arrays = {name: value * 2.0 ** (2 * exponent) if name.startswith("sigma") else value
                   for name, value in arrays.items()}
-    diff = arrays["mu1"] - arrays["mu2"]
     mean_term = float((diff * diff).sum())
     trace_term = float(xp.trace(arrays["sigma1"])) + float(xp.trace(arrays["sigma2"]))
     cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
