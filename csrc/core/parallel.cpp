@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -61,7 +62,14 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  for (int t = 1; t < threads; ++t) {
+    try {
+      pool.emplace_back(worker);
+    } catch (const std::system_error&) {
+      break;  // no thread to be had (EAGAIN): the running ones share the work; a throw here would
+              // destroy joinable threads, which is std::terminate
+    }
+  }
   worker();
   for (auto& thread : pool) thread.join();
   if (error) std::rethrow_exception(error);

@@ -70,8 +70,9 @@ def by_name(spec: str | Operator) -> Operator:
 
     Aliases: denoise/noise, compressed_sensing, inpaint, sr/super_resolution, gray/grey,
     gaussian_blur. Every operator but denoising (whose noise is ``sigma``) and jpeg also takes
-    ``noise_sigma=...``; downsample and blur take ``pinv_rtol=...`` (their pseudo-inverse's cut-off). An :class:`Operator` passes through unchanged. Every operator's
-    ``spec`` property gives a string this function reads back into an equal operator.
+    ``noise_sigma=...``; downsample and blur take ``pinv_rtol=...`` (their pseudo-inverse's
+    cut-off). An :class:`Operator` passes through unchanged. Every operator's ``spec`` property
+    gives a string this function reads back into an equal operator.
 
     Raises:
         ValueError: unknown name, unknown or repeated parameter, too many positional
