@@ -32,7 +32,7 @@ import torch
 from . import distributed as dist
 from . import sample_stats
 from ._backend import require_float_images
-from .data.arrays import NOISE_SIGMAS, OVERSHOOT_MARGIN, as_unit_float32
+from .data.arrays import as_unit_float32, observation_margin
 from .draws import check_seed
 from .metrics import FID, KID, perceptual_distance, psnr, ssim, validity
 from .metrics.validity import ssim_sigma_for
@@ -40,7 +40,7 @@ from .physics import Operator, RowSpace, by_name
 from .report.html import Figure, Section, Table, figure_to_png
 from .report.uncertainty_map import uncertainty_map
 from .uq import RCPS, BandRCPS, coverage_report
-from .uq._arrays import to_numpy64
+from .uq._arrays import check_levels, check_open_unit, to_numpy64
 from .uq.bounds import hoeffding_bentkus_upper_bound
 from .uq.coverage import per_image_miscoverage
 from .uq.rcps import UNCONTROLLABLE, exact_lambda_hat, minimum_calibration_size
@@ -106,8 +106,7 @@ def _check_observation_scale(inputs: Any, operator: Any) -> None:
     (0.25 + 8 noise sigma): 0..255 floats are refused. Row-space images and users' own operators
     are not checked."""
     if np.ndim(inputs) == 4 and isinstance(operator, Operator) and not isinstance(operator, RowSpace):
-        noise_sigma = float(getattr(operator, "noise_sigma", 0.0) or 0.0)
-        as_unit_float32(np.asarray(inputs), "evaluate: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * noise_sigma)
+        as_unit_float32(np.asarray(inputs), "evaluate: 'inputs'", observation_margin(operator.noise_sigma))
 
 
 _CHECKED = (("samples", 1), ("inputs", 0), ("truth", 0))  # each array's image axis
@@ -202,7 +201,9 @@ def evaluate_samples(samples: np.ndarray, inputs: np.ndarray, operator: Any, tru
     for name, images in (("samples", samples), ("inputs", inputs), ("truth", truth)):
         # 8-bit images (0..255) cast to float would be scored as images far outside [0, 1]
         require_float_images(images, f"evaluate: '{name}' must hold floats (images in [0, 1])")
-    RCPS(alpha=alpha, delta=delta, q=q)  # checks alpha, delta and q, with truth or without
+    for name, level in (("alpha", alpha), ("delta", delta)):  # with truth or without
+        check_open_unit(level, name, "evaluate")
+    check_levels(q, "evaluate")
     check_seed(seed, "evaluate")
     if isinstance(max_figure_images, bool) or not isinstance(max_figure_images, numbers.Integral) or max_figure_images < 1:
         raise ValueError(f"evaluate: 'max_figure_images' must be an int >= 1, got {max_figure_images!r}")

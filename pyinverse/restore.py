@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._backend import require_float_images
-from .data.arrays import NOISE_SIGMAS, OVERSHOOT_MARGIN, as_unit_float32
+from .data.arrays import as_unit_float32, observation_margin
 
 METHODS = ("flow-langevin", "flow-map", "cimle")
 
@@ -109,7 +109,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]
-        as_unit_float32(y.numpy(), "restore: 'inputs'", OVERSHOOT_MARGIN + NOISE_SIGMAS * operator.noise_sigma)
+        as_unit_float32(y.numpy(), "restore: 'inputs'", observation_margin(operator.noise_sigma))
     if method == "flow-map":
         # gamma = 4 sigma^2: validation in pyinverse/studies/flow_prior.py picks 2 to 8 sigma^2 per level;
         # noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting)

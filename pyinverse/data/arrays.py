@@ -24,6 +24,11 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 OVERSHOOT_MARGIN, NOISE_SIGMAS = 0.25, 8.0
 
 
+def observation_margin(noise_sigma: float) -> float:
+    """How far observed images may leave [0, 1]: overshoot plus 8 noise sigmas."""
+    return OVERSHOOT_MARGIN + NOISE_SIGMAS * float(noise_sigma)
+
+
 def as_unit_float32(array: np.ndarray, what: str, margin: float = OVERSHOOT_MARGIN) -> np.ndarray:
     """float32 (floats: checked to lie within ``margin`` of [0, 1], not clipped; NaN/inf are left to
     the caller)."""
@@ -128,7 +133,7 @@ def load_inputs(path: str | os.PathLike, what: str = "inputs", noise_sigma: floa
         return load_images(path, what)
     array = _read_array_file(path, what)
     if array.ndim != 2:
-        return _images_from_array(array, path, what, OVERSHOOT_MARGIN + NOISE_SIGMAS * float(noise_sigma))
+        return _images_from_array(array, path, what, observation_margin(noise_sigma))
     if array.dtype.kind != "f":
         raise ValueError(f"{what}: {path} holds {array.dtype} vectors; measurement vectors (N, m) must be floats")
     return array.astype(np.float32, copy=False)
