@@ -125,6 +125,12 @@ def test_ill_conditioned_commuting_closed_form(seed, cond):
     assert cross == pytest.approx(np.sum(spectrum * np.sqrt(ratios)), rel=1e-12)
     identity, _ = gaussian_ot_matrix(s_s, s_s)
     np.testing.assert_allclose(identity, np.eye(d), atol=bound)
+    # the map back is A^-1 = Q diag(1 / sqrt r) Q^T, as well-conditioned (it was a projector from
+    # condition 1e8 on, through a middle factor of condition cond(S_s) cond(S_t))
+    ot_map = GaussianOT().fit((np.zeros(d), s_s), (np.zeros(d), s_t))
+    np.testing.assert_allclose(ot_map.inverse_matrix_, (q / np.sqrt(ratios)) @ q.T, atol=bound)
+    x = rng.standard_normal((20, d))
+    np.testing.assert_allclose(ot_map.inverse_transform(ot_map.transform(x)), x, atol=bound * 10)
     singular = (q[:, 1:] * spectrum[1:]) @ q[:, 1:].T
     batch_s = np.stack([s_s, np.eye(d) + 0.1 * s_s, 0.5 * (singular + singular.T)])
     batch_a, batch_cross = gaussian_ot_matrix(batch_s, np.stack([s_t, s_t, s_t]))
@@ -132,6 +138,33 @@ def test_ill_conditioned_commuting_closed_form(seed, cond):
         alone, alone_cross = gaussian_ot_matrix(batch_s[i], s_t)
         np.testing.assert_allclose(batch_a[i], alone, rtol=0, atol=1e-12 * np.abs(alone).max())
         assert batch_cross[i] == pytest.approx(alone_cross, rel=1e-13)
+
+
+@pytest.mark.parametrize("scale_s, scale_t", [(1e-200, 1e-200), (1e-160, 4e-160), (1e160, 1e160), (1e200, 1e-200),
+                                               (1.0, 1e250)])
+def test_extreme_scales_scale_exactly(scale_s, scale_t):
+    """Commuting covariances c_s Q diag(l_s) Q^T and c_t Q diag(l_t) Q^T at float64's ends: A =
+    sqrt(c_t / c_s) Q diag(sqrt(l_t / l_s)) Q^T and cross = sqrt(c_s c_t) sum sqrt(l_s l_t) (the
+    products of the formula underflowed to A = 0 at 1e-200 and overflowed at 1e160)."""
+    rng = np.random.default_rng(int(-np.log10(scale_s) + 7 * np.log10(scale_t)) % 1000)
+    d = 6
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    l_s, l_t = rng.uniform(0.1, 2.0, d), rng.uniform(0.1, 2.0, d)
+    s_s, s_t = scale_s * (q * l_s) @ q.T, scale_t * (q * l_t) @ q.T
+    s_s, s_t = 0.5 * (s_s + s_s.T), 0.5 * (s_t + s_t.T)
+    expected = np.sqrt(scale_t) / np.sqrt(scale_s) * (q * np.sqrt(l_t / l_s)) @ q.T
+    a, cross = gaussian_ot_matrix(s_s, s_t)
+    assert relative(a, expected) < 1e-12
+    assert cross == pytest.approx(np.sqrt(scale_s) * np.sqrt(scale_t) * np.sqrt(l_s * l_t).sum(), rel=1e-12)
+    # in a batch with a matrix of scale 1: each scales on its own
+    unit_s, unit_t = random_spd(rng, d), random_spd(rng, d)
+    batch_a, _ = gaussian_ot_matrix(np.stack([s_s, unit_s]), np.stack([s_t, unit_t]))
+    assert relative(batch_a[0], expected) < 1e-12
+    assert relative(batch_a[1], gaussian_ot_matrix_reference(unit_s, unit_t)) < 1e-10
+    ot_map = GaussianOT().fit((np.zeros(d), s_s), (np.zeros(d), s_t))
+    w2 = np.sqrt(np.sum((np.sqrt(scale_s * l_s) - np.sqrt(scale_t * l_t)) ** 2))
+    assert ot_map.w2_ == pytest.approx(w2, rel=1e-10)
+    assert relative(ot_map.inverse_matrix_, np.sqrt(scale_s) / np.sqrt(scale_t) * (q * np.sqrt(l_s / l_t)) @ q.T) < 1e-12
 
 
 def test_indefinite_covariances_are_refused():

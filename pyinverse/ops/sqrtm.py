@@ -582,13 +582,13 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) ->
 _PSD_TOLERANCE = 1e3 * float(np.finfo(np.float64).eps)  # per dimension, relative: far above rounding
 
 
-def _power_of_4_above(max_abs: float) -> float:
+def _power_of_4_above(max_abs: Any) -> Any:
     """The smallest power of 4 >= max_abs (1 for 0), within 4^-511 .. 4^511 (normal numbers, as the
-    kernel's exact_scale): dividing by it is exact and its root is too."""
-    if not max_abs > 0:
-        return 1.0
-    exponent = math.frexp(max_abs)[1]
-    return math.ldexp(1.0, min(max(exponent + (exponent & 1), -1022), 1022))
+    kernel's exact_scale): dividing by it is exact and its root is too. Elementwise on arrays."""
+    max_abs = np.asarray(max_abs, dtype=np.float64)
+    exponent = np.frexp(max_abs)[1]
+    exponent = np.clip(exponent + (exponent & 1), -1022, 1022)
+    return np.where(max_abs > 0, np.ldexp(1.0, exponent), 1.0)
 
 
 def _trace_sqrt(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
@@ -597,7 +597,7 @@ def _trace_sqrt(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
     # tr (S1 S2)^1/2 = sqrt(c1 c2) tr ((S1 / c1) (S2 / c2))^1/2: with entries scaled to at most 1,
     # the products inside cannot overflow (they did from entries ~1e154 on, and the distance came
     # out 0) nor underflow to 0.
-    scales = [_power_of_4_above(float(abs(s).max())) for s in (sigma1, sigma2)]
+    scales = [float(_power_of_4_above(float(abs(s).max()))) for s in (sigma1, sigma2)]
     sigma1, sigma2 = sigma1 / scales[0], sigma2 / scales[1]
     root_scale = math.sqrt(scales[0]) * math.sqrt(scales[1])
     if library == "numpy":

@@ -11,8 +11,10 @@ clean images that need not correspond to them:
    maximal-distortion, perfect-perception estimator of Freirich et al. 2021, up to the VAE and the
    Gaussian model);
 4. ``x_alpha = (1 - alpha) x_0 + alpha x*`` trades perception for distortion; alpha in [0, 1]
-   follows the theoretical perception-distortion curve, alpha in [-1, 0) and (1, 2] extrapolate
-   (the paper finds good operating points there too).
+   approximates the perception-distortion curve (Freirich et al.'s interpolation is on the curve
+   when ``x*`` is the MMSE estimator and ``x_0`` its pixel-space OT map to the clean images; here
+   ``x*`` is any restorer's and ``x_0`` goes through the VAE and a Gaussian latent model), alpha in
+   [-1, 0) and (1, 2] extrapolate (the paper finds good operating points there too).
 
 Latent patch modes: ``"shared"`` (default; every patch position is a sample of one Gaussian, as
 in the paper: B x P samples of dimension L p^2), ``"position"`` (one map per patch position, P
@@ -215,9 +217,11 @@ class DeepOT:
         Args:
             restored: the restorer's outputs ``x*`` ``(B, C, H, W)`` in [0, 1] (up to 0.25 of
                 overshoot); the result has its array type (torch or numpy), float dtype and shape.
-            alpha: 1 gives ``x*``, 0 gives ``x_0``; outside [0, 1] extrapolates.
+            alpha: 1 gives ``x*``, 0 gives ``x_0`` (each clipped to [0, 1] with ``clamp``);
+                outside [0, 1] extrapolates.
             x0: :meth:`transport`'s output for ``restored``, to reuse (computed if None).
-            clamp: clip the result to [0, 1] (extrapolation can leave it).
+            clamp: clip the result to [0, 1] (extrapolation can leave it, and so can ``x*``'s
+                overshoot); ``False`` keeps ``x_alpha`` as computed.
         """
         fn = "DeepOT.interpolate"
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \

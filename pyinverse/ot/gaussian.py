@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.sqrtm import _PSD_TOLERANCE, inv_sqrtm_spd, sqrtm_spd
+from ..ops.sqrtm import _PSD_TOLERANCE, _power_of_4_above, inv_sqrtm_spd, sqrtm_spd
 from .moments import GaussianMoments
 
 __all__ = ["GaussianOT", "gaussian_ot_matrix", "ledoit_wolf_shrinkage"]
@@ -181,6 +181,12 @@ def _ot_matrix(s_s: np.ndarray, s_t: np.ndarray, eps: float | None, values: np.n
     :func:`_psd_eigenvalues`, which the callers run as their check)."""
     shape, d = s_s.shape, s_s.shape[-1]
     s_s, s_t, values = s_s.reshape(-1, d, d), s_t.reshape(-1, d, d), values.reshape(-1, d)
+    # The products below square the entries' scale (covariances near 1e-160 underflowed to A = 0,
+    # near 1e160 overflowed): each side is divided by an exact power of 4 per matrix, and the map
+    # and cross term scale back exactly, A = sqrt(c_t / c_s) A', cross = sqrt(c_s c_t) cross'.
+    scale_s = _power_of_4_above(np.abs(s_s).max(axis=(-2, -1)))
+    scale_t = _power_of_4_above(np.abs(s_t).max(axis=(-2, -1)))
+    s_s, s_t, values = s_s / scale_s[:, None, None], s_t / scale_t[:, None, None], values / scale_s[:, None]
     floor = d * np.finfo(np.float64).eps if eps is None else eps
     # Where the pseudo-inverse keeps every eigenvalue S_s is definite, and the Cholesky / SVD form is
     # the same map. It is 5-8x slower on batches of small matrices (LAPACK's SVD), so it is used
@@ -196,6 +202,8 @@ def _ot_matrix(s_s: np.ndarray, s_t: np.ndarray, eps: float | None, values: np.n
     if not ill_conditioned.all():
         rest = ~ill_conditioned
         matrix[rest], cross[rest] = _ot_matrix_pseudo(s_s[rest], s_t[rest], eps)
+    matrix *= (np.sqrt(scale_t) / np.sqrt(scale_s))[:, None, None]
+    cross *= np.sqrt(scale_s) * np.sqrt(scale_t)
     return matrix.reshape(shape), cross.reshape(shape[:-2])
 
 
@@ -438,15 +446,15 @@ class GaussianOT:
 
     @property
     def inverse_matrix_(self) -> np.ndarray:
-        """``A^-1 = S_s^1/2 (S_s^1/2 S_t S_s^1/2)^-1/2 S_s^1/2`` (pseudo-inverse where singular):
-        the optimal map from the target back to the source. Computed on first use."""
+        """The optimal map from the target back to the source: ``A^-1`` when both covariances are
+        definite, computed as :attr:`matrix_` is with the roles swapped (through
+        ``S_s^1/2 (S_s^1/2 S_t S_s^1/2)^-1/2 S_s^1/2``, whose middle factor has the condition number
+        of S_s times that of S_t, it was a projector from condition 1e8 on). Computed on first use."""
         self._check_fitted("GaussianOT.inverse_matrix_")
         if self._inverse_matrix is None:
             cov_s = self.cov_source_ if self.batched_ else self.cov_source_[None]
             cov_t = self.cov_target_ if self.batched_ else self.cov_target_[None]
-            root = sqrtm_spd(cov_s)
-            middle = _symmetrise(root @ cov_t @ root)
-            inverse = _symmetrise(root @ inv_sqrtm_spd(middle, self.eps, pseudo=True) @ root)
+            inverse, _ = _ot_matrix(cov_t, cov_s, self.eps, np.linalg.eigvalsh(cov_t))
             self._inverse_matrix = inverse if self.batched_ else inverse[0]
         return self._inverse_matrix
 
