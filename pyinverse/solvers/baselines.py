@@ -4,8 +4,8 @@ Lasso (synthesis form, equivalent to the analysis form for an orthonormal ``W``)
 
     min_c  1/2 ||A W^T c - y||^2 + lam ||c||_1,      x = W^T c,
 
-solved by FISTA (Beck & Teboulle 2009) with step ``1 / L``, ``L = ||A||_2^2`` estimated by power
-iteration on ``A^T A`` (plus 1 % margin). ``W`` is the orthonormal 2-D DCT-II per channel
+solved by FISTA (Beck & Teboulle 2009) with step ``1 / L``, ``L = ||A||_2^2`` from Lanczos on
+``A^T A`` (plus 1 % margin). ``W`` is the orthonormal 2-D DCT-II per channel
 (``scipy.fft.dctn(norm="ortho")``) or an orthogonal wavelet transform (PyWavelets ``wavedec2``
 with ``mode="periodization"``, which is orthonormal for orthogonal wavelets whenever the image
 sides are divisible by ``2 ** level``). All coefficients are penalised. The arithmetic is float64
@@ -137,27 +137,38 @@ def _back(x: np.ndarray, kind: str, like: Any):
     return torch.from_numpy(x).to(dtype=like.dtype, device=like.device)
 
 
-def operator_norm_squared(operator: Any, image_shape: tuple[int, ...], iterations: int = 50, seed: int = 0) -> float:
-    """``||A||_2^2`` (largest eigenvalue of ``A^T A``) by ``iterations`` >= 1 steps of power
-    iteration from a seeded random start, float64.
+def operator_norm_squared(operator: Any, image_shape: tuple[int, ...], iterations: int = 1000, seed: int = 0) -> float:
+    """``||A||_2^2``, the largest eigenvalue of ``A^T A``, in float64: Lanczos (ARPACK through
+    ``scipy.sparse.linalg.eigsh``, to 1e-10 relative, at most ``iterations`` >= 1 restarts, from a
+    seeded random start) on the flattened ``A^T A``; a dense eigensolve below 64 unknowns. Power
+    iteration, used before, approaches the value from below and was up to 3% short after 50 steps
+    for Gaussian matrices (close top eigenvalues), more than FISTA's 1% margin.
 
     Example:
         >>> from pyinverse.physics import Denoising
-        >>> operator_norm_squared(Denoising(0.1), (1, 1, 8, 8))
+        >>> round(operator_norm_squared(Denoising(0.1), (1, 1, 8, 8)), 12)
         1.0
     """
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
     iterations = _positive_int(iterations, "operator_norm_squared", "iterations")
     rng = np.random.default_rng(check_seed(seed, "operator_norm_squared"))
-    v = rng.standard_normal(image_shape)
-    v /= np.linalg.norm(v)
-    value = 0.0
-    for _ in range(iterations):
-        w = operator.A_adjoint(operator.A(v))
-        value = float(np.linalg.norm(w))
-        if value == 0.0:
-            return 0.0
-        v = w / value
-    return value
+    shape = tuple(int(s) for s in image_shape)
+    size = math.prod(shape)
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        return np.asarray(operator.A_adjoint(operator.A(v.reshape(shape))), dtype=np.float64).reshape(size)
+
+    if size < 64:
+        gram = np.stack([normal(column) for column in np.eye(size)], axis=1)
+        return float(max(np.linalg.eigvalsh(0.5 * (gram + gram.T))[-1], 0.0))
+    normal_operator = LinearOperator((size, size), matvec=normal, dtype=np.float64)
+    try:
+        value = eigsh(normal_operator, k=1, which="LA", tol=1e-10, maxiter=iterations,
+                      v0=rng.standard_normal(size), return_eigenvectors=False)[0]
+    except ArpackNoConvergence as error:
+        raise RuntimeError(f"operator_norm_squared: Lanczos did not converge in {iterations} restarts") from error
+    return float(max(value, 0.0))
 
 
 def lasso_fista(operator: Any, y: Any, lam: float, transform: str = "dct", *, image_shape: tuple[int, int, int],
