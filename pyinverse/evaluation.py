@@ -42,7 +42,7 @@ from .report.uncertainty_map import uncertainty_map
 from .uq import RCPS, BandRCPS, coverage_report
 from .uq._arrays import check_levels, check_open_unit, to_numpy64
 from .uq.bounds import hoeffding_bentkus_upper_bound
-from .uq.coverage import per_image_miscoverage
+from .uq.coverage import interval_widths, per_image_miscoverage
 from .uq.rcps import UNCONTROLLABLE, exact_lambda_hat, minimum_calibration_size
 
 
@@ -284,7 +284,7 @@ def _coverage(lower: Any, upper: Any, truth: np.ndarray, alpha: float, positions
         risks, width = np.zeros(0), np.zeros(0)
     else:
         risks = per_image_miscoverage(lower, upper, truth)
-        width = to_numpy64(upper - lower)
+        width = interval_widths(lower, upper)
     finite = np.isfinite(width)
     width_sum, finite_count, count = dist.all_reduce_sum([width[finite].sum(), finite.sum(), width.size])
     risks = dist.gather_rows(risks)

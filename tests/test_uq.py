@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 
 from pyinverse.demo import GaussianMixtureDenoisingPosterior, ledoit_wolf_covariance, run_uq_demo
 from pyinverse.uq import (RCPS, BandRCPS, PixelwiseConformal, conformal_rank, coverage_report, exact_lambda_hat,
@@ -254,6 +255,15 @@ def test_hb_p_value_matches_direct_evaluation(n, alpha):
     want = np.array([uq_hb_p_value(float(r), n, alpha) for r in risks])
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
     assert isinstance(hoeffding_bentkus_p_value(0.05, n, alpha), float)
+    # k / n computed in floating point gets the count k; a risk truly above it gets k + 1
+    for k in range(n + 1):
+        assert hoeffding_bentkus_p_value(k / n, n, alpha) == pytest.approx(uq_hb_p_value(k / n, n, alpha), rel=1e-9)
+    if n >= 20:
+        k = n // 20
+        above, count = k / n + 1e-13, k + 1  # n r = k + 1e-13 n: Bentkus's count ceil(n r) = k + 1
+        expected = min(math.exp(-n * (above * math.log(above / alpha) + (1 - above) * math.log((1 - above) / (1 - alpha))))
+                       if above < alpha else 1.0, math.e * binom.cdf(count, n, alpha))
+        assert hoeffding_bentkus_p_value(above, n, alpha) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("n", [5, 40, 500])
@@ -502,6 +512,9 @@ def test_pixelwise_conformal_scale_is_the_kth_smallest_score(seed, num_images):
 
 def test_conformal_rank_is_exact_for_decimal_alphas():
     assert conformal_rank(9, 0.1) == 9 and conformal_rank(99, 0.1) == 90 and conformal_rank(9, 0.3) == 7
+    # ... but a value truly above the integer, by more than rounding, is not rounded down (a fixed
+    # tolerance of 1e-9 gave 9 here, an anti-conservative rank)
+    assert conformal_rank(9, 0.1 - 1e-11) == 10 and conformal_rank(99, 0.1 - 1e-12) == 91
     with pytest.raises(ValueError, match="need at least 9"):
         PixelwiseConformal(alpha=0.1).fit(*synthetic_problem(np.random.default_rng(0), num_images=8))
     # The size asked for is the first n whose rank fits (a scan to 10^9 took minutes for tiny alphas).
@@ -569,6 +582,9 @@ def test_coverage_report_numbers(kind):
     infinite = coverage_report(np.array([[-np.inf, 0.0]]), np.array([[np.inf, 1.0]]), np.zeros((1, 2)))
     assert infinite["mean_width"] == 1.0 and infinite["infinite_width_fraction"] == 0.5
     assert "fraction_images_above_alpha" not in infinite
+    # an inverted interval (an additive scale below 0 shrank it past empty) is empty: width 0
+    inverted = coverage_report(np.array([[0.0, 0.6]]), np.array([[1.0, 0.4]]), np.array([[0.5, 0.5]]))
+    assert inverted["mean_width"] == 0.5 and inverted["risk"] == 0.5
 
 
 # -------------------------------------------------------------------------------------------------

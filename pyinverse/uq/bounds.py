@@ -20,9 +20,10 @@ from scipy import optimize, special, stats
 
 from ._arrays import check_open_unit
 
-# n * r within this of an integer counts as that integer, so r = k / n evaluated in floating
-# point (k/n * n = k +- 1 ulp) gets Bentkus's count k, not k + 1.
-_COUNT_TOLERANCE = 1e-9
+# n * r within a few roundings of an integer counts as that integer, so r = k / n evaluated in
+# floating point (k/n * n = k +- 1 ulp) gets Bentkus's count k, not k + 1; relative to n r, so that
+# a count truly above k (by more than rounding) is never taken as k (a fixed 1e-9 was).
+_COUNT_ROUNDINGS = 4 * np.finfo(np.float64).eps
 
 
 def _check_n(n: Any, op: str) -> int:
@@ -50,7 +51,8 @@ def _log_p_value(risk: np.ndarray, count: np.ndarray, n: int, mean: float) -> np
 
 
 def _bentkus_count(risk: np.ndarray, n: int) -> np.ndarray:
-    return np.ceil(n * risk - _COUNT_TOLERANCE)
+    count = n * risk
+    return np.ceil(count - _COUNT_ROUNDINGS * count)
 
 
 def hoeffding_bentkus_p_value(risk_hat: Any, n: int, alpha: float) -> Any:
@@ -63,7 +65,8 @@ def hoeffding_bentkus_p_value(risk_hat: Any, n: int, alpha: float) -> Any:
 
     Returns:
         p-value(s) in (0, 1], float or float64 array of ``risk_hat``'s shape. Values of
-        ``n * risk_hat`` within 1e-9 of an integer are taken as that integer.
+        ``n * risk_hat`` within 4 float64 roundings of an integer are taken as that integer
+        (the rounding of ``k / n``).
 
     Example:
         >>> round(hoeffding_bentkus_p_value(0.05, 500, 0.1), 6) < 0.1   # 5% observed, 10% allowed

@@ -43,6 +43,12 @@ def per_image_miscoverage(lower: Any, upper: Any, truth: Any) -> np.ndarray:
     return to_numpy64(per_image.sum(1)) / per_image.shape[1]
 
 
+def interval_widths(lower: Any, upper: Any) -> np.ndarray:
+    """``upper - lower`` as float64 numpy, 0 where ``lower > upper``: an additive scale below 0 can
+    invert a narrow interval, which is empty (it covers nothing), not of negative width."""
+    return np.maximum(to_numpy64(upper - lower), 0.0)
+
+
 def coverage_report(lower: Any, upper: Any, truth: Any, alpha: float | None = None) -> dict:
     """Empirical risk and coverage of intervals on a set of images.
 
@@ -54,8 +60,9 @@ def coverage_report(lower: Any, upper: Any, truth: Any, alpha: float | None = No
         dict of Python numbers: ``risk`` (mean per-image miscoverage), ``coverage`` (fraction of
         all pixels covered, ``1 - risk`` as every image has the same size), ``max_image_risk``,
         ``mean_width`` (mean of ``upper - lower`` over pixels with finite bounds, ``nan`` if
-        none), ``infinite_width_fraction``, ``num_images``, ``pixels_per_image``; with ``alpha``
-        also ``alpha`` and ``fraction_images_above_alpha``.
+        none; an inverted interval, ``lower > upper``, counts as empty, width 0),
+        ``infinite_width_fraction``, ``num_images``, ``pixels_per_image``; with ``alpha`` also
+        ``alpha`` and ``fraction_images_above_alpha``.
 
     Example:
         >>> report = coverage_report(lower, upper, truth, alpha=0.1)   # doctest: +SKIP
@@ -67,7 +74,7 @@ def coverage_report(lower: Any, upper: Any, truth: Any, alpha: float | None = No
         alpha = check_open_unit(alpha, "alpha", op)
     lower, upper, truth = _check_bounds(lower, upper, truth, op)
     risks = per_image_miscoverage(lower, upper, truth)
-    width = to_numpy64(upper - lower)
+    width = interval_widths(lower, upper)
     finite = np.isfinite(width)
     report = {
         "risk": float(risks.mean()),

@@ -4,7 +4,8 @@ smallest lambda that makes an interval cover the truth.
 The contract, stated once: a pixel's interval at scale ``lam`` is closed, and it covers the
 truth ``t`` exactly when ``lam >= smallest_covering_lambda(...)``:
 
-* ``"additive"``:       ``[lower - lam, upper + lam]``                (lam any real)
+* ``"additive"``:       ``[lower - lam, upper + lam]``                (lam any real; below 0 it
+  shrinks, and a pixel whose half-width is below ``-lam`` gets an empty interval, lower > upper)
 * ``"multiplicative"``: ``[c - lam * (c - lower)+, c + lam * (upper - c)+]``  (lam >= 0)
 
 where ``c`` is the centre (sample mean or median) and ``(v)+ = max(v, 0)``: a mean that falls

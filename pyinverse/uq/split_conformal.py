@@ -23,9 +23,10 @@ from ._arrays import (check_finite_samples, check_levels, check_open_unit, check
 from .coverage import per_image_miscoverage
 from .intervals import CENTERS, SCALINGS, sample_intervals_and_mean, scale_intervals, smallest_covering_lambda
 
-# (n + 1)(1 - alpha) within this of an integer counts as that integer (alpha = 0.3 is stored as
-# 0.29999999999999999, which would otherwise cost one rank of conservativeness).
-_RANK_TOLERANCE = 1e-9
+# (n + 1)(1 - alpha) within a few roundings of an integer counts as that integer (alpha = 0.3 is
+# stored as 0.29999999999999999, which would otherwise cost one rank of conservativeness); relative
+# to n + 1, so that a value truly above the integer is never rounded down (a fixed 1e-9 was).
+_RANK_ROUNDINGS = 2 * np.finfo(np.float64).eps  # times n + 1: bounds the rounding of alpha, 1 - alpha and the product
 
 
 def conformal_rank(n: int, alpha: float) -> int:
@@ -43,7 +44,7 @@ def conformal_rank(n: int, alpha: float) -> int:
 
 
 def _rank(n: int, alpha: float) -> int:
-    return max(1, math.ceil((n + 1) * (1.0 - alpha) - _RANK_TOLERANCE))
+    return max(1, math.ceil((n + 1) * (1.0 - alpha) - _RANK_ROUNDINGS * (n + 1)))
 
 
 class PixelwiseConformal:
