@@ -197,6 +197,9 @@ def _restore(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples {args.samples}: flow-map gives one MAP estimate per input (S = 1); "
                          "use --method flow-langevin or cimle for samples")
     _check_seed(args.seed)
+    if args.method != "cimle" and not args.operator:  # before the inputs' scale check, which assumes no noise
+        raise ValueError(f"--method {args.method} needs --operator, the forward process of the inputs "
+                         "(e.g. --operator denoising:0.1)")
     operator = by_name(args.operator) if args.operator else None
     # images, or measurement vectors (N, m) such as compressed sensing's
     inputs = load_inputs(args.inputs, "inputs", getattr(operator, "noise_sigma", 0.0))
@@ -207,8 +210,10 @@ def _restore(args: argparse.Namespace) -> int:
             np.save(handle, samples)
 
     atomic_write(out, write, overwrite=args.overwrite)
-    print(f"{samples.shape[0]} samples for each of {samples.shape[1]} inputs {tuple(samples.shape[2:])} "
-          f"written to {out}")
+    count = samples.shape[0]
+    print(f"{count} sample{'s' if count != 1 else ''} for each of {samples.shape[1]} inputs "
+          f"{tuple(samples.shape[2:])} written to {out}"
+          + (" (pyinverse evaluate needs at least 2 samples per input)" if count == 1 else ""))
     return 0
 
 
@@ -218,7 +223,13 @@ def _train(args: argparse.Namespace) -> int:
     from .training import train_on_images
 
     _check_seed(args.seed)
-    images = (image_folder(args.images, size=args.size, gray=args.gray) if Path(args.images).is_dir()
+    if args.task is not None and args.kind != "cimle":
+        raise ValueError(f"--task is for train cimle; train {args.kind} takes none")
+    if Path(args.out).suffix != ".safetensors":
+        raise ValueError(f"--out must name a .safetensors file, got {args.out!r}")
+    # as evaluate and restore read folders: one channel when every image is grayscale, unless told
+    gray = True if args.gray else (False if args.rgb else None)
+    images = (image_folder(args.images, size=args.size, gray=gray) if Path(args.images).is_dir()
               else load_images(args.images, "images"))
     record = train_on_images(args.kind, images, args.out, task=args.task, epochs=args.epochs, seed=args.seed,
                              checkpoint_dir=args.checkpoint_dir, overwrite=args.overwrite)
@@ -304,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="the .safetensors file to write")
     train.add_argument("--task", help="cimle: the task (sr4, sr8, colour, jpeg): its forward process and baseline")
     train.add_argument("--size", type=int, help="resize folder images to SIZE x SIZE (cimle tasks take 24)")
-    train.add_argument("--gray", action="store_true", help="read folder images as one channel")
+    channels = train.add_mutually_exclusive_group()
+    channels.add_argument("--gray", action="store_true",
+                          help="read folder images as one channel (default: one if every image is grayscale)")
+    channels.add_argument("--rgb", action="store_true", help="read folder images as three channels")
     train.add_argument("--epochs", type=int, default=20,
                        help="training epochs (default 20; vae: 100 steps each, features: 30 steps each)")
     train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")

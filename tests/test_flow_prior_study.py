@@ -12,8 +12,9 @@ def _report(rng, bm3d):
     grid = flow_prior.Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=3)
     results = []
     for dataset in grid.datasets:
+        denoise_methods = ["flow"] + (["bm3d"] if bm3d else []) + ["clipped noisy input"]
         for task, levels, methods in (("cs", grid.ratios, flow_prior.CS_METHODS),
-                                      ("denoise", grid.sigmas, ["flow"] + (["bm3d"] if bm3d else []) + ["noisy input"])):
+                                      ("denoise", grid.sigmas, denoise_methods)):
             for level in levels:
                 for method in methods:
                     results.append(dict(dataset=dataset, ood=False, task=task, level=level, method=method, hyper=None,

@@ -79,6 +79,11 @@ def test_restore_command_refuses_samples_for_flow_map_and_big_seeds(tmp_path, fa
     assert "flow-map gives one MAP estimate per input" in capsys.readouterr().err
     assert main(base + ["--seed", str(2**64)]) == 2
     assert "--seed must be an integer in [0, 2**63)" in capsys.readouterr().err
+    # noisy inputs without --operator: the missing operator is named, not the inputs' range
+    np.save(tmp_path / "noisy.npy", faces + 0.2 * np.random.default_rng(0).standard_normal(faces.shape))
+    without_operator = [a for a in base if a not in ("--operator", "denoising:0.1")]
+    assert main(without_operator) == 2
+    assert "--method flow-map needs --operator" in capsys.readouterr().err
     assert not (tmp_path / "map.npy").exists()
 
 
@@ -114,7 +119,8 @@ def _write_pngs(folder, images):
 def test_train_on_a_folder_then_restore_with_the_file(tmp_path, kind, capsys):
     _write_pngs(tmp_path / "faces", lfw_faces("faces")[:12, :, :24, :24])
     out = tmp_path / f"{kind}.safetensors"
-    args = ["train", kind, "--images", str(tmp_path / "faces"), "--gray", "--out", str(out), "--epochs", "2"]
+    # a folder of grayscale PNGs trains a one-channel model without --gray, as evaluate and restore read it
+    args = ["train", kind, "--images", str(tmp_path / "faces"), "--out", str(out), "--epochs", "2"]
     if kind == "cimle":
         args += ["--task", "sr4"]
     assert main(args) == 0, capsys.readouterr().err
@@ -153,7 +159,7 @@ def test_train_vae_on_a_folder(tmp_path, capsys, monkeypatch):
     assert DeepOT(vae).latents(torch.rand(2, 3, 32, 32)).shape[0] == 2
     gray = tmp_path / "gray"
     _write_pngs(gray, lfw_faces("faces")[:3, :, :40, :40])
-    assert main(["train", "vae", "--images", str(gray), "--gray", "--out", str(tmp_path / "g.st")]) == 2
+    assert main(["train", "vae", "--images", str(gray), "--gray", "--out", str(tmp_path / "g.safetensors")]) == 2
     assert "RGB images of at least 32x32" in capsys.readouterr().err
 
 
@@ -179,7 +185,7 @@ def test_train_features_on_a_folder_then_fid_with_them(tmp_path, capsys, monkeyp
     assert np.isfinite(fid.compute())
     small = tmp_path / "small"
     _write_pngs(small, lfw_faces("faces")[:3, :, :32, :32])
-    assert main(["train", "features", "--images", str(small), "--gray", "--out", str(tmp_path / "s.st")]) == 2
+    assert main(["train", "features", "--images", str(small), "--gray", "--out", str(tmp_path / "s.safetensors")]) == 2
     assert "at least 40x40" in capsys.readouterr().err
 
 
@@ -199,13 +205,21 @@ def test_train_vae_lowers_the_loss_and_is_seeded():
 
 def test_train_rejects_what_it_cannot_train(tmp_path, capsys):
     _write_pngs(tmp_path / "faces", lfw_faces("faces")[:4, :, :20, :20])
-    base = ["train", "cimle", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "g.st")]
+    base = ["train", "cimle", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "g.safetensors")]
     assert main(base + ["--task", "sr4"]) == 2
     assert "takes images of shape (N, 1, 24, 24)" in capsys.readouterr().err
     assert main(base + ["--task", "inpainting"]) == 2
     assert "needs a 'task' among" in capsys.readouterr().err
-    assert main(["train", "flow", "--images", str(tmp_path / "faces"), "--gray", "--out", str(tmp_path / "f.st")]) == 2
+    flow = ["train", "flow", "--images", str(tmp_path / "faces"), "--out"]
+    assert main(flow + [str(tmp_path / "f.safetensors")]) == 2
     assert "divisible by 8" in capsys.readouterr().err
+    assert main(flow + [str(tmp_path / "f.safetensors"), "--task", "sr4"]) == 2
+    assert "--task is for train cimle; train flow takes none" in capsys.readouterr().err
+    assert main(flow + [str(tmp_path / "f.npy")]) == 2
+    assert "--out must name a .safetensors file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's usage error: not both
+        main(flow + [str(tmp_path / "f.safetensors"), "--gray", "--rgb"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_inputs_on_another_scale_are_refused_and_numpy_counts_are_taken(faces):

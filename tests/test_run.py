@@ -74,13 +74,14 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
                                                                for t in ("cs", "denoise")}
     for r in flow_prior:
         assert f"{np.mean(r['psnr']):.2f} / {np.mean(r['ssim']):.3f}" in page
-        # (results.json spells infinity "inf": the noisy input reproduces its observation exactly)
+        # (results.json spells infinity "inf": a noisy input inside [0, 1] reproduces its observation exactly)
         assert f"{np.mean(np.asarray(r['validity'], dtype=float)):.1f} / {r['perception']:.2f}" in page
         # the validity yardstick: the truth's own measurements score about -20 log10(noise sigma)
         noise = 0.01 if r["task"] == "cs" else r["level"]
         assert abs(np.mean(r["truth_validity"]) + 20 * np.log10(noise)) < 2, r
     flow = {(r["dataset"], r["task"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "flow"}
-    noisy = {(r["dataset"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "noisy input"}
+    noisy = {(r["dataset"], r["level"]): np.mean(r["psnr"])
+             for r in flow_prior if r["method"] == "clipped noisy input"}
     for dataset in ("faces", "patches"):
         assert flow[(dataset, "cs", 0.3)] > flow[(dataset, "cs", 0.1)]  # more measurements, better estimates
         assert flow[(dataset, "denoise", 0.1)] > noisy[(dataset, 0.1)] + 2  # the prior removes noise

@@ -257,7 +257,8 @@ def test_hb_p_value_matches_direct_evaluation(n, alpha):
     assert isinstance(hoeffding_bentkus_p_value(0.05, n, alpha), float)
     # k / n computed in floating point gets the count k; a risk truly above it gets k + 1
     for k in range(n + 1):
-        assert hoeffding_bentkus_p_value(k / n, n, alpha) == pytest.approx(uq_hb_p_value(k / n, n, alpha), rel=1e-9)
+        expected = uq_hb_p_value(k / n, n, alpha)
+        assert hoeffding_bentkus_p_value(k / n, n, alpha) == pytest.approx(expected, rel=1e-9)
     if n >= 20:
         k = n // 20
         above, count = k / n + 1e-13, k + 1  # n r = k + 1e-13 n: Bentkus's count ceil(n r) = k + 1

@@ -224,7 +224,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
             if use_bm3d:
                 began_method = time.perf_counter()
                 entries.append(("bm3d", sigma, bm3d_denoise(y, sigma), time.perf_counter() - began_method))
-            entries.append(("noisy input", None, y, 0.0))
+            entries.append(("clipped noisy input", None, y, 0.0))  # scored clipped, as every estimate
             truth_validity = validity(op, test, y)
             for method, hyper, estimate, seconds in entries:
                 results.append(dict(dataset=name, ood=spec["ood"], task="denoise", level=sigma, method=method,
@@ -239,7 +239,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
 
 
 def denoising_methods(report: dict) -> list[str]:
-    return ["flow"] + (["bm3d"] if report["bm3d"] else []) + ["noisy input"]
+    return ["flow"] + (["bm3d"] if report["bm3d"] else []) + ["clipped noisy input"]
 
 
 def _layout(report: dict, task: str) -> tuple[list[str], list[str], list]:
@@ -419,7 +419,8 @@ def perception_distortion_figure(report: dict) -> bytes:
 
 def settings(report: dict) -> dict:
     return dict(report["grid"], cs_noise=CS_NOISE, lasso_grid=LASSO_GRID, cs_gamma=CS_GAMMA,
-                flow_lbfgs_steps=FLOW_STEPS, lasso_fista_steps=LASSO_STEPS, perception_patch=PATCH, torch=torch.__version__)
+                flow_lbfgs_steps=FLOW_STEPS, lasso_fista_steps=LASSO_STEPS, perception_patch=PATCH,
+                torch=torch.__version__)
 
 
 def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Section]]:
