@@ -20,8 +20,8 @@ dimensions): with one step size for every direction, the step is set by the stif
 (``eta ~ sigma^2``), and a direction the measurement barely constrains (a missing pixel) needs
 about ``1 / eta`` steps to mix. Started near the MAP, 300 steps gave missing pixels of a linear
 Gaussian model (a 24x24 identity flow, half the pixels missing, noise 0.05) a seventh of their
-posterior variance: intervals far too narrow. So the chains run
-in whitened coordinates ``z = z_0 + R^-T w``, ``R R^T = H`` the Gauss-Newton Hessian of
+posterior variance: intervals far too narrow. So the chains run in whitened coordinates
+``z = z_0 + R^-T w``, ``R R^T = H`` the Gauss-Newton Hessian of
 ``-log pi`` at the start ``z_0`` (``H = J^T J / sigma^2 + I``, ``J`` the Jacobian of
 ``z -> A G(z)``): for a linear flow and operator ``H^-1`` is the posterior covariance, and every
 direction mixes at one rate (the model above, with the defaults: missing and observed pixels both
@@ -199,13 +199,13 @@ def latent_langevin(model: FlowModel, operator: Any, y: Any, n_samples: int = 16
         with frozen(model):
             root = laplace_root(model, operator, start, sigma)
         origin = start.repeat(chains, 1)
+        w = math.sqrt(step_size) * randn(chains)
 
         def latent(v):
             return origin + torch.einsum("bij,cbj->cbi", root, v.reshape(chains, batch, dim)).flatten(0, 1)
 
         def whitened_gradient(g):
             return torch.einsum("bji,cbj->cbi", root, g.reshape(chains, batch, dim)).flatten(0, 1)
-        w = math.sqrt(step_size) * randn(chains)
     else:
         w = start.repeat(chains, 1) + math.sqrt(step_size) * randn(chains)
         latent = whitened_gradient = lambda v: v  # noqa: E731
