@@ -446,10 +446,10 @@ class GaussianOT:
 
     @property
     def inverse_matrix_(self) -> np.ndarray:
-        """The optimal map from the target back to the source: ``A^-1`` when both covariances are
-        definite, computed as :attr:`matrix_` is with the roles swapped (through
-        ``S_s^1/2 (S_s^1/2 S_t S_s^1/2)^-1/2 S_s^1/2``, whose middle factor has the condition number
-        of S_s times that of S_t, it was a projector from condition 1e8 on). Computed on first use."""
+        """The optimal map from the target back to the source (``A^-1`` when both covariances are
+        definite), computed as :attr:`matrix_` with the two sides swapped; computed on first use.
+        (The closed form ``S_s^1/2 (S_s^1/2 S_t S_s^1/2)^-1/2 S_s^1/2`` has a middle factor of
+        condition ``cond(S_s) cond(S_t)``, and came out a projector from condition 1e8 on.)"""
         self._check_fitted("GaussianOT.inverse_matrix_")
         if self._inverse_matrix is None:
             cov_s = self.cov_source_ if self.batched_ else self.cov_source_[None]
