@@ -449,6 +449,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
     results["uncertainty"] = {"mean_interval_width": dist.global_mean(width), "mean_std": dist.global_mean(stats.std)}
     uncertainty_rows = [["raw sample intervals", results["uncertainty"]["mean_interval_width"], "n/a", "n/a"]]
     skipped_notes: list[str] = []  # why a calibrated row is missing, shown in the report
+    if truth is None:
+        skipped_notes.append("Risk, coverage and the calibrated intervals need the truth images (--truth).")
 
     if truth is not None:
         mean_t, truth_t = torch.from_numpy(stats.mean), torch.from_numpy(truth)
@@ -467,7 +469,7 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
         }
         d = results["distortion"]
         sections.append(Section("Distortion and diversity", [Table(
-            "Against the truth", ["PSNR of mean", "SSIM of mean", "PSNR of a sample", "best-of-S PSNR",
+            "Against the truth", ["PSNR of mean (dB)", "SSIM of mean", "PSNR of a sample (dB)", "best-of-S PSNR (dB)",
                                   "perceptual distance of a sample", "RMS pairwise sample distance"],
             [[d["psnr_of_mean"], d["ssim_of_mean"], d["psnr_of_samples"], d["psnr_best_of_s"],
               d["perceptual_of_samples"], d["diversity_rms_pairwise"]]])]))
@@ -497,7 +499,8 @@ def _evaluate(samples: np.ndarray, inputs: np.ndarray, operator: Any, truth: np.
                 "All samples against the truth images (shipped feature network)", ["FID", "KID", "KID std"],
                 [[results["perception"]["fid"], results["perception"]["kid"], results["perception"]["kid_std"]]],
                 note="Feature statistics of a small network trained on the bundled data: compare runs with each "
-                     "other, not with published Inception FIDs.")]))
+                     "other, not with published Inception FIDs. KID is unbiased, so it can come out slightly "
+                     "below 0 when the two sets are alike.")]))
 
     # The figure shows the first images of the whole set: each rank hands its part of them to rank 0.
     shown = max(0, min(max_figure_images, num_images, stop) - start)

@@ -241,7 +241,12 @@ def report_section(seed: int = 0) -> tuple[dict, list[Section]]:
     restorers = Table("Uncertainty, perception and distortion of the shipped cIMLE generators (held-out images)",
                       ["task", "estimator", "uncertainty", "perception (nats)", "distortion (MSE)"],
                       [[result["description"], p["name"], p["uncertainty"], p["perception"], p["distortion"]]
-                       for result in numbers["restorers"].values() for p in result["points"]])
+                       for result in numbers["restorers"].values() for p in result["points"]],
+                      note="baseline: the task's deterministic restorer, which is also the generator's input "
+                           "(bicubic upsampling, the gray image in R, G and B). Where its patches or its errors lie "
+                           "on a subspace, the Gaussian fits are singular: gray replication has R = G = B "
+                           "(perception inf) and keeps the luma exactly, so its error has none (uncertainty 0). "
+                           "tau=t: the sample mean plus t times each sample's deviation from it.")
     return numbers, [Section("Tradeoffs: perception-distortion and uncertainty-perception", [
         Figure("Perception-distortion (Deep OT's Gaussian experiment)", pd_png,
                f"8x8 gray photo-patch Gaussian model in white noise (sigma {SIGMA}): lines are closed forms, "
