@@ -131,7 +131,7 @@ def feature_embedding(images: torch.Tensor, extractor: Any = None) -> torch.Tens
 
 
 def _embed(images: torch.Tensor, distance: str) -> torch.Tensor:
-    return images.flatten(1) if distance == "pixel" else feature_embedding(images)
+    return images.flatten(1) if distance == "pixel" else feature_embedding(images.clamp(0, 1))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -146,10 +146,11 @@ def select_codes(generator: ConditionalGenerator, inputs: Any, targets: Any, num
 
     For each input ``i`` (in order) the codes ``z_i1 .. z_im`` are drawn from ``rng`` as one
     ``(m, latent_dim)`` block (so input ``i`` always gets the same candidates for one generator
-    state, whatever ``chunk``), the samples ``G(y_i, z_ij)`` are generated without gradient and
-    unclamped, and :func:`pyinverse.knn.batched_nearest` picks the nearest to ``x_i``: squared
-    L2 in pixel space, or on :func:`feature_embedding` (the perceptual distance) with
-    ``distance="features"``. Among equally near candidates the **smallest index j wins** (the
+    state, whatever ``chunk``), the samples ``G(y_i, z_ij)`` are generated without gradient, and
+    :func:`pyinverse.knn.batched_nearest` picks the nearest to ``x_i``: squared L2 in pixel space
+    on the unclamped samples (what the pixel loss regresses), or on :func:`feature_embedding`
+    (the perceptual distance) of the samples clamped to [0, 1] with ``distance="features"`` (the
+    network's domain, and what the perceptual loss term and :meth:`sample` see). Among equally near candidates the **smallest index j wins** (the
     knn package's tie rule), as ``argmin`` of a float64 brute force would give.
 
     Args:
@@ -159,7 +160,8 @@ def select_codes(generator: ConditionalGenerator, inputs: Any, targets: Any, num
         num_candidates: m >= 1 codes per input.
         rng: the CPU generator the codes come from (``None``: torch's global generator).
         distance: ``"pixel"`` or ``"features"``.
-        chunk: candidate images generated per forward pass (memory bound only).
+        chunk: candidate images generated per forward pass (memory only; one input's m candidates
+            always share a pass, so a pass holds at least m images).
 
     Returns:
         ``(codes, distances)``: (N, latent_dim) the selected codes and (N,) squared distances of
@@ -250,6 +252,10 @@ def train_cimle(generator: ConditionalGenerator, inputs: Any, targets: Any, *, s
             perceptual distance, :func:`feature_embedding`).
         loss: the regression's pixel loss, ``"l2"`` (mean squared error) or ``"l1"``.
         feature_weight: weight (>= 0) of the perceptual distance added to the regression loss.
+            cIMLE minimises each target's distance to its nearest sample, so selection and
+            regression should measure alike: ``"pixel"`` with ``"l2"`` (the default and every
+            shipped model), or ``"features"`` with ``feature_weight > 0``. Other pairs run, but pick
+            the sample by one distance and pull it in by another.
         seed: seed of the codes and the batch order.
         selection_chunk: candidate images per forward pass during selection.
         progress: print one line per epoch to stderr.

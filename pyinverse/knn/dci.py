@@ -322,7 +322,7 @@ class DCIIndex:
 
         Returns:
             ``(distances, indices)``: ``(Q, k)`` squared L2 distances (float64 accumulation, in
-            ``q``'s dtype) and ``(Q, k)`` int64 ids, rows sorted by (distance, id), in ``q``'s array
+            ``q``'s dtype) and ``(Q, k)`` int64 ids, rows sorted by (float64 distance, id), in ``q``'s array
             type and device.
 
         Raises:

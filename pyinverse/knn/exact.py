@@ -5,8 +5,11 @@ Conventions shared by the whole ``pyinverse.knn`` package (faiss's ``IndexFlatL2
 * distances are **squared** Euclidean distances, accumulated in float64 and returned in the
   input's float dtype; indices are int64; a returned distance beyond that dtype's range (float32:
   3.4e38) raises ``ValueError`` naming the rows rather than coming back as inf;
-* each row of a result is sorted by (distance, index): among equal distances the smaller index
-  comes first, as a stable sort of the brute-force distances would give;
+* each row of a result is sorted by (distance, index) on the float64 distances, before they are
+  rounded to the output dtype: among equal float64 distances the smaller index comes first, as a
+  stable sort of a float64 brute force would give (two float32 distances that round to one value
+  may come back with the larger index first; on CUDA, near-ties within the rounding of a float64
+  sum may also be broken differently);
 * inputs are numpy arrays or torch tensors (CPU, or CUDA with a CUDA build), float32 or float64,
   and must be finite (NaN / inf raise ``ValueError`` naming the rows); results come back in the
   caller's array type and device;
@@ -312,9 +315,10 @@ def _contiguous(info: ArrayInfo, name: str, op: str) -> ArrayInfo:
 def batched_nearest(candidates: Any, targets: Any) -> tuple[Any, Any]:
     """For each of B targets, the nearest of its own m candidates, in one call (as cIMLE needs).
 
-    Equivalent to ``((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)`` but without the
-    ``(B, m, d)`` temporary: a C++ kernel (CUDA on CUDA inputs) reads each candidate once and
-    accumulates in float64.
+    Equivalent to ``((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)`` in float64 but
+    without the ``(B, m, d)`` temporary: a C++ kernel (CUDA on CUDA inputs) reads each candidate
+    once and accumulates in float64 (so on float32 inputs it may pick another of two candidates
+    whose float32 distances tie; see the package conventions).
 
     Args:
         candidates: ``(B, m, d)``, numpy array or torch tensor, float32 or float64, m >= 1.
