@@ -150,8 +150,9 @@ def select_codes(generator: ConditionalGenerator, inputs: Any, targets: Any, num
     :func:`pyinverse.knn.batched_nearest` picks the nearest to ``x_i``: squared L2 in pixel space
     on the unclamped samples (what the pixel loss regresses), or on :func:`feature_embedding`
     (the perceptual distance) of the samples clamped to [0, 1] with ``distance="features"`` (the
-    network's domain, and what the perceptual loss term and :meth:`sample` see). Among equally near candidates the **smallest index j wins** (the
-    knn package's tie rule), as ``argmin`` of a float64 brute force would give.
+    network's domain, and what the perceptual loss term and :meth:`sample` see). Among equally
+    near candidates the **smallest index j wins** (the knn package's tie rule), as ``argmin`` of
+    a float64 brute force would give.
 
     Args:
         generator: the generator (its mode is left as it is).

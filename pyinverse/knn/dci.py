@@ -322,8 +322,8 @@ class DCIIndex:
 
         Returns:
             ``(distances, indices)``: ``(Q, k)`` squared L2 distances (float64 accumulation, in
-            ``q``'s dtype) and ``(Q, k)`` int64 ids, rows sorted by (float64 distance, id), in ``q``'s array
-            type and device.
+            ``q``'s dtype) and ``(Q, k)`` int64 ids, rows sorted by (float64 distance, id), in
+            ``q``'s array type and device.
 
         Raises:
             ValueError: bad shape or ``k``, NaN / inf query rows, query rows too large for the

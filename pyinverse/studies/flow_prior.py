@@ -4,7 +4,7 @@
 
 writes ``table.md`` (markdown), ``results.json`` (every number, per image), ``figure.png`` and
 ``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless
-``--overwrite``): the full grid below, 8 test images per data set, 8.5 minutes on one idle core
+``--overwrite``): the full grid below, 8 test images per data set, 7-8.5 minutes on one core
 (measured). ``pyinverse run`` includes the full
 grid as its ``flow_prior`` stage; with ``--quick`` the in-distribution data sets only, m/n in
 {0.1, 0.3}, sigma = 0.1, 2 test and 2 validation images.
@@ -22,10 +22,10 @@ Tasks: compressed sensing ``y = A x + 0.01 n`` with ``A_ij ~ N(0, 1/m)`` at m/n 
 0.3, 0.5} (flow: ``min ||A G(z) - y||^2`` by 100 L-BFGS iterations from z = 0, the paper's
 setting where the start and the optimiser regularise, ``gamma = 0``; Lasso: FISTA in the
 orthonormal DCT and in Daubechies-2 wavelets, at most ``LASSO_STEPS`` steps. On 4 held-out faces
-at m/n = 0.1 and 0.3 that was within 0.1 dB of the converged Lasso at lambda = 1e-2 (the best of the
-grid there, converged or not), but up to 1 dB short at 1e-3 and 6 dB at 1e-4, which need tens of
-thousands of steps: small lambdas compete as truncated runs); denoising ``y = x + sigma n`` at sigma in
-{0.05, 0.1, 0.2} (flow: ``min ||G(z) - y||^2 + gamma ||z||^2`` the same way, vs BM3D with the
+at m/n = 0.1 and 0.3 that was within 0.1 dB of the converged Lasso at lambda = 1e-2 (the best of
+the grid there, converged or not), but up to 1 dB short at 1e-3 and 6 dB at 1e-4, which need tens
+of thousands of steps: small lambdas compete as truncated runs); denoising ``y = x + sigma n`` at
+sigma in {0.05, 0.1, 0.2} (flow: ``min ||G(z) - y||^2 + gamma ||z||^2`` the same way, vs BM3D with the
 true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (the Lasso's
 ``lambda`` per level, the flow's denoising ``gamma`` in {1, 2, 4, 8, 16} x sigma^2) are chosen by mean
 PSNR on 8 *validation* images of the in-distribution set (disjoint from the test images);
@@ -70,7 +70,7 @@ CS_NOISE = 0.01
 LASSO_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 CS_GAMMA = 0.0  # the paper's compressed-sensing setting: regularised by the z = 0 start and early stopping
 FLOW_STEPS = 100  # L-BFGS iterations
-LASSO_STEPS = 1000  # FISTA iterations at most (300 left the Lasso 0.5-1.3 dB short of convergence at m/n = 0.1)
+LASSO_STEPS = 1000  # FISTA iterations at most (300 left it 0.5-1.3 dB short of convergence at m/n = 0.1)
 CS_METHODS = ("flow", "lasso-dct", "lasso-wavelet")
 EXAMPLE_RATIO = 0.1  # the figure's reconstructions
 PATCH = 4  # side of the patches whose statistics give the perception index
