@@ -26,7 +26,9 @@ NUM_SAMPLES, NUM_IMAGES, SIZE, LEVEL = 4, 5, 12, "0.4"
 
 # Starts each rank in its own folder, then runs `python -m pyinverse` as torchrun would.
 _LAUNCH = r"""
-import os, runpy, sys
+import faulthandler, os, runpy, sys
+faulthandler.enable(all_threads=True)  # a rank that aborts (seen twice: "terminate called without an
+# active exception", a SIGABRT) prints where every thread of it was
 os.chdir(f"rank{os.environ['RANK']}")
 sys.argv = ["pyinverse", *sys.argv[1:]]
 runpy.run_module("pyinverse", run_name="__main__", alter_sys=True)
@@ -102,7 +104,7 @@ def torchrun(folder, arguments, timeout=300):
     process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                               str(launch), *arguments], cwd=folder, env=_environment(), capture_output=True, text=True,
                              timeout=timeout)
-    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.returncode == 0, process.stderr[-8000:]
     return process
 
 
@@ -211,7 +213,7 @@ def test_alone_keeps_one_ranks_reductions_to_itself(tmp_path):
     process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                               str(script), str(tmp_path)], env=_environment(), capture_output=True, text=True,
                              timeout=120)
-    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.returncode == 0, process.stderr[-8000:]
     lines = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert all(line["total"] == 3.0 for line in lines)
     (first,) = [line for line in lines if "fid_alone" in line]
