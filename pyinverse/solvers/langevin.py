@@ -31,10 +31,11 @@ Laplace approximation ``N(z_0, H^-1)``: for the shipped flows, whose ``G`` is fa
 a unit of latent, such draws were wild images that MALA could not bring back within burn-in. On
 those flows the adapted step stays small (0.0007-0.016 in the whitened coordinates), so the
 samples stay too narrow, though less so. The shipped faces flow on held-out faces 80-91 (float64,
-the defaults, S = 16), share of true pixels inside the samples' 5-95% interval (0.9 if calibrated)
-without / with preconditioning: half the pixels missing at noise 0.05, 0.656 / 0.703; denoising
-at 0.1, 0.706 / 0.722; compressed sensing at m/n = 0.3 and noise 0.01, 0.123 / 0.336; the PSNR of
-the sample mean rose by 0.34, 0.04 and 0.11 dB. The price: one Jacobian per measurement (as many
+the defaults, S = 16; ``examples/langevin_calibration.py``), share of true pixels inside the
+samples' 5-95% interval (0.9 if calibrated) without / with preconditioning: half the pixels
+missing at noise 0.05, 0.656 / 0.703; denoising at 0.1, 0.706 / 0.722; compressed sensing at m/n =
+0.3 and noise 0.01, 0.123 / 0.336; the mean PSNR of the sample mean rose by 0.32, 0.03 and 0.12
+dB. The price: one Jacobian per measurement (as many
 backward passes as the measurement has entries, 0.5-3 s for a 24x24 face on one core) and a
 ``D x D`` factor per measurement.
 """
