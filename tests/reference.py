@@ -79,15 +79,17 @@ def uq_binomial_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, _uq_math.exp(top) * sum(_uq_math.exp(v - top) for v in logs))
 
 
-def uq_hb_p_value(risk: float, n: int, alpha: float) -> float:
-    """min(exp(-n h1(min(r, a), a)), e P(Binom(n, a) <= ceil(n r))), Bates et al. 2021."""
+def uq_hb_p_value(risk: float, n: int, alpha: float, count: int | None = None) -> float:
+    """min(exp(-n h1(min(r, a), a)), e P(Binom(n, a) <= ceil(n r))), Bates et al. 2021; ``count``
+    gives ceil(n r) exactly where n r is not (r = k / n + tiny)."""
     def h1(a: float, b: float) -> float:
         first = 0.0 if a == 0 else a * _uq_math.log(a / b)
         second = 0.0 if a == 1 else (1 - a) * _uq_math.log((1 - a) / (1 - b))
         return first + second
 
     hoeffding = _uq_math.exp(-n * h1(min(risk, alpha), alpha))
-    count = _uq_math.ceil(round(n * risk, 9))
+    if count is None:
+        count = _uq_math.ceil(round(n * risk, 9))
     bentkus = _uq_math.e * uq_binomial_cdf(count, n, alpha)
     return min(hoeffding, bentkus, 1.0)
 

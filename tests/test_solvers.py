@@ -11,7 +11,6 @@ from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise,
                                lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
 from pyinverse.draws import Draws
 from pyinverse.solvers import langevin
-from pyinverse.solvers.langevin import laplace_root
 from pyinverse.solvers.latent_map import initial_latents
 from reference import (flows_gaussian_latent_posterior, flows_linear_mle_expected_error, flows_linear_mle_reference,
                        flows_theorem_bounds)
@@ -286,7 +285,7 @@ def test_laplace_root_is_the_inverse_gauss_newton_factor():
     model, matrix = linear_model(np.linspace(2.0, 0.5, 300), 4, shape=(3, 10, 10))
     op = CompressedSensing(m=290, seed=1, image_shape=(3, 10, 10), noise_sigma=0.3)
     z = torch.randn(2, 300, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    root = laplace_root(model, op, z, 0.3)
+    root = langevin.laplace_root(model, op, z, 0.3)
     _, covariance = flows_gaussian_latent_posterior(matrix, op.matrix.numpy(), np.zeros((1, 290)), 0.3)
     assert root.shape == (2, 300, 300) and root.dtype == torch.float64
     for b in range(2):

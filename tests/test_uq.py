@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
 
 from pyinverse.demo import GaussianMixtureDenoisingPosterior, ledoit_wolf_covariance, run_uq_demo
 from pyinverse.uq import (RCPS, BandRCPS, PixelwiseConformal, conformal_rank, coverage_report, exact_lambda_hat,
@@ -261,9 +260,8 @@ def test_hb_p_value_matches_direct_evaluation(n, alpha):
         assert hoeffding_bentkus_p_value(k / n, n, alpha) == pytest.approx(expected, rel=1e-9)
     if n >= 20:
         k = n // 20
-        above, count = k / n + 1e-13, k + 1  # n r = k + 1e-13 n: Bentkus's count ceil(n r) = k + 1
-        expected = min(math.exp(-n * (above * math.log(above / alpha) + (1 - above) * math.log((1 - above) / (1 - alpha))))
-                       if above < alpha else 1.0, math.e * binom.cdf(count, n, alpha))
+        above = k / n + 1e-13  # n r = k + 1e-13 n: Bentkus's count ceil(n r) = k + 1
+        expected = uq_hb_p_value(above, n, alpha, count=k + 1)
         assert hoeffding_bentkus_p_value(above, n, alpha) == pytest.approx(expected, rel=1e-9)
 
 
