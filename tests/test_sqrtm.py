@@ -190,6 +190,22 @@ def test_sqrtm_extreme_magnitudes(rng, n, magnitude, kernel_algorithm):
         assert relative_error(sqrtm_spd(0.5 * (rotated + rotated.T)), expected) < 1e-12
 
 
+
+@pytest.mark.parametrize("n", [2, 20, 70])  # 70: the LAPACK path
+def test_sqrtm_eigenvalues_beyond_dbl_max(n, kernel_algorithm):
+    """Finite entries whose largest eigenvalue exceeds DBL_MAX: the roots are representable and
+    come out right (they were inf and 0: the kernel multiplied the scale back into the eigenvalues
+    before taking roots). B = (I + J) / 2 (J all ones) has eigenvalues (n + 1) / 2 and 1/2, so
+    B^(+-1/2) = b^(+-1/2) I + ((c)^(+-1/2) - b^(+-1/2)) J / n in closed form."""
+    magnitude, ones = 1.5e308, np.ones((n, n))
+    a = magnitude * 0.5 * (np.eye(n) + ones)
+    assert np.isfinite(a).all()
+    for power, function in ((0.5, sqrtm_spd), (-0.5, inv_sqrtm_spd)):
+        expected = 0.5 ** power * np.eye(n) + ((0.5 * (n + 1)) ** power - 0.5 ** power) * ones / n
+        expected *= magnitude ** power
+        assert relative_error(function(a), expected) < 1e-13
+        assert relative_error(function(torch.from_numpy(a)).numpy(), expected) < 1e-13
+
 def test_sqrtm_exact_cases(kernel_algorithm):
     np.testing.assert_array_equal(sqrtm_spd(np.eye(5)), np.eye(5))
     np.testing.assert_array_equal(sqrtm_spd(np.diag([4.0, 9.0, 0.25, 0.0])), np.diag([2.0, 3.0, 0.5, 0.0]))
@@ -460,6 +476,28 @@ def test_frechet_identical_inputs_are_zero(rng, d, n_samples):
     assert trace_sqrt_product(sigma, sigma) == pytest.approx(np.trace(sigma), rel=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])  # pivoted Cholesky / eigh
+@pytest.mark.parametrize("d, n_samples", [(64, 30), (150, 20)])
+def test_frechet_of_float32_rank_deficient_covariances(rng, kind, d, n_samples):
+    """FID from float32 features, fewer samples than dimensions: the covariances' float32 rounding
+    leaves eigenvalues near -eps_32 times the largest, which is rounding, not indefiniteness (a
+    float64 tolerance refused one such input in three). A real negative direction is still refused."""
+    cast = torch.from_numpy if kind == "torch" else (lambda a: a)
+    features = [rng.standard_normal((n_samples, d)).astype(np.float32) for _ in range(2)]
+    (mu1, mu2), (s1, s2) = [f.mean(0) for f in features], [np.cov(f, rowvar=False).astype(np.float32) for f in features]
+    assert frechet_distance(cast(mu1), cast(s1), cast(mu1), cast(s1)) <= 1e-6 * np.trace(s1)
+    # Against the float64 formula on the same float32 values, each side's root by eigh with its
+    # rounding-level negative eigenvalues clipped.
+    expected = frechet_distance_reference(mu1, spectral_function_reference(s1) @ spectral_function_reference(s1),
+                                          mu2, spectral_function_reference(s2) @ spectral_function_reference(s2))
+    assert frechet_distance(cast(mu1), cast(s1), cast(mu2), cast(s2)) == pytest.approx(expected, rel=1e-6)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    indefinite = (s1 - 1e-3 * np.abs(s1).max() * np.outer(basis[:, 0], basis[:, 0])).astype(np.float32)
+    indefinite = 0.5 * (indefinite + indefinite.T)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        frechet_distance(cast(mu1), cast(indefinite), cast(mu2), cast(s2))
+
+
 @pytest.mark.parametrize("exponent", [-505, -400, 0, 400, 505])
 def test_frechet_at_the_ends_of_float64(rng, exponent):
     """Means scaled by 2^k and covariances by 4^k scale the distance by 4^k exactly: the same value
@@ -509,7 +547,8 @@ def test_trace_sqrt_product_eigh_path_matches_cholesky_path(rng):
     for d, n_samples in [(8, 50), (40, 15)]:
         (_, s1, _, s2), _, _ = _gaussian_pair(rng, n_samples, d)
         s2 = s2 + 0.1 * np.eye(d)
-        via_eigh = sqrtm_module._trace_sqrt_product_eigh(torch.from_numpy(s1), torch.from_numpy(s2), "torch", "test")
+        via_eigh = sqrtm_module._trace_sqrt_product_eigh(torch.from_numpy(s1), torch.from_numpy(s2),
+                                                        sqrtm_module._PSD_TOLERANCE, "torch", "test")
         assert via_eigh == pytest.approx(trace_sqrt_product(s1, s2), rel=1e-7)
 
 

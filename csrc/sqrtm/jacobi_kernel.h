@@ -265,9 +265,10 @@ PYINV_HOST_DEVICE void apply_rotations(const Workspace& w, int step, int lane, i
   }
 }
 
-// After convergence: lambda_k = a_kk * scale (this lane's k).
-PYINV_HOST_DEVICE void read_eigenvalues(const Workspace& w, double scale, int lane, int lanes) {
-  for (int k = lane; k < w.n; k += lanes) w.lambda[k] = w.a[k * w.ld + k] * scale;
+// After convergence: lambda_k = a_kk (this lane's k), the eigenvalues of the scaled matrix (the
+// spectral values and store_eigenpairs multiply the scale back in).
+PYINV_HOST_DEVICE void read_eigenvalues(const Workspace& w, int lane, int lanes) {
+  for (int k = lane; k < w.n; k += lanes) w.lambda[k] = w.a[k * w.ld + k];
 }
 
 // out = V diag(f) V^T (f in w.f) as a C-contiguous n x n matrix in T; each lane computes its
@@ -295,12 +296,12 @@ PYINV_HOST_DEVICE void compose_lanes(const Workspace& w, T* out, int lane, int l
   }
 }
 
-// Eigenpair outputs: values[k] = lambda_k, vectors[i * n + k] = component i of eigenvector k.
+// Eigenpair outputs: values[k] = lambda_k * scale, vectors[i * n + k] = component i of eigenvector k.
 template <typename T>
-PYINV_HOST_DEVICE void store_eigenpairs(const Workspace& w, T* values, T* vectors, int lane, int lanes) {
+PYINV_HOST_DEVICE void store_eigenpairs(const Workspace& w, double scale, T* values, T* vectors, int lane, int lanes) {
   const int n = w.n;
   if (values) {
-    for (int k = lane; k < n; k += lanes) values[k] = static_cast<T>(w.lambda[k]);
+    for (int k = lane; k < n; k += lanes) values[k] = static_cast<T>(w.lambda[k] * scale);
   }
   if (vectors) {
     const bool nan = poisoned(w);

@@ -121,12 +121,13 @@ PYINV_ALWAYS_INLINE void process_blocks(const SqrtmProblem& problem, const T* a,
                                                problem.col_stride, n, lane, W);
       if (problem.check) note_loaded(report, problem, index, stats);
     }
-    symmetric_eigh<W>(scratch.a.data(), scratch.lambda.data(), scratch.zt.data(), scratch.work.data(), n, W);
+    double scale[W];
+    symmetric_eigh<W>(scratch.a.data(), scratch.lambda.data(), scratch.zt.data(), scratch.work.data(), n, W, scale);
     void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
     for (int which = 0; which < 2; ++which) {
       if (!targets[which]) continue;
       const int kind = which == 0 ? 0 : (problem.pseudo_inverse ? 2 : 1);
-      spectral_values<W>(scratch.lambda.data(), n, W, kind, problem.eps, scratch.f.data());
+      spectral_values<W>(scratch.lambda.data(), n, W, kind, problem.eps, scale, scratch.f.data());
       compose_spectral<W>(scratch.zt.data(), scratch.f.data(), n, W, scratch.composed.data());
       T* target = static_cast<T*>(targets[which]);
       for (int l = 0; l < lanes; ++l) store_symmetric(scratch.composed.data() + l, n, W, target + (first + l) * nn);
@@ -134,7 +135,7 @@ PYINV_ALWAYS_INLINE void process_blocks(const SqrtmProblem& problem, const T* a,
     if (out.eigenvalues_out) {
       T* values = static_cast<T*>(out.eigenvalues_out);
       for (int l = 0; l < lanes; ++l)
-        for (int k = 0; k < n; ++k) values[(first + l) * n + k] = static_cast<T>(scratch.lambda[k * W + l]);
+        for (int k = 0; k < n; ++k) values[(first + l) * n + k] = static_cast<T>(scratch.lambda[k * W + l] * scale[l]);
     }
     if (out.eigenvectors_out) {
       T* vectors = static_cast<T*>(out.eigenvectors_out);
@@ -194,17 +195,17 @@ void jacobi_emulated(const SqrtmProblem& problem, const T* a, const SqrtmOutputs
       }
       if (!rotated) break;
     }
-    for (int lane = 0; lane < lanes; ++lane) jacobi::read_eigenvalues(w, scale, lane, lanes);
+    for (int lane = 0; lane < lanes; ++lane) jacobi::read_eigenvalues(w, lane, lanes);
     void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
     for (int which = 0; which < 2; ++which) {
       if (!targets[which]) continue;
-      spectral_values<1>(w.lambda, n, 1, which == 0 ? 0 : (problem.pseudo_inverse ? 2 : 1), problem.eps, w.f);
+      spectral_values<1>(w.lambda, n, 1, which == 0 ? 0 : (problem.pseudo_inverse ? 2 : 1), problem.eps, &scale, w.f);
       for (int lane = 0; lane < lanes; ++lane)
         jacobi::compose_lanes(w, static_cast<T*>(targets[which]) + index * nn, lane, lanes);
     }
     T* values = out.eigenvalues_out ? static_cast<T*>(out.eigenvalues_out) + index * n : nullptr;
     T* vectors = out.eigenvectors_out ? static_cast<T*>(out.eigenvectors_out) + index * nn : nullptr;
-    for (int lane = 0; lane < lanes; ++lane) jacobi::store_eigenpairs(w, values, vectors, lane, lanes);
+    for (int lane = 0; lane < lanes; ++lane) jacobi::store_eigenpairs(w, scale, values, vectors, lane, lanes);
   }
 }
 

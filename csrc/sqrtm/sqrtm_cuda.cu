@@ -74,18 +74,19 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
   const sqrtm::LoadStats stats =
       sqrtm::load_symmetrised(a + strided_offset(layout.shape, layout.strides, layout.ndim, index), row_stride, col_stride, n, m, ls);
   if (check) note_loaded(status, index, stats, symmetry_rtol);
-  sqrtm::symmetric_eigh<1>(m, lambda, zt, work, n, ls);
+  double scale;
+  sqrtm::symmetric_eigh<1>(m, lambda, zt, work, n, ls, &scale);
   // `m` and `work` are free again: spectral values go to work, the composed matrix to m.
   void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
   for (int which = 0; which < 2; ++which) {
     if (!targets[which]) continue;
-    sqrtm::spectral_values<1>(lambda, n, ls, which == 0 ? 0 : inverse_kind, eps, work);
+    sqrtm::spectral_values<1>(lambda, n, ls, which == 0 ? 0 : inverse_kind, eps, &scale, work);
     sqrtm::compose_spectral<1>(zt, work, n, ls, m);
     sqrtm::store_symmetric(m, n, ls, static_cast<T*>(targets[which]) + index * nn);
   }
   if (out.eigenvalues_out) {
     T* values = static_cast<T*>(out.eigenvalues_out) + index * n;
-    for (int k = 0; k < n; ++k) values[k] = static_cast<T>(lambda[k * ls]);
+    for (int k = 0; k < n; ++k) values[k] = static_cast<T>(lambda[k * ls] * scale);
   }
   if (out.eigenvectors_out) {
     T* vectors = static_cast<T*>(out.eigenvectors_out) + index * nn;
@@ -136,19 +137,19 @@ __global__ void __launch_bounds__(kWarp) sqrtm_jacobi_kernel(const T* a, DeviceL
     }
     if (!rotated) break;  // warp-uniform
   }
-  if (active) jacobi::read_eigenvalues(w, scale, lane, lanes);
+  if (active) jacobi::read_eigenvalues(w, lane, lanes);
   __syncwarp();
   const int64_t nn = int64_t(n) * n;
   void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
   for (int which = 0; which < 2; ++which) {
     if (!targets[which]) continue;
-    if (active && lane == 0) sqrtm::spectral_values<1>(w.lambda, n, 1, which == 0 ? 0 : inverse_kind, eps, w.f);
+    if (active && lane == 0) sqrtm::spectral_values<1>(w.lambda, n, 1, which == 0 ? 0 : inverse_kind, eps, &scale, w.f);
     __syncwarp();
     if (active) jacobi::compose_lanes(w, static_cast<T*>(targets[which]) + index * nn, lane, lanes);
     __syncwarp();  // w.f is rewritten for the next target
   }
   if (active) {
-    jacobi::store_eigenpairs(w, out.eigenvalues_out ? static_cast<T*>(out.eigenvalues_out) + index * n : nullptr,
+    jacobi::store_eigenpairs(w, scale, out.eigenvalues_out ? static_cast<T*>(out.eigenvalues_out) + index * n : nullptr,
                              out.eigenvectors_out ? static_cast<T*>(out.eigenvectors_out) + index * nn : nullptr,
                              lane, lanes);
   }

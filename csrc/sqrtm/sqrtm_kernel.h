@@ -527,12 +527,13 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
 }
 
 // The full solver on a lane block: `a` holds the lower triangle of each (symmetrised, unscaled)
-// matrix and is destroyed; on exit lambda (n x ls) holds the eigenvalues (unscaled) and row k of zt
-// the unit eigenvector of lambda[k]. work needs 5 n-vectors (5 * n * ls doubles).
+// matrix and is destroyed; on exit lambda (n x ls) holds the eigenvalues of each lane's matrix
+// divided by scale[lane] (an exact power of 4) and row k of zt the unit eigenvector of lambda[k].
+// The eigenvalues stay scaled because unscaled they may overflow (entries near DBL_MAX) or
+// underflow while their square roots do not. work needs 5 n-vectors (5 * n * ls doubles).
 template <int W>
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int symmetric_eigh(double* a, double* lambda, double* zt, double* work, int n,
-                                                        int64_t ls) {
-  double scale[W];
+                                                        int64_t ls, double* scale) {
   scale_lanes<W>(a, n, ls, scale);
   double* e = work;
   double* tau = work + n * ls;
@@ -540,27 +541,27 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int symmetric_eigh(double* a, double* lambd
   double* w = work + 3 * n * ls;
   tridiagonalise<W>(a, lambda, e, tau, p, w, n, ls);
   accumulate_q<W>(a, tau, zt, n, ls);
-  const int iterations = tridiagonal_ql<W>(lambda, e, zt, tau, n, ls);  // tau, p, w and one more are free
-  for (int k = 0; k < n; ++k) {
-    PYINV_SQRTM_SIMD
-    for (int l = 0; l < W; ++l) lambda[k * ls + l] *= scale[l];
-  }
-  return iterations;
+  return tridiagonal_ql<W>(lambda, e, zt, tau, n, ls);  // tau, p, w and one more are free
 }
 
-// Spectral function values f(lambda_k) for the n eigenvalues of each lane (layout n x ls):
+// Spectral function values f(lambda_k) for the n eigenvalues lambda_k = scale * mu_k of each lane,
+// given mu (layout n x ls) and the lane's scale (a power of 4, as symmetric_eigh leaves them):
 //   kind 0: sqrt(max(lambda, 0))
 //   kind 1: 1 / sqrt(max(lambda, floor)), floor = eps * max_k lambda_k  (inverse square root)
 //   kind 2: as 1, but 0 where lambda <= floor                        (pseudo-inverse square root)
+// computed as f(mu) times sqrt(scale) (or divided by it): the same bits as f(lambda) wherever
+// lambda is a normal number, and no overflow where lambda is beyond DBL_MAX but its root is not.
 // For kind 1 a lane whose eigenvalues are all <= 0 gets f = NaN, so its composed matrix is NaN
 // (no inverse exists; f = +inf would give NaN through inf * 0 only for n >= 2, inf for n = 1).
 template <int W>
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, int n, int64_t ls, int kind, double eps,
-                                                          double* f) {
+                                                          const double* scale, double* f) {
+  double root[W];
+  for (int l = 0; l < W; ++l) root[l] = sqrt(scale[l]);  // exact: scale is a power of 4
   if (kind == 0) {
     for (int k = 0; k < n; ++k) {
       PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) f[k * ls + l] = sqrt(larger(lambda[k * ls + l], 0.0));
+      for (int l = 0; l < W; ++l) f[k * ls + l] = sqrt(larger(lambda[k * ls + l], 0.0)) * root[l];
     }
     return;
   }
@@ -576,7 +577,7 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, 
     for (int l = 0; l < W; ++l) {
       const double value = lambda[k * ls + l];
       const double kept = largest[l] > 0.0 || kind == 2 ? 1.0 / sqrt(larger(value, floor_value[l])) : NAN;
-      f[k * ls + l] = (kind == 2 && !(value > floor_value[l])) ? 0.0 : kept;
+      f[k * ls + l] = (kind == 2 && !(value > floor_value[l])) ? 0.0 : kept / root[l];
     }
   }
 }

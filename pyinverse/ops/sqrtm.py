@@ -181,22 +181,25 @@ def _module(library: str) -> Any:
     return cupy
 
 
-def _lapack_eigh(info: ArrayInfo, symmetry_tol: float, check: bool, op: str) -> tuple[Any, Any, str]:
-    """Float64 (eigenvalues, eigenvectors) of the symmetrised input, in the library that holds it."""
+def _lapack_eigh(info: ArrayInfo, symmetry_tol: float, check: bool, op: str) -> tuple[Any, Any, Any, str]:
+    """Float64 (eigenvalues mu, eigenvectors, scale, library) of the symmetrised input, in the
+    library that holds it: each matrix is divided by its ``scale`` (a power of 4, shape
+    (..., 1, 1)) first, so its eigenvalues are ``scale * mu`` (they may be beyond DBL_MAX)."""
     library = _xp_name(info)
     x = _to_float64(info, library)
     if check:
         _check_values_lapack(x, library, symmetry_tol, op)
-    x = 0.5 * x + 0.5 * _swap(x)
-    if library == "numpy":
-        return (*np.linalg.eigh(x), library)
+    xp = _module(library)
     if library == "torch":
-        import torch
-
-        return (*torch.linalg.eigh(x), library)
-    import cupy
-
-    return (*cupy.linalg.eigh(x), library)
+        largest = x.abs().amax(dim=(-2, -1)).cpu().numpy()
+    else:
+        largest = xp.abs(x).max(axis=(-2, -1))
+        largest = largest if library == "numpy" else xp.asnumpy(largest)
+    scale = _power_of_4_above(largest)[..., None, None]  # NaN (unchecked input): 1
+    scale = xp.asarray(scale) if library != "torch" else xp.from_numpy(scale).to(x.device)
+    x = x / scale
+    x = 0.5 * x + 0.5 * _swap(x)
+    return (*xp.linalg.eigh(x), scale, library)
 
 
 def _compose(vectors: Any, values: Any) -> Any:
@@ -256,12 +259,16 @@ def _matrix_functions(info: ArrayInfo, kind: str, eps: float, pseudo: bool, symm
         out = _run_kernel(info, {name: True, "eigenvalues": want_eigen, "eigenvectors": want_eigen}, eps, pseudo,
                           symmetry_tol, check, op, algorithm)
         return out[name], out.get("eigenvalues"), out.get("eigenvectors"), "kernel"
-    values, vectors, library = _lapack_eigh(info, symmetry_tol, check, op)
+    values, vectors, scale, library = _lapack_eigh(info, symmetry_tol, check, op)
+    # f(scale * mu) = f(mu) * scale^(+-1/2), exact (scale is a power of 4): the root of a matrix
+    # whose eigenvalues are beyond DBL_MAX is not, as the kernel does it (spectral_values).
+    root = scale.sqrt() if library == "torch" else _module(library).sqrt(scale)
     result = _compose(vectors, _spectral_function(values, kind, eps, pseudo, library))
+    result = result * root if kind == "sqrt" else result / root
     result = _to_caller(0.5 * result + 0.5 * _swap(result), library, info)
     if not want_eigen:
         return result, None, None, library
-    return result, values, vectors, library
+    return result, values * scale[..., 0], vectors, library
 
 
 # -------------------------------------------------------------------------------------------------
@@ -485,7 +492,7 @@ def _float64_inputs(values: dict[str, Any], op: str) -> tuple[dict[str, Any], di
 
 def _check_covariances(arrays: dict[str, Any], infos: dict[str, ArrayInfo], names: tuple[str, ...], d: int | None,
                        library: str, op: str) -> int:
-    """Each named array must be (d, d), finite and symmetric; returns d."""
+    """Each named array must be (d, d), finite, symmetric and without a negative variance; returns d."""
     for name in names:
         shape = infos[name].shape
         if len(shape) != 2 or shape[0] != shape[1] or (d is not None and shape[0] != d):
@@ -494,14 +501,14 @@ def _check_covariances(arrays: dict[str, Any], infos: dict[str, ArrayInfo], name
         d = shape[0]
         _check_values_lapack(arrays[name], library, _default_symmetry_tol(infos[name].dtype), op, name)
         diagonal = _module(library).diagonal(arrays[name])
-        if d and float(diagonal.min()) < -_PSD_TOLERANCE * d * float(abs(diagonal).max()):
+        if d and float(diagonal.min()) < -_psd_tolerance(infos[name].dtype) * d * float(abs(diagonal).max()):
             # a negative variance: the clipped eigenvalues would give a distance of 0 between different laws
             raise ValueError(f"{op}: '{name}' must be positive semi-definite, but its diagonal holds "
                              f"{float(diagonal.min()):.3g}")
     return d
 
 
-def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray, op: str) -> float:
+def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray, tolerance: float, op: str) -> float:
     """tr (S1 S2)^1/2 on the CPU: S1 = P L L^T P^T by pivoted Cholesky (LAPACK dpstrf, which stops
     at S1's numerical rank r), then the eigenvalues of the r x r matrix L^T P^T S2 P L, which are
     the nonzero eigenvalues of S1 S2."""
@@ -521,7 +528,7 @@ def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray,
         lower = np.tril(factor)[:, :rank]
         rest = order[rank:]
         schur = sigma1[np.ix_(rest, rest)] - lower[rank:] @ lower[rank:].T
-        _check_psd_remainder(schur, sigma1, d, op)
+        _check_psd_remainder(schur, sigma1, d, tolerance, op)
     if rank == 0:
         return 0.0
     permuted = sigma2[np.ix_(order, order)]
@@ -533,41 +540,41 @@ def _trace_sqrt_product_pivoted_cholesky(sigma1: np.ndarray, sigma2: np.ndarray,
     else:
         middle = lower.T @ (0.5 * (permuted + permuted.T)) @ lower
     eigenvalues = scipy.linalg.eigvalsh(middle, lower=True, driver="evr", overwrite_a=True, check_finite=False)
-    _check_middle_eigenvalues(eigenvalues, d, op)
+    _check_middle_eigenvalues(eigenvalues, d, tolerance, op)
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
-def _check_psd_remainder(schur: np.ndarray, sigma1: np.ndarray, d: int, op: str) -> None:
+def _check_psd_remainder(schur: np.ndarray, sigma1: np.ndarray, d: int, tolerance: float, op: str) -> None:
     scale = float(np.abs(sigma1).max())  # its largest variance, when it is PSD
     worst = float(np.abs(schur).max(initial=0.0))
-    if worst > _PSD_TOLERANCE * d * scale:
+    if worst > tolerance * d * scale:
         raise ValueError(f"{op}: 'sigma1' must be positive semi-definite, but its pivoted Cholesky factor leaves "
                          f"a remainder of {worst / scale:.3g} times its largest entry: 'sigma1' is indefinite")
 
 
-def _check_middle_eigenvalues(eigenvalues: Any, d: int, op: str) -> None:
+def _check_middle_eigenvalues(eigenvalues: Any, d: int, tolerance: float, op: str) -> None:
     """L^T S2 L is PSD when S2 is: an eigenvalue negative beyond rounding means S2 is not."""
-    ratio = _negative_eigenvalue_ratio(eigenvalues, d)
+    ratio = _negative_eigenvalue_ratio(eigenvalues, d, tolerance)
     if ratio is not None:
         raise ValueError(f"{op}: the covariances must be positive semi-definite, but S1^1/2 S2 S1^1/2 has an "
                          f"eigenvalue {ratio:.3g} times its largest magnitude: 'sigma2' is indefinite")
 
 
-def _negative_eigenvalue_ratio(eigenvalues: Any, d: int) -> float | None:
+def _negative_eigenvalue_ratio(eigenvalues: Any, d: int, tolerance: float) -> float | None:
     """The smallest eigenvalue over the largest magnitude when it is negative beyond rounding
-    (``d * _PSD_TOLERANCE``), else None."""
+    (``d * tolerance``, :func:`_psd_tolerance`), else None."""
     lowest, largest = float(eigenvalues.min()), float(abs(eigenvalues).max())
-    return lowest / largest if lowest < -_PSD_TOLERANCE * d * largest else None
+    return lowest / largest if lowest < -tolerance * d * largest else None
 
 
-def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
+def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, tolerance: float, library: str, op: str) -> float:
     """tr (S1 S2)^1/2 from eigh, for torch or cupy on their device: with S1 = U diag(l) U^T and
     R = U diag(sqrt(max(l, 0))), R^T S2 R has the eigenvalues of S1^1/2 S2 S1^1/2."""
     xp = _module(library)
     sigma1 = 0.5 * (sigma1 + _swap(sigma1))
     sigma2 = 0.5 * (sigma2 + _swap(sigma2))
     values, vectors = xp.linalg.eigh(sigma1)
-    ratio = _negative_eigenvalue_ratio(values, sigma1.shape[0])
+    ratio = _negative_eigenvalue_ratio(values, sigma1.shape[0], tolerance)
     if ratio is not None:
         raise ValueError(f"{op}: 'sigma1' must be positive semi-definite, but it has an eigenvalue "
                          f"{ratio:.3g} times its largest magnitude")
@@ -575,11 +582,20 @@ def _trace_sqrt_product_eigh(sigma1: Any, sigma2: Any, library: str, op: str) ->
     middle = _swap(root) @ sigma2 @ root
     middle = 0.5 * (middle + _swap(middle))
     eigenvalues = xp.linalg.eigvalsh(middle)
-    _check_middle_eigenvalues(eigenvalues, sigma1.shape[0], op)
+    _check_middle_eigenvalues(eigenvalues, sigma1.shape[0], tolerance, op)
     return float(_spectral_function(eigenvalues, "sqrt", 0.0, False, library).sum())
 
 
-_PSD_TOLERANCE = 1e3 * float(np.finfo(np.float64).eps)  # per dimension, relative: far above rounding
+_PSD_TOLERANCE = 1e3 * float(np.finfo(np.float64).eps)  # per dimension, relative: far above float64 rounding
+
+
+def _psd_tolerance(*dtypes: Any) -> float:
+    """Per dimension, relative to the largest entry: how far below 0 an eigenvalue (or pivot) of a
+    PSD input held in ``dtypes`` may come from rounding. Far above float64 rounding; for float32
+    inputs, above the rounding of the entries themselves (a rank-deficient covariance rounded to
+    float32 has eigenvalues near -eps_32 times its largest: FID from fewer samples than features)."""
+    eps = max((float(np.finfo(d).eps) for d in map(np.dtype, dtypes) if d.kind == "f"), default=0.0)
+    return max(_PSD_TOLERANCE, 8.0 * eps)
 
 
 def _power_of_4_above(max_abs: Any) -> Any:
@@ -591,7 +607,7 @@ def _power_of_4_above(max_abs: Any) -> Any:
     return np.where(max_abs > 0, np.ldexp(1.0, exponent), 1.0)
 
 
-def _trace_sqrt(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
+def _trace_sqrt(sigma1: Any, sigma2: Any, tolerance: float, library: str, op: str) -> float:
     if sigma1.shape[0] == 0:
         return 0.0
     # tr (S1 S2)^1/2 = sqrt(c1 c2) tr ((S1 / c1) (S2 / c2))^1/2: with entries scaled to at most 1,
@@ -601,8 +617,8 @@ def _trace_sqrt(sigma1: Any, sigma2: Any, library: str, op: str) -> float:
     sigma1, sigma2 = sigma1 / scales[0], sigma2 / scales[1]
     root_scale = math.sqrt(scales[0]) * math.sqrt(scales[1])
     if library == "numpy":
-        return root_scale * _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2, op)
-    return root_scale * _trace_sqrt_product_eigh(sigma1, sigma2, library, op)
+        return root_scale * _trace_sqrt_product_pivoted_cholesky(sigma1, sigma2, tolerance, op)
+    return root_scale * _trace_sqrt_product_eigh(sigma1, sigma2, tolerance, library, op)
 
 
 def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
@@ -625,7 +641,7 @@ def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
     op = "trace_sqrt_product"
     arrays, infos, library = _float64_inputs({"sigma1": sigma1, "sigma2": sigma2}, op)
     _check_covariances(arrays, infos, ("sigma1", "sigma2"), None, library, op)
-    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
+    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype), library, op)
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
@@ -680,7 +696,7 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
                   for name, value in arrays.items()}
     mean_term = float((diff * diff).sum())
     trace_term = float(xp.trace(arrays["sigma1"])) + float(xp.trace(arrays["sigma2"]))
-    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], library, op)
+    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype), library, op)
     distance = max(mean_term + trace_term - 2.0 * cross, 0.0)
     try:
         return math.ldexp(distance, -2 * exponent)
