@@ -194,6 +194,25 @@ def test_indefinite_covariances_are_refused():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_float32_rank_deficient_covariances_are_accepted(seed):
+    """Covariances of float32 features from fewer samples than dimensions are PSD only to float32
+    rounding (eigenvalues near -eps_32 times the largest); a float64 tolerance refused them."""
+    rng = np.random.default_rng(seed)
+    d = 40
+    features = [rng.standard_normal((15, d)).astype(np.float32) for _ in range(2)]
+    low = [np.cov(f, rowvar=False).astype(np.float32) for f in features]
+    clipped = [np.linalg.eigh(c.astype(np.float64)) for c in low]
+    clipped = [(v * np.clip(w, 0, None)) @ v.T for w, v in clipped]
+    # (the map itself is defined on the range of S_s only, which rounding blurs: its trace term is not)
+    matrix, cross = gaussian_ot_matrix(low[0], low[1])
+    assert np.isfinite(matrix).all() and cross == pytest.approx(gaussian_ot_matrix(clipped[0], clipped[1])[1], rel=1e-6)
+    fitted = GaussianOT(shrinkage=None).fit((features[0].mean(0), torch.from_numpy(low[0])),
+                                            (features[1].mean(0), low[1]))
+    assert fitted.w2_ ** 2 == pytest.approx(frechet_distance_reference(features[0].mean(0), clipped[0],
+                                                                       features[1].mean(0), clipped[1]), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_rank_deficient_covariances_are_finite_and_exact_where_defined(seed):
     rng = np.random.default_rng(seed)
     d, rank = 10, 4

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ops.sqrtm import _PSD_TOLERANCE, _power_of_4_above, inv_sqrtm_spd, sqrtm_spd
+from ..ops.sqrtm import _PSD_TOLERANCE, _power_of_4_above, _psd_tolerance, inv_sqrtm_spd, sqrtm_spd
 from .moments import GaussianMoments
 
 __all__ = ["GaussianOT", "gaussian_ot_matrix", "ledoit_wolf_shrinkage"]
@@ -56,8 +56,8 @@ def _is_torch(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _as_float64(x: Any, name: str, op: str) -> np.ndarray:
-    """A finite float64 numpy copy of a numpy array / torch tensor (any device) / array-like."""
+def _as_numpy(x: Any, name: str, op: str) -> np.ndarray:
+    """A numpy array of real numbers (its own dtype) from a numpy array / torch tensor (any device) / array-like."""
     if _is_torch(x):
         x = x.detach().cpu().numpy()
     try:
@@ -66,10 +66,22 @@ def _as_float64(x: Any, name: str, op: str) -> np.ndarray:
         raise TypeError(f"{op}: '{name}' must be an array, got {type(x).__name__}") from error
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         raise TypeError(f"{op}: '{name}' must hold real numbers, got dtype {array.dtype}")
-    array = np.array(array, dtype=np.float64)
+    return array
+
+
+def _as_float64(x: Any, name: str, op: str) -> np.ndarray:
+    """A finite float64 numpy copy of a numpy array / torch tensor (any device) / array-like."""
+    array = np.array(_as_numpy(x, name, op), dtype=np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{op}: '{name}' holds NaN or inf")
     return array
+
+
+def _covariance_input(x: Any, name: str, op: str) -> tuple[np.ndarray, float]:
+    """:func:`_as_float64` of a covariance given by the user, and the PSD tolerance of the dtype it
+    came in (float32 covariances are PSD only to float32 rounding)."""
+    array = _as_numpy(x, name, op)
+    return _as_float64(array, name, op), _psd_tolerance(array.dtype)
 
 
 def _symmetrise(a: np.ndarray) -> np.ndarray:
@@ -137,34 +149,36 @@ def gaussian_ot_matrix(cov_source: Any, cov_target: Any, eps: float | None = Non
         >>> a, cross = gaussian_ot_matrix(np.eye(2), 4.0 * np.eye(2))   # a == 2 I, cross == 4
     """
     op = "gaussian_ot_matrix"
-    s_s = _as_float64(cov_source, "cov_source", op)
-    s_t = _as_float64(cov_target, "cov_target", op)
+    s_s, tolerance_s = _covariance_input(cov_source, "cov_source", op)
+    s_t, tolerance_t = _covariance_input(cov_target, "cov_target", op)
     if s_s.ndim not in (2, 3) or s_s.shape[-1] != s_s.shape[-2] or s_s.shape != s_t.shape or s_s.shape[-1] < 1:
         raise ValueError(f"{op}: 'cov_source' and 'cov_target' must have one shape (d, d) or (P, d, d) with "
                          f"d >= 1, got {s_s.shape} and {s_t.shape}")
     eps = _check_nonneg(eps, "eps", op, allow_none=True)
     # LAPACK reads one triangle: an asymmetric input would be half ignored, silently.
-    s_s, s_t = _symmetric(s_s, "cov_source", op), _symmetric(s_t, "cov_target", op)
-    values = _psd_eigenvalues(s_s, "cov_source", op)  # needed for the path choice: the check is free
-    _psd_eigenvalues(s_t, "cov_target", op)
+    s_s, s_t = _symmetric(s_s, "cov_source", op, tolerance_s), _symmetric(s_t, "cov_target", op, tolerance_t)
+    values = _psd_eigenvalues(s_s, "cov_source", op, tolerance_s)  # needed for the path choice: the check is free
+    _psd_eigenvalues(s_t, "cov_target", op, tolerance_t)
     return _ot_matrix(s_s, s_t, eps, values)
 
 
-def _symmetric(cov: np.ndarray, name: str, op: str) -> np.ndarray:
-    """``cov`` symmetrised; ValueError naming ``name`` when it is not symmetric to 1e-8 relative."""
+def _symmetric(cov: np.ndarray, name: str, op: str, tolerance: float = _PSD_TOLERANCE) -> np.ndarray:
+    """``cov`` symmetrised; ValueError naming ``name`` when it is not symmetric to 1e-8 relative
+    (or ``tolerance``, the rounding of the dtype it came in, when larger)."""
     scale = np.abs(cov).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
     asym = np.abs(cov - np.swapaxes(cov, -1, -2)).reshape(cov.shape[:-2] + (-1,)).max(-1, initial=0.0)
-    if np.any(asym > 1e-8 * np.maximum(scale, np.finfo(np.float64).tiny)):
+    if np.any(asym > max(1e-8, tolerance) * np.maximum(scale, np.finfo(np.float64).tiny)):
         raise ValueError(f"{op}: '{name}' must be symmetric")
     return _symmetrise(cov)
 
 
-def _psd_eigenvalues(cov: np.ndarray, name: str, op: str) -> np.ndarray:
+def _psd_eigenvalues(cov: np.ndarray, name: str, op: str, tolerance: float = _PSD_TOLERANCE) -> np.ndarray:
     """Eigenvalues ``(..., d)`` (ascending) of symmetric ``cov``; ValueError naming ``name`` when one is
-    negative beyond rounding (the formula clips them, and a W2 of 0 between different laws came out)."""
+    negative beyond rounding, ``tolerance`` per dimension relative to the largest (the formula
+    clips them, and a W2 of 0 between different laws came out)."""
     values = np.linalg.eigvalsh(cov)
     largest = np.abs(values).max(-1, initial=0.0)
-    tolerance = _PSD_TOLERANCE * cov.shape[-1] * largest
+    tolerance = tolerance * cov.shape[-1] * largest
     bad = np.flatnonzero(values[..., 0].reshape(-1) < -tolerance.reshape(-1))
     if bad.size:
         i = int(bad[0])
@@ -310,27 +324,27 @@ class GaussianOT:
         self._inverse_matrix: np.ndarray | None = None
 
     # -- fitting ------------------------------------------------------------------------------------
-    def _side(self, value: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(mean, cov, samples or None) of one side, float64, always with a batch axis."""
+    def _side(self, value: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """(mean, cov, samples or None, PSD tolerance of cov) of one side, float64, always with a batch axis."""
         op = "GaussianOT.fit"
         if isinstance(value, GaussianMoments):
             if value.count <= self.ddof:
                 raise ValueError(f"{op}: '{name}' (GaussianMoments) needs more than ddof={self.ddof} samples, "
                                  f"got {value.count}")
-            return value.mean[None], value.covariance(self.ddof)[None], None
+            return value.mean[None], value.covariance(self.ddof)[None], None, _PSD_TOLERANCE
         if isinstance(value, tuple):  # lists are samples, as every array-like
             if len(value) != 2:
                 raise ValueError(f"{op}: '{name}' as moments must be a pair (mean, cov), got {len(value)} items")
             mean = _as_float64(value[0], f"{name}[0] (mean)", op)
-            cov = _as_float64(value[1], f"{name}[1] (cov)", op)
+            cov, tolerance = _covariance_input(value[1], f"{name}[1] (cov)", op)
             if mean.ndim not in (1, 2) or cov.shape != (*mean.shape, mean.shape[-1]):
                 raise ValueError(f"{op}: '{name}' moments must be mean (d,) with cov (d, d), or (P, d) with "
                                  f"(P, d, d), got {mean.shape} and {cov.shape}")
-            cov = _symmetric(cov, f"{name}[1] (cov)", op)
-            _psd_eigenvalues(cov, f"{name}[1] (cov)", op)
+            cov = _symmetric(cov, f"{name}[1] (cov)", op, tolerance)
+            _psd_eigenvalues(cov, f"{name}[1] (cov)", op, tolerance)
             if mean.ndim == 1:
                 mean, cov = mean[None], cov[None]
-            return mean, cov, None
+            return mean, cov, None, tolerance
         samples = _as_float64(value, name, op)
         if samples.ndim not in (2, 3):
             raise ValueError(f"{op}: '{name}' must be samples (N, d) or (P, N, d), a (mean, cov) pair or a "
@@ -344,7 +358,7 @@ class GaussianOT:
         mean = samples.mean(axis=-2)
         centred = samples - mean[:, None, :]
         cov = np.swapaxes(centred, -1, -2) @ centred / (n - self.ddof)
-        return mean, _symmetrise(cov), samples
+        return mean, _symmetrise(cov), samples, _PSD_TOLERANCE  # a float64 sample covariance
 
     def _regularise(self, cov: np.ndarray, samples: np.ndarray | None, name: str) -> tuple[np.ndarray, np.ndarray]:
         d = cov.shape[-1]
@@ -382,10 +396,10 @@ class GaussianOT:
         if source_groups is not None:
             (mean_s, cov_s, lam_s), (mean_t, cov_t, lam_t), num_groups = self._grouped_sides(
                 source, source_groups, target, target_groups)
-            batched = True
+            batched, tolerance = True, _PSD_TOLERANCE  # covariances of samples, in float64
         else:
-            mean_s, cov_s, samples_s = self._side(source, "source")
-            mean_t, cov_t, samples_t = self._side(target, "target")
+            mean_s, cov_s, samples_s, tolerance = self._side(source, "source")
+            mean_t, cov_t, samples_t, _ = self._side(target, "target")
             if mean_s.shape != mean_t.shape:
                 raise ValueError(f"{op}: 'source' and 'target' must have the same dimension (and batch size), got "
                                  f"{_shape_text(mean_s)} and {_shape_text(mean_t)}")
@@ -393,7 +407,7 @@ class GaussianOT:
             cov_s, lam_s = self._regularise(cov_s, samples_s, "source")
             cov_t, lam_t = self._regularise(cov_t, samples_t, "target")
         # Sample covariances are PSD, and moments were checked in _side: the target needs no check.
-        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, _psd_eigenvalues(cov_s, "source", op))
+        matrix, cross = _ot_matrix(cov_s, cov_t, self.eps, _psd_eigenvalues(cov_s, "source", op, tolerance))
         w2_squared = (np.square(mean_s - mean_t).sum(-1) + np.trace(cov_s, axis1=-2, axis2=-1)
                       + np.trace(cov_t, axis1=-2, axis2=-1) - 2.0 * cross)
         w2 = np.sqrt(np.clip(w2_squared, 0.0, None))
@@ -433,8 +447,8 @@ class GaussianOT:
         fitted = []
         for samples, groups in ((samples_s, groups_s), (samples_t, groups_t)):
             parts = [self._side(samples[groups == g], "") for g in range(num_groups)]
-            regularised = [self._regularise(cov, member, "") for _, cov, member in parts]
-            fitted.append((np.concatenate([mean for mean, _, _ in parts]),
+            regularised = [self._regularise(cov, member, "") for _, cov, member, _ in parts]
+            fitted.append((np.concatenate([mean for mean, *_ in parts]),
                            np.concatenate([cov for cov, _ in regularised]),
                            np.concatenate([lam for _, lam in regularised])))
         return fitted[0], fitted[1], num_groups
