@@ -468,6 +468,13 @@ def test_save_load_round_trip_and_validation(tmp_path):
               metadata={"format": "pyinverse.flow/1", "config": json.dumps(model.config)})
     with pytest.raises(ValueError, match="non-finite"):
         load_flow(tmp_path / "nan.safetensors")
+    # Finite in the file's float64, inf in the float32 model: refused after the cast, not loaded as inf.
+    huge = {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}
+    huge[first] = torch.full_like(huge[first], 1e300)
+    save_file(huge, str(tmp_path / "huge.safetensors"),
+              metadata={"format": "pyinverse.flow/1", "config": json.dumps(model.config)})
+    with pytest.raises(ValueError, match=f"beyond the range of the model's dtype in \\['{first}'\\]"):
+        load_flow(tmp_path / "huge.safetensors")
 
 
 def test_resume_refuses_another_architecture_and_model_files(tmp_path):
@@ -515,6 +522,18 @@ def test_resume_refuses_another_run(tmp_path):
     save_flow(tiny_glow(), old, training=info, train_state=state)
     with pytest.raises(ValueError, match="does not record the data and settings.*do not pass resume"):
         train_flow(model, data, resume=old, **dict(settings, checkpoint_dir=None))
+    # Training state that lost its Adam moments, or holds keys this version does not write.
+    config, tensors, state, info = read_flow_file(latest_checkpoint(tmp_path))
+    for name, edit, match in (("no_adam", lambda st: {k: v for k, v in st.items() if not k.startswith("adam/")},
+                               "at step 2 but holds no optimizer state"),
+                              ("stray", lambda st: {**st, "adam/999/exp_avg": torch.zeros(1)},
+                               r"unexpected training state \['adam/999/exp_avg'\]"),
+                              ("nan_adam", lambda st: {**st, "adam/0/exp_avg": torch.full_like(st["adam/0/exp_avg"], float("nan"))},
+                               "non-finite or negative optimizer state for parameter 0")):
+        edited = tmp_path / name / "step00000002.safetensors"
+        save_flow(tiny_glow(), edited, training=info, train_state=edit(state))
+        with pytest.raises(ValueError, match=match):
+            train_flow(tiny_glow(), data, resume=edited, **dict(settings, checkpoint_dir=None))
     # The same data and settings resume.
     history = train_flow(tiny_glow(), data, resume=True, **settings)
     assert history.epochs == [1, 2]

@@ -171,7 +171,13 @@ def load_state_checked(model: FlowModel, tensors: Mapping[str, torch.Tensor], so
     check_state_dict(model, tensors, where, source, optional_suffixes=())
     check_invertible(model, tensors, source, where)
     current = model.state_dict()
-    model.load_state_dict({k: tensors[k].to(dtype=current[k].dtype, device=current[k].device) for k in current})
+    cast = {k: tensors[k].to(dtype=current[k].dtype, device=current[k].device) for k in current}
+    # finite in the file's dtype is not enough: 1e300 in a float64 file is inf in a float32 model
+    overflowed = [k for k, v in cast.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if overflowed:
+        raise ValueError(f"{where}: '{source}' holds values beyond the range of the model's dtype in "
+                         f"{overflowed[:5]}")
+    model.load_state_dict(cast)
 
 
 def load_flow(path: str | os.PathLike) -> tuple[FlowModel, dict[str, Any]]:

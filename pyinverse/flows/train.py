@@ -142,16 +142,30 @@ def _optimizer_state(optimizer: torch.optim.Adam, params: list[torch.nn.Paramete
     return out
 
 
+_ADAM_KEY = re.compile(r"adam/(\d+)/(exp_avg|exp_avg_sq|step)")
+
+
 def _load_optimizer_state(optimizer: torch.optim.Adam, params: list[torch.nn.Parameter],
                           state: dict[str, torch.Tensor], source: str, where: str) -> None:
+    # Every key must be one this version writes, and a run that took steps has Adam moments: a
+    # checkpoint that lost them would resume silently with fresh ones (another run).
+    unexpected = [key for key in state if key not in ("rng", "counters") and not (
+        (match := _ADAM_KEY.fullmatch(key)) and int(match.group(1)) < len(params))]
+    if unexpected:
+        raise ValueError(f"{where}: '{source}' has unexpected training state {sorted(unexpected)[:5]}")
+    if int(state["counters"][0]) > 0 and params and not any(key.startswith("adam/") for key in state):
+        raise ValueError(f"{where}: '{source}' is at step {int(state['counters'][0])} but holds no optimizer "
+                         "state: resuming would restart Adam's moments")
     for index, param in enumerate(params):
         keys = {key: state.get(f"adam/{index}/{key}") for key in ("exp_avg", "exp_avg_sq", "step")}
         if all(v is None for v in keys.values()):
-            continue
+            continue  # a parameter that has had no gradient yet
         if any(v is None for v in keys.values()) or keys["exp_avg"].shape != param.shape \
-                or keys["exp_avg_sq"].shape != param.shape:
+                or keys["exp_avg_sq"].shape != param.shape or keys["step"].numel() != 1:
             raise ValueError(f"{where}: '{source}' has optimizer state that does not fit parameter {index} "
                              f"of shape {tuple(param.shape)}")
+        if not all(bool(torch.isfinite(v).all()) for v in keys.values()) or bool((keys["exp_avg_sq"] < 0).any()):
+            raise ValueError(f"{where}: '{source}' has non-finite or negative optimizer state for parameter {index}")
         optimizer.state[param] = {
             "step": keys["step"].to(torch.float32),
             "exp_avg": keys["exp_avg"].to(param.dtype).to(param.device),
