@@ -370,6 +370,12 @@ def test_fid_inception_rejects_bad_files(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="not a state dict"):
         fid_inception_v3(tmp_path / "list.pth")
+    # Keys that are not strings (the LPIPS loaders split them, and failed with AttributeError)
+    torch.save({0: torch.zeros(1), "features.0.weight": torch.zeros(1)}, tmp_path / "int_keys.pth")
+    for load in (fid_inception_v3, lambda path: LPIPSAlex.from_files(path, None),
+                 lambda path: LPIPSAlex().load_heads(path)):
+        with pytest.raises(ValueError, match="not a state dict: 1 key.*not strings, e.g. 0"):
+            load(tmp_path / "int_keys.pth")
 
 
 def test_training_script_runs_and_refuses_to_overwrite(tmp_path, capsys):

@@ -313,6 +313,15 @@ def test_cuda_inputs_give_the_cpu_values():
         torch.testing.assert_close(on_gpu.cpu(), metric(tx, ty), rtol=1e-10, atol=1e-12)
 
 
+def test_big_endian_numpy_images_are_read():
+    """torch reads native byte order only: a big-endian array is converted, with the same values."""
+    rng = np.random.default_rng(2)
+    x, y = rng.random((2, 1, 12, 12)), rng.random((2, 1, 12, 12))
+    swapped = x.astype(x.dtype.newbyteorder(">" if np.little_endian else "<"))
+    np.testing.assert_array_equal(psnr(swapped, y), psnr(x, y))
+    np.testing.assert_array_equal(ssim(swapped, y), ssim(x, y))
+
+
 def test_read_only_numpy_images_are_copied_not_aliased():
     """As for the operators: a read-only array is copied, a writable one stays zero-copy."""
     from pyinverse.metrics._inputs import to_tensor

@@ -27,6 +27,9 @@ from pyinverse.physics import (
     RowSpace,
     by_name,
     cgls,
+    gaussian_blur_matrix,
+    matlab_bicubic_matrix,
+    pil_bicubic_matrix,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -923,6 +926,17 @@ def test_operator_specific_shape_errors():
     (lambda: CompressedSensing(1.01), "'ratio' must be a number in \\(0, 1\\]"),
     (lambda: CompressedSensing(m=0), "'m' must be an int >= 1"),
     (lambda: CompressedSensing(0.5, image_shape=(4, 4)), "'image_shape' must be \\(C, H, W\\)"),
+    # the exported matrix helpers check their arguments too (a division by zero, a NaN matrix and
+    # a boundary taken as "reflect" before)
+    (lambda: pil_bicubic_matrix(3, 4), "pil_bicubic_matrix: 'n_in' \\(3\\) must be at least 'factor' \\(4\\)"),
+    (lambda: matlab_bicubic_matrix(3, 4), "matlab_bicubic_matrix: 'n_in' \\(3\\) must be at least"),
+    (lambda: pil_bicubic_matrix(8, 0), "'factor' must be an int >= 1"),
+    (lambda: gaussian_blur_matrix(4, 0.0, 2, "reflect"), "gaussian_blur_matrix: 'sigma' must be > 0"),
+    (lambda: gaussian_blur_matrix(4, 1.0, 2, "zeros"), "gaussian_blur_matrix: 'boundary' must be one of"),
+    (lambda: gaussian_blur_matrix(4, 1.0, -1, "reflect"), "'radius' must be an int >= 0"),
+    (lambda: Inpainting(mask=np.array([[1 + 1j, 0]])), "'mask' must hold real numbers"),
+    (lambda: Inpainting(mask=torch.tensor([[1 + 1j, 0]])), "'mask' must hold real numbers"),
+    (lambda: Inpainting(mask=np.array([["1", "0"]])), "'mask' must hold real numbers"),
 ])
 def test_bad_constructor_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):

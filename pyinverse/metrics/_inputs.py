@@ -43,6 +43,8 @@ def to_tensor(x: Any, fn: str, name: str) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):
         if x.dtype == object or np.iscomplexobj(x) or x.dtype.kind not in "biuf":
             raise TypeError(f"{fn}: '{name}' must be a real numeric array, got dtype {x.dtype}")
+        if not x.dtype.isnative:  # big-endian on this machine: torch reads native byte order only
+            x = x.astype(x.dtype.newbyteorder("="))
         return torch.from_numpy(np.require(x, requirements="CW")), True  # read-only: copied, torch may not alias it
     raise TypeError(f"{fn}: '{name}' must be a torch tensor or a numpy array, got {type(x).__name__}")
 

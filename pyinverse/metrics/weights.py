@@ -78,6 +78,9 @@ def read_torch_state_dict(path: str | os.PathLike, fn: str = "read_torch_state_d
             break
     if not isinstance(state, Mapping):
         raise ValueError(f"{fn}: '{path}' holds a {type(state).__name__}, not a state dict")
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise ValueError(f"{fn}: '{path}' is not a state dict: {len(odd)} key(s) are not strings, e.g. {odd[0]!r}")
     return dict(state)
 
 

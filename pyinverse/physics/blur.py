@@ -20,6 +20,15 @@ def gaussian_blur_matrix(n: int, sigma: float, radius: int, boundary: str) -> np
     ``"symmetric"``); ``"circular"`` wraps around (scipy's ``mode="wrap"``). Both fold any
     radius, also one larger than ``n``.
     """
+    where = "gaussian_blur_matrix"
+    for name, value, low in (("n", n, 1), ("radius", radius, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+            raise ValueError(f"{where}: '{name}' must be an int >= {low}, got {value!r}")
+    sigma = check_sigma(sigma, where, "sigma")
+    if sigma == 0:
+        raise ValueError(f"{where}: 'sigma' must be > 0, got 0")
+    if boundary not in BLUR_BOUNDARIES:
+        raise ValueError(f"{where}: 'boundary' must be one of {BLUR_BOUNDARIES}, got {boundary!r}")
     offsets = np.arange(-radius, radius + 1)
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
     weights = weights / weights.sum()

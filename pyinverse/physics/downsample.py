@@ -19,6 +19,14 @@ def _cubic(t: np.ndarray) -> np.ndarray:
                     np.where(t < 2.0, ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0, 0.0))
 
 
+def _check_sizes(n_in: object, factor: object, where: str) -> None:
+    for name, value, low in (("n_in", n_in, 1), ("factor", factor, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < low:
+            raise ValueError(f"{where}: '{name}' must be an int >= {low}, got {value!r}")
+    if n_in < factor:
+        raise ValueError(f"{where}: 'n_in' ({n_in}) must be at least 'factor' ({factor}): no output pixel")
+
+
 def pil_bicubic_matrix(n_in: int, factor: int) -> np.ndarray:
     """The ``(n_in // factor, n_in)`` resampling matrix of Pillow's ``resize(..., BICUBIC)``.
 
@@ -27,6 +35,7 @@ def pil_bicubic_matrix(n_in: int, factor: int) -> np.ndarray:
     ``(i + 0.5) * factor``, taps are those within the stretched support (rounded), and near the
     borders the kernel is truncated to the image and renormalised so each row sums to 1.
     """
+    _check_sizes(n_in, factor, "pil_bicubic_matrix")
     n_out = n_in // factor
     scale = n_in / n_out
     filterscale = max(scale, 1.0)
@@ -55,6 +64,7 @@ def matlab_bicubic_matrix(n_in: int, factor: int) -> np.ndarray:
     out-of-range taps are mirrored back (symmetric padding, edge pixel repeated), so mirrored
     weights add onto interior pixels.
     """
+    _check_sizes(n_in, factor, "matlab_bicubic_matrix")
     n_out = n_in // factor
     scale = 1.0 / factor
     width = 4.0 / scale
