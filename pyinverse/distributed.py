@@ -98,6 +98,9 @@ def env_world_size() -> int:
     return size
 
 
+_SAME_WIDTH_INTEGER = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}  # torch dtype names, by item size
+
+
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group torchrun's environment describes, if there is one to join.
 
@@ -186,11 +189,13 @@ def all_reduce_sum(values: Any) -> np.ndarray:
 def global_mean(values: Any) -> float:
     """The mean of every rank's ``values`` together (as ``values.mean()`` of their concatenation).
 
-    Single process: exactly ``float(values.mean())``; several: a float64 sum and count reduced
-    over the ranks (the same value up to the order of the float additions). NaN with no values.
+    Accumulated in float64 whatever the dtype. Single process: exactly
+    ``float(values.mean(dtype=np.float64))``; several: a float64 sum and count reduced over the
+    ranks (the same value up to the order of the float additions). NaN with no values.
     """
     if not active():
-        return float(np.asarray(values).mean())
+        array = np.asarray(values)
+        return float(array.mean(dtype=np.float64)) if array.size else float("nan")
     array = np.asarray(values)
     total, count = all_reduce_sum([array.sum(dtype=np.float64), float(array.size)])
     return float(total / count) if count else float("nan")
@@ -214,22 +219,35 @@ def gather_rows(values: Any, axis: int = 0, to_all: bool = True) -> Any:
     is_tensor = isinstance(values, torch.Tensor)
     if not active():
         return values
-    array = values.detach().cpu().numpy() if is_tensor else np.asarray(values)
-    axis = axis % max(array.ndim, 1)
+    torch_dtype = None
+    if is_tensor:
+        tensor = values.detach().cpu().contiguous()
+        try:
+            array = tensor.numpy()
+        except TypeError:  # a dtype numpy lacks (bfloat16, ...): its bits, as an integer of its width
+            torch_dtype = tensor.dtype
+            array = tensor.view(getattr(torch, _SAME_WIDTH_INTEGER[tensor.element_size()])).numpy()
+    else:
+        array = np.asarray(values)
+    if array.ndim == 0 or isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+            or not -array.ndim <= axis < array.ndim:
+        raise ValueError(f"gather_rows: 'axis' must be an int in [-{array.ndim}, {array.ndim}) for an array of "
+                         f"shape {array.shape}, got {axis!r}")
+    axis = int(axis) % array.ndim
     rows = np.ascontiguousarray(np.moveaxis(array, axis, 0))
-    dtype = rows.dtype
-    if dtype == np.bool_:
-        rows = rows.view(np.uint8)
+    dtype_name = str(torch_dtype) if torch_dtype is not None else rows.dtype.str
     dist, device, world = _dist(), _device(), world_size()
-    headers = all_gather_objects((int(rows.shape[0]), tuple(int(n) for n in rows.shape[1:]), rows.dtype.str))
+    headers = all_gather_objects((int(rows.shape[0]), tuple(int(n) for n in rows.shape[1:]), dtype_name))
     if len({header[1:] for header in headers}) > 1:
         raise ValueError(f"gather_rows: ranks hold arrays of different dtypes or shapes beyond axis {axis}: "
                          f"{[header[1:] for header in headers]}")
     counts = [h[0] for h in headers]
     if max(counts) == 0:  # nothing anywhere: no transfer
         return values if to_all or is_main() else None
-    padded = np.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype)
-    padded[: rows.shape[0]] = rows
+    # Rows travel as their bytes: every dtype (bool, uint16, complex, ...) over any backend, bit for bit.
+    width = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))
+    padded = np.zeros((max(counts), width), dtype=np.uint8)
+    padded[: rows.shape[0]] = rows.reshape(-1).view(np.uint8).reshape(rows.shape[0], width)
     tensor = torch.from_numpy(padded).to(device)
     if to_all:
         parts = [torch.empty_like(tensor) for _ in range(world)]
@@ -240,10 +258,11 @@ def gather_rows(values: Any, axis: int = 0, to_all: bool = True) -> Any:
         if not is_main():
             return None
     joined = np.concatenate([part.cpu().numpy()[:count] for part, count in zip(parts, counts)])
-    if dtype == np.bool_:
-        joined = joined.view(np.bool_)
-    joined = np.moveaxis(joined, 0, axis)
-    return torch.from_numpy(np.ascontiguousarray(joined)) if is_tensor else joined
+    joined = joined.reshape(-1).view(rows.dtype).reshape(sum(counts), *rows.shape[1:])
+    joined = np.ascontiguousarray(np.moveaxis(joined, 0, axis))
+    if not is_tensor:
+        return joined
+    return torch.from_numpy(joined).view(torch_dtype) if torch_dtype is not None else torch.from_numpy(joined)
 
 
 def all_gather_objects(value: T) -> list[T]:
@@ -268,7 +287,7 @@ def agree(error: str | None) -> None:
     """Raise :class:`SharedError` on every rank when any rank passes an error message (the lowest
     rank's message). Call it on every rank at the same point with the local check's message or None.
     """
-    errors = [message for message in all_gather_objects(error) if message]
+    errors = [message for message in all_gather_objects(error) if message is not None]
     if errors:
         raise SharedError(errors[0])
 
@@ -282,9 +301,13 @@ def agreed(step: Callable[[], T], errors: tuple[type[BaseException], ...] = (Val
     try:
         value = step()
     except errors as caught:
-        error = str(caught)
+        error = _message(caught)
     agree(error)
     return value
+
+
+def _message(error: BaseException) -> str:
+    return str(error) or type(error).__name__  # a bare ValueError() is an error too
 
 
 def on_main(compute: Callable[[], T], errors: tuple[type[BaseException], ...] = (ValueError,)) -> T:
@@ -297,7 +320,7 @@ def on_main(compute: Callable[[], T], errors: tuple[type[BaseException], ...] = 
         try:
             outcome = (compute(), None)
         except errors as error:
-            outcome = (None, str(error))
+            outcome = (None, _message(error))
     value, error = broadcast_object(outcome)
     if error is not None:
         raise SharedError(error)

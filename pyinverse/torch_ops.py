@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .ops.quantile import _DISCRETE_METHODS
 from .ops.quantile import quantile as _quantile
 from .ops.quantile import sample_stats as _sample_stats
 
@@ -25,19 +26,23 @@ def _result_shape(a: torch.Tensor, num_levels: int, axis: int) -> list[int]:
     return [num_levels, *a.shape[:axis], *a.shape[axis + 1:]]
 
 
-def _result_dtype(a: torch.Tensor) -> torch.dtype:
-    return a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float64
+def _result_dtype(a: torch.Tensor, method: str | None = None) -> torch.dtype:
+    """pyinverse.quantile's: float32 / float64 keep theirs; integers give float64, or their own
+    dtype for a method that picks a sample (``method``; None: the statistics, always float64)."""
+    if a.dtype in (torch.float32, torch.float64) or (method in _DISCRETE_METHODS and not a.is_floating_point()):
+        return a.dtype
+    return torch.float64
 
 
 @torch.library.custom_op("pyinverse::quantile", mutates_args=())
 def quantile(a: torch.Tensor, q: list[float], axis: int, method: str, nan_policy: str) -> torch.Tensor:
     """``pyinverse.quantile(a, q, axis, method, nan_policy)`` for a 1-D ``q``: shape (len(q), *rest)."""
-    return _quantile(a, list(q), axis=axis, method=method, nan_policy=nan_policy).to(_result_dtype(a))
+    return _quantile(a, list(q), axis=axis, method=method, nan_policy=nan_policy).to(_result_dtype(a, method))
 
 
 @quantile.register_fake
 def _(a, q, axis, method, nan_policy):
-    return a.new_empty(_result_shape(a, len(q), axis), dtype=_result_dtype(a))
+    return a.new_empty(_result_shape(a, len(q), axis), dtype=_result_dtype(a, method))
 
 
 @torch.library.custom_op("pyinverse::sample_stats", mutates_args=())
