@@ -50,8 +50,6 @@ def _run_ranks(args: argparse.Namespace) -> int:
     settings = distributed.agreed(lambda: _run_settings(args))  # a bad file or name: one error, from rank 0
     # every rank writes where rank 0 chose (a default folder is named by the time)
     out = distributed.broadcast_object(Path(settings.pop("out")) if "out" in settings else _default_out_dir("run"))
-    if distributed.is_main():
-        print(f"writing to {out} (if interrupted, the same command with --out {out} resumes)", flush=True)
     results = run_study(out, overwrite=args.overwrite, log=lambda line: print(line, flush=True), progress=True,
                         **settings)
     if results is None:  # not rank 0

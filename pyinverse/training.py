@@ -109,7 +109,8 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
     from .imle.generator import save_generator
 
     if task not in TASKS:
-        raise ValueError(f"{where}: cimle needs a 'task' among {', '.join(TASKS)}, got {task!r}")
+        raise ValueError(f"{where}: cimle needs a 'task' (--task on the command line) among {', '.join(TASKS)}, "
+                         f"got {task!r}")
     spec = TASKS[task]
     generator = spec.new_generator(seed=seed)
     expected = (spec.channels, *generator.config["image_size"])

@@ -209,7 +209,7 @@ def test_train_rejects_what_it_cannot_train(tmp_path, capsys):
     assert main(base + ["--task", "sr4"]) == 2
     assert "takes images of shape (N, 1, 24, 24)" in capsys.readouterr().err
     assert main(base + ["--task", "inpainting"]) == 2
-    assert "needs a 'task' among" in capsys.readouterr().err
+    assert "needs a 'task' (--task on the command line) among" in capsys.readouterr().err
     flow = ["train", "flow", "--images", str(tmp_path / "faces"), "--out"]
     assert main(flow + [str(tmp_path / "f.safetensors")]) == 2
     assert "divisible by 8" in capsys.readouterr().err

@@ -100,8 +100,10 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
     assert "report written to" in printed
     assert "reusing" not in printed
     # Never overwritten silently.
+    capsys.readouterr()
     assert main(["run", "--quick", "--out", str(out)]) == 2
-    assert "already holds a report" in capsys.readouterr().err
+    refused = capsys.readouterr()
+    assert "already holds a report" in refused.err and "writing to" not in refused.out  # not announced first
 
 
 def _stage(name, calls, fail=False):
@@ -119,7 +121,8 @@ def test_interrupted_run_resumes_from_its_finished_stages(tmp_path):
     calls = []
     with pytest.raises(KeyboardInterrupt):
         run_stages(tmp_path, [("a", _stage("a", calls)), ("b", _stage("b", calls, fail=True))], config, log=calls.append)
-    assert calls[0] == "a" and calls[-1] == "b" and (tmp_path / "stages" / "a.json").exists()
+    assert calls[0].startswith(f"writing to {tmp_path}") and calls[1] == "a" and calls[-1] == "b"
+    assert (tmp_path / "stages" / "a.json").exists()
     calls.clear()
     results, sections = run_stages(tmp_path, [("a", _stage("a", calls)), ("b", _stage("b", calls))], config,
                                    log=calls.append)

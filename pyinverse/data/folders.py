@@ -82,7 +82,7 @@ def image_folder(path: str | os.PathLike, size: int | Sequence[int] | None = Non
             examples.setdefault(image.shape[1:], file.name)
         listed = ", ".join(f"{h}x{w} (e.g. {name})" for (h, w), name in sorted(examples.items()))
         raise ValueError(f"image_folder: images in {str(folder)!r} have different sizes: {listed}; "
-                         "resize them to one size (image_folder's size=(height, width) does it)")
+                         "resize them to one size (--size on the command line, size=(height, width) of image_folder)")
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 

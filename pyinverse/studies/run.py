@@ -65,6 +65,8 @@ def run_stages(out_dir: str | Path, stages: list[tuple[str, Stage]], config: dic
     """
     stage_dir = Path(out_dir) / "stages"
     dist.on_main(lambda: _prepare_stage_dir(stage_dir, config, overwrite), errors=(ValueError, OSError))
+    if dist.is_main():  # after the checks: a refused folder is not announced as written to
+        log(f"writing to {out_dir} (if interrupted, running again into the same folder resumes)")
     results: dict = {}
     sections: list[Section] = []
     # One step per stage, on stderr (the log lines go to stdout); rank 0 only.
