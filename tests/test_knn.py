@@ -779,3 +779,33 @@ def test_norm_bound_of_added_points_is_an_upper_bound_and_tight(dtype, dim):
     assert exact <= bound <= exact * (1 + 1e-3)
     huge = torch.full((2, dim), 1e30, dtype=torch.float32)  # squares overflow float32: float64 instead
     assert _max_norm_upper_bound(huge) == pytest.approx(1e30 * np.sqrt(dim), rel=1e-6)
+
+
+# ---- property tests (hypothesis) ---------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), num_points=st.integers(1, 60), num_queries=st.integers(1, 8), dim=st.integers(1, 9),
+       dtype=st.sampled_from([np.float32, np.float64]), grid=st.booleans())
+def test_property_exact_search_is_the_brute_force(data, num_points, num_queries, dim, dtype, grid):
+    """Any points (on a small integer grid: many ties and duplicates; or any floats in [-1e3, 1e3])
+    and any k: exact_knn and DCIIndex's exact search return the float64 brute force's neighbours,
+    ties broken by the smaller index, with its distances."""
+    elements = (st.integers(-2, 2).map(float) if grid else
+                st.floats(-1e3, 1e3, width=32, allow_nan=False, allow_subnormal=False))
+    x = data.draw(hnp.arrays(dtype, (num_points, dim), elements=elements))
+    q = data.draw(hnp.arrays(dtype, (num_queries, dim), elements=elements))
+    k = data.draw(st.integers(1, num_points))
+    ref_d, ref_i = knn_brute_force_reference(x, q, k)
+    index = DCIIndex(dim, num_composite=2, num_simple=3, seed=0)
+    index.add(x)
+    for dist, idx in (exact_knn(x, q, k), index.search(q, k, exact=True)):
+        if grid:  # integer coordinates: every distance is exact, so the order is too
+            np.testing.assert_array_equal(idx, ref_i)
+            np.testing.assert_array_equal(dist, ref_d)
+        else:
+            knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[np.dtype(dtype).type])

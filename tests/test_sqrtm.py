@@ -658,3 +658,32 @@ def test_cuda_jacobi_hard_cases(rng, monkeypatch, n):
     assert relative_error(reconstructed.cpu().numpy(), a) < 1e-12 * n
     gram = eigenvectors.transpose(-1, -2) @ eigenvectors
     assert float((gram - torch.eye(n, device="cuda", dtype=gram.dtype)).abs().max()) < 1e-13 * n
+
+
+# ---- property tests (hypothesis) ---------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(factor=hnp.arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 14)),
+                         elements=st.one_of(st.integers(-3, 3).map(float),
+                                            st.floats(-4, 4, allow_nan=False, allow_subnormal=False))),
+       exponent=st.integers(-400, 400), algorithm=st.sampled_from(["auto", "jacobi"]))
+def test_property_root_squares_back_and_inverse_root_whitens(factor, exponent, algorithm):
+    """A = F F^T 2^e: PSD of any rank (F has any number of columns), with repeated and zero
+    eigenvalues (small integer entries), at any scale. The root R is exactly symmetric, positive
+    semi-definite and R R = A up to the backward error of the eigendecomposition; for a
+    well-conditioned A, A^-1/2 A A^-1/2 = I."""
+    a = (factor @ factor.T) * 2.0**exponent
+    n, largest = a.shape[0], float(np.abs(a).max())
+    root = sqrtm_spd(a, algorithm=algorithm)
+    np.testing.assert_array_equal(root, root.T)
+    assert np.abs(root @ root - a).max() <= 64 * n * np.finfo(np.float64).eps * largest
+    assert np.linalg.eigvalsh(root).min() >= -64 * n * np.finfo(np.float64).eps * np.sqrt(largest)
+    values = np.linalg.eigvalsh(a)
+    if largest > 0 and values.min() > 1e-6 * values.max():
+        inverse = inv_sqrtm_spd(a, algorithm=algorithm)
+        assert np.abs(inverse @ a @ inverse - np.eye(n)).max() <= 1e-9
