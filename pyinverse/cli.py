@@ -32,11 +32,35 @@ def _check_seed(seed: int, option: str = "--seed") -> None:
         raise ValueError(f"{option} must be an integer in [0, 2**63), got {seed}")
 
 
-def _out_folder_refusal(out: Path) -> str | None:
-    """Why --out cannot be used as the output folder (None: it can)."""
+def _out_folder_refusal(out: Path, overwrite: bool | None = None) -> str | None:
+    """Why --out cannot be used as the output folder (None: it can). With ``overwrite`` (evaluate's
+    flag; None: not checked here) its report/ folder is checked as write_report will check it."""
     if out.exists() and not out.is_dir():
-        return f"--out {out} is a file; expected a folder (new, or one to resume or overwrite)"
-    return None
+        return f"--out {out} is a file; expected a folder"
+    report_dir = out / "report"
+    if overwrite is None or not report_dir.exists():
+        return None
+    if not report_dir.is_dir():
+        return f"{report_dir} is a file; choose another --out"
+    if not any(report_dir.iterdir()):
+        return None
+    from .report.html import _foreign_files
+
+    others = _foreign_files(report_dir)
+    if others:
+        return (f"{report_dir} holds files that are not a report's ({', '.join(others[:5])}); --overwrite replaces "
+                "only a report; choose another --out")
+    return None if overwrite else f"{report_dir} already holds a report; choose another --out or pass --overwrite"
+
+
+def _operator(name: str):
+    """The forward operator --operator names (its error says which flag was wrong)."""
+    from .physics import by_name
+
+    try:
+        return by_name(name)
+    except ValueError as error:
+        raise ValueError(f"--operator {name}: {error}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -134,18 +158,15 @@ def _evaluate_ranks(args: argparse.Namespace) -> int:
     from . import distributed
     from .data.arrays import load_images, load_inputs, load_samples
     from .evaluation import evaluate_samples
-    from .physics import by_name
     from .report.html import write_report
 
     distributed.agreed(lambda: _check_evaluate_options(args))
-    operator = distributed.agreed(lambda: by_name(args.operator))  # an unknown name fails before any file is read
+    operator = distributed.agreed(lambda: _operator(args.operator))  # an unknown name fails before any file is read
     out = Path(args.out) if args.out else _default_out_dir("eval")
     report_dir = out / "report"
     refused = None  # only rank 0 writes, so only its folder matters
     if distributed.is_main():
-        refused = _out_folder_refusal(out)
-        if refused is None and report_dir.exists() and any(report_dir.iterdir()) and not args.overwrite:
-            refused = f"{report_dir} already holds a report; choose another --out or pass --overwrite"
+        refused = _out_folder_refusal(out, args.overwrite)
     distributed.agree(refused)
     samples, inputs, truth = distributed.agreed(lambda: (
         load_samples(args.samples), load_inputs(args.inputs, "inputs", getattr(operator, "noise_sigma", 0.0)),
@@ -181,7 +202,6 @@ def _restore(args: argparse.Namespace) -> int:
 
     from ._io import atomic_write
     from .data.arrays import load_inputs
-    from .physics import by_name
     from .restore import restore
 
     out = Path(args.out)
@@ -198,7 +218,7 @@ def _restore(args: argparse.Namespace) -> int:
     if args.method != "cimle" and not args.operator:  # before the inputs' scale check, which assumes no noise
         raise ValueError(f"--method {args.method} needs --operator, the forward process of the inputs "
                          "(e.g. --operator denoising:0.1)")
-    operator = by_name(args.operator) if args.operator else None
+    operator = _operator(args.operator) if args.operator else None
     # images, or measurement vectors (N, m) such as compressed sensing's
     inputs = load_inputs(args.inputs, "inputs", getattr(operator, "noise_sigma", 0.0))
     samples = restore(args.method, inputs, model=args.model, operator=args.operator, num_samples=args.samples,

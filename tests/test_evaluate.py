@@ -174,8 +174,8 @@ def test_bad_inputs_end_in_one_line(tmp_path, problem, capsys):
     np.save(tmp_path / "y.npy", inputs)
     assert "maps samples of shape" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy",
                                                           operator="downsample:4")
-    assert "unknown operator" in run_expecting_error(capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy",
-                                                     operator="warp:3").lower()
+    assert "--operator warp:3: by_name: unknown operator" in run_expecting_error(
+        capsys, tmp_path, tmp_path / "s.npy", tmp_path / "y.npy", operator="warp:3")
     bad = samples.copy()
     bad[1, 2, 0, 3, 4] = np.nan
     np.save(tmp_path / "nan.npy", bad)
@@ -432,3 +432,43 @@ def test_a_pt_file_with_a_sparse_tensor_names_the_file(tmp_path):
     torch.save(torch.rand(3, 1, 8, 8).to_sparse(), tmp_path / "s.pt")
     with pytest.raises(ValueError, match=r"s\.pt holds a torch.sparse_coo tensor"):
         load_images(tmp_path / "s.pt", "inputs")
+    # A pickled object is refused in one line (torch's own message runs over many), never unpickled.
+    marker = tmp_path / "ran"
+    torch.save({"images": _Unpickles(str(marker))}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError) as refused:
+        load_images(tmp_path / "pickled.pt", "inputs")
+    assert "\n" not in str(refused.value) and "pickled objects are refused" in str(refused.value)
+    assert not marker.exists()
+
+
+class _Unpickles:
+    """Unpickling it would create a file: the test sees whether anything ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_out_folders_are_checked_before_the_evaluation(tmp_path, problem, capsys, monkeypatch):
+    """A report/ that is a file, or holds the user's files, is refused up front (not after the
+    evaluation ran), naming --out / --overwrite."""
+    import pyinverse.evaluation
+
+    samples, inputs, _ = problem
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "y.npy", inputs)
+    monkeypatch.setattr(pyinverse.evaluation, "evaluate_samples", lambda *a, **k: pytest.fail("evaluated"))
+    arguments = ["evaluate", "--samples", str(tmp_path / "s.npy"), "--inputs", str(tmp_path / "y.npy"),
+                 "--operator", "downsample:2"]
+    (tmp_path / "file_out" / "report").parent.mkdir()
+    (tmp_path / "file_out" / "report").write_text("x")
+    (tmp_path / "mine" / "report").mkdir(parents=True)
+    (tmp_path / "mine" / "report" / "notes.md").write_text("keep")
+    for out, flags, message in (("file_out", [], "report is a file; choose another --out"),
+                                ("mine", ["--overwrite"], "holds files that are not a report's (notes.md); "
+                                                          "--overwrite replaces only a report")):
+        assert main([*arguments, "--out", str(tmp_path / out), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "mine" / "report" / "notes.md").read_text() == "keep"

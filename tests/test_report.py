@@ -84,3 +84,30 @@ def test_cells_blocks_and_out_dir_are_checked(tmp_path):
     write_report(tmp_path / "report2", "t", "i", [], {})
     write_report(tmp_path / "report2", "t2", "i", [], {"a": 1}, overwrite=True)
     assert json.loads((tmp_path / "report2" / "results.json").read_text()) == {"a": 1}
+
+
+def test_write_report_refuses_a_folder_that_fills_while_it_writes(tmp_path, monkeypatch):
+    """The checks come before the page is rendered; the final rename checks again, so a report
+    another run put there meanwhile is not replaced (without overwrite), nor user files (with it)."""
+    import pyinverse.report.html as html_module
+
+    render = html_module.render_html
+
+    def racing_render(*args, contents=None):
+        target.mkdir(exist_ok=True)
+        for name, text in contents.items():
+            (target / name).write_text(text)
+        return render(*args)
+
+    for overwrite, contents, match in ((False, {"index.html": "theirs", "results.json": "{}"}, "already holds a report"),
+                                       (True, {"notes.md": "keep"}, "holds files that are not a report's")):
+        target = tmp_path / f"race{overwrite}"
+        if overwrite:
+            monkeypatch.setattr(html_module, "render_html", render)
+            write_report(target, "t", "i", [], {"a": 0})
+        monkeypatch.setattr(html_module, "render_html", lambda *a, contents=contents: racing_render(*a, contents=contents))
+        with pytest.raises(FileExistsError, match=match):
+            write_report(target, "t", "i", [], {"mine": 1}, overwrite=overwrite)
+        for name, text in contents.items():
+            assert (target / name).read_text() == text
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind

@@ -79,7 +79,10 @@ def _read_array_file(path: Path, what: str) -> np.ndarray:
 
             value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, foreign or pickled files: never unpickled
-        raise ValueError(f"{what} {path} could not be read: {type(error).__name__}: {error}") from None
+        # torch's message runs over many lines and suggests weights_only=False, which we never do
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        hint = "; pickled objects are refused: save a tensor or a numpy array" if suffix not in (".npy", ".npz") else ""
+        raise ValueError(f"{what} {path} could not be read: {type(error).__name__}: {first}{hint}") from None
     if suffix == ".npz":
         if len(arrays) != 1:
             raise ValueError(f"{what} {path} holds {len(arrays)} arrays ({', '.join(arrays)}); expected exactly one")

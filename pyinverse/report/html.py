@@ -7,6 +7,7 @@ place, so a crash or a bad input never leaves half a report.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 import json
@@ -180,26 +181,37 @@ def sections_from_json(data: Any) -> list[Section]:
 _REPORT_FILES = ("index.html", "results.json")  # all that write_report writes
 
 
+def _foreign_files(folder: Path) -> list[str]:
+    """What in ``folder`` write_report did not write (overwrite replaces a report, never a folder
+    of the user's files)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
+
+
+def _refuse_foreign(folder: Path, others: list[str], shown_as: Path) -> None:
+    listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    raise FileExistsError(f"write_report: {shown_as} holds files that are not a report's ({listed}); "
+                          f"overwrite replaces only a folder holding {' and '.join(_REPORT_FILES)}; choose another folder")
+
+
 def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],
                  results: dict, *, overwrite: bool = False) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/results.json`` as one atomic folder.
 
     Raises ``FileExistsError`` if ``out_dir`` is a folder with files in it and ``overwrite`` is
-    false, and ``NotADirectoryError`` if it is a file (never replaced, even with ``overwrite``).
+    false (also when it fills while the report is written: the final rename refuses a non-empty
+    folder), and ``NotADirectoryError`` if it is a file (never replaced, even with ``overwrite``).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"write_report: 'out_dir' {str(out_dir)!r} is a file, not a report folder; "
                                  "choose another path")
+    taken = f"{out_dir} already holds a report; choose another folder or pass overwrite=True"
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out_dir} already holds a report; choose another folder or pass overwrite=True")
-        others = sorted(p.name for p in out_dir.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
-        if others:  # overwrite replaces a report, never a folder of the user's files
-            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise FileExistsError(f"write_report: {out_dir} holds files that are not a report's ({listed}); "
-                                  "overwrite=True replaces only a folder "
-                                  f"holding {' and '.join(_REPORT_FILES)}; choose another folder")
+            raise FileExistsError(taken)
+        others = _foreign_files(out_dir)
+        if others:
+            _refuse_foreign(out_dir, others, out_dir)
     page = render_html(title, intro, sections)
     numbers = json.dumps(json_safe(results, where="write_report", name="results"), indent=2, allow_nan=False) + "\n"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -208,14 +220,30 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
         (staging / "index.html").write_text(page, encoding="utf-8")
         (staging / "results.json").write_text(numbers, encoding="utf-8")
         os.chmod(staging, 0o777 & ~current_umask())
-        if out_dir.exists():
+        if overwrite and out_dir.exists():
+            # Set the old report aside and look again: files that arrived since the check stay.
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.rename(out_dir, retired / "report")
-            os.rename(staging, out_dir)
+            others = _foreign_files(retired / "report")
+            if others:
+                os.rename(retired / "report", out_dir)
+                retired.rmdir()
+                _refuse_foreign(out_dir, others, out_dir)
+            _rename_into(staging, out_dir, taken)
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.rename(staging, out_dir)
+            _rename_into(staging, out_dir, taken)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _rename_into(staging: Path, out_dir: Path, taken: str) -> None:
+    """rename(2) onto nothing or an empty folder; one that is not empty (filled meanwhile) is refused."""
+    try:
+        os.rename(staging, out_dir)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(taken) from None
+        raise
