@@ -44,9 +44,9 @@ def _out_folder_refusal(out: Path, overwrite: bool | None = None) -> str | None:
         return f"{report_dir} is a file; choose another --out"
     if not any(report_dir.iterdir()):
         return None
-    from .report.html import _foreign_files
+    from .report.html import foreign_files
 
-    others = _foreign_files(report_dir)
+    others = foreign_files(report_dir)
     if others:
         return (f"{report_dir} holds files that are not a report's ({', '.join(others[:5])}); --overwrite replaces "
                 "only a report; choose another --out")

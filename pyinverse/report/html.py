@@ -181,7 +181,7 @@ def sections_from_json(data: Any) -> list[Section]:
 _REPORT_FILES = ("index.html", "results.json")  # all that write_report writes
 
 
-def _foreign_files(folder: Path) -> list[str]:
+def foreign_files(folder: Path) -> list[str]:
     """What in ``folder`` write_report did not write (overwrite replaces a report, never a folder
     of the user's files)."""
     return sorted(p.name for p in folder.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
@@ -209,7 +209,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(taken)
-        others = _foreign_files(out_dir)
+        others = foreign_files(out_dir)
         if others:
             _refuse_foreign(out_dir, others, out_dir)
     page = render_html(title, intro, sections)
@@ -224,7 +224,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
             # Set the old report aside and look again: files that arrived since the check stay.
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.rename(out_dir, retired / "report")
-            others = _foreign_files(retired / "report")
+            others = foreign_files(retired / "report")
             if others:
                 os.rename(retired / "report", out_dir)
                 retired.rmdir()
