@@ -25,12 +25,14 @@ orthonormal DCT and in Daubechies-2 wavelets, at most ``LASSO_STEPS`` steps. On 
 at m/n = 0.1 and 0.3 that was within 0.1 dB of the converged Lasso at lambda = 1e-2 (the best of
 the grid there, converged or not), but up to 1 dB short at 1e-3 and 6 dB at 1e-4, which need tens
 of thousands of steps: small lambdas compete as truncated runs); denoising ``y = x + sigma n`` at
-sigma in {0.05, 0.1, 0.2} (flow: ``min ||G(z) - y||^2 + gamma ||z||^2`` the same way, vs BM3D with the
-true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (the Lasso's
-``lambda`` per level, the flow's denoising ``gamma`` in {1, 2, 4, 8, 16} x sigma^2) are chosen by mean
-PSNR on 8 *validation* images of the in-distribution set (disjoint from the test images);
-out-of-distribution sets reuse the in-distribution choice (no peeking). Outputs are clipped to
-[0, 1] before they are scored.
+sigma in {0.05, 0.1, 0.2} (flow, the same way: the latent prior ``min ||G(z) - y||^2 + gamma ||z||^2``
+with ``gamma`` in {1, 2, 4, 8, 16} x sigma^2, or the paper's denoising objective, the x-space
+likelihood ``min ||G(z) - y||^2 - gamma log p_G(G(z))`` with ``gamma`` in {0.25, 0.5, 1, 2} x sigma^2;
+vs BM3D with the true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (the
+Lasso's ``lambda`` per level, the flow's denoising prior and ``gamma``) are chosen by mean PSNR on 8
+*validation* images of the in-distribution set (disjoint from the test images); out-of-distribution
+sets reuse the in-distribution choice (no peeking). Outputs are clipped to [0, 1] before they are
+scored.
 
 Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
 * validity, as in the evaluation paper's Table 1: the PSNR (data range 1) of its noiseless
@@ -87,16 +89,18 @@ class Grid:
     sigmas: tuple = (0.05, 0.1, 0.2)
     images: int = 8  # test images per data set
     validation: int = 8  # validation images of the in-distribution sets
-    # The flow's denoising gamma = factor * sigma^2, chosen on validation. Four validation images
+    # The flow's denoising gamma = factor * sigma^2 with the latent prior (gamma_factors) or the
+    # x-space likelihood (likelihood_factors), all chosen among on validation. Four validation images
     # and {2, 4, 8} picked 2 sigma^2 for patches at sigma = 0.1, 4 dB below 8 sigma^2 on the test set.
     gamma_factors: tuple = (1.0, 2.0, 4.0, 8.0, 16.0)
+    likelihood_factors: tuple = (0.25, 0.5, 1.0, 2.0)
 
 
 FULL = Grid()
 # Quick: gamma = 4 sigma^2, `pyinverse restore`'s default (validation on the full grid picks 2 to 8 sigma^2),
 # and a single value needs no validation solves.
 QUICK = Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=2, validation=2,
-             gamma_factors=(4.0,))
+             gamma_factors=(4.0,), likelihood_factors=())
 
 
 def patches_sample(split: str, count: int, seed: int) -> np.ndarray:
@@ -147,8 +151,9 @@ def quality(op, estimate: torch.Tensor, y: torch.Tensor, truth: torch.Tensor) ->
                 mse=point["distortion"])
 
 
-def flow_map(model, op, y, gamma):
-    return latent_map(model, op, y, gamma=gamma, init="zero", optimizer="lbfgs", steps=FLOW_STEPS).x.detach()
+def flow_map(model, op, y, gamma, prior="latent"):
+    return latent_map(model, op, y, gamma=gamma, prior=prior, init="zero", optimizer="lbfgs",
+                      steps=FLOW_STEPS).x.detach()
 
 
 def lasso(op, y, lam, transform, shape):
@@ -216,11 +221,14 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
             key = (spec["model"], "denoise", sigma, "flow")
             if val is not None:
                 y_val = op(val, seed=seed + 5)
-                values = tuple(f * sigma**2 for f in grid.gamma_factors)
-                chosen[key] = choose(values, lambda v: flow_map(model, op, y_val, v), val)
+                values = tuple([("latent", f * sigma**2) for f in grid.gamma_factors]
+                               + [("likelihood", f * sigma**2) for f in grid.likelihood_factors])
+                chosen[key] = choose(values, lambda v: flow_map(model, op, y_val, v[1], v[0]), val)
+            prior, gamma = chosen[key]
             entries = []
             began_method = time.perf_counter()
-            entries.append(("flow", chosen[key], flow_map(model, op, y, chosen[key]), time.perf_counter() - began_method))
+            entries.append(("flow", {"prior": prior, "gamma": gamma}, flow_map(model, op, y, gamma, prior),
+                            time.perf_counter() - began_method))
             if use_bm3d:
                 began_method = time.perf_counter()
                 entries.append(("bm3d", sigma, bm3d_denoise(y, sigma), time.perf_counter() - began_method))
@@ -306,7 +314,10 @@ def findings(report: dict) -> list[str]:
             for sigma in report["grid"]["sigmas"]:
                 gap = _cell(results, name, "denoise", sigma, "flow")[0] - _cell(results, name, "denoise", sigma, "bm3d")[0]
                 verdict = "matches or beats" if gap >= -0.1 else "loses to"
-                lines.append(f"Denoising {name}, sigma = {sigma}: the flow {verdict} BM3D ({gap:+.2f} dB).")
+                hyper = _result(results, name, "denoise", sigma, "flow")["hyper"]
+                how = (f" ({hyper['prior']} prior, gamma = {hyper['gamma'] / sigma**2:g} sigma^2)"
+                       if isinstance(hyper, dict) else "")
+                lines.append(f"Denoising {name}, sigma = {sigma}: the flow{how} {verdict} BM3D ({gap:+.2f} dB).")
     else:
         lines.append("BM3D is not installed (pip install bm3d): no denoising baseline in this run.")
     return lines
