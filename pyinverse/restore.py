@@ -111,8 +111,11 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]
         as_unit_float32(y.numpy(), "restore: 'inputs'", observation_margin(operator.noise_sigma))
     if method == "flow-map":
-        # gamma = 4 sigma^2: validation in pyinverse/studies/flow_prior.py picks 2 to 8 sigma^2 per level;
-        # noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting)
+        # gamma = 4 sigma^2 with the latent prior: for denoising, validation in
+        # pyinverse/studies/flow_prior.py picks 4 to 8 sigma^2 for the patches flow, while the faces
+        # flow does better with the x-space likelihood at 0.5 to 1 sigma^2 (docs/flow_prior_results.md;
+        # latent_map(prior="likelihood") for that). Noiseless measurements: gamma = 0, regularised by
+        # the z = 0 start (the paper's CS setting).
         result = latent_map(flow, operator, y, gamma=4.0 * operator.noise_sigma ** 2, init="zero",
                             optimizer="lbfgs", steps=100, seed=seed)
         return result.x.detach().clamp(0, 1).numpy()[None]
