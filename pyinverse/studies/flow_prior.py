@@ -4,8 +4,8 @@
 
 writes ``table.md`` (markdown), ``results.json`` (every number, per image), ``figure.png`` and
 ``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless
-``--overwrite``): the full grid below, 8 test images per data set, 7-8.5 minutes on one core
-(measured). ``pyinverse run`` includes the full
+``--overwrite``): the full grid below, 8 test images per data set, about 10 minutes on one core
+(measured; the table is committed as ``docs/flow_prior_results.md``). ``pyinverse run`` includes the full
 grid as its ``flow_prior`` stage; with ``--quick`` the in-distribution data sets only, m/n in
 {0.1, 0.3}, sigma = 0.1, 2 test and 2 validation images.
 
@@ -20,7 +20,9 @@ Data sets (all images never seen in training; see ``scripts/train_flows.py``):
 
 Tasks: compressed sensing ``y = A x + 0.01 n`` with ``A_ij ~ N(0, 1/m)`` at m/n in {0.05, 0.1, 0.2,
 0.3, 0.5} (flow: ``min ||A G(z) - y||^2`` by 100 L-BFGS iterations from z = 0, the paper's
-setting where the start and the optimiser regularise, ``gamma = 0``; Lasso: FISTA in the
+setting where the start and the optimiser regularise, ``gamma = 0``, or the x-space likelihood
+``- gamma log p_G(G(z))`` added with ``gamma`` in {0.1, 1, 10} x 0.01^2, chosen on validation as
+below; Lasso: FISTA in the
 orthonormal DCT and in Daubechies-2 wavelets, at most ``LASSO_STEPS`` steps. On 4 held-out faces
 at m/n = 0.1 and 0.3 that was within 0.1 dB of the converged Lasso at lambda = 1e-2 (the best of
 the grid there, converged or not), but up to 1 dB short at 1e-3 and 6 dB at 1e-4, which need tens
@@ -29,7 +31,7 @@ sigma in {0.05, 0.1, 0.2} (flow, the same way: the latent prior ``min ||G(z) - y
 with ``gamma`` in {1, 2, 4, 8, 16} x sigma^2, or the paper's denoising objective, the x-space
 likelihood ``min ||G(z) - y||^2 - gamma log p_G(G(z))`` with ``gamma`` in {0.25, 0.5, 1, 2} x sigma^2;
 vs BM3D with the true sigma when the optional ``bm3d`` package is installed). Hyper-parameters (the
-Lasso's ``lambda`` per level, the flow's denoising prior and ``gamma``) are chosen by mean PSNR on 8
+Lasso's ``lambda`` per level, the flow's prior and ``gamma`` per task and level) are chosen by mean PSNR on 8
 *validation* images of the in-distribution set (disjoint from the test images); out-of-distribution
 sets reuse the in-distribution choice (no peeking). Outputs are clipped to [0, 1] before they are
 scored.
@@ -94,13 +96,15 @@ class Grid:
     # and {2, 4, 8} picked 2 sigma^2 for patches at sigma = 0.1, 4 dB below 8 sigma^2 on the test set.
     gamma_factors: tuple = (1.0, 2.0, 4.0, 8.0, 16.0)
     likelihood_factors: tuple = (0.25, 0.5, 1.0, 2.0)
+    # Compressed sensing: gamma = 0 (the paper's setting) or the likelihood at factor * CS_NOISE^2.
+    cs_likelihood_factors: tuple = (0.1, 1.0, 10.0)
 
 
 FULL = Grid()
 # Quick: gamma = 4 sigma^2, `pyinverse restore`'s default (validation on the full grid picks 2 to 8 sigma^2),
 # and a single value needs no validation solves.
 QUICK = Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=2, validation=2,
-             gamma_factors=(4.0,), likelihood_factors=())
+             gamma_factors=(4.0,), likelihood_factors=(), cs_likelihood_factors=())
 
 
 def patches_sample(split: str, count: int, seed: int) -> np.ndarray:
@@ -189,8 +193,10 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
         val = None if spec["val"] is None else torch.from_numpy(np.ascontiguousarray(spec["val"]))
         for ratio in grid.ratios:
             op = CompressedSensing(ratio, seed=seed + 1, image_shape=shape, noise_sigma=CS_NOISE)
+            flow_values = tuple([("latent", CS_GAMMA)]
+                                + [("likelihood", f * CS_NOISE**2) for f in grid.cs_likelihood_factors])
             methods = {
-                "flow": ((CS_GAMMA,), lambda yy, v: flow_map(model, op, yy, v)),
+                "flow": (flow_values, lambda yy, v: flow_map(model, op, yy, v[1], v[0])),
                 "lasso-dct": (LASSO_GRID, lambda yy, v: lasso(op, yy, v, "dct", shape)),
                 "lasso-wavelet": (LASSO_GRID, lambda yy, v: lasso(op, yy, v, "wavelet", shape)),
             }
@@ -198,16 +204,15 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
             truth_validity = validity(op, test, y)
             for method, (values, solve) in methods.items():
                 key = (spec["model"], "cs", ratio, method)
-                if method == "flow":
-                    chosen[key] = CS_GAMMA
-                elif val is not None:
+                if val is not None:
                     y_val = op(val, seed=seed + 3)
                     chosen[key] = choose(values, lambda v: solve(y_val, v), val)
                 began_method = time.perf_counter()
                 estimate = solve(y, chosen[key])
                 seconds = time.perf_counter() - began_method
+                hyper = dict(zip(("prior", "gamma"), chosen[key])) if method == "flow" else chosen[key]
                 results.append(dict(dataset=name, ood=spec["ood"], task="cs", level=ratio, method=method,
-                                    hyper=chosen[key], **quality(op, estimate, y, test), seconds=seconds,
+                                    hyper=hyper, **quality(op, estimate, y, test), seconds=seconds,
                                     truth_validity=truth_validity))
                 if ratio == EXAMPLE_RATIO:
                     examples[(name, method)] = estimate[0, 0].clamp(0, 1).numpy()
