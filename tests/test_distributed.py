@@ -205,16 +205,21 @@ distributed.destroy()
 """
 
 
+def run_script_on_two_ranks(folder, source):
+    """Run ``source`` on 2 gloo ranks (its argv[1] is ``folder``); each rank writes rank<r>.json there."""
+    script = folder / "script.py"
+    script.write_text(source)
+    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), str(folder)], env=_environment(), capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 0, process.stderr[-8000:]
+    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
 def test_alone_keeps_one_ranks_reductions_to_itself(tmp_path):
     """Inside distributed.alone() rank 0's FID and moments reduce nothing, so the collective that
     rank 1 waits in meets rank 0's next one (without it: a mismatched all-reduce or a hang)."""
-    script = tmp_path / "alone.py"
-    script.write_text(_ALONE_SCRIPT)
-    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(script), str(tmp_path)], env=_environment(), capture_output=True, text=True,
-                             timeout=120)
-    assert process.returncode == 0, process.stderr[-8000:]
-    lines = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    lines = run_script_on_two_ranks(tmp_path, _ALONE_SCRIPT)
     assert all(line["total"] == 3.0 for line in lines)
     (first,) = [line for line in lines if "fid_alone" in line]
     assert first["count_alone"] == 40
@@ -265,13 +270,7 @@ def test_gather_rows_moves_every_dtype_and_errors_reach_every_rank(tmp_path):
     these, not others), checks dtypes before the booleans become bytes, refuses an axis out of
     range instead of wrapping it; agreed() shares an error with an empty message; global_mean
     sums float64 (a float16 mean differed by 4e-4 from one process)."""
-    script = tmp_path / "helpers.py"
-    script.write_text(_HELPERS_SCRIPT)
-    process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(script), str(tmp_path)], env=_environment(), capture_output=True, text=True,
-                             timeout=120)
-    assert process.returncode == 0, process.stderr[-8000:]
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    ranks = run_script_on_two_ranks(tmp_path, _HELPERS_SCRIPT)
     base = [np.arange(24).reshape(4, 6) + 100 * rank for rank in range(2)]
     expected_rows = np.concatenate([base[0][:3], base[1][:1]])
     for name, dtype in (("bool", "bool"), ("uint16", "uint16"), ("complex64", "complex64"), ("float16", "float16"),
