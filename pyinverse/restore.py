@@ -5,7 +5,8 @@ Methods:
 * ``flow-langevin``: posterior samples of a flow prior by latent MALA
   (:func:`pyinverse.solvers.latent_langevin`); the operator must carry measurement noise.
 * ``flow-map``: the flow's MAP estimate (:func:`pyinverse.solvers.latent_map`, 100 L-BFGS steps
-  from z = 0, ``gamma = 4 sigma^2``), one "sample".
+  from z = 0; the prior and ``gamma`` of :data:`MAP_SETTINGS` for the shipped flows, else the
+  latent prior at ``gamma = 4 sigma^2``), one "sample".
 * ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
   task fixes the forward process.
 
@@ -26,6 +27,13 @@ from ._backend import require_float_images
 from .data.arrays import as_unit_float32, observation_margin
 
 METHODS = ("flow-langevin", "flow-map", "cimle")
+
+# flow-map's latent_map prior and gamma / noise_sigma^2 per shipped flow: what validation in
+# pyinverse/studies/flow_prior.py picks for its denoising (docs/flow_prior_results.md: the faces flow
+# with the paper's x-space likelihood at 0.5-1 sigma^2, the patches flow with the latent prior at
+# 4-8 sigma^2). Other flows: DEFAULT_MAP_SETTING.
+MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
+DEFAULT_MAP_SETTING = ("latent", 4.0)
 
 
 def _flow(model: str):
@@ -111,12 +119,9 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]
         as_unit_float32(y.numpy(), "restore: 'inputs'", observation_margin(operator.noise_sigma))
     if method == "flow-map":
-        # gamma = 4 sigma^2 with the latent prior: for denoising, validation in
-        # pyinverse/studies/flow_prior.py picks 4 to 8 sigma^2 for the patches flow, while the faces
-        # flow does better with the x-space likelihood at 0.5 to 1 sigma^2 (docs/flow_prior_results.md;
-        # latent_map(prior="likelihood") for that). Noiseless measurements: gamma = 0, regularised by
-        # the z = 0 start (the paper's CS setting).
-        result = latent_map(flow, operator, y, gamma=4.0 * operator.noise_sigma ** 2, init="zero",
+        # Noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting).
+        prior, factor = MAP_SETTINGS.get(model, DEFAULT_MAP_SETTING)
+        result = latent_map(flow, operator, y, gamma=factor * operator.noise_sigma ** 2, prior=prior, init="zero",
                             optimizer="lbfgs", steps=100, seed=seed)
         return result.x.detach().clamp(0, 1).numpy()[None]
     if not operator.noise_sigma > 0:

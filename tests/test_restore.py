@@ -9,6 +9,7 @@ from pyinverse.cli import main
 from pyinverse.data import lfw_faces
 from pyinverse.imle import TASKS, load_pretrained
 from pyinverse.physics import Downsample
+import pyinverse.restore as restore_module
 from pyinverse.restore import restore
 
 
@@ -45,6 +46,15 @@ def test_flow_map_restores_denoised_faces(faces):
     assert estimate.shape == (1, *faces.shape)
     mse = lambda a: float(np.mean((a - faces) ** 2))  # noqa: E731
     assert mse(estimate[0]) < 0.5 * mse(noisy)  # the prior removes most of the noise
+    # the shipped faces flow's validated setting: the x-space likelihood at 0.5 sigma^2
+    from pyinverse.flows import load_pretrained as load_flow_model
+    from pyinverse.physics import Denoising
+    from pyinverse.solvers import latent_map
+
+    assert restore_module.MAP_SETTINGS["faces"] == ("likelihood", 0.5)
+    direct = latent_map(load_flow_model("faces"), Denoising(0.1), torch.from_numpy(noisy), gamma=0.5 * 0.1**2,
+                        prior="likelihood", init="zero", optimizer="lbfgs", steps=100)
+    np.testing.assert_array_equal(estimate[0], direct.x.detach().clamp(0, 1).numpy())
 
 
 @pytest.mark.parametrize("kwargs, message", [
