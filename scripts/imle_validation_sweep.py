@@ -44,10 +44,12 @@ def scores(generator, inputs: torch.Tensor, truth: torch.Tensor, seed: int) -> d
         samples = generator.sample(inputs, EVAL_SAMPLES, seed=seed)  # (S, N, 1, H, W)
     per_sample = torch.stack([psnr(s, truth) for s in samples])
     low, high = torch.quantile(samples, torch.tensor([0.05, 0.95], dtype=samples.dtype), dim=0)
-    pairwise = float((samples[:, None] - samples[None]).pow(2).mean().sqrt()) * (EVAL_SAMPLES / (EVAL_SAMPLES - 1)) ** 0.5
-    return {"best_of_s_psnr": float(per_sample.max(0).values.mean()), "mean_psnr": float(psnr(samples.mean(0), truth).mean()),
-            "sample_psnr": float(per_sample.mean()), "rms_pairwise_distance": pairwise,
-            "coverage_5_95": float(((truth >= low) & (truth <= high)).float().mean())}
+    # over the S (S - 1) ordered pairs of distinct samples (the S zero self-distances left out)
+    squared = float((samples[:, None] - samples[None]).pow(2).mean()) * EVAL_SAMPLES / (EVAL_SAMPLES - 1)
+    pairwise = squared ** 0.5
+    return {"best_of_s_psnr": float(per_sample.max(0).values.mean()),
+            "mean_psnr": float(psnr(samples.mean(0), truth).mean()), "sample_psnr": float(per_sample.mean()),
+            "rms_pairwise_distance": pairwise, "coverage_5_95": float(((truth >= low) & (truth <= high)).float().mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal epoch
         epoch += 1
         if epoch % args.every == 0 or epoch in (1, args.epochs):
-            print(json.dumps({"epoch": epoch, **scores(generator, validation_inputs, truth, args.seed + 1)}), flush=True)
+            scored = scores(generator, validation_inputs, truth, args.seed + 1)
+            print(json.dumps({"epoch": epoch, **scored}), flush=True)
 
-    train_cimle(generator, inputs, targets, **dict(recipe["train"], epochs=args.epochs), seed=args.seed, log=after_epoch)
+    settings = dict(recipe["train"], epochs=args.epochs)
+    train_cimle(generator, inputs, targets, **settings, seed=args.seed, log=after_epoch)
     return 0
 
 

@@ -641,7 +641,8 @@ def trace_sqrt_product(sigma1: Any, sigma2: Any) -> float:
     op = "trace_sqrt_product"
     arrays, infos, library = _float64_inputs({"sigma1": sigma1, "sigma2": sigma2}, op)
     _check_covariances(arrays, infos, ("sigma1", "sigma2"), None, library, op)
-    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype), library, op)
+    tolerance = _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype)
+    return _trace_sqrt(arrays["sigma1"], arrays["sigma2"], tolerance, library, op)
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
@@ -696,7 +697,8 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
                   for name, value in arrays.items()}
     mean_term = float((diff * diff).sum())
     trace_term = float(xp.trace(arrays["sigma1"])) + float(xp.trace(arrays["sigma2"]))
-    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype), library, op)
+    tolerance = _psd_tolerance(infos["sigma1"].dtype, infos["sigma2"].dtype)
+    cross = _trace_sqrt(arrays["sigma1"], arrays["sigma2"], tolerance, library, op)
     distance = max(mean_term + trace_term - 2.0 * cross, 0.0)
     try:
         return math.ldexp(distance, -2 * exponent)

@@ -81,12 +81,14 @@ class Inpainting(LinearOperator):
     def _read_mask(mask: Any) -> torch.Tensor:
         if isinstance(mask, np.ndarray):
             if mask.dtype.kind not in "biuf":
-                raise TypeError(f"Inpainting: 'mask' must hold real numbers (0 and 1) or booleans, got dtype {mask.dtype}")
+                raise TypeError(f"Inpainting: 'mask' must hold real numbers (0 and 1) or booleans, "
+                                f"got dtype {mask.dtype}")
             mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=mask.dtype.newbyteorder("=")))
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"Inpainting: 'mask' must be a numpy array or torch tensor, got {type(mask).__name__}")
         if mask.is_complex():
-            raise TypeError(f"Inpainting: 'mask' must hold real numbers (0 and 1) or booleans, got dtype {mask.dtype}")
+            raise TypeError(f"Inpainting: 'mask' must hold real numbers (0 and 1) or booleans, "
+                            f"got dtype {mask.dtype}")
         if mask.dim() not in (2, 3) or mask.numel() == 0:
             raise ValueError(f"Inpainting: 'mask' must have shape (H, W) or (C, H, W), got {tuple(mask.shape)}")
         mask = mask.detach().to(device="cpu", dtype=torch.float64, copy=True)  # the caller may edit theirs

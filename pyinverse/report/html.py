@@ -189,8 +189,8 @@ def foreign_files(folder: Path) -> list[str]:
 
 def _refuse_foreign(folder: Path, others: list[str], shown_as: Path) -> None:
     listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-    raise FileExistsError(f"write_report: {shown_as} holds files that are not a report's ({listed}); "
-                          f"overwrite replaces only a folder holding {' and '.join(_REPORT_FILES)}; choose another folder")
+    raise FileExistsError(f"write_report: {shown_as} holds files that are not a report's ({listed}); overwrite "
+                          f"replaces only a folder holding {' and '.join(_REPORT_FILES)}; choose another folder")
 
 
 def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: Sequence[Section],
