@@ -24,19 +24,13 @@ import torch
 
 from pyinverse.data import lfw_faces
 from pyinverse.imle import TASKS, train_cimle
-from pyinverse.imle.tasks import FACE_SIZE
+from pyinverse.imle.tasks import FACE_SIZE, face_crops_and_mirrors
 from pyinverse.metrics import psnr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_imle import EVAL_SAMPLES, RECIPES  # noqa: E402
 
 TRAIN_FACES, VALIDATION_FACES = slice(0, 70), slice(70, 80)
-
-
-def crops_and_mirrors(faces: np.ndarray) -> np.ndarray:
-    """The four FACE_SIZE crops of each 25x25 face and their mirror images (Task.train_images' rule)."""
-    crops = np.concatenate([faces[:, :, i:i + FACE_SIZE, j:j + FACE_SIZE] for i in (0, 1) for j in (0, 1)])
-    return np.ascontiguousarray(np.concatenate([crops, crops[..., ::-1]]))
 
 
 def scores(generator, inputs: torch.Tensor, truth: torch.Tensor, seed: int) -> dict:
@@ -61,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     task, recipe = TASKS[args.task], RECIPES[args.task]
     faces = lfw_faces("faces")
-    inputs, targets = task.pairs(crops_and_mirrors(faces[TRAIN_FACES]))
+    inputs, targets = task.pairs(face_crops_and_mirrors(faces[TRAIN_FACES]))
     truth = torch.from_numpy(np.ascontiguousarray(faces[VALIDATION_FACES, :, :FACE_SIZE, :FACE_SIZE]))
     validation_inputs = task.lift(task.operator.A(truth))
     print(json.dumps({"baseline_psnr": float(psnr(validation_inputs, truth).mean())}), flush=True)

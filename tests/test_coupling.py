@@ -7,6 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import pyinverse
 from pyinverse.ops.coupling import (
@@ -586,10 +589,6 @@ def test_backward_from_saved_refuses_the_scaled_side():
 
 
 # ---- property tests (hypothesis) ---------------------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
 
 _FINITE = dict(allow_nan=False, allow_infinity=False, allow_subnormal=False)
 

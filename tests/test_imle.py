@@ -477,4 +477,4 @@ def test_validation_sweep_script_scores_faces_outside_the_held_out_set(capsys):
     scored = lines[1]
     assert scored["best_of_s_psnr"] >= scored["sample_psnr"] and 0 <= scored["coverage_5_95"] <= 1
     assert scored["rms_pairwise_distance"] >= 0
-    assert len(module.crops_and_mirrors(lfw_faces("faces")[:70])) == 560
+    assert len(module.face_crops_and_mirrors(lfw_faces("faces")[:70])) == 560

@@ -4,6 +4,9 @@ with the hard cases: singular, rank-deficient, condition 1e12, n = 1, repeated e
 scales 1e-4..1e4, NaN/inf, non-symmetric and non-square input."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import scipy.linalg
 import torch
 
@@ -661,10 +664,6 @@ def test_cuda_jacobi_hard_cases(rng, monkeypatch, n):
 
 
 # ---- property tests (hypothesis) ---------------------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)

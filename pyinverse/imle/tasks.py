@@ -122,12 +122,16 @@ class Task:
         return ConditionalGenerator(self.channels, self.channels, (FACE_SIZE, FACE_SIZE), **options)
 
 
+def face_crops_and_mirrors(faces: np.ndarray) -> np.ndarray:
+    """The four FACE_SIZE crops of each (N, 1, 25, 25) face and their mirror images: (8 N, 1, 24, 24)."""
+    crops = np.concatenate([faces[:, :, i:i + FACE_SIZE, j:j + FACE_SIZE] for i in (0, 1) for j in (0, 1)])
+    return np.ascontiguousarray(np.concatenate([crops, crops[..., ::-1]]))
+
+
 def _faces_train() -> np.ndarray:
     from ..data import lfw_faces
 
-    faces = lfw_faces("faces")[:80]
-    crops = np.concatenate([faces[:, :, i:i + FACE_SIZE, j:j + FACE_SIZE] for i in (0, 1) for j in (0, 1)])
-    return np.ascontiguousarray(np.concatenate([crops, crops[..., ::-1]]))
+    return face_crops_and_mirrors(lfw_faces("faces")[:80])
 
 
 def _faces_held_out() -> np.ndarray:

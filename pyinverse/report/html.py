@@ -187,9 +187,9 @@ def foreign_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in _REPORT_FILES or not p.is_file())
 
 
-def _refuse_foreign(folder: Path, others: list[str], shown_as: Path) -> None:
+def _refuse_foreign(folder: Path, others: list[str]) -> None:
     listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-    raise FileExistsError(f"write_report: {shown_as} holds files that are not a report's ({listed}); overwrite "
+    raise FileExistsError(f"write_report: {folder} holds files that are not a report's ({listed}); overwrite "
                           f"replaces only a folder holding {' and '.join(_REPORT_FILES)}; choose another folder")
 
 
@@ -211,7 +211,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
             raise FileExistsError(taken)
         others = foreign_files(out_dir)
         if others:
-            _refuse_foreign(out_dir, others, out_dir)
+            _refuse_foreign(out_dir, others)
     page = render_html(title, intro, sections)
     numbers = json.dumps(json_safe(results, where="write_report", name="results"), indent=2, allow_nan=False) + "\n"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def write_report(out_dir: str | os.PathLike, title: str, intro: str, sections: S
             if others:
                 os.rename(retired / "report", out_dir)
                 retired.rmdir()
-                _refuse_foreign(out_dir, others, out_dir)
+                _refuse_foreign(out_dir, others)
             _rename_into(staging, out_dir, taken)
             shutil.rmtree(retired, ignore_errors=True)
         else:

@@ -191,10 +191,10 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
         shape = tuple(model.image_shape)
         test = torch.from_numpy(np.ascontiguousarray(spec["test"]))
         val = None if spec["val"] is None else torch.from_numpy(np.ascontiguousarray(spec["val"]))
+        flow_values = tuple([("latent", CS_GAMMA)]
+                            + [("likelihood", f * CS_NOISE**2) for f in grid.cs_likelihood_factors])
         for ratio in grid.ratios:
             op = CompressedSensing(ratio, seed=seed + 1, image_shape=shape, noise_sigma=CS_NOISE)
-            flow_values = tuple([("latent", CS_GAMMA)]
-                                + [("likelihood", f * CS_NOISE**2) for f in grid.cs_likelihood_factors])
             methods = {
                 "flow": (flow_values, lambda yy, v: flow_map(model, op, yy, v[1], v[0])),
                 "lasso-dct": (LASSO_GRID, lambda yy, v: lasso(op, yy, v, "dct", shape)),
