@@ -267,11 +267,12 @@ def test_dci_keys_have_the_bits_of_knn_dot(rng, dtype, d, num_composite, num_sim
     assert largest <= index._data_norm_max <= largest * (1 + 1e-9)
 
 
-def test_dci_copies_of_32_mib_and_more_hold_the_points(rng):
-    """The copying add writes buffers of 32 MiB and more on transparent huge pages where Linux offers
+@pytest.mark.parametrize("rows", [1300, 9000])  # 5.2 MB, 36 MB
+def test_dci_copies_of_4_mib_and_more_hold_the_points(rng, rows):
+    """The copying add writes buffers of 4 MiB and more on transparent huge pages where Linux offers
     them (a hint to the kernel): the copy still holds the points bit for bit, the old ones before the
     new, and its keys are the points' projections."""
-    x = rng.standard_normal((9000, 1000)).astype(np.float32)  # 36 MB
+    x = rng.standard_normal((rows, 1000)).astype(np.float32)
     more = rng.standard_normal((5, 1000)).astype(np.float32)
     index = DCIIndex(1000, num_composite=1, num_simple=2, seed=3)
     index.add(x)
@@ -281,8 +282,8 @@ def test_dci_copies_of_32_mib_and_more_hold_the_points(rng):
     directions = index._directions().numpy().astype(np.float64)
     keys = np.take_along_axis(directions @ points.astype(np.float64).T, index._ids.numpy().astype(np.int64), 1)
     np.testing.assert_allclose(index._keys.numpy(), keys, rtol=1e-6, atol=1e-5)
-    _, found = index.search(points[::1000], 1, exact=True)
-    np.testing.assert_array_equal(found[:, 0], np.arange(0, len(points), 1000))
+    _, found = index.search(points[::100], 1, exact=True)
+    np.testing.assert_array_equal(found[:, 0], np.arange(0, len(points), 100))
 
 
 def test_dci_failed_add_leaves_the_index_unchanged(rng):
