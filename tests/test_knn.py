@@ -816,3 +816,54 @@ def test_property_exact_search_is_the_brute_force(data, num_points, num_queries,
             true = ((x.astype(np.float64)[idx] - q.astype(np.float64)[:, None]) ** 2).sum(-1)
             np.testing.assert_allclose(dist, true, rtol=rtol, atol=0)
             assert all(len(set(row.tolist())) == k for row in np.asarray(idx))
+
+
+def _shortlist(dots: np.ndarray, norms: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+    values, indices = np.empty((dots.shape[0], take)), np.empty((dots.shape[0], take), np.int64)
+    _C.knn_shortlist(dtype=dots.dtype.name, dots=dots.ctypes.data, norms=norms.ctypes.data,
+                     num_queries=dots.shape[0], n=dots.shape[1], take=take, out_values=values.ctypes.data,
+                     out_indices=indices.ctypes.data)
+    return values, indices
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 200), kind=st.sampled_from(["float32 steps", "overflow", "any"]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_property_shortlist_is_the_float64_order(data, n, kind, dtype):
+    """The shortlist kernel screens float32 products in float32 against a bound rounded up: whatever
+    the values, its take smallest ``norm - 2 dot`` (float64) per row in (value, index) order are
+    numpy's. "float32 steps": norms one float32 step apart near 1 and dots of 2^-27 steps, so that
+    many distinct float64 values round to the same float32 one (the screen's rounding matters);
+    "overflow": dots near FLT_MAX, whose 2 dot overflows float32 while norm - 2 dot is finite in
+    float64 and can be the smallest; "any": any finite float32, or float64 up to 1e300 in magnitude."""
+    if kind == "float32 steps":
+        norms = (1 + np.array(data.draw(st.lists(st.integers(0, 8), min_size=n, max_size=n))) * 2.0**-23)
+        dots = np.array(data.draw(st.lists(st.integers(-64, 64), min_size=3 * n, max_size=3 * n))) * 2.0**-27
+    elif kind == "overflow":  # values 0.5 M, -0.9 M and 0.3 M, 1.7 M where 2 dot overflows float32
+        scale = float(np.finfo(np.float32).max)
+        norms = np.array(data.draw(st.lists(st.sampled_from([-0.9, 0.5]), min_size=n, max_size=n))) * scale
+        dots = np.array(data.draw(st.lists(st.sampled_from([-0.6, 0.0]), min_size=3 * n, max_size=3 * n))) * scale
+    else:
+        bound = 1e300 if dtype == np.float64 else None  # float64: 2 dot stays finite
+        finite = st.floats(-bound if bound else None, bound, allow_nan=False, allow_infinity=False,
+                           width=32 if dtype == np.float32 else 64)
+        norms = np.array(data.draw(st.lists(finite, min_size=n, max_size=n)))
+        dots = np.array(data.draw(st.lists(finite, min_size=3 * n, max_size=3 * n)))
+    norms, dots = norms.astype(dtype), dots.astype(dtype).reshape(3, n)
+    take = data.draw(st.integers(1, n))
+    full = norms.astype(np.float64)[None] - 2.0 * dots.astype(np.float64)
+    expected = np.lexsort((np.broadcast_to(np.arange(n), full.shape), full), axis=-1)[:, :take]
+    values, indices = _shortlist(dots, norms, take)
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_array_equal(values, np.take_along_axis(full, expected, axis=1))
+
+
+def test_shortlist_keeps_values_whose_float32_product_overflows():
+    """A float32 row whose 2 dot overflows (float32 difference +inf) can still hold the smallest
+    float64 value: 17 values of 0.5 M, then one of -0.9 M + 1.2 M = 0.3 M (M = FLT_MAX)."""
+    scale = float(np.finfo(np.float32).max)
+    norms = np.full(40, 0.5 * scale, np.float32)
+    dots = np.zeros((1, 40), np.float32)
+    norms[17], dots[0, 17] = -0.9 * scale, -0.6 * scale
+    values, indices = _shortlist(dots, norms, 1)
+    assert indices[0, 0] == 17 and values[0, 0] == pytest.approx(0.3 * scale, rel=1e-6)
