@@ -593,14 +593,24 @@ def test_batched_nearest_matches_brute_force(rng, dtype, b, m, d):
         ref_d, ref_i = knn_brute_force_reference(candidates[row], targets[row:row + 1], 1)
         assert idx[row] == ref_i[0, 0]
         np.testing.assert_allclose(dist[row], ref_d[0, 0], rtol=RTOL[dtype])
+        # the same bits as the kernels' float64 summation order: four sequential partial sums over
+        # the lanes i = l mod 4, the tail past the last multiple of 4 added to the first
+        squares = (candidates[row, idx[row]].astype(np.float64) - targets[row].astype(np.float64)) ** 2
+        whole = d - d % 4
+        lanes = [np.concatenate([squares[0:whole:4], squares[whole:]])] + [squares[lane:whole:4] for lane in (1, 2, 3)]
+        partial = [np.cumsum(values)[-1] if values.size else 0.0 for values in lanes]
+        assert dist[row] == dtype((partial[0] + partial[1]) + (partial[2] + partial[3]))
 
 
 def test_batched_nearest_ties_strides_and_torch(rng):
-    candidates = rng.integers(0, 2, (200, 6, 3)).astype(np.float64)  # many exact ties
-    targets = rng.integers(0, 2, (200, 3)).astype(np.float64)
-    expected = ((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)  # numpy: first minimum
+    # many exact ties, within and across the kernel's groups of 8, 4 and 1 candidates
+    for m, d in ((21, 5), (13, 9), (6, 3)):
+        for dtype in (np.float32, np.float64):
+            candidates = rng.integers(0, 2, (100, m, d)).astype(dtype)
+            targets = rng.integers(0, 2, (100, d)).astype(dtype)
+            expected = ((candidates - targets[:, None]) ** 2).sum(-1).argmin(1)  # numpy: first minimum
+            np.testing.assert_array_equal(batched_nearest(candidates, targets)[0], expected)
     idx, dist = batched_nearest(candidates, targets)
-    np.testing.assert_array_equal(idx, expected)
     # a non-contiguous view and torch tensors give the same answer
     view = np.ascontiguousarray(candidates.transpose(1, 0, 2)).transpose(1, 0, 2)
     np.testing.assert_array_equal(batched_nearest(view, targets)[0], expected)

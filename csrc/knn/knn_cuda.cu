@@ -150,7 +150,7 @@ __global__ void batched_nearest_kernel(const T* candidates, const T* targets, in
   const T* target = targets + b * dim;
   double best = INFINITY;
   int64_t best_index = num_candidates;  // "none yet": loses every tie
-  int any_nonfinite = 0;  // as knn_nearest_of: NaN out for any non-finite distance
+  int any_nonfinite = 0;  // as the CPU's nearest_rows: NaN out for any non-finite distance
   for (int64_t j = warp; j < num_candidates; j += kNearestWarps) {
     const T* candidate = candidates + (b * num_candidates + j) * dim;
     double sum = 0.0;

@@ -406,28 +406,4 @@ PYINV_HOST_DEVICE void dci_query(const DciQueryConfig& c, const T* data, const T
   }
 }
 
-// ---- many small searches --------------------------------------------------------------------------
-
-// The nearest of m candidates (m, dim) to one target: index (smallest on ties) and squared distance.
-// Any distance that is not finite (a NaN or inf value in the row, or a sum beyond float64) makes the
-// reported distance NaN, so the caller can reject the row without a pass of its own over the input
-// (an inf candidate alone would otherwise just lose the argmin).
-template <typename T>
-PYINV_HOST_DEVICE int64_t knn_nearest_of(const T* candidates, const T* target, int64_t m, int64_t dim,
-                                         double* best_distance) {
-  int64_t best = 0;
-  double best_d = INFINITY;
-  bool any_nonfinite = false;
-  for (int64_t j = 0; j < m; ++j) {
-    const double d = knn_squared_distance(candidates + j * dim, target, dim);
-    any_nonfinite |= !(d < INFINITY);
-    if (d < best_d) {
-      best_d = d;
-      best = j;
-    }
-  }
-  *best_distance = any_nonfinite ? NAN : best_d;
-  return best;
-}
-
 }  // namespace pyinv
