@@ -424,7 +424,14 @@ PYINV_ALWAYS_INLINE void knn_shortlist_rows(const T* dots, const T* norms, int64
     int64_t j = 0;
     for (; j < n && size < take; ++j) topk_offer(heap_value, heap_index, size, take, value_at(j), j);
     double worst = heap_value[0];
-    T screen = static_cast<T>(worst);
+    // worst rounded to T, never below IEEE's rounding (out of T's range: +inf, or -max where IEEE
+    // could give -inf), without a conversion of an out-of-range double
+    const auto screen_for = [](double bound) {
+      constexpr double kMax = static_cast<double>(std::numeric_limits<T>::max());
+      return bound > kMax ? std::numeric_limits<T>::infinity()
+                          : static_cast<T>(bound < -kMax ? -kMax : bound);
+    };
+    T screen = screen_for(worst);
     auto offer = [&](int64_t t) {  // later indices never win ties: a strict compare
       const double value = value_at(t);
       if (value < worst) {
@@ -446,7 +453,7 @@ PYINV_ALWAYS_INLINE void knn_shortlist_rows(const T* dots, const T* norms, int64
       for (int64_t v = 0; v < kBlock / kLanes; ++v)
         for (int64_t t = 0; t < kLanes; ++t)
           if (hits[v][t]) offer(j + v * kLanes + t);
-      screen = static_cast<T>(worst);
+      screen = screen_for(worst);
     }
     for (; j < n; ++j) offer(j);
     topk_sort(heap_value, heap_index, size);
