@@ -267,11 +267,27 @@ def test_dci_keys_have_the_bits_of_knn_dot(rng, dtype, d, num_composite, num_sim
     assert largest <= index._data_norm_max <= largest * (1 + 1e-9)
 
 
+def _mapping_of(address: int) -> tuple[str, list[str]]:
+    """(name, VmFlags) of the mapping of this process that holds ``address`` (Linux)."""
+    name, flags, inside = "", [], False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                start, end = (int(part, 16) for part in fields[0].split("-"))
+                inside = start <= address < end
+                name = fields[5] if inside and len(fields) > 5 else name
+            elif inside and fields[0] == "VmFlags:":
+                return name, fields[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
 @pytest.mark.parametrize("rows", [1300, 9000])  # 5.2 MB, 36 MB
 def test_dci_copies_of_4_mib_and_more_hold_the_points(rng, rows):
-    """The copying add writes buffers of 4 MiB and more on transparent huge pages where Linux offers
-    them (a hint to the kernel): the copy still holds the points bit for bit, the old ones before the
-    new, and its keys are the points' projections."""
+    """The copying add writes copies of 4 MiB and more into their own private anonymous mapping,
+    advised for transparent huge pages where Linux offers them: never malloc's heap, whose pages
+    later allocations reuse (the advice would stay on them). The copy still holds the points bit for bit,
+    the old ones before the new, and its keys are the points' projections."""
     x = rng.standard_normal((rows, 1000)).astype(np.float32)
     more = rng.standard_normal((5, 1000)).astype(np.float32)
     index = DCIIndex(1000, num_composite=1, num_simple=2, seed=3)
@@ -284,6 +300,12 @@ def test_dci_copies_of_4_mib_and_more_hold_the_points(rng, rows):
     np.testing.assert_allclose(index._keys.numpy(), keys, rtol=1e-6, atol=1e-5)
     _, found = index.search(points[::100], 1, exact=True)
     np.testing.assert_array_equal(found[:, 0], np.arange(0, len(points), 100))
+    if os.path.exists("/proc/self/smaps"):
+        name, flags = _mapping_of(index._data.data_ptr())
+        assert name != "[heap]" and "sh" not in flags  # private: shared memory follows shmem_enabled
+        thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+        if os.path.exists(thp) and "[never]" not in open(thp).read():
+            assert "hg" in flags
 
 
 def test_dci_failed_add_leaves_the_index_unchanged(rng):

@@ -11,7 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/huge_pages.h"
 #include "core/parallel.h"
 #include "knn/knn.h"
 #include "knn/knn_kernel.h"
@@ -176,7 +175,6 @@ double dci_add_impl(const DciShape& shape, const T* directions, const T* old_key
   // The keys are dci_key's (float64 dot products rounded to T): the directions and each point are
   // widened to float64 once, instead of once per product, and the products run blocked.
   const std::vector<double> wide_directions(directions, directions + P * dim);
-  if (copy_to != nullptr) advise_huge_pages(copy_to, static_cast<size_t>(n_new * dim) * sizeof(T));
   // Point-major: the P directions stay in cache while each new point is read once, and in the same
   // pass copied (copy_to: the index's own storage) and measured (its squared norm, for the search's
   // bound and to find NaN / inf rows): separate passes over the points were a fifth of a build.
@@ -355,7 +353,11 @@ PYINV_ALWAYS_INLINE void nearest_rows(const T* candidates, const T* targets, int
       }
     }
     out_indices[b] = best;
-    out_distances[b] = static_cast<T>(any_nonfinite ? NAN : best_distance);
+    // above T's largest finite value: +inf (converting an out-of-range double is undefined in C++)
+    out_distances[b] = any_nonfinite ? std::numeric_limits<T>::quiet_NaN()
+                       : best_distance > static_cast<double>(std::numeric_limits<T>::max())
+                           ? std::numeric_limits<T>::infinity()
+                           : static_cast<T>(best_distance);
   }
 }
 
