@@ -269,7 +269,7 @@ def test_dci_keys_have_the_bits_of_knn_dot(rng, dtype, d, num_composite, num_sim
 
 def _mapping_of(address: int) -> tuple[str, list[str]]:
     """(name, VmFlags) of the mapping of this process that holds ``address`` (Linux)."""
-    name, flags, inside = "", [], False
+    name, inside = "", False
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             fields = line.split()
