@@ -52,6 +52,14 @@ def test_exact_knn_matches_brute_force(rng, dtype, n, d, k):
     knn_assert_same_with_ties(x, q, ref_d, ref_i, dist, idx, RTOL[dtype])
 
 
+def _shortlist(dots: np.ndarray, norms: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+    values, indices = np.empty((dots.shape[0], take)), np.empty((dots.shape[0], take), np.int64)
+    _C.knn_shortlist(dtype=dots.dtype.name, dots=dots.ctypes.data, norms=norms.ctypes.data,
+                     num_queries=dots.shape[0], n=dots.shape[1], take=take, out_values=values.ctypes.data,
+                     out_indices=indices.ctypes.data)
+    return values, indices
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shortlist_and_rerank_kernels_match_float64_numpy(rng, dtype):
     """exact_knn's two CPU kernels on their own: the take smallest norms - 2 dots per row in
@@ -62,10 +70,7 @@ def test_shortlist_and_rerank_kernels_match_float64_numpy(rng, dtype):
     full = norms.astype(np.float64)[None] - 2.0 * dots.astype(np.float64)
     expected = np.lexsort((np.broadcast_to(np.arange(n), full.shape), full), axis=-1)
     for take in (1, 16, 37, n):
-        values, indices = np.empty((q_count, take)), np.empty((q_count, take), np.int64)
-        _C.knn_shortlist(dtype=np.dtype(dtype).name, dots=dots.ctypes.data, norms=norms.ctypes.data,
-                         num_queries=q_count, n=n, take=take, out_values=values.ctypes.data,
-                         out_indices=indices.ctypes.data)
+        values, indices = _shortlist(dots, norms, take)
         np.testing.assert_array_equal(indices, expected[:, :take])
         np.testing.assert_array_equal(values, np.take_along_axis(full, expected[:, :take], axis=1))
     x, queries = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((q_count, d)).astype(dtype)
@@ -850,19 +855,12 @@ def test_property_exact_search_is_the_brute_force(data, num_points, num_queries,
             assert all(len(set(row.tolist())) == k for row in np.asarray(idx))
 
 
-def _shortlist(dots: np.ndarray, norms: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
-    values, indices = np.empty((dots.shape[0], take)), np.empty((dots.shape[0], take), np.int64)
-    _C.knn_shortlist(dtype=dots.dtype.name, dots=dots.ctypes.data, norms=norms.ctypes.data,
-                     num_queries=dots.shape[0], n=dots.shape[1], take=take, out_values=values.ctypes.data,
-                     out_indices=indices.ctypes.data)
-    return values, indices
-
-
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), n=st.integers(1, 200), kind=st.sampled_from(["float32 steps", "overflow", "any"]),
        dtype=st.sampled_from([np.float32, np.float64]))
 def test_property_shortlist_is_the_float64_order(data, n, kind, dtype):
-    """The shortlist kernel screens float32 products in float32 against a bound rounded up: whatever
+    """The shortlist kernel screens float32 products in float32 against the heap's worst rounded to
+    float32: whatever
     the values, its take smallest ``norm - 2 dot`` (float64) per row in (value, index) order are
     numpy's. "float32 steps": norms one float32 step apart near 1 and dots of 2^-27 steps, so that
     many distinct float64 values round to the same float32 one (the screen's rounding matters);

@@ -106,7 +106,6 @@ def _load_device(device: Any, op: str) -> torch.device:
     return parsed
 
 
-
 # The index's own copy of the points is written once, right after it is allocated: on Linux, one of
 # 4 MiB or more gets its own anonymous mapping advised for transparent huge pages, so that it faults
 # 2 MiB at a time instead of 4 KiB (a copying build of 10000 x 784 float32 points: 15 ms instead of
@@ -277,19 +276,19 @@ class DCIIndex:
         torch_dtype = _torch_dtype(dtype)
         device = self._device if self._device_fixed else source.device
         ready = source.dtype == torch_dtype and source.device == device and source.is_contiguous()
+        on_cpu = device.type == "cpu"
         copy_to = None  # where the CPU kernel copies the points as it reads them
         if not copy and n_old == 0 and ready:
             data = xt = source
         else:
             # Own the points (the caller may reuse its buffer), after the old ones: one copy, with the cast.
-            data = (_fresh_cpu_tensor((n_old + n_new, self._dim), torch_dtype) if device.type == "cpu"
+            data = (_fresh_cpu_tensor((n_old + n_new, self._dim), torch_dtype) if on_cpu
                     else torch.empty((n_old + n_new, self._dim), dtype=torch_dtype, device=device))
             xt = data[n_old:]
-            if ready and device.type == "cpu":
+            if ready and on_cpu:
                 copy_to = xt
             else:
                 xt.copy_(source)
-        on_cpu = device.type == "cpu"
         if not on_cpu:  # check the points as stored (NaN / inf rows, or values the cast overflowed) first
             norm_bound = _max_norm_upper_bound(xt, "x", op, source)
         if n_old:
