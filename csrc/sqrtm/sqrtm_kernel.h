@@ -583,28 +583,35 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, 
 }
 
 // out(i, j) = sum_k zt(k, i) f_k zt(k, j) for j <= i (lower triangle, lane block layout): the
-// matrix function V diag(f) V^T.
+// matrix function V diag(f) V^T. Two rows by four columns of sums are kept in registers over k (a
+// k-outer loop loaded and stored every sum n times); each sum still adds its terms in k order from
+// 0, so the bits are those of the plain triple loop. Columns past the row's end are computed and
+// not stored.
 template <int W>
 PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void compose_spectral(const double* zt, const double* f, int n, int64_t ls,
                                                            double* out) {
-  for (int i = 0; i < n; ++i) {
-    for (int j = 0; j <= i; ++j) {
-      double* oij = out + at(i, j, n, ls);
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) oij[l] = 0.0;
-    }
-  }
-  for (int k = 0; k < n; ++k) {
-    for (int i = 0; i < n; ++i) {
-      const double* zki = zt + at(k, i, n, ls);
-      double weight[W];
-      PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) weight[l] = zki[l] * f[k * ls + l];
-      for (int j = 0; j <= i; ++j) {
-        const double* zkj = zt + at(k, j, n, ls);
-        double* oij = out + at(i, j, n, ls);
-        PYINV_SQRTM_SIMD
-        for (int l = 0; l < W; ++l) oij[l] += weight[l] * zkj[l];
+  constexpr int kRows = 2, kCols = 4;
+  for (int lane = 0; lane < W; lane += kVectorLanes) {
+    for (int i0 = 0; i0 < n; i0 += kRows) {
+      const int last_row = i0 + kRows - 1 < n ? i0 + kRows - 1 : n - 1;
+      for (int j0 = 0; j0 <= last_row; j0 += kCols) {
+        LaneVector sum[kRows][kCols] = {};
+        int column[kCols];
+        for (int c = 0; c < kCols; ++c) column[c] = j0 + c < n ? j0 + c : n - 1;
+        for (int k = 0; k < n; ++k) {
+          const LaneVector fk = load_lanes(f + k * ls + lane);
+          LaneVector weight[kRows];
+          for (int r = 0; r < kRows; ++r) {
+            const int i = i0 + r <= last_row ? i0 + r : last_row;
+            weight[r] = load_lanes(zt + at(k, i, n, ls) + lane) * fk;
+          }
+          for (int c = 0; c < kCols; ++c) {
+            const LaneVector zkj = load_lanes(zt + at(k, column[c], n, ls) + lane);
+            for (int r = 0; r < kRows; ++r) sum[r][c] += weight[r] * zkj;
+          }
+        }
+        for (int r = 0; r < kRows && i0 + r <= last_row; ++r)
+          for (int c = 0; c < kCols && j0 + c <= i0 + r; ++c) store_lanes(out + at(i0 + r, j0 + c, n, ls) + lane, sum[r][c]);
       }
     }
   }
