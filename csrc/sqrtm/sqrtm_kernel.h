@@ -212,16 +212,34 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
       PYINV_SQRTM_SIMD
       for (int l = 0; l < W; ++l) p[i * ls + l] = 0.0;
     }
-    for (int j = k + 1; j < n; ++j) {  // symmetric matrix-vector product from the lower triangle
-      for (int lane = 0; lane < W; lane += kVectorLanes) {
+    // Symmetric matrix-vector product from the lower triangle, column j adding a_ij v_j to p_i below
+    // it and summing p_j = p_j + a_jj v_j + sum_i a_ij v_i. Two columns at a time (two independent
+    // sums, one pass over p), every p_i still adding its terms in column order: the same bits.
+    for (int lane = 0; lane < W; lane += kVectorLanes) {
+      int j = k + 1;
+      for (; j + 1 < n; j += 2) {
         const LaneVector vj = load_lanes(a + at(j, k, n, ls) + lane);
+        const LaneVector vj1 = load_lanes(a + at(j + 1, k, n, ls) + lane);
+        const LaneVector below = load_lanes(a + at(j + 1, j, n, ls) + lane);  // a(j+1, j)
         LaneVector pj = load_lanes(p + j * ls + lane) + load_lanes(a + at(j, j, n, ls) + lane) * vj;
-        for (int i = j + 1; i < n; ++i) {
+        pj += below * vj1;
+        LaneVector pj1 = load_lanes(p + (j + 1) * ls + lane) + below * vj;
+        pj1 += load_lanes(a + at(j + 1, j + 1, n, ls) + lane) * vj1;
+        for (int i = j + 2; i < n; ++i) {
           const LaneVector aij = load_lanes(a + at(i, j, n, ls) + lane);
-          store_lanes(p + i * ls + lane, load_lanes(p + i * ls + lane) + aij * vj);
-          pj += aij * load_lanes(a + at(i, k, n, ls) + lane);
+          const LaneVector aij1 = load_lanes(a + at(i, j + 1, n, ls) + lane);
+          const LaneVector vi = load_lanes(a + at(i, k, n, ls) + lane);
+          LaneVector pi = load_lanes(p + i * ls + lane) + aij * vj;
+          store_lanes(p + i * ls + lane, pi + aij1 * vj1);
+          pj += aij * vi;
+          pj1 += aij1 * vi;
         }
         store_lanes(p + j * ls + lane, pj);
+        store_lanes(p + (j + 1) * ls + lane, pj1);
+      }
+      if (j < n) {  // the last column alone
+        const LaneVector vj = load_lanes(a + at(j, k, n, ls) + lane);
+        store_lanes(p + j * ls + lane, load_lanes(p + j * ls + lane) + load_lanes(a + at(j, j, n, ls) + lane) * vj);
       }
     }
     // w = tau p - (tau^2 / 2) (p . v) v, then B -= v w^T + w v^T.
@@ -277,17 +295,26 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void accumulate_q(const double* a, const do
       for (int l = 0; l < W; ++l) zij[l] = i == j ? 1.0 : 0.0;
     }
   }
+  // Four rows at a time: their dot products are four independent add chains (one chain was bound by
+  // the add latency); each row's sum keeps its order, so the bits are those of one row at a time.
+  constexpr int kRows = 4;
   for (int k = n - 3; k >= 0; --k) {
     // Q <- H_k Q touches rows k+1.. of Q, i.e. columns k+1.. of zt, in rows k+1.. of zt.
-    for (int r = k + 1; r < n; ++r) {
-      double* row = zt + at(r, 0, n, ls);
-      for (int lane = 0; lane < W; lane += kVectorLanes) {
-        LaneVector dot{};
-        for (int i = k + 1; i < n; ++i) dot += load_lanes(row + i * ls + lane) * load_lanes(a + at(i, k, n, ls) + lane);
-        dot *= load_lanes(tau + k * ls + lane);
+    for (int lane = 0; lane < W; lane += kVectorLanes) {
+      const LaneVector tau_k = load_lanes(tau + k * ls + lane);
+      for (int r0 = k + 1; r0 < n; r0 += kRows) {
+        const int rows = n - r0 < kRows ? n - r0 : kRows;
+        double* row[kRows];
+        for (int q = 0; q < kRows; ++q) row[q] = zt + at(q < rows ? r0 + q : r0, 0, n, ls) + lane;
+        LaneVector dot[kRows] = {};
         for (int i = k + 1; i < n; ++i) {
-          const double* vi = a + at(i, k, n, ls) + lane;
-          store_lanes(row + i * ls + lane, load_lanes(row + i * ls + lane) - dot * load_lanes(vi));
+          const LaneVector vi = load_lanes(a + at(i, k, n, ls) + lane);
+          for (int q = 0; q < kRows; ++q) dot[q] += load_lanes(row[q] + i * ls) * vi;
+        }
+        for (int q = 0; q < kRows; ++q) dot[q] *= tau_k;
+        for (int i = k + 1; i < n; ++i) {
+          const LaneVector vi = load_lanes(a + at(i, k, n, ls) + lane);
+          for (int q = 0; q < rows; ++q) store_lanes(row[q] + i * ls, load_lanes(row[q] + i * ls) - dot[q] * vi);
         }
       }
     }
