@@ -194,6 +194,30 @@ def test_sqrtm_extreme_magnitudes(rng, n, magnitude, kernel_algorithm):
 
 
 
+@pytest.mark.parametrize("n", [2, 5, 17, 32])
+@pytest.mark.parametrize("tiny", [1e-150, 1e-160, 1e-200, 1e-310])
+def test_sqrtm_blocks_far_below_the_largest(rng, n, tiny, kernel_algorithm):
+    """Blocks 1e-150 .. 1e-310 times smaller than the rest of their matrix: there the QL step's sums
+    of squares underflow (the kernel then splits the block, a perturbation far below eps), and the
+    root stays finite and within float64 rounding of the eigh-based root."""
+    batch = []
+    for k in range(1, n):  # the tiny block after the first k rows and columns, rotated or diagonal
+        x = rng.standard_normal((n, n + 2))
+        a = x @ x.T / (n + 2)
+        a[:k, k:] = a[k:, :k] = 0.0
+        a[k:, k:] *= tiny
+        batch.append(a)
+    batch.append(np.diag(np.r_[1.0, np.full(n - 1, tiny)]))
+    batch = np.stack(batch)
+    w, v = np.linalg.eigh(batch)
+    expected = (v * np.sqrt(np.clip(w, 0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
+    root = sqrtm_spd(batch)
+    assert np.isfinite(root).all()
+    assert relative_error(root, expected) < 1e-13
+    residual = np.abs(root @ root - batch).max(axis=(-2, -1)) / np.abs(batch).max(axis=(-2, -1))
+    assert residual.max() < 1e-13
+
+
 @pytest.mark.parametrize("n", [2, 20, 70])  # 70: the LAPACK path
 def test_sqrtm_eigenvalues_beyond_dbl_max(n, kernel_algorithm):
     """Finite entries whose largest eigenvalue exceeds DBL_MAX: the roots are representable and
