@@ -202,7 +202,7 @@ def _restore(args: argparse.Namespace) -> int:
 
     from ._io import atomic_write
     from .data.arrays import load_inputs
-    from .restore import restore
+    from .restore import POINT_ESTIMATES, restore
 
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -211,8 +211,8 @@ def _restore(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} exists; choose another --out or pass --overwrite")
     if args.samples is not None and args.samples < 1:
         raise ValueError(f"--samples must be an integer >= 1, got {args.samples}")
-    if args.method == "flow-map" and args.samples not in (None, 1):
-        raise ValueError(f"--samples {args.samples}: flow-map gives one MAP estimate per input (S = 1); "
+    if args.method in POINT_ESTIMATES and args.samples not in (None, 1):
+        raise ValueError(f"--samples {args.samples}: {args.method} gives one estimate per input (S = 1); "
                          "use --method flow-langevin or cimle for samples")
     _check_seed(args.seed)
     if args.method != "cimle" and not args.operator:  # before the inputs' scale check, which assumes no noise
@@ -313,14 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     evaluate.set_defaults(handler=_evaluate)
     restore = commands.add_parser("restore", help="draw samples from a restorer for your observations")
-    restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "cimle"))
+    restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "flow-ensemble", "cimle"))
     restore.add_argument("--model", required=True,
                          help="shipped name (flows: faces, patches; cimle: sr4, sr8, colour, jpeg) or a model file")
     restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt), (N, m) measurement "
                          "vectors (e.g. cs:RATIO) or a folder of PNGs (natural order; one channel if every image "
                          "is grayscale, else RGB)")
     restore.add_argument("--operator", help="forward process NAME[:ARGS] (flow methods; cimle's task fixes it)")
-    restore.add_argument("--samples", type=int, help="samples per input S (default 16; flow-map gives 1)")
+    restore.add_argument("--samples", type=int, help="samples per input S (default 16; flow-map and flow-ensemble "
+                         "give 1)")
     restore.add_argument("--out", required=True, help="the .npy file for the (S, N, C, H, W) samples")
     restore.add_argument("--seed", type=int, default=0, help="seed of every random draw, >= 0 (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

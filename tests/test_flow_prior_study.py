@@ -12,7 +12,7 @@ def _report(rng, bm3d):
     grid = flow_prior.Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=3)
     results = []
     for dataset in grid.datasets:
-        denoise_methods = ["flow"] + (["bm3d"] if bm3d else []) + ["clipped noisy input"]
+        denoise_methods = list(flow_prior.FLOW_METHODS) + (["bm3d"] if bm3d else []) + ["clipped noisy input"]
         for task, levels, methods in (("cs", grid.ratios, flow_prior.CS_METHODS),
                                       ("denoise", grid.sigmas, denoise_methods)):
             for level in levels:
@@ -51,13 +51,24 @@ def test_task_tables_hold_the_means_and_mark_each_data_sets_best():
 def test_findings_count_the_flows_wins_and_markdown_bolds_the_best():
     rng = np.random.default_rng()
     report = _report(rng, bm3d=True)
-    wins = sum(_mean(report, d, "cs", r, "flow", "psnr") > max(_mean(report, d, "cs", r, m, "psnr")
-                                                                for m in ("lasso-dct", "lasso-wavelet"))
-               for d in ("faces", "patches") for r in (0.1, 0.3))
     lines = flow_prior.findings(report)
-    assert lines[0].endswith(f"beats both Lasso baselines in {wins} of 4 cells.")
-    assert sum(line.startswith("  - not on") for line in lines) == 4 - wins
-    assert sum("BM3D (" in line for line in lines) == 2
+    assert flow_prior.FLOW_METHODS == ("flow", "flow ensemble")
+    losses = 0
+    for flow in flow_prior.FLOW_METHODS:
+        wins = sum(_mean(report, d, "cs", r, flow, "psnr") > max(_mean(report, d, "cs", r, m, "psnr")
+                                                                  for m in ("lasso-dct", "lasso-wavelet"))
+                   for d in ("faces", "patches") for r in (0.1, 0.3))
+        headline = next(i for i, line in enumerate(lines)
+                        if line.startswith(f"Compressed sensing, m/n <= 0.3: the {flow} beats both"))
+        assert lines[headline].endswith(f"beats both Lasso baselines in {wins} of 4 cells.")
+        assert all(line.startswith("  - not on") for line in lines[headline + 1:headline + 1 + 4 - wins])
+        losses += 4 - wins
+    assert sum(line.startswith("  - not on") for line in lines) == losses
+    for flow in flow_prior.FLOW_METHODS:
+        for d in ("faces", "patches"):
+            gap = _mean(report, d, "denoise", 0.1, flow, "psnr") - _mean(report, d, "denoise", 0.1, "bm3d", "psnr")
+            verdict = "matches or beats" if gap >= -0.1 else "loses to"
+            assert f"Denoising {d}, sigma = 0.1: the {flow} {verdict} BM3D ({gap:+.2f} dB)." in lines
     text = flow_prior.markdown(report, "cmd")
     assert text.count("**") == 2 * (2 * 2 + 1 * 2)  # one best cell per data set and level, in both tables
     assert "Command: `cmd`" in text

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyinverse.flows import (ActNorm, AffineCoupling, Glow, InvertibleConv1x1, LinearFlow, Preprocess, RealNVP,
+from pyinverse.flows import (ActNorm, AffineCoupling, Glow, InvertibleConv1x1, LinearFlow, Mirrored, Preprocess, RealNVP,
                              Split, Squeeze, build_flow, dequantize, evaluate_bpd, latest_checkpoint, load_flow,
                              load_pretrained, pretrained_path, quantize_levels, read_flow_file, save_flow,
                              train_flow)
@@ -220,6 +220,33 @@ def test_round_trip_and_inverse_logdet(name, dtype, tol):
     parts = model.latent_parts(z)
     assert sum(p[0].numel() for p in parts) == model.latent_dim
     assert torch.equal(torch.cat([p.flatten(1) for p in parts], 1), z)
+
+
+@pytest.mark.parametrize("name", list(tiny_models()))
+def test_mirrored_flow_is_the_density_of_flipped_images(name):
+    """log p_mirrored(x) = log p(flip x) (a flip is a permutation: |det| = 1), the latent is the model's,
+    its brute-force log-determinant agrees, and it shares the model's parameters."""
+    model, x = initialised(name, 1, batch=3)
+    mirrored = Mirrored(model)
+    z, logdet = mirrored(x)
+    z_flip, logdet_flip = model(x.flip(-1))
+    assert torch.equal(z, z_flip) and torch.equal(logdet, logdet_flip)
+    assert torch.equal(mirrored.log_prob(x), model.log_prob(x.flip(-1)))
+    jacobian = torch.autograd.functional.jacobian(
+        lambda v: mirrored._forward(v.reshape((1,) + model.image_shape))[0].flatten(), x[0].flatten().clone())
+    np.testing.assert_allclose(float(logdet[0].detach()), float(torch.linalg.slogdet(jacobian)[1]), rtol=1e-9, atol=1e-9)
+    back = mirrored.inverse(z)
+    np.testing.assert_allclose(back.detach().numpy(), x.numpy(), atol=1e-12)
+    assert torch.equal(mirrored.sample(2, seed=3), model.sample(2, seed=3).flip(-1))
+    assert [p.data_ptr() for p in mirrored.parameters()] == [p.data_ptr() for p in model.parameters()]
+
+
+def test_mirrored_flow_errors(tmp_path):
+    with pytest.raises(TypeError, match="Mirrored: 'model' must be a pyinverse flow"):
+        Mirrored(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="with a config"):  # save the model it mirrors instead
+        save_flow(Mirrored(Glow(1, 4, levels=1, depth=1, hidden=4)), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_glow_architecture_and_seeded_init():

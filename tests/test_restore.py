@@ -47,6 +47,7 @@ def test_flow_map_restores_denoised_faces(faces):
     mse = lambda a: float(np.mean((a - faces) ** 2))  # noqa: E731
     assert mse(estimate[0]) < 0.5 * mse(noisy)  # the prior removes most of the noise
     # the shipped faces flow's validated setting: the x-space likelihood at 0.5 sigma^2
+    from pyinverse.flows import Mirrored
     from pyinverse.flows import load_pretrained as load_flow_model
     from pyinverse.physics import Denoising
     from pyinverse.solvers import latent_map
@@ -55,6 +56,12 @@ def test_flow_map_restores_denoised_faces(faces):
     direct = latent_map(load_flow_model("faces"), Denoising(0.1), torch.from_numpy(noisy), gamma=0.5 * 0.1**2,
                         prior="likelihood", init="zero", optimizer="lbfgs", steps=100)
     np.testing.assert_array_equal(estimate[0], direct.x.detach().clamp(0, 1).numpy())
+    # flow-ensemble: the same setting, averaged with the mirrored flow's MAP
+    ensemble = restore("flow-ensemble", noisy, model="faces", operator="denoising:0.1")
+    mirrored = latent_map(Mirrored(load_flow_model("faces")), Denoising(0.1), torch.from_numpy(noisy),
+                          gamma=0.5 * 0.1**2, prior="likelihood", init="zero", optimizer="lbfgs", steps=100)
+    np.testing.assert_array_equal(ensemble[0], ((direct.x + mirrored.x) / 2).detach().clamp(0, 1).numpy())
+    assert mse(ensemble[0]) < mse(estimate[0])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -66,7 +73,8 @@ def test_flow_map_restores_denoised_faces(faces):
     (dict(method="flow-map", model="missing.safetensors", operator="denoising:0.1"), "shipped flow"),
     (dict(method="diffusion", model="faces"), "'method' must be one of"),
     (dict(method="cimle", model="sr4", num_samples=0), "'num_samples'"),
-    (dict(method="flow-map", model="faces", operator="denoising:0.1", num_samples=8), "one MAP estimate per input"),
+    (dict(method="flow-map", model="faces", operator="denoising:0.1", num_samples=8), "one estimate per input"),
+    (dict(method="flow-ensemble", model="faces", operator="denoising:0.1", num_samples=2), "one estimate per input"),
 ])
 def test_bad_arguments_are_named(faces, kwargs, message):
     inputs = Downsample(4).A(torch.from_numpy(faces)).numpy() if kwargs["method"] == "cimle" else faces
@@ -86,7 +94,7 @@ def test_restore_command_refuses_samples_for_flow_map_and_big_seeds(tmp_path, fa
     base = ["restore", "--method", "flow-map", "--model", "faces", "--inputs", str(tmp_path / "noisy.npy"),
             "--operator", "denoising:0.1", "--out", str(tmp_path / "map.npy")]
     assert main(base + ["--samples", "8"]) == 2
-    assert "flow-map gives one MAP estimate per input" in capsys.readouterr().err
+    assert "flow-map gives one estimate per input" in capsys.readouterr().err
     assert main(base + ["--seed", str(2**64)]) == 2
     assert "--seed must be an integer in [0, 2**63)" in capsys.readouterr().err
     # noisy inputs without --operator: the missing operator is named, not the inputs' range

@@ -80,11 +80,14 @@ def test_quick_run_writes_report_matching_results(quick_run, capsys):
         noise = 0.01 if r["task"] == "cs" else r["level"]
         assert abs(np.mean(r["truth_validity"]) + 20 * np.log10(noise)) < 2, r
     flow = {(r["dataset"], r["task"], r["level"]): np.mean(r["psnr"]) for r in flow_prior if r["method"] == "flow"}
+    ensemble = {(r["dataset"], r["task"], r["level"]): np.mean(r["psnr"])
+                for r in flow_prior if r["method"] == "flow ensemble"}
     noisy = {(r["dataset"], r["level"]): np.mean(r["psnr"])
              for r in flow_prior if r["method"] == "clipped noisy input"}
     for dataset in ("faces", "patches"):
         assert flow[(dataset, "cs", 0.3)] > flow[(dataset, "cs", 0.1)]  # more measurements, better estimates
         assert flow[(dataset, "denoise", 0.1)] > noisy[(dataset, 0.1)] + 2  # the prior removes noise
+        assert ensemble[(dataset, "denoise", 0.1)] > noisy[(dataset, 0.1)] + 2
     checks = results["tradeoffs"]["checks"]
     assert abs(checks["posterior_mse_is_twice_mmse"] - 2.0) < 0.05
     assert abs(checks["x0_mse_minus_mmse_over_w2_squared"] - 1.0) < 0.05

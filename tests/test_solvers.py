@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyinverse.flows import Glow, LinearFlow
+from pyinverse.flows import Glow, LinearFlow, Mirrored
 from pyinverse.physics import JPEG, CompressedSensing, Denoising, Inpainting
 from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise, lasso_dct, lasso_fista,
                                lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
 from pyinverse.draws import Draws
-from pyinverse.solvers import langevin
+from pyinverse.solvers import ensemble_map, langevin
 from pyinverse.solvers.latent_map import initial_latents
 from reference import (flows_gaussian_latent_posterior, flows_linear_mle_expected_error, flows_linear_mle_reference,
                        flows_theorem_bounds)
@@ -126,6 +126,58 @@ def test_exact_recovery_with_a_full_rank_operator(operator, seed):
     result = latent_map(model, op, y, optimizer="lbfgs", steps=400, tol=1e-11, patience=20)
     np.testing.assert_allclose(result.z.numpy(), z_star.numpy(), atol=1e-5)
     np.testing.assert_allclose(result.x.numpy(), model.inverse(z_star).detach().numpy(), atol=1e-6)
+
+
+# ---- self-ensembles ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prior,factor", [("latent", 1.0), ("likelihood", 0.5)])
+def test_ensemble_of_a_linear_flow_is_the_mean_of_two_tikhonov_solutions(prior, factor):
+    """G(z) = M z and its mirror P M z (P the flip permutation): each member is its own Tikhonov
+    solution in closed form (float64 numpy), and the result is their mean."""
+    model, matrix = linear_model(np.linspace(1.0, 0.2, 16), 5)
+    op = CompressedSensing(m=6, seed=3, image_shape=(1, 4, 4), noise_sigma=0.05)
+    y = op(model.inverse(torch.randn(3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))), seed=5)
+    gamma = 0.2
+    flip = np.eye(16)[np.arange(16).reshape(4, 4)[:, ::-1].ravel()]  # (P x)_i = x_flip(i)
+    expected = []
+    for g in (matrix, flip @ matrix):
+        b = op.matrix.numpy() @ g
+        z = np.linalg.solve(b.T @ b + factor * gamma * np.eye(16), b.T @ y.numpy().T)
+        expected.append((g @ z).T.reshape(3, 1, 4, 4))
+    result = ensemble_map(model, op, y, gamma=gamma, prior=prior, optimizer="lbfgs", steps=500, tol=1e-14)
+    assert result.runs == [(False, 0), (True, 0)] and result.members.shape == (2, 3, 1, 4, 4)
+    np.testing.assert_allclose(result.members.numpy(), np.stack(expected), atol=1e-8)
+    np.testing.assert_allclose(result.x.numpy(), np.mean(expected, 0), atol=1e-8)
+    assert not np.allclose(expected[0], expected[1], atol=1e-3)  # the two members differ
+
+
+def test_ensemble_members_are_the_latent_map_runs():
+    model = tiny_glow(2)
+    op = Denoising(0.1)
+    y = np.random.default_rng(1).uniform(0.2, 0.8, (2, 1, 4, 4))
+    options = dict(gamma=0.02, steps=8, init_norm=1.5)
+    result = ensemble_map(model, op, y, starts=2, seed=7, **options)
+    assert result.runs == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert isinstance(result.x, np.ndarray) and result.members.shape == (4, 2, 1, 4, 4)
+    np.testing.assert_array_equal(result.members[1], latent_map(model, op, y, init="random", seed=8, **options).x)
+    mirrored = latent_map(Mirrored(model), op, y, init="zero", seed=7, **options)
+    np.testing.assert_array_equal(result.members[2], mirrored.x)
+    assert result.results[2].status == mirrored.status
+    np.testing.assert_array_equal(result.x, result.members.mean(0))
+    alone = ensemble_map(model, op, y, mirror=False, seed=7, **options)
+    np.testing.assert_array_equal(alone.x, latent_map(model, op, y, seed=7, **options).x)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(mirror=1), TypeError, "'mirror' must be True or False"),
+    (dict(starts=0), ValueError, "'starts' must be"),
+    (dict(restarts=2), TypeError, "use 'starts'"),
+    (dict(seed=1.5), TypeError, "'seed' must be an int"),
+    (dict(gamma=-1.0), ValueError, "'gamma'"),
+])
+def test_ensemble_map_bad_inputs(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ensemble_map(tiny_glow(0), Denoising(0.1), torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), **kwargs)
 
 
 def test_restarts_keep_the_best_objective_per_image():

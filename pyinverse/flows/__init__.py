@@ -19,6 +19,7 @@ from .glow import Glow
 from .layers import (ActNorm, AffineCoupling, FlowLayer, InvertibleConv1x1, Preprocess, Split, Squeeze,
                      checkerboard_mask, coupling_subnet)
 from .linear import LinearFlow
+from .mirror import Mirrored
 from .realnvp import RealNVP
 from .train import TrainHistory, dequantize, evaluate_bpd, latest_checkpoint, quantize_levels, train_flow
 
@@ -32,6 +33,7 @@ __all__ = [
     "Glow",
     "InvertibleConv1x1",
     "LinearFlow",
+    "Mirrored",
     "MultiScaleFlow",
     "Preprocess",
     "RealNVP",
