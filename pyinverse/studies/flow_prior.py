@@ -233,12 +233,12 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
             op = Denoising(sigma)
             y = op(test, seed=seed + 4)
             entries = []
+            y_val = None if val is None else op(val, seed=seed + 5)
+            values = tuple([("latent", f * sigma**2) for f in grid.gamma_factors]
+                           + [("likelihood", f * sigma**2) for f in grid.likelihood_factors])
             for flow in FLOW_METHODS:
                 key = (spec["model"], "denoise", sigma, flow)
                 if val is not None:
-                    y_val = op(val, seed=seed + 5)
-                    values = tuple([("latent", f * sigma**2) for f in grid.gamma_factors]
-                                   + [("likelihood", f * sigma**2) for f in grid.likelihood_factors])
                     chosen[key] = choose(values, lambda v: flow_map(model, op, y_val, v[1], v[0], flow), val)
                 prior, gamma = chosen[key]
                 began_method = time.perf_counter()
@@ -473,7 +473,7 @@ def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Sectio
                               "Each method's distortion (MSE) and perception index per level (annotated).")]
     results = {"settings": settings(report), "bm3d": report["bm3d"], "models": report["models"],
                "seconds": report["seconds"], "results": report["results"]}
-    return results, [Section("Flow prior (latent MAP) vs classical baselines", blocks)]
+    return results, [Section("Flow prior (latent MAP and its flip ensemble) vs classical baselines", blocks)]
 
 
 def main(argv: list[str] | None = None) -> int:
