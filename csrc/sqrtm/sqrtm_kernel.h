@@ -40,7 +40,6 @@ namespace pyinv {
 namespace sqrtm {
 
 constexpr double kEpsilon = 2.220446049250313e-16;  // float64 machine epsilon
-constexpr double kSmallestNormal = 2.2250738585072014e-308;  // DBL_MIN
 constexpr int kMaxQlIterations = 60;                 // per eigenvalue; QL converges cubically (~2)
 // Overlap each QL iteration's rotation application with the next iteration's chain (CPU only: a
 // GPU thread has no out-of-order window to overlap them in).
@@ -517,16 +516,10 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         const int64_t step = live[lane] & static_cast<int64_t>(i < m[lane]) & static_cast<int64_t>(i >= l[lane]);
         const double f = s[lane] * ei[lane];
         const double b = c[lane] * ei[lane];
-        const double x = f * f + g[lane] * g[lane];
-        // x below the smallest normal number has lost bits to underflow; there |f| and |g| are below
-        // 1.5e-154 against entries of order 1 (the lanes are scaled), so the block splits at i + 1
-        // with e = 0, a negligible perturbation (as for x = 0).
-        const int64_t zero = static_cast<int64_t>(x < kSmallestNormal);
+        const double r = sqrt(f * f + g[lane] * g[lane]);
+        const int64_t zero = static_cast<int64_t>(r == 0.0);  // underflow: the block splits at i + 1
         const int64_t rotate = step & (zero ^ 1);
-        // 1 / r as sqrt(x) / x: the square root and the division run side by side (the chain
-        // ran them one after the other: 1 / sqrt(x)).
-        const double r = pick(rotate, sqrt(x), 0.0);
-        const double inverse_r = r * (1.0 / pick(rotate, x, 1.0));
+        const double inverse_r = 1.0 / pick(rotate, r, 1.0);
         const double sn = f * inverse_r, cs = g[lane] * inverse_r;
         const double gi = di1[lane] - p[lane];
         const double rr = (di[lane] - gi) * sn + 2.0 * cs * b;
