@@ -9,7 +9,9 @@ Methods:
   latent prior at ``gamma = 4 sigma^2``), one "sample".
 * ``flow-ensemble``: the mean of the MAPs under the flow and its mirror image
   (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; 0.1-1.8 dB
-  above ``flow-map`` in every cell of docs/flow_prior_results.md, at twice the time.
+  above ``flow-map`` in every cell of docs/flow_prior_results.md, at twice the time. Only for
+  flows whose training record says they saw flipped images (``train_settings.flip``: the shipped
+  ones).
 * ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
   task fixes the forward process.
 
@@ -41,14 +43,16 @@ DEFAULT_MAP_SETTING = ("latent", 4.0)
 
 
 def _flow(model: str):
+    """``(flow, training record)`` of a shipped name or a flow file."""
     from .flows import PRETRAINED, load_flow, load_pretrained
 
     if model in PRETRAINED:
-        return load_pretrained(model)
+        flow = load_pretrained(model)
+        return flow, flow.training_info
     if not Path(model).is_file():
         raise ValueError(f"restore: 'model' must be a shipped flow ({', '.join(PRETRAINED)}) or a flow file, "
                          f"got {model!r}")
-    return load_flow(model)[0]
+    return load_flow(model)
 
 
 def _check_images(inputs: np.ndarray, shape: tuple, what: str) -> None:
@@ -117,7 +121,13 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     if operator is None:
         raise ValueError(f"restore: method '{method}' needs an 'operator' (e.g. 'denoising:0.1')")
     operator = by_name(operator) if isinstance(operator, str) else operator
-    flow = _flow(model)
+    flow, training = _flow(model)
+    settings = training.get("train_settings") if isinstance(training, dict) else None
+    if method == "flow-ensemble" and not (isinstance(settings, dict) and settings.get("flip") is True):
+        # The mirror image is a prior only for a model that was trained on mirrored images too.
+        raise ValueError(f"restore: flow-ensemble averages the flow '{model}' with its mirror image, which is a "
+                         "prior only for a flow trained on left-right flipped images as well, and its training "
+                         "record does not say so (train_settings.flip); use flow-map")
     expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]

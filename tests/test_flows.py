@@ -242,6 +242,14 @@ def test_mirrored_flow_is_the_density_of_flipped_images(name):
 
 
 def test_mirrored_flow_errors(tmp_path):
+    # the model's own input checks apply: a logit preprocessing's domain is the open interval (0, 1)
+    logit = Glow(1, 8, levels=2, depth=1, hidden=8, preprocess="logit", seed=0)
+    outside = torch.full((2, 1, 8, 8), 0.5)
+    outside[0, 0, 0, 0] = 1.5
+    for method in ("log_prob", "forward"):
+        with pytest.raises(ValueError, match=rf"Mirrored.{method}: 'x' must lie in \(-0.05556, 1.056\)"):
+            getattr(Mirrored(logit), method)(outside)
+    assert torch.isfinite(logit.log_prob(torch.full((2, 1, 8, 8), 0.5))).all()  # ActNorm not initialised on NaN
     with pytest.raises(TypeError, match="Mirrored: 'model' must be a pyinverse flow"):
         Mirrored(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="with a config"):  # save the model it mirrors instead

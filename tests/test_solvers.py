@@ -172,7 +172,9 @@ def test_ensemble_members_are_the_latent_map_runs():
     (dict(mirror=1), TypeError, "'mirror' must be True or False"),
     (dict(starts=0), ValueError, "'starts' must be"),
     (dict(restarts=2), TypeError, "use 'starts'"),
-    (dict(seed=1.5), TypeError, "'seed' must be an int"),
+    (dict(seed=1.5), ValueError, r"ensemble_map: 'seed' must be an int in \[0, 2\*\*63\)"),
+    (dict(seed=-1), ValueError, r"ensemble_map: 'seed' must be an int"),
+    (dict(seed=2**63 - 1, starts=2), ValueError, r"'seed' \+ 'starts' - 1 must stay below 2\*\*63"),
     (dict(gamma=-1.0), ValueError, "'gamma'"),
 ])
 def test_ensemble_map_bad_inputs(kwargs, error, match):
