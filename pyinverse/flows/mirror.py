@@ -4,7 +4,8 @@
 (``|det| = 1``), so ``log p_mirrored(x) = log p_model(flip(x))`` exactly and the latent is the
 model's own. A model trained on flip-augmented data (every shipped flow is) assigns the two
 nearly, not exactly, the same density (the faces flow: 6.188 and 6.195 bits/dim on the held-out
-faces and on their mirror images), and its MAP estimates differ between the two. :func:`pyinverse.solvers.ensemble_map` averages them (a self-ensemble).
+faces and on their mirror images), and its MAP estimates differ between the two;
+:func:`pyinverse.solvers.ensemble_map` averages them (a self-ensemble).
 
 Example:
     >>> from pyinverse.flows import Mirrored, load_pretrained

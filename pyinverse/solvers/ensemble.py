@@ -3,8 +3,8 @@
 A flow prior's MAP is one local minimum of a non-convex objective, and where the measurements
 leave directions unconstrained (compressed sensing, heavy noise) different runs fill them in
 differently. :func:`ensemble_map` solves each measurement under the flow and under its mirror
-image (:class:`pyinverse.flows.Mirrored`, the same density for a model trained on flipped
-images, but a different optimisation landscape), optionally from several random starts, and
+image (:class:`pyinverse.flows.Mirrored`, nearly the same density for a model trained on
+flipped images, but a different optimisation landscape), optionally from several random starts, and
 returns the members' mean: their disagreement averages out, a step towards the posterior mean
 (the geometric self-ensemble of Timofte et al. 2016 and Lim et al. 2017, for a prior instead of
 a network). For a linear operator the mean's misfit ``||A x_mean - y||`` is at most the members'
