@@ -332,6 +332,10 @@ def test_sqrtm_unchecked_nan_stays_in_its_matrix(rng, kernel_algorithm):
     assert relative_error(result[keep], spectral_function_reference(a[keep])) < 1e-12
     if kernel_algorithm == "jacobi":  # scaled by NaN: every output of that matrix is NaN, deliberately
         assert np.isnan(result[4]).all()
+    # n = 1 has no eigenvector to carry the NaN: its root itself must be NaN (it was 0)
+    single = np.array([[[4.0]], [[np.nan]], [[-1.0]], [[9.0]], [[np.nan]]])
+    np.testing.assert_array_equal(sqrtm_spd(single, check=False), [[[2.0]], [[np.nan]], [[0.0]], [[3.0]], [[np.nan]]])
+    assert np.isnan(inv_sqrtm_spd(single, check=False)[[1, 4]]).all()
 
 
 def test_sqrtm_rejects_bad_shapes_and_types():

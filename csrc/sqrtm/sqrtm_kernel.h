@@ -588,7 +588,10 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void spectral_values(const double* lambda, 
   if (kind == 0) {
     for (int k = 0; k < n; ++k) {
       PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) f[k * ls + l] = sqrt(larger(lambda[k * ls + l], 0.0)) * root[l];
+      for (int l = 0; l < W; ++l) {
+        const double value = lambda[k * ls + l];
+        f[k * ls + l] = sqrt(value < 0.0 ? 0.0 : value) * root[l];  // NaN stays NaN (larger() gave 0)
+      }
     }
     return;
   }
