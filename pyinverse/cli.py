@@ -250,7 +250,7 @@ def _train(args: argparse.Namespace) -> int:
     images = (image_folder(args.images, size=args.size, gray=gray) if Path(args.images).is_dir()
               else load_images(args.images, "images"))
     record = train_on_images(args.kind, images, args.out, task=args.task, epochs=args.epochs, seed=args.seed,
-                             checkpoint_dir=args.checkpoint_dir, overwrite=args.overwrite)
+                             checkpoint_dir=args.checkpoint_dir, overwrite=args.overwrite, flip=args.flip)
     print(f"{args.kind} trained on {record['images']} images {tuple(record['image_shape'])} for {args.epochs} "
           f"epochs, written to {args.out}")
     return 0
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=20,
                        help="training epochs (default 20; vae: 100 steps each, features: 30 steps each)")
     train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")
+    train.add_argument("--flip", action="store_true", help="flow: also train on left-right flipped images (then "
+                       "restore --method flow-ensemble can use the model)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice, >= 0 (default 0)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     train.set_defaults(handler=_train)

@@ -11,7 +11,7 @@ Methods:
   (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; 0.1-1.8 dB
   above ``flow-map`` in every cell of docs/flow_prior_results.md, at twice the time. Only for
   flows whose training record says they saw flipped images (``train_settings.flip``: the shipped
-  ones).
+  ones, and ``pyinverse train flow --flip``).
 * ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
   task fixes the forward process.
 
@@ -127,7 +127,8 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         # The mirror image is a prior only for a model that was trained on mirrored images too.
         raise ValueError(f"restore: flow-ensemble averages the flow '{model}' with its mirror image, which is a "
                          "prior only for a flow trained on left-right flipped images as well, and its training "
-                         "record does not say so (train_settings.flip); use flow-map")
+                         "record does not say so (train_settings.flip); use flow-map, or train the flow with "
+                         "flips (pyinverse train flow --flip)")
     expected = tuple(operator.output_shape((1, *flow.image_shape)))[1:]
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]

@@ -43,8 +43,12 @@ def check_last_step(module: torch.nn.Module, final_loss: torch.Tensor, where: st
 
 
 def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None = None, epochs: int = 20,
-                    seed: int = 0, checkpoint_dir: str | Path | None = None, overwrite: bool = False) -> dict:
+                    seed: int = 0, checkpoint_dir: str | Path | None = None, overwrite: bool = False,
+                    flip: bool = False) -> dict:
     """Train on ``images`` ``(N, C, H, W)`` float32 in [0, 1] and write the model to ``out``.
+
+    ``flip`` (flows only): also train on random left-right flips of the images; the record then
+    says so (``train_settings.flip``), which ``restore``'s ``flow-ensemble`` requires.
 
     Returns the training record stored in the file (what was trained, on what, for how long).
     """
@@ -53,6 +57,8 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
         raise ValueError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"{where}: 'epochs' must be a positive int, got {epochs!r}")
+    if flip and kind != "flow":
+        raise ValueError(f"{where}: 'flip' (--flip) is for flows; {kind} takes none")
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{where}: {out} exists; choose another output or pass overwrite=True (--overwrite)")
@@ -101,7 +107,9 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
                              " (resize with --size)")
         model = Glow(channels, (height, width), levels=3, depth=4, hidden=32, seed=seed)
         history = train_flow(model, images, epochs=epochs, batch_size=min(64, images.shape[0]), seed=seed,
-                             checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None, progress=True)
+                             checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None, progress=True,
+                             flip=bool(flip))
+        record["train_settings"] = {"flip": bool(flip)}
         record["final_bits_per_dim"] = float(history.train_bpd[-1]) if history.train_bpd else None
         save_flow(model, out, training=record, overwrite=overwrite)
         return record

@@ -169,6 +169,15 @@ def test_train_on_a_folder_then_restore_with_the_file(tmp_path, kind, capsys):
         assert record["kind"] == "flow" and record["images"] == 12 and model.image_shape == (1, 24, 24)
         noisy = faces + 0.1 * np.random.default_rng(0).standard_normal(faces.shape).astype(np.float32)
         estimate = restore("flow-map", noisy, model=str(out), operator="denoising:0.1")
+        # trained without flips: no mirror-image ensemble; with --flip the record says so and it runs
+        assert record["train_settings"] == {"flip": False}
+        with pytest.raises(ValueError, match="trained on left-right flipped images"):
+            restore("flow-ensemble", noisy, model=str(out), operator="denoising:0.1")
+        flipped = tmp_path / "flipped.safetensors"
+        assert main(args[:5] + [str(flipped)] + args[6:] + ["--flip"]) == 0, capsys.readouterr().err
+        assert load_flow(flipped)[1]["train_settings"] == {"flip": True}
+        ensemble = restore("flow-ensemble", noisy, model=str(flipped), operator="denoising:0.1")
+        assert ensemble.shape == (1, 2, 1, 24, 24) and np.isfinite(ensemble).all()
     else:
         low = Downsample(4).A(torch.from_numpy(faces)).numpy()
         estimate = restore("cimle", low, model=str(out), num_samples=3)
@@ -246,6 +255,8 @@ def test_train_rejects_what_it_cannot_train(tmp_path, capsys):
     assert "takes images of shape (N, 1, 24, 24)" in capsys.readouterr().err
     assert main(base + ["--task", "inpainting"]) == 2
     assert "needs a 'task' (--task on the command line) among" in capsys.readouterr().err
+    assert main(base + ["--task", "sr4", "--flip"]) == 2
+    assert "'flip' (--flip) is for flows; cimle takes none" in capsys.readouterr().err
     flow = ["train", "flow", "--images", str(tmp_path / "faces"), "--out"]
     assert main(flow + [str(tmp_path / "f.safetensors")]) == 2
     assert "divisible by 8" in capsys.readouterr().err
