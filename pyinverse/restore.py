@@ -122,7 +122,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         raise ValueError(f"restore: method '{method}' needs an 'operator' (e.g. 'denoising:0.1')")
     operator = by_name(operator) if isinstance(operator, str) else operator
     flow, training = _flow(model)
-    settings = training.get("train_settings") if isinstance(training, dict) else None
+    settings = training.get("train_settings")  # a file's training record is a JSON object, maybe empty
     if method == "flow-ensemble" and not (isinstance(settings, dict) and settings.get("flip") is True):
         # The mirror image is a prior only for a model that was trained on mirrored images too.
         raise ValueError(f"restore: flow-ensemble averages the flow '{model}' with its mirror image, which is a "

@@ -116,7 +116,7 @@ _HUGE_PAGE_COPY_BYTES = 4 << 20
 
 def _fresh_cpu_tensor(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor for a copy that is written at once (see above)."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _HUGE_PAGE_COPY_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype)
     # private and anonymous (mmap.mmap(-1, n) alone is shared memory, where THP follows shmem_enabled);
