@@ -218,6 +218,30 @@ def test_sqrtm_blocks_far_below_the_largest(rng, n, tiny, kernel_algorithm):
     assert residual.max() < 1e-13
 
 
+@pytest.mark.parametrize("n", [5, 17, 32])
+@pytest.mark.parametrize("tiny", [1e-158, 1e-170, 1e-250])
+def test_sqrtm_tiny_tridiagonal_block_converges(rng, n, tiny, monkeypatch):
+    """A tridiagonal matrix (so the Householder step is exact and QL does all the work) made of two
+    blocks, the second `tiny` times the first: QL solves the tiny block as its own problem, and its
+    root is sqrt(tiny) times the block's own root to float64 accuracy at the block's scale. The QL
+    step's f^2 + g^2 underflowed there (blocks below ~1e-154): those eigenvalues never converged
+    (60 iterations each) and came out wrong relative to the block. (Jacobi's threshold is absolute
+    at the matrix's scale: it does not resolve such a block.)"""
+    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "tridiagonal")
+    batch, blocks, ks = [], [], []
+    for k in range(1, n):
+        diagonal, off = rng.uniform(0.5, 2.0, n), rng.uniform(-0.5, 0.5, n - 1)
+        a = np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1)
+        a[k - 1, k] = a[k, k - 1] = 0.0
+        blocks.append(a[k:, k:].copy())
+        a[k:, k:] *= tiny
+        batch.append(a)
+        ks.append(k)
+    root = sqrtm_spd(np.stack(batch))
+    for a_root, block, k in zip(root, blocks, ks):
+        assert relative_error(a_root[k:, k:] / np.sqrt(tiny), spectral_function_reference(block)) < 1e-13
+
+
 @pytest.mark.parametrize("n", [2, 20, 70])  # 70: the LAPACK path
 def test_sqrtm_eigenvalues_beyond_dbl_max(n, kernel_algorithm):
     """Finite entries whose largest eigenvalue exceeds DBL_MAX: the roots are representable and

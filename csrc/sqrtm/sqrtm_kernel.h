@@ -40,6 +40,7 @@ namespace pyinv {
 namespace sqrtm {
 
 constexpr double kEpsilon = 2.220446049250313e-16;  // float64 machine epsilon
+constexpr double kSmallestNormal = 2.2250738585072014e-308;  // DBL_MIN
 constexpr int kMaxQlIterations = 60;                 // per eigenvalue; QL converges cubically (~2)
 // Overlap each QL iteration's rotation application with the next iteration's chain (CPU only: a
 // GPU thread has no out-of-order window to overlap them in).
@@ -455,7 +456,10 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         const double* ek = e + k * ls;
         PYINV_SQRTM_SIMD
         for (int lane = 0; lane < W; ++lane) {
-          const int64_t negligible = fabs(ek[lane]) <= kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane]));
+          // DBL_MIN: an off-diagonal that small is negligible against the scaled matrix's largest
+          // entry even where the relative test would ask for subnormal digits (blocks 1e-300 below).
+          const double threshold = larger(kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane])), kSmallestNormal);
+          const int64_t negligible = fabs(ek[lane]) <= threshold;
           m[lane] = pick(negligible & static_cast<int64_t>(k >= l[lane]), static_cast<int64_t>(k), m[lane]);
         }
       }
@@ -511,31 +515,56 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
       double* di1 = d + (i + 1) * ls;
       double* ei = e + i * ls;
       double* ei1 = e + (i + 1) * ls;
+      double f[W], b[W], r[W], sn[W], cs[W];
+      int64_t step[W], rotate[W], tiny[W];
       PYINV_SQRTM_SIMD
       for (int lane = 0; lane < W; ++lane) {
-        const int64_t step = live[lane] & static_cast<int64_t>(i < m[lane]) & static_cast<int64_t>(i >= l[lane]);
-        const double f = s[lane] * ei[lane];
-        const double b = c[lane] * ei[lane];
-        const double r = sqrt(f * f + g[lane] * g[lane]);
-        const int64_t zero = static_cast<int64_t>(r == 0.0);  // underflow: the block splits at i + 1
-        const int64_t rotate = step & (zero ^ 1);
-        const double inverse_r = 1.0 / pick(rotate, r, 1.0);
-        const double sn = f * inverse_r, cs = g[lane] * inverse_r;
-        const double gi = di1[lane] - p[lane];
-        const double rr = (di[lane] - gi) * sn + 2.0 * cs * b;
-        const double pn = sn * rr;
-        ei1[lane] = pick(step, r, ei1[lane]);
-        di1[lane] = pick(rotate, gi + pn, pick(step, gi, di1[lane]));
-        split[lane] |= step & zero;
-        live[lane] &= (step & zero) ^ 1;
-        s[lane] = pick(rotate, sn, s[lane]);
-        c[lane] = pick(rotate, cs, c[lane]);
-        p[lane] = pick(rotate, pn, p[lane]);
-        g[lane] = pick(rotate, cs * rr - b, g[lane]);
-        cr[i * ls + lane] = pick(rotate, cs, 1.0);
-        sr[i * ls + lane] = pick(rotate, sn, 0.0);
+        step[lane] = live[lane] & static_cast<int64_t>(i < m[lane]) & static_cast<int64_t>(i >= l[lane]);
+        f[lane] = s[lane] * ei[lane];
+        b[lane] = c[lane] * ei[lane];
+        // f = g = 0: nothing to rotate, the block splits at i + 1.
+        rotate[lane] = step[lane] & static_cast<int64_t>(f[lane] != 0.0 || g[lane] != 0.0);
+        const double x = f[lane] * f[lane] + g[lane] * g[lane];
+        r[lane] = sqrt(x);
+        // 1 / r as r / x: the square root and the division run side by side, not one after the other.
+        const double inverse_r = r[lane] * (1.0 / pick(rotate[lane], x, 1.0));
+        sn[lane] = f[lane] * inverse_r;
+        cs[lane] = g[lane] * inverse_r;
+        tiny[lane] = rotate[lane] & static_cast<int64_t>(x < kSmallestNormal);
       }
-      pending.advance(units);
+      // Where f^2 + g^2 is below DBL_MIN it has lost digits or underflowed to 0 (a block some 1e-160
+      // times below the largest entry then never converged), and 1 / x may overflow: such lanes take
+      // the rotation from f and g scaled by 2^600, exactly (the scaled squares are normal numbers).
+      int64_t any_tiny = 0;
+      for (int lane = 0; lane < W; ++lane) any_tiny |= tiny[lane];
+      if (any_tiny) {
+        for (int lane = 0; lane < W; ++lane) {
+          const double fs = f[lane] * 0x1p600, gs = g[lane] * 0x1p600;
+          const double rs = sqrt(fs * fs + gs * gs);
+          r[lane] = pick(tiny[lane], rs * 0x1p-600, r[lane]);
+          sn[lane] = pick(tiny[lane], fs / rs, sn[lane]);
+          cs[lane] = pick(tiny[lane], gs / rs, cs[lane]);
+        }
+      }
+      pending.advance(units / 2);
+      PYINV_SQRTM_SIMD
+      for (int lane = 0; lane < W; ++lane) {
+        const double gi = di1[lane] - p[lane];
+        const double rr = (di[lane] - gi) * sn[lane] + cs[lane] * (2.0 * b[lane]);
+        const double pn = sn[lane] * rr;
+        const int64_t zero = step[lane] & (rotate[lane] ^ 1);
+        ei1[lane] = pick(step[lane], r[lane], ei1[lane]);
+        di1[lane] = pick(rotate[lane], gi + pn, pick(step[lane], gi, di1[lane]));
+        split[lane] |= zero;
+        live[lane] &= zero ^ 1;
+        s[lane] = pick(rotate[lane], sn[lane], s[lane]);
+        c[lane] = pick(rotate[lane], cs[lane], c[lane]);
+        p[lane] = pick(rotate[lane], pn, p[lane]);
+        g[lane] = pick(rotate[lane], cs[lane] * rr - b[lane], g[lane]);
+        cr[i * ls + lane] = pick(rotate[lane], cs[lane], 1.0);
+        sr[i * ls + lane] = pick(rotate[lane], sn[lane], 0.0);
+      }
+      pending.advance(units - units / 2);
     }
     pending.finish();
     pending.start(zt, cr, sr, low, top, n, ls);
