@@ -140,3 +140,24 @@ def test_tensors_without_storage_are_named():
         torch.func.vmap(lambda t: pyinverse.quantile(t, 0.5))(torch.randn(3, 10, 4))
     with pytest.raises(TypeError, match="affine_coupling: 'x_b' is a tensor without storage"):
         torch.func.vmap(lambda a: affine_coupling(a, a, a).output)(torch.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, (4 << 20) + 12345, 9 << 20])
+def test_fresh_torch_outputs_keep_their_values_with_huge_page_advice(nbytes):
+    """allocate() advises huge pages on large fresh torch outputs: advice only, so a buffer of any
+    size or alignment (the advised range is its 2 MiB-aligned interior) reads back what was written,
+    and the output is an ordinary, resizable torch tensor."""
+    import numpy as np
+    import torch
+
+    from pyinverse._backend import allocate, describe
+
+    like = describe(torch.zeros(1), "a", "test")
+    out, _ = allocate(like, (nbytes // 4,), np.float32)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.is_contiguous()
+    values = torch.arange(out.numel(), dtype=torch.float32)
+    out.copy_(values)
+    assert torch.equal(out, values)
+    _C.advise_huge_pages(out.data_ptr() + 3, max(nbytes - 3, 0))  # unaligned: still only advice
+    assert torch.equal(out, values)
+    out.resize_(out.numel() + 1)  # torch owns the storage (an array allocated by numpy would not resize)
