@@ -444,12 +444,14 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
     int64_t m[W], active[W];
     int low = n, top = 0;
     // Deflate: a lane whose block is split at its l (m == l), or that gave up on l after
-    // kMaxQlIterations, goes on to the next eigenvalue, until every lane has work or is done.
-    for (int64_t moved = 1; moved;) {
+    // kMaxQlIterations, goes on to the next eigenvalue, until every lane has work or is done. The
+    // scan also finds the negligible e after m, so a lane that moves on once needs no second scan.
+    for (int64_t again = 1; again;) {
       low = n;
       for (int lane = 0; lane < W; ++lane) low = l[lane] < low ? static_cast<int>(l[lane]) : low;
+      int64_t after[W];  // the first negligible k above m (n - 1 if none)
       PYINV_SQRTM_SIMD
-      for (int lane = 0; lane < W; ++lane) m[lane] = n - 1;
+      for (int lane = 0; lane < W; ++lane) m[lane] = after[lane] = n - 1;
       for (int k = n - 2; k >= low; --k) {
         const double* dk = d + k * ls;
         const double* dk1 = d + (k + 1) * ls;
@@ -459,17 +461,19 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
           // DBL_MIN: an off-diagonal that small is negligible against the scaled matrix's largest
           // entry even where the relative test would ask for subnormal digits (blocks 1e-300 below).
           const double threshold = larger(kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane])), kSmallestNormal);
-          const int64_t negligible = fabs(ek[lane]) <= threshold;
-          m[lane] = pick(negligible & static_cast<int64_t>(k >= l[lane]), static_cast<int64_t>(k), m[lane]);
+          const int64_t hit = static_cast<int64_t>(fabs(ek[lane]) <= threshold) & static_cast<int64_t>(k >= l[lane]);
+          after[lane] = pick(hit, m[lane], after[lane]);
+          m[lane] = pick(hit, static_cast<int64_t>(k), m[lane]);
         }
       }
-      moved = 0;
+      again = 0;
       for (int lane = 0; lane < W; ++lane) {
         const int64_t next = static_cast<int64_t>(l[lane] < n && (m[lane] <= l[lane] ||
                                                                    iterations[lane] == kMaxQlIterations));
+        m[lane] = next && m[lane] <= l[lane] ? after[lane] : m[lane];  // the block of l + 1 ends there
         l[lane] += next;
         iterations[lane] = next ? 0 : iterations[lane];
-        moved |= next;
+        again |= static_cast<int64_t>(l[lane] < n && m[lane] <= l[lane]);
       }
     }
     int64_t any = 0;
