@@ -242,6 +242,55 @@ def test_sqrtm_tiny_tridiagonal_block_converges(rng, n, tiny, monkeypatch):
         assert relative_error(a_root[k:, k:] / np.sqrt(tiny), spectral_function_reference(block)) < 1e-13
 
 
+def _root_residual(root, a):
+    scale = np.abs(a).max(axis=(-2, -1), keepdims=True)
+    return (np.abs((root / np.sqrt(scale)) @ (root / np.sqrt(scale)) - a / scale).max(axis=(-2, -1)))
+
+
+@pytest.mark.parametrize("kind", ["tiny block", "graded"])
+def test_sqrtm_graded_and_tiny_block_matrices(rng, kind, monkeypatch):
+    """Dense matrices with a block 1e-150..1e-320 times the rest in permuted rows and columns, and
+    graded ones D B D (D spanning up to 300 decades): the root squares back to the matrix within
+    float64 rounding of its largest entry. Columns whose squares underflow once gave a
+    non-orthogonal Householder reflector (roots 10% off at a block of 1e-161), and QL steps whose
+    f^2 + g^2 underflowed never converged."""
+    monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "tridiagonal")
+    batch = []
+    for _ in range(48):
+        n = int(rng.choice([4, 8, 12, 24]))
+        if kind == "tiny block":
+            k, tiny = int(rng.integers(1, n)), 10.0 ** -rng.uniform(150, 320)
+            x, z = rng.standard_normal((k, k)), rng.standard_normal((n - k, n - k))
+            a = np.zeros((n, n))
+            a[:k, :k], a[k:, k:] = x @ x.T, z @ z.T * tiny
+            order = rng.permutation(n)
+            a = a[np.ix_(order, order)]
+        else:
+            x = rng.standard_normal((n, n))
+            d = 10.0 ** -rng.uniform(0, rng.choice([20, 80, 160, 300]), n)
+            a = d[:, None] * (x @ x.T) * d[None, :]
+            a = 0.5 * (a + a.T)
+        batch.append(np.pad(a, ((0, 24 - n), (0, 24 - n))))  # zero padding: a block of its own
+    batch = np.stack(batch)
+    root = sqrtm_spd(batch)
+    assert np.isfinite(root).all()
+    assert _root_residual(root, batch).max() < 1e-13
+
+
+def test_sqrtm_tridiagonal_chain_into_an_underflowing_tail():
+    """Found in review: f = s e underflows to 0 while g is 1e-251, so f^2 + g^2 is 0; the block must
+    split there (a rotation from the scaled g made every later step a sign flip, QL gave up after
+    60 iterations and the root was 40% off)."""
+    d = [0.0, 1.075e-01, 4.738e-01, 9.702e-02, 6.404e-02, 2.511e-01, 1.050e-17, 2.419e-17, 0.0, 0.0, 3.217e-251,
+         3.349e-251]
+    e = [0.0, -1.488e-01, -1.530e-01, 5.241e-03, 6.951e-02, 3.354e-16, -7.842e-18, -6.163e-33, 1.541e-33,
+         2.233e-251, 5.952e-252]
+    a = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+    w, v = np.linalg.eigh(a)
+    expected = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    assert relative_error(sqrtm_spd(a), expected) < 1e-14
+
+
 @pytest.mark.parametrize("n", [2, 20, 70])  # 70: the LAPACK path
 def test_sqrtm_eigenvalues_beyond_dbl_max(n, kernel_algorithm):
     """Finite entries whose largest eigenvalue exceeds DBL_MAX: the roots are representable and

@@ -190,16 +190,39 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
       store_lanes(sigma + lane, sum);
     }
     double* alpha = a + at(k + 1, k, n, ls);
+    // A column whose sum of squares is below 2^-990 (a block far below the matrix's largest entry)
+    // has squares that lose digits or underflow, and a reflector built from them is not orthogonal
+    // (a 1e-161 block gave a root 10% off): such lanes build it from the column times 2^600,
+    // exactly, as LAPACK's dlarfg rescales. (Above 2^-990 a square rounded to a subnormal is off by
+    // at most 2^-1075, 2^-85 of the sum.) Elsewhere up = 1 and the bits are the plain formulas'.
+    double up[W];
+    int64_t any_small = 0;
+    for (int l = 0; l < W; ++l) {
+      const int64_t small = alpha[l] * alpha[l] + sigma[l] < 0x1p-990;
+      up[l] = small ? 0x1p600 : 1.0;
+      any_small |= small;
+    }
+    if (any_small) {
+      for (int l = 0; l < W; ++l) {
+        double sum = 0.0;
+        for (int i = k + 2; i < n; ++i) {
+          const double scaled = a[at(i, k, n, ls) + l] * up[l];
+          sum += scaled * scaled;
+        }
+        sigma[l] = sum;
+      }
+    }
     double factor[W], scal[W];
     PYINV_SQRTM_SIMD
     for (int l = 0; l < W; ++l) {
-      const double norm = sqrt(alpha[l] * alpha[l] + sigma[l]);
+      const double alpha_up = alpha[l] * up[l];
+      const double norm = sqrt(alpha_up * alpha_up + sigma[l]);
       const int64_t reflect = sigma[l] > 0.0;
-      const double beta = pick(alpha[l] >= 0.0, -norm, norm);
+      const double beta = pick(alpha_up >= 0.0, -norm, norm);
       // |alpha - beta| = |alpha| + norm > 0 whenever we reflect (else the quotients are dropped).
-      factor[l] = pick(reflect, (beta - alpha[l]) / beta, 0.0);
-      scal[l] = pick(reflect, 1.0 / (alpha[l] - beta), 0.0);
-      e[k * ls + l] = pick(reflect, beta, alpha[l]);
+      factor[l] = pick(reflect, (beta - alpha_up) / beta, 0.0);
+      scal[l] = pick(reflect, 1.0 / (alpha_up - beta), 0.0);
+      e[k * ls + l] = pick(reflect, beta / up[l], alpha[l]);
       tau[k * ls + l] = factor[l];
       alpha[l] = 1.0;  // v[k + 1] = 1, stored so the loops below read v without a special case
     }
@@ -207,7 +230,7 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
     for (int i = k + 2; i < n; ++i) {
       double* aik = a + at(i, k, n, ls);
       PYINV_SQRTM_SIMD
-      for (int l = 0; l < W; ++l) aik[l] *= scal[l];
+      for (int l = 0; l < W; ++l) aik[l] = aik[l] * up[l] * scal[l];  // up first: exact, and up * scal may overflow
     }
     for (int i = k + 1; i < n; ++i) {
       PYINV_SQRTM_SIMD
@@ -526,9 +549,11 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         step[lane] = live[lane] & static_cast<int64_t>(i < m[lane]) & static_cast<int64_t>(i >= l[lane]);
         f[lane] = s[lane] * ei[lane];
         b[lane] = c[lane] * ei[lane];
-        // f = g = 0: nothing to rotate, the block splits at i + 1.
-        rotate[lane] = step[lane] & static_cast<int64_t>(f[lane] != 0.0 || g[lane] != 0.0);
         const double x = f[lane] * f[lane] + g[lane] * g[lane];
+        // The block splits at i + 1 where f^2 + g^2 underflows to 0 and f is 0 (tqli's r == 0): the
+        // chain above is a sequence of sign flips that never converges (found in review, a g of
+        // 1e-251 after f underflowed). Where f is not 0 the rotation is taken from scaled values.
+        rotate[lane] = step[lane] & static_cast<int64_t>(f[lane] != 0.0 || x != 0.0);
         r[lane] = sqrt(x);
         // 1 / r as r / x: the square root and the division run side by side, not one after the other.
         const double inverse_r = r[lane] * (1.0 / pick(rotate[lane], x, 1.0));
