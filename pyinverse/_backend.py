@@ -8,6 +8,7 @@ device. torch and cupy are optional: they are imported only when the caller pass
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +204,9 @@ def to_numpy_dtype(x: Any, info: ArrayInfo, dtype: np.dtype) -> tuple[Any, Array
 
 # Fresh CPU torch outputs from this size up get transparent huge pages (numpy's own threshold):
 # torch does not ask for them, and a kernel's first writes to 4 KiB pages cost it up to 10%.
+# PYINVERSE_MADVISE_HUGEPAGE=0 turns it off (numpy's switch is NUMPY_MADVISE_HUGEPAGE).
 _HUGE_PAGE_MIN_BYTES = 4 << 20
+_ADVISE_HUGE_PAGES = os.environ.get("PYINVERSE_MADVISE_HUGEPAGE", "1") != "0"
 
 
 def allocate(like: ArrayInfo, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, ArrayInfo]:
@@ -216,7 +219,7 @@ def allocate(like: ArrayInfo, shape: tuple[int, ...], dtype: np.dtype) -> tuple[
 
         out = torch.empty(shape, dtype=getattr(torch, dtype.name), device=like.array.device)
         nbytes = out.numel() * dtype.itemsize
-        if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_MIN_BYTES:
+        if _ADVISE_HUGE_PAGES and out.device.type == "cpu" and nbytes >= _HUGE_PAGE_MIN_BYTES:
             _C.advise_huge_pages(out.data_ptr(), nbytes)
     else:
         import cupy

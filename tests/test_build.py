@@ -1,4 +1,5 @@
 """The built module: its configuration report, its exported symbols, and import order with torch."""
+import os
 import re
 import shutil
 import subprocess
@@ -161,3 +162,19 @@ def test_fresh_torch_outputs_keep_their_values_with_huge_page_advice(nbytes):
     _C.advise_huge_pages(out.data_ptr() + 3, max(nbytes - 3, 0))  # unaligned: still only advice
     assert torch.equal(out, values)
     out.resize_(out.numel() + 1)  # torch owns the storage (an array allocated by numpy would not resize)
+
+
+@pytest.mark.parametrize("setting, advised", [(None, True), ("0", False), ("1", True)])
+def test_huge_page_advice_follows_its_environment_switch(setting, advised, monkeypatch):
+    """PYINVERSE_MADVISE_HUGEPAGE=0 (read at import, like numpy's NUMPY_MADVISE_HUGEPAGE) turns the
+    advice off; small outputs are never advised."""
+    env = {k: v for k, v in os.environ.items() if k != "PYINVERSE_MADVISE_HUGEPAGE"}
+    if setting is not None:
+        env["PYINVERSE_MADVISE_HUGEPAGE"] = setting
+    code = ("import types, numpy as np, torch; from pyinverse import _backend as b; calls = [];"
+            "b._C = types.SimpleNamespace(advise_huge_pages=lambda *a: calls.append(a));"
+            "like = b.describe(torch.zeros(1), 'a', 't'); b.allocate(like, (1 << 20,), np.float32);"
+            "b.allocate(like, (1000,), np.float32); print(len(calls))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("1" if advised else "0")
