@@ -225,8 +225,8 @@ def test_sqrtm_tiny_tridiagonal_block_converges(rng, n, tiny, monkeypatch):
     blocks, the second `tiny` times the first: QL solves the tiny block as its own problem, and its
     root is sqrt(tiny) times the block's own root to float64 accuracy at the block's scale. The QL
     step's f^2 + g^2 underflowed there (blocks below ~1e-154): those eigenvalues never converged
-    (60 iterations each) and came out wrong relative to the block. (Jacobi's threshold is absolute
-    at the matrix's scale: it does not resolve such a block.)"""
+    (60 iterations each) and came out wrong relative to the block. (Jacobi does not resolve such a
+    block: it leaves entries below its absolute floor, 1e-150 of the largest, unrotated.)"""
     monkeypatch.setattr(sqrtm_module, "_KERNEL_ALGORITHM", "tridiagonal")
     batch, blocks, ks = [], [], []
     for k in range(1, n):
