@@ -242,6 +242,18 @@ def test_sqrtm_tiny_tridiagonal_block_converges(rng, n, tiny, monkeypatch):
         assert relative_error(a_root[k:, k:] / np.sqrt(tiny), spectral_function_reference(block)) < 1e-13
 
 
+@pytest.mark.parametrize("magnitude", [1e-320, 1e-315, 1e-310])
+def test_sqrtm_of_subnormal_matrices_scales_exactly(rng, magnitude, kernel_algorithm):
+    """A symmetric matrix of subnormal entries has, to the bit, 2^-300 times the root of the same
+    matrix times 2^600 (exact, and normal): the kernels scale by powers of 2 only. Symmetrising by
+    (a_ij + a_ji) / 2 halved each subnormal entry first and rounded it (roots 3e-4 off at 1e-320)."""
+    for n in (3, 8, 20):
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        a = (q * rng.uniform(0.5, 1.0, n)) @ q.T * magnitude
+        a = np.tril(a) + np.tril(a, -1).T  # exactly symmetric
+        np.testing.assert_array_equal(sqrtm_spd(a), sqrtm_spd(a * 2.0**600) * 2.0**-300)
+
+
 def _root_residual(root, a):
     scale = np.abs(a).max(axis=(-2, -1), keepdims=True)
     return (np.abs((root / np.sqrt(scale)) @ (root / np.sqrt(scale)) - a / scale).max(axis=(-2, -1)))

@@ -137,7 +137,7 @@ PYINV_HOST_DEVICE void load_lanes(const T* base, int64_t rs, int64_t cs, const W
       const double here = static_cast<double>(base[i * rs + j * cs]);
       const double mirror = static_cast<double>(base[j * rs + i * cs]);
       note_entry(stats, here, mirror);
-      value = 0.5 * here + 0.5 * mirror;
+      value = symmetrised(here, mirror);
     }
     w.a[i * w.ld + j] = value;
     w.vt[i * w.ld + j] = i == j ? 1.0 : 0.0;

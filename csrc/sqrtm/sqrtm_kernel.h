@@ -127,6 +127,12 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void note_entry(LoadStats& stats, double he
   stats.max_asymmetry = larger(stats.max_asymmetry, fabs(here - mirror));
 }
 
+// (a_ij + a_ji) / 2 without overflow near DBL_MAX, and exactly a_ij when the pair is equal: halving
+// a subnormal entry rounds it (a symmetric matrix at 1e-320 came out 3e-4 off).
+PYINV_HOST_DEVICE PYINV_SQRTM_INLINE double symmetrised(double here, double mirror) {
+  return here == mirror ? here : 0.5 * here + 0.5 * mirror;
+}
+
 // Read one matrix (element (i, j) at base[i * rs + j * cs]) into lane 0 of `a`: the lower
 // triangle of (A + A^T) / 2 in float64, unscaled.
 template <typename T>
@@ -138,7 +144,7 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE LoadStats load_symmetrised(const T* base, i
       const double lower = static_cast<double>(base[i * rs + j * cs]);
       const double upper = static_cast<double>(base[j * rs + i * cs]);
       note_entry(stats, upper, lower);
-      a[at(i, j, n, ls)] = 0.5 * lower + 0.5 * upper;  // no overflow near DBL_MAX
+      a[at(i, j, n, ls)] = symmetrised(lower, upper);
     }
   }
   return stats;
