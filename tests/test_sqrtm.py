@@ -303,6 +303,25 @@ def test_sqrtm_tridiagonal_chain_into_an_underflowing_tail():
     assert relative_error(sqrtm_spd(a), expected) < 1e-14
 
 
+@pytest.mark.parametrize("diagonal, off_diagonal", [
+    ([6.34948647e-301, 7.82192426e-308, 0.0, 0.0], [-2.75137643e-001, 1.80047417e-290, -4.85593029e-161]),
+    ([7.165106658865444e-291, 1.412787446074257e-308, 1.6165065497342363e-307, 1.9906e-320, 9.098723354354194e-18,
+      1.6438206555009776e-250, 0.07859860403693068, 1.3083e-320, 1.0647e-320, 1.6116139860649393e-308,
+      7.12723238365447e-309, 6.945516266208552e-09],
+     [0.06739511151405873, 1.669028030808118e-290, -7.172945603143186e-101, -1.204211845719342e-251,
+      -1.2023500525693175e-200, 2.96e-322, 8.865377562134247e-19, -0.015106786862225052, -8.166964024155688e-291,
+      4.922623089079797e-161, 0.06330219606572655]),
+])
+def test_sqrtm_split_after_a_sign_flip_keeps_the_coupling(diagonal, off_diagonal):
+    """Found in review: where the QL chain splits after a rotation that flipped a sign (c = -1), the
+    remaining coupling is c e_i; keeping e_i made T disagree with the rotations already in Z, and the
+    eigenvectors (so the root, and the clamped root of these indefinite matrices) came out O(1) wrong."""
+    a = np.diag(diagonal) + np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    w, v = np.linalg.eigh(a)
+    expected = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    assert relative_error(sqrtm_spd(a), expected) < 1e-13
+
+
 @pytest.mark.parametrize("n", [2, 20, 70])  # 70: the LAPACK path
 def test_sqrtm_eigenvalues_beyond_dbl_max(n, kernel_algorithm):
     """Finite entries whose largest eigenvalue exceeds DBL_MAX: the roots are representable and

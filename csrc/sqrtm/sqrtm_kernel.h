@@ -591,6 +591,9 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         ei1[lane] = pick(step[lane], r[lane], ei1[lane]);
         di1[lane] = pick(rotate[lane], gi + pn, pick(step[lane], gi, di1[lane]));
         split[lane] |= zero;
+        // At a split the rotations so far are already in Z, so e_i's coupling is b = c e_i (the sign
+        // c = -1 of a flip included); leaving e_i made T and Z disagree (found in review).
+        ei[lane] = pick(zero, b[lane], ei[lane]);
         live[lane] &= zero ^ 1;
         s[lane] = pick(rotate[lane], sn[lane], s[lane]);
         c[lane] = pick(rotate[lane], cs[lane], c[lane]);
