@@ -203,9 +203,12 @@ def to_numpy_dtype(x: Any, info: ArrayInfo, dtype: np.dtype) -> tuple[Any, Array
 
 
 # Fresh CPU torch outputs from this size up get transparent huge pages (numpy's own threshold):
-# torch does not ask for them, and a kernel's first writes to 4 KiB pages cost it up to 10%.
-# PYINVERSE_MADVISE_HUGEPAGE=0 turns it off (numpy's switch is NUMPY_MADVISE_HUGEPAGE).
-_HUGE_PAGE_MIN_BYTES = 4 << 20
+# torch does not ask for them, and a kernel's first writes to 4 KiB pages cost it up to 10%. The
+# advice is on torch's own storage, so outputs stay ordinary, resizable tensors; on heap pages it
+# outlives the tensor, as numpy's does (DCI's internal copies, which need not resize, take a private
+# mapping instead: pyinverse.knn.dci._fresh_cpu_tensor). PYINVERSE_MADVISE_HUGEPAGE=0 turns it off
+# (numpy's switch is NUMPY_MADVISE_HUGEPAGE).
+HUGE_PAGE_MIN_BYTES = 4 << 20
 _ADVISE_HUGE_PAGES = os.environ.get("PYINVERSE_MADVISE_HUGEPAGE", "1") != "0"
 
 
@@ -219,7 +222,7 @@ def allocate(like: ArrayInfo, shape: tuple[int, ...], dtype: np.dtype) -> tuple[
 
         out = torch.empty(shape, dtype=getattr(torch, dtype.name), device=like.array.device)
         nbytes = out.numel() * dtype.itemsize
-        if _ADVISE_HUGE_PAGES and out.device.type == "cpu" and nbytes >= _HUGE_PAGE_MIN_BYTES:
+        if _ADVISE_HUGE_PAGES and out.device.type == "cpu" and nbytes >= HUGE_PAGE_MIN_BYTES:
             _C.advise_huge_pages(out.data_ptr(), nbytes)
     else:
         import cupy

@@ -251,7 +251,10 @@ def test_sqrtm_of_subnormal_matrices_scales_exactly(rng, magnitude, kernel_algor
         q, _ = np.linalg.qr(rng.standard_normal((n, n)))
         a = (q * rng.uniform(0.5, 1.0, n)) @ q.T * magnitude
         a = np.tril(a) + np.tril(a, -1).T  # exactly symmetric
-        np.testing.assert_array_equal(sqrtm_spd(a), sqrtm_spd(a * 2.0**600) * 2.0**-300)
+        root = sqrtm_spd(a)
+        np.testing.assert_array_equal(root, sqrtm_spd(a * 2.0**600) * 2.0**-300)
+        # and against eigh of the (exactly) scaled, normal matrix
+        assert relative_error(root * 2.0**300, spectral_function_reference(a * 2.0**600)) < 1e-13
 
 
 def _root_residual(root, a):

@@ -21,6 +21,7 @@
 // Accuracy is that of LAPACK's dsyev: backward stable, eigenvalues to eps * ||A||, orthonormal
 // eigenvectors to n * eps, no loss with repeated eigenvalues (the identity comes out exactly).
 #pragma once
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,7 +41,9 @@ namespace pyinv {
 namespace sqrtm {
 
 constexpr double kEpsilon = 2.220446049250313e-16;  // float64 machine epsilon
-constexpr double kSmallestNormal = 2.2250738585072014e-308;  // DBL_MIN
+// Values whose squares would lose digits below DBL_MIN are scaled by this exact power of 2 (their
+// scaled squares are normal numbers), as LAPACK's dlarfg and dlartg rescale.
+constexpr double kUnderflowRescale = 0x1p600;
 constexpr int kMaxQlIterations = 60;                 // per eigenvalue; QL converges cubically (~2)
 // Overlap each QL iteration's rotation application with the next iteration's chain (CPU only: a
 // GPU thread has no out-of-order window to overlap them in).
@@ -198,14 +201,14 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE void tridiagonalise(double* a, double* d, d
     double* alpha = a + at(k + 1, k, n, ls);
     // A column whose sum of squares is below 2^-990 (a block far below the matrix's largest entry)
     // has squares that lose digits or underflow, and a reflector built from them is not orthogonal
-    // (a 1e-161 block gave a root 10% off): such lanes build it from the column times 2^600,
-    // exactly, as LAPACK's dlarfg rescales. (Above 2^-990 a square rounded to a subnormal is off by
-    // at most 2^-1075, 2^-85 of the sum.) Elsewhere up = 1 and the bits are the plain formulas'.
+    // (a 1e-161 block gave a root 10% off): such lanes build it from the column times
+    // kUnderflowRescale. (Above 2^-990 a square rounded to a subnormal is off by at most 2^-1075,
+    // 2^-85 of the sum.) Elsewhere up = 1 and the bits are the plain formulas'.
     double up[W];
     int64_t any_small = 0;
     for (int l = 0; l < W; ++l) {
       const int64_t small = alpha[l] * alpha[l] + sigma[l] < 0x1p-990;
-      up[l] = small ? 0x1p600 : 1.0;
+      up[l] = small ? kUnderflowRescale : 1.0;
       any_small |= small;
     }
     if (any_small) {
@@ -489,7 +492,7 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         for (int lane = 0; lane < W; ++lane) {
           // DBL_MIN: an off-diagonal that small is negligible against the scaled matrix's largest
           // entry even where the relative test would ask for subnormal digits (blocks 1e-300 below).
-          const double threshold = larger(kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane])), kSmallestNormal);
+          const double threshold = larger(kEpsilon * (fabs(dk[lane]) + fabs(dk1[lane])), DBL_MIN);
           const int64_t hit = static_cast<int64_t>(fabs(ek[lane]) <= threshold) & static_cast<int64_t>(k >= l[lane]);
           after[lane] = pick(hit, m[lane], after[lane]);
           m[lane] = pick(hit, static_cast<int64_t>(k), m[lane]);
@@ -565,18 +568,18 @@ PYINV_HOST_DEVICE PYINV_SQRTM_INLINE int tridiagonal_ql(double* d, double* e, do
         const double inverse_r = r[lane] * (1.0 / pick(rotate[lane], x, 1.0));
         sn[lane] = f[lane] * inverse_r;
         cs[lane] = g[lane] * inverse_r;
-        tiny[lane] = rotate[lane] & static_cast<int64_t>(x < kSmallestNormal);
+        tiny[lane] = rotate[lane] & static_cast<int64_t>(x < DBL_MIN);
       }
       // Where f^2 + g^2 is below DBL_MIN it has lost digits or underflowed to 0 (a block some 1e-160
       // times below the largest entry then never converged), and 1 / x may overflow: such lanes take
-      // the rotation from f and g scaled by 2^600, exactly (the scaled squares are normal numbers).
+      // the rotation from f and g times kUnderflowRescale.
       int64_t any_tiny = 0;
       for (int lane = 0; lane < W; ++lane) any_tiny |= tiny[lane];
       if (any_tiny) {
         for (int lane = 0; lane < W; ++lane) {
-          const double fs = f[lane] * 0x1p600, gs = g[lane] * 0x1p600;
+          const double fs = f[lane] * kUnderflowRescale, gs = g[lane] * kUnderflowRescale;
           const double rs = sqrt(fs * fs + gs * gs);
-          r[lane] = pick(tiny[lane], rs * 0x1p-600, r[lane]);
+          r[lane] = pick(tiny[lane], rs / kUnderflowRescale, r[lane]);
           sn[lane] = pick(tiny[lane], fs / rs, sn[lane]);
           cs[lane] = pick(tiny[lane], gs / rs, cs[lane]);
         }

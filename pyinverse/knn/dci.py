@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import _C
+from .._backend import HUGE_PAGE_MIN_BYTES
 from .._io import atomic_write
 from .exact import as_tensor, check_distances_fit, check_finite_rows, check_k, describe_points, to_caller
 
@@ -111,13 +112,12 @@ def _load_device(device: Any, op: str) -> torch.device:
 # 2 MiB at a time instead of 4 KiB (a copying build of 10000 x 784 float32 points: 15 ms instead of
 # 29, BENCHMARKS.md). Its own mapping rather than malloc's heap, so that the advice goes away with
 # the buffer instead of staying on heap pages that later, unrelated allocations reuse.
-_HUGE_PAGE_COPY_BYTES = 4 << 20
 
 
 def _fresh_cpu_tensor(shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor for a copy that is written at once (see above)."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < _HUGE_PAGE_COPY_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype)
     # private and anonymous (mmap.mmap(-1, n) alone is shared memory, where THP follows shmem_enabled);
     # unmapped when the tensor's storage is freed
