@@ -313,15 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     evaluate.set_defaults(handler=_evaluate)
     restore = commands.add_parser("restore", help="draw samples from a restorer for your observations")
-    restore.add_argument("--method", required=True, choices=("flow-langevin", "flow-map", "flow-ensemble", "cimle"))
+    restore.add_argument("--method", required=True,
+                         choices=("flow-langevin", "flow-map", "flow-ensemble", "flow-posterior-mean", "cimle"))
     restore.add_argument("--model", required=True,
                          help="shipped name (flows: faces, patches; cimle: sr4, sr8, colour, jpeg) or a model file")
     restore.add_argument("--inputs", required=True, help="(N, C, H, W) array (.npy/.npz/.pt), (N, m) measurement "
                          "vectors (e.g. cs:RATIO) or a folder of PNGs (natural order; one channel if every image "
                          "is grayscale, else RGB)")
     restore.add_argument("--operator", help="forward process NAME[:ARGS] (flow methods; cimle's task fixes it)")
-    restore.add_argument("--samples", type=int, help="samples per input S (default 16; flow-map and flow-ensemble "
-                         "give 1)")
+    restore.add_argument("--samples", type=int, help="samples per input S (default 16; flow-map, flow-ensemble and "
+                         "flow-posterior-mean give 1)")
     restore.add_argument("--out", required=True, help="the .npy file for the (S, N, C, H, W) samples")
     restore.add_argument("--seed", type=int, default=0, help="seed of every random draw, >= 0 (default 0)")
     restore.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training epochs (default 20; vae: 100 steps each, features: 30 steps each)")
     train.add_argument("--checkpoint-dir", help="flow: epoch checkpoints here; an interrupted run resumes from them")
     train.add_argument("--flip", action="store_true", help="flow: also train on left-right flipped images (then "
-                       "restore --method flow-ensemble can use the model)")
+                       "restore --method flow-ensemble or flow-posterior-mean can use the model)")
     train.add_argument("--seed", type=int, default=0, help="seed of every random choice, >= 0 (default 0)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     train.set_defaults(handler=_train)

@@ -12,6 +12,10 @@ Methods:
   above ``flow-map`` in every cell of docs/flow_prior_results.md, at twice the time. Only for
   flows whose training record says they saw flipped images (``train_settings.flip``: the shipped
   ones, and ``pyinverse train flow --flip``).
+* ``flow-posterior-mean``: the posterior-mean (MMSE) estimate, the mean of 32 latent MALA samples
+  under the flow and 32 under its mirror image (:func:`pyinverse.solvers.posterior_mean`), the
+  likelihood's noise scaled by :data:`POSTERIOR_SCALES`; one "sample", for flows trained on flipped
+  images, and operators with measurement noise.
 * ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
   task fixes the forward process.
 
@@ -31,8 +35,9 @@ import torch
 from ._backend import require_float_images
 from .data.arrays import as_unit_float32, observation_margin
 
-METHODS = ("flow-langevin", "flow-map", "flow-ensemble", "cimle")
-POINT_ESTIMATES = ("flow-map", "flow-ensemble")  # one estimate per input (S = 1)
+METHODS = ("flow-langevin", "flow-map", "flow-ensemble", "flow-posterior-mean", "cimle")
+POINT_ESTIMATES = ("flow-map", "flow-ensemble", "flow-posterior-mean")  # one estimate per input (S = 1)
+MIRRORED = ("flow-ensemble", "flow-posterior-mean")  # average the flow with its mirror image
 
 # flow-map's latent_map prior and gamma / noise_sigma^2 per shipped flow: what validation in
 # pyinverse/studies/flow_prior.py picks for its denoising (docs/flow_prior_results.md: the faces flow
@@ -40,6 +45,11 @@ POINT_ESTIMATES = ("flow-map", "flow-ensemble")  # one estimate per input (S = 1
 # 4-8 sigma^2). Other flows: DEFAULT_MAP_SETTING.
 MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
 DEFAULT_MAP_SETTING = ("latent", 4.0)
+# flow-posterior-mean's noise scale k per shipped flow, what the same study's validation picks at
+# sigma = 0.1; other flows: DEFAULT_POSTERIOR_SCALE. The chains: posterior_mean's defaults, as in the study.
+POSTERIOR_SCALES = {"faces": 2.0, "patches": 2.0}
+DEFAULT_POSTERIOR_SCALE = 2.0
+POSTERIOR_SAMPLES = 32  # per flow
 
 
 def _flow(model: str):
@@ -72,14 +82,16 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
         model: a shipped model name or a file path (see the module docstring).
         operator: the forward process (a ``pyinverse.physics`` operator or its ``by_name``
             string); required for the flow methods, fixed by the task for ``cimle``.
-        num_samples: S >= 1; default 16, and 1 for ``flow-map`` and ``flow-ensemble``, which give
-            one estimate per input (``ValueError`` for more: ``pyinverse evaluate`` needs S >= 2
-            samples, from ``flow-langevin`` or ``cimle``).
+        num_samples: S >= 1; default 16, and 1 for the point estimates (``flow-map``,
+            ``flow-ensemble``, ``flow-posterior-mean``), which give one estimate per input
+            (``ValueError`` for more: ``pyinverse evaluate`` needs S >= 2 samples, from
+            ``flow-langevin`` or ``cimle``).
         seed: seeds every random draw.
-        progress: show a progress bar over the Langevin steps (``flow-langevin``; stderr).
+        progress: show a progress bar over the Langevin steps (``flow-langevin``,
+            ``flow-posterior-mean``; stderr).
     """
     from .physics import by_name
-    from .solvers import ensemble_map, latent_langevin, latent_map
+    from .solvers import ensemble_map, latent_langevin, latent_map, posterior_mean
 
     if method not in METHODS:
         raise ValueError(f"restore: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
@@ -123,9 +135,9 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     operator = by_name(operator) if isinstance(operator, str) else operator
     flow, training = _flow(model)
     settings = training.get("train_settings")  # a file's training record is a JSON object, maybe empty
-    if method == "flow-ensemble" and not (isinstance(settings, dict) and settings.get("flip") is True):
+    if method in MIRRORED and not (isinstance(settings, dict) and settings.get("flip") is True):
         # The mirror image is a prior only for a model that was trained on mirrored images too.
-        raise ValueError(f"restore: flow-ensemble averages the flow '{model}' with its mirror image, which is a "
+        raise ValueError(f"restore: {method} averages the flow '{model}' with its mirror image, which is a "
                          "prior only for a flow trained on left-right flipped images as well, and its training "
                          "record does not say so (train_settings.flip); use flow-map, or train the flow with "
                          "flips (pyinverse train flow --flip)")
@@ -133,7 +145,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
     _check_images(y.numpy(), expected, f"the flow '{model}' with operator '{operator.spec}'")
     if y.ndim == 4:  # image observations, noisy: within the loaders' margin of [0, 1]
         as_unit_float32(y.numpy(), "restore: 'inputs'", observation_margin(operator.noise_sigma))
-    if method in POINT_ESTIMATES:
+    if method in ("flow-map", "flow-ensemble"):
         # Noiseless measurements: gamma = 0, regularised by the z = 0 start (the paper's CS setting).
         prior, factor = MAP_SETTINGS.get(model, DEFAULT_MAP_SETTING)
         solve = latent_map if method == "flow-map" else ensemble_map
@@ -141,8 +153,12 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
                        optimizer="lbfgs", steps=100, seed=seed)
         return result.x.detach().clamp(0, 1).numpy()[None]
     if not operator.noise_sigma > 0:
-        raise ValueError(f"restore: flow-langevin needs an operator with measurement noise "
+        raise ValueError(f"restore: {method} needs an operator with measurement noise "
                          f"(e.g. '{operator.spec}:noise_sigma=0.02'); the posterior of noiseless "
                          "measurements is degenerate")
+    if method == "flow-posterior-mean":
+        result = posterior_mean(flow, operator, y, n_samples=POSTERIOR_SAMPLES, seed=seed, progress=progress,
+                                noise_scale=POSTERIOR_SCALES.get(model, DEFAULT_POSTERIOR_SCALE))
+        return result.x.detach().clamp(0, 1).numpy()[None]
     draw = latent_langevin(flow, operator, y, n_samples=num_samples, seed=seed, progress=progress)
     return draw.samples.detach().clamp(0, 1).numpy()

@@ -48,7 +48,8 @@ def train_on_images(kind: str, images: Any, out: str | Path, *, task: str | None
     """Train on ``images`` ``(N, C, H, W)`` float32 in [0, 1] and write the model to ``out``.
 
     ``flip`` (flows only): also train on random left-right flips of the images; the record then
-    says so (``train_settings.flip``), which ``restore``'s ``flow-ensemble`` requires.
+    says so (``train_settings.flip``), which ``restore``'s ``flow-ensemble`` and
+    ``flow-posterior-mean`` require.
 
     Returns the training record stored in the file (what was trained, on what, for how long).
     """

@@ -12,12 +12,13 @@ def _report(rng, bm3d):
     grid = flow_prior.Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=3)
     results = []
     for dataset in grid.datasets:
-        denoise_methods = list(flow_prior.FLOW_METHODS) + (["bm3d"] if bm3d else []) + ["clipped noisy input"]
+        denoise_methods = list(flow_prior.DENOISE_FLOW_METHODS) + (["bm3d"] if bm3d else []) + ["clipped noisy input"]
         for task, levels, methods in (("cs", grid.ratios, flow_prior.CS_METHODS),
                                       ("denoise", grid.sigmas, denoise_methods)):
             for level in levels:
                 for method in methods:
-                    results.append(dict(dataset=dataset, ood=False, task=task, level=level, method=method, hyper=None,
+                    hyper = {"noise_scale": 2.0} if method == flow_prior.POSTERIOR_METHOD else None
+                    results.append(dict(dataset=dataset, ood=False, task=task, level=level, method=method, hyper=hyper,
                                         psnr=rng.uniform(10, 40, 3).tolist(), ssim=rng.uniform(0, 1, 3).tolist(),
                                         validity=rng.uniform(10, 60, 3).tolist(), perception=rng.uniform(0, 5),
                                         mse=rng.uniform(1e-4, 1e-2), truth_validity=[20.0 + level] * 3, seconds=0.0))
@@ -64,11 +65,13 @@ def test_findings_count_the_flows_wins_and_markdown_bolds_the_best():
         assert all(line.startswith("  - not on") for line in lines[headline + 1:headline + 1 + 4 - wins])
         losses += 4 - wins
     assert sum(line.startswith("  - not on") for line in lines) == losses
-    for flow in flow_prior.FLOW_METHODS:
+    assert flow_prior.DENOISE_FLOW_METHODS == ("flow", "flow ensemble", "flow posterior mean")
+    for flow in flow_prior.DENOISE_FLOW_METHODS:
+        how = " (noise scale 2)" if flow == flow_prior.POSTERIOR_METHOD else ""
         for d in ("faces", "patches"):
             gap = _mean(report, d, "denoise", 0.1, flow, "psnr") - _mean(report, d, "denoise", 0.1, "bm3d", "psnr")
             verdict = "matches or beats" if gap >= -0.1 else "loses to"
-            assert f"Denoising {d}, sigma = 0.1: the {flow} {verdict} BM3D ({gap:+.2f} dB)." in lines
+            assert f"Denoising {d}, sigma = 0.1: the {flow}{how} {verdict} BM3D ({gap:+.2f} dB)." in lines
     text = flow_prior.markdown(report, "cmd")
     assert text.count("**") == 2 * (2 * 2 + 1 * 2)  # one best cell per data set and level, in both tables
     assert "Command: `cmd`" in text

@@ -64,6 +64,22 @@ def test_flow_map_restores_denoised_faces(faces):
     assert mse(ensemble[0]) < mse(estimate[0])
 
 
+def test_flow_posterior_mean_is_the_solvers_estimate(faces):
+    """The patches flow on 16x16 crops: posterior_mean with the validated noise scale and its default chains."""
+    from pyinverse.flows import load_pretrained as load_flow_model
+    from pyinverse.physics import Denoising
+    from pyinverse.solvers import posterior_mean
+
+    crops = np.ascontiguousarray(faces[:1, :, 4:20, 4:20])
+    noisy = crops + 0.1 * np.random.default_rng(0).standard_normal(crops.shape).astype(np.float32)
+    estimate = restore("flow-posterior-mean", noisy, model="patches", operator="denoising:0.1", seed=3)
+    assert estimate.shape == (1, *crops.shape) and estimate.dtype == np.float32
+    direct = posterior_mean(load_flow_model("patches"), Denoising(0.1), torch.from_numpy(noisy), n_samples=32,
+                            noise_scale=restore_module.POSTERIOR_SCALES["patches"], seed=3)
+    np.testing.assert_array_equal(estimate[0], direct.x.detach().clamp(0, 1).numpy())
+    assert np.mean((estimate[0] - crops) ** 2) < 0.6 * np.mean((noisy - crops) ** 2)  # 0.41 when written
+
+
 def test_flow_ensemble_refuses_a_flow_file_without_a_training_record(tmp_path, faces):
     """No record of flips, no mirror image (records with flip false and true: the --flip test below)."""
     from pyinverse.flows import Glow, save_flow
@@ -73,8 +89,9 @@ def test_flow_ensemble_refuses_a_flow_file_without_a_training_record(tmp_path, f
     noisy = np.clip(faces + 0.05, 0, 1)
     path = save_flow(model.eval(), tmp_path / "plain.safetensors")
     assert restore("flow-map", noisy, model=str(path), operator="denoising:0.1").shape == (1, *faces.shape)
-    with pytest.raises(ValueError, match="trained on left-right flipped images"):
-        restore("flow-ensemble", noisy, model=str(path), operator="denoising:0.1")
+    for method in ("flow-ensemble", "flow-posterior-mean"):
+        with pytest.raises(ValueError, match=f"restore: {method} averages .* trained on left-right flipped images"):
+            restore(method, noisy, model=str(path), operator="denoising:0.1")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -88,6 +105,10 @@ def test_flow_ensemble_refuses_a_flow_file_without_a_training_record(tmp_path, f
     (dict(method="cimle", model="sr4", num_samples=0), "'num_samples'"),
     (dict(method="flow-map", model="faces", operator="denoising:0.1", num_samples=8), "one estimate per input"),
     (dict(method="flow-ensemble", model="faces", operator="denoising:0.1", num_samples=2), "one estimate per input"),
+    (dict(method="flow-posterior-mean", model="faces", operator="denoising:0.1", num_samples=2),
+     "one estimate per input"),
+    (dict(method="flow-posterior-mean", model="faces", operator="inpainting:0.5"),
+     "flow-posterior-mean needs an operator with measurement noise"),
 ])
 def test_bad_arguments_are_named(faces, kwargs, message):
     inputs = Downsample(4).A(torch.from_numpy(faces)).numpy() if kwargs["method"] == "cimle" else faces

@@ -10,7 +10,7 @@ from pyinverse.physics import JPEG, CompressedSensing, Denoising, Inpainting
 from pyinverse.solvers import (OrthonormalDCT, OrthonormalWavelet, bm3d_denoise, lasso_dct, lasso_fista,
                                lasso_wavelet, latent_langevin, latent_map, operator_norm_squared)
 from pyinverse.draws import Draws
-from pyinverse.solvers import ensemble_map, langevin
+from pyinverse.solvers import ensemble_map, langevin, posterior_mean
 from pyinverse.solvers.latent_map import initial_latents
 from reference import (flows_gaussian_latent_posterior, flows_linear_mle_expected_error, flows_linear_mle_reference,
                        flows_theorem_bounds)
@@ -330,6 +330,70 @@ def test_langevin_matches_the_gaussian_posterior(method, step, precondition):
         assert np.all((result.acceptance > 0.45) & (result.acceptance < 0.7)), result.acceptance
     else:
         np.testing.assert_array_equal(result.acceptance, 1.0)
+
+
+@pytest.mark.parametrize("noise_scale", [1.0, 2.0])
+def test_posterior_mean_of_a_linear_flow_and_its_mirror(noise_scale):
+    """x = M z and its mirror x = P M z (P the flip): each flow's posterior is Gaussian (closed form,
+    with the noise scaled by k), and the estimate is the mean of the two posterior means."""
+    model, matrix = linear_model(np.linspace(1.0, 0.6, 8), 2, shape=(1, 2, 4))
+    sigma = 0.3
+    op = CompressedSensing(m=5, seed=3, image_shape=(1, 2, 4), noise_sigma=sigma)
+    y = op(model.inverse(torch.randn(2, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)), seed=1)
+    flip = np.eye(8)[np.arange(8).reshape(2, 4)[:, ::-1].ravel()]
+    means, variances = [], []
+    for g in (matrix, flip @ matrix):
+        mean, covariance = flows_gaussian_latent_posterior(g, op.matrix.numpy(), y.numpy(), noise_scale * sigma)
+        means.append(mean @ g.T)
+        variances.append(np.diag(g @ covariance @ g.T))
+    chains = 1000
+    result = posterior_mean(model, op, y, n_samples=chains, noise_scale=noise_scale, chains=chains, burn_in=300,
+                            init="zero", seed=3)
+    assert result.samples.shape == (2 * chains, 2, 1, 2, 4) and result.acceptance.shape == (2, 2)
+    expected = np.mean(means, 0)
+    standard_error = 0.5 * np.sqrt((variances[0] + variances[1]) / chains)  # independent chains
+    assert np.all(np.abs(result.x.reshape(2, -1).numpy() - expected) < 5 * standard_error)
+    mixture_sd = np.sqrt(np.mean(variances, 0) + (means[0] - means[1]) ** 2 / 4)
+    np.testing.assert_allclose(result.std.reshape(2, -1).numpy(), mixture_sd, rtol=0.1)
+    assert np.abs(means[0] - means[1]).max() > 5 * standard_error.max()  # pooling is not one flow alone
+
+
+def test_posterior_mean_pools_the_langevin_runs():
+    model = tiny_glow(2)
+    op = Denoising(0.1)
+    y = np.random.default_rng(1).uniform(0.2, 0.8, (2, 1, 4, 4))
+    options = dict(burn_in=5, thin=2, chains=2, map_steps=3)
+    result = posterior_mean(model, op, y, n_samples=4, noise_scale=2.0, seed=7, **options)
+    assert isinstance(result.x, np.ndarray) and result.samples.shape == (8, 2, 1, 4, 4)
+    alone = latent_langevin(model, op, y, 4, noise_sigma=0.2, seed=7, **options)
+    mirrored = latent_langevin(Mirrored(model), op, y, 4, noise_sigma=0.2, seed=8, **options)
+    np.testing.assert_array_equal(result.samples, np.concatenate([alone.samples, mirrored.samples]))
+    np.testing.assert_array_equal(result.acceptance, np.stack([alone.acceptance, mirrored.acceptance]))
+    np.testing.assert_allclose(result.x, result.samples.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(result.std, result.samples.std(0), rtol=1e-12)
+    single = posterior_mean(model, op, torch.from_numpy(y), n_samples=4, noise_sigma=0.2, mirror=False, seed=7,
+                            **options)
+    np.testing.assert_array_equal(single.x.numpy(), latent_langevin(model, op, y, 4, noise_sigma=0.2, seed=7,
+                                                                    **options).samples.mean(0))
+    with pytest.raises(ValueError, match=r"posterior_mean: 'noise_sigma' must be > 0 \(the operator has no noise"):
+        posterior_mean(model, Inpainting(fraction=0.5, seed=0), y, **options)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(mirror=1), TypeError, "posterior_mean: 'mirror' must be True or False"),
+    (dict(n_samples=0), ValueError, "posterior_mean: 'n_samples' must be an int >= 1"),
+    (dict(noise_scale=0.0), ValueError, "posterior_mean: 'noise_scale' must be a finite number > 0"),
+    (dict(noise_scale=float("nan")), ValueError, "'noise_scale' must be a finite number > 0"),
+    (dict(noise_scale=True), ValueError, "'noise_scale' must be a finite number > 0"),
+    (dict(noise_sigma=-0.1), ValueError, "posterior_mean: 'noise_sigma' must be a finite number > 0"),
+    (dict(seed=-1), ValueError, r"posterior_mean: 'seed' must be an int"),
+    (dict(seed=2**63 - 1), ValueError, r"'seed' must stay below 2\*\*63 - 1 with mirror=True"),
+    (dict(method="hmc"), ValueError, "latent_langevin: 'method' must be one of"),
+])
+def test_posterior_mean_bad_inputs(kwargs, error, match):
+    options = {"noise_sigma": 0.1, **kwargs}
+    with pytest.raises(error, match=match):
+        posterior_mean(tiny_glow(0), Denoising(0.1), torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64), **options)
 
 
 def test_laplace_root_is_the_inverse_gauss_newton_factor():

@@ -7,6 +7,8 @@
   starts), a self-ensemble that averages out where the MAPs disagree.
 * :func:`latent_langevin`: ``S`` posterior samples per measurement ``(S, B, C, H, W)`` by
   unadjusted (ULA) or Metropolis-adjusted (MALA) Langevin dynamics in latent space.
+* :func:`posterior_mean`: the posterior-mean (MMSE) estimate, the mean of (tempered) Langevin
+  samples under the flow and its mirror image.
 * :func:`lasso_dct`, :func:`lasso_wavelet` (FISTA) and :func:`bm3d_denoise` (optional ``bm3d``).
 
 Example:
@@ -22,6 +24,7 @@ from .baselines import (TRANSFORMS, OrthonormalDCT, OrthonormalWavelet, bm3d_den
 from .ensemble import EnsembleResult, ensemble_map
 from .langevin import LangevinResult, latent_langevin
 from .latent_map import INITS, OPTIMIZERS, PRIORS, MapResult, latent_map
+from .posterior_mean import PosteriorMeanResult, posterior_mean
 
 __all__ = [
     "INITS",
@@ -33,6 +36,7 @@ __all__ = [
     "MapResult",
     "OrthonormalDCT",
     "OrthonormalWavelet",
+    "PosteriorMeanResult",
     "bm3d_denoise",
     "ensemble_map",
     "lasso_dct",
@@ -41,4 +45,5 @@ __all__ = [
     "latent_langevin",
     "latent_map",
     "operator_norm_squared",
+    "posterior_mean",
 ]

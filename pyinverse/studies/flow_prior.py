@@ -1,5 +1,5 @@
-"""Flow prior (latent MAP and its flip self-ensemble) vs Lasso-DCT / Lasso-wavelet (compressed sensing)
-and vs BM3D (denoising).
+"""Flow prior (latent MAP, its flip self-ensemble, and for denoising the posterior mean) vs Lasso-DCT /
+Lasso-wavelet (compressed sensing) and vs BM3D (denoising).
 
     python -m pyinverse.studies.flow_prior --out runs/flow_prior_table [--threads 1]
 
@@ -37,7 +37,11 @@ Lasso's ``lambda`` per level, the flow's prior and ``gamma`` per task, level and
 sets reuse the in-distribution choice (no peeking). Outputs are clipped to [0, 1] before they are
 scored. Each flow row comes twice: ``flow``, one MAP, and ``flow ensemble``, the mean of the MAPs
 under the flow and under its mirror image (:func:`pyinverse.solvers.ensemble_map`; both shipped
-flows were trained on flipped images too), each with its own validated hyper-parameters.
+flows were trained on flipped images too), each with its own validated hyper-parameters. Denoising
+has a third flow row, ``flow posterior mean`` (:func:`pyinverse.solvers.posterior_mean`): the mean
+of 32 latent MALA samples under the flow and 32 under its mirror image, the likelihood's noise
+taken as ``k sigma`` with ``k`` in {1.5, 2, 2.5} chosen on validation as above (the MAP's validated
+``gamma`` is likewise several ``sigma^2``: the prior needs more weight than Bayes gives it).
 
 Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
 * validity, as in the evaluation paper's Table 1: the PSNR (data range 1) of its noiseless
@@ -69,7 +73,7 @@ from ..flows import load_pretrained
 from ..metrics.distortion import psnr, ssim
 from ..physics import CompressedSensing, Denoising
 from ..report.html import Figure, Section, Table, figure_to_png
-from ..solvers import bm3d_denoise, ensemble_map, lasso_fista, latent_map
+from ..solvers import bm3d_denoise, ensemble_map, lasso_fista, latent_map, posterior_mean
 from ..tradeoffs import uncertainty_perception_points
 from . import progress
 
@@ -81,6 +85,11 @@ LASSO_STEPS = 1000  # FISTA iterations at most (300 left it 0.5-1.3 dB short of 
 # "flow": one latent MAP; "flow ensemble": the mean of the MAPs under the flow and its mirror image
 # (pyinverse.solvers.ensemble_map), each with its own hyper-parameters chosen on validation.
 FLOW_METHODS = ("flow", "flow ensemble")
+# Denoising also gets the posterior mean (pyinverse.solvers.posterior_mean, its default chains): the
+# mean of latent MALA samples under the flow and its mirror image, the likelihood's noise scaled by a
+# validated k.
+POSTERIOR_METHOD = "flow posterior mean"
+DENOISE_FLOW_METHODS = FLOW_METHODS + (POSTERIOR_METHOD,)
 LASSO_METHODS = ("lasso-dct", "lasso-wavelet")
 CS_METHODS = FLOW_METHODS + LASSO_METHODS
 EXAMPLE_RATIO = 0.1  # the figure's reconstructions
@@ -105,13 +114,17 @@ class Grid:
     likelihood_factors: tuple = (0.25, 0.5, 1.0, 2.0)
     # Compressed sensing: gamma = 0 (the paper's setting) or the likelihood at factor * CS_NOISE^2.
     cs_likelihood_factors: tuple = (0.1, 1.0, 10.0)
+    # The posterior mean's noise scale k (chosen on validation) and samples per flow.
+    posterior_scales: tuple = (1.5, 2.0, 2.5)
+    posterior_samples: int = 32
 
 
 FULL = Grid()
 # Quick: gamma = 4 sigma^2, `pyinverse restore`'s default (validation on the full grid picks 2 to 8 sigma^2),
 # and a single value needs no validation solves.
 QUICK = Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=2, validation=2,
-             gamma_factors=(4.0,), likelihood_factors=(), cs_likelihood_factors=())
+             gamma_factors=(4.0,), likelihood_factors=(), cs_likelihood_factors=(), posterior_scales=(2.0,),
+             posterior_samples=16)
 
 
 def patches_sample(split: str, count: int, seed: int) -> np.ndarray:
@@ -160,6 +173,13 @@ def quality(op, estimate: torch.Tensor, y: torch.Tensor, truth: torch.Tensor) ->
     point = uncertainty_perception_points(truth, {"x": estimate.to(torch.float64).clamp(0, 1)}, patch_size=PATCH)[0]
     return dict(psnr=p, ssim=s, validity=validity(op, estimate, y), perception=point["perception"],
                 mse=point["distortion"])
+
+
+def flow_posterior_mean(model, op, y, sigma, noise_scale, samples):
+    """The posterior-mean estimate of denoising ``y`` (noise ``sigma``), the likelihood's noise
+    scaled by ``noise_scale``."""
+    return posterior_mean(model, op, y, n_samples=samples, noise_sigma=sigma, noise_scale=noise_scale,
+                          seed=0).x.detach()
 
 
 def flow_map(model, op, y, gamma, prior="latent", method="flow"):
@@ -244,6 +264,14 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
                 began_method = time.perf_counter()
                 entries.append((flow, {"prior": prior, "gamma": gamma}, flow_map(model, op, y, gamma, prior, flow),
                                 time.perf_counter() - began_method))
+            key = (spec["model"], "denoise", sigma, POSTERIOR_METHOD)
+            if val is not None:
+                chosen[key] = choose(grid.posterior_scales, lambda k: flow_posterior_mean(
+                    model, op, y_val, sigma, k, grid.posterior_samples), val)
+            began_method = time.perf_counter()
+            estimate = flow_posterior_mean(model, op, y, sigma, chosen[key], grid.posterior_samples)
+            entries.append((POSTERIOR_METHOD, {"noise_scale": chosen[key]}, estimate,
+                            time.perf_counter() - began_method))
             if use_bm3d:
                 began_method = time.perf_counter()
                 entries.append(("bm3d", sigma, bm3d_denoise(y, sigma), time.perf_counter() - began_method))
@@ -262,7 +290,7 @@ def study(grid: Grid = FULL, seed: int = 0, use_bm3d: bool | None = None, log=pr
 
 
 def denoising_methods(report: dict) -> list[str]:
-    return list(FLOW_METHODS) + (["bm3d"] if report["bm3d"] else []) + ["clipped noisy input"]
+    return list(DENOISE_FLOW_METHODS) + (["bm3d"] if report["bm3d"] else []) + ["clipped noisy input"]
 
 
 def _layout(report: dict, task: str) -> tuple[list[str], list[str], list]:
@@ -328,15 +356,18 @@ def findings(report: dict) -> list[str]:
         lines += [f"  - not on {n} at m/n = {r}: {gap:+.2f} dB against the better Lasso."
                   for n, r, gap in wins if gap <= 0]
     if report["bm3d"]:
-        for flow in FLOW_METHODS:
+        for flow in DENOISE_FLOW_METHODS:
             for name in names:
                 for sigma in report["grid"]["sigmas"]:
                     gap = (_cell(results, name, "denoise", sigma, flow)[0]
                            - _cell(results, name, "denoise", sigma, "bm3d")[0])
                     verdict = "matches or beats" if gap >= -0.1 else "loses to"
                     hyper = _result(results, name, "denoise", sigma, flow)["hyper"]
-                    how = (f" ({hyper['prior']} prior, gamma = {hyper['gamma'] / sigma**2:g} sigma^2)"
-                           if isinstance(hyper, dict) else "")
+                    how = ""
+                    if isinstance(hyper, dict) and "gamma" in hyper:
+                        how = f" ({hyper['prior']} prior, gamma = {hyper['gamma'] / sigma**2:g} sigma^2)"
+                    elif isinstance(hyper, dict):
+                        how = f" (noise scale {hyper['noise_scale']:g})"
                     lines.append(f"Denoising {name}, sigma = {sigma}: the {flow}{how} {verdict} BM3D ({gap:+.2f} dB).")
     else:
         lines.append("BM3D is not installed (pip install bm3d): no denoising baseline in this run.")
@@ -473,7 +504,8 @@ def report_section(quick: bool = True, seed: int = 0) -> tuple[dict, list[Sectio
                               "Each method's distortion (MSE) and perception index per level (annotated).")]
     results = {"settings": settings(report), "bm3d": report["bm3d"], "models": report["models"],
                "seconds": report["seconds"], "results": report["results"]}
-    return results, [Section("Flow prior (latent MAP and its flip ensemble) vs classical baselines", blocks)]
+    return results, [Section("Flow prior (latent MAP, its flip ensemble, posterior mean) vs classical baselines",
+                             blocks)]
 
 
 def main(argv: list[str] | None = None) -> int:
