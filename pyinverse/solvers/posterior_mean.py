@@ -12,11 +12,12 @@ model is unsure, and pooling them is a two-component mixture prior.
 ``exp(-||A G(z) - y||^2 / (2 (k sigma)^2) - ||z||^2 / 2)``. ``k = 1`` is the model's own posterior;
 ``k > 1`` leans on the prior, as the MAP's ``gamma`` above ``sigma^2`` does (validation picks
 ``gamma`` = 4-8 ``sigma^2`` for the shipped patches flow, whose prior is weak). Choose ``k`` on
-validation images, as :mod:`pyinverse.studies.flow_prior` does.
+validation images, as :mod:`pyinverse.studies.flow_prior` does (it picked 1.5 or 2 of {1.5, 2, 2.5}).
 
-Measured on 8 held-out 16x16 photo patches at sigma = 0.1 with the shipped patches flow (one
-core, S = 32 per flow, k = 2, ``docs/flow_prior_results.md`` has the validated table): the one
-MAP 26.4 dB, the flip self-ensemble of MAPs 27.5 dB, this estimate 28.7 dB, BM3D 28.5 dB.
+Measured there (``docs/flow_prior_results.md``, 8 held-out images per cell, S = 32 per flow), mean
+PSNR of one MAP / the flip self-ensemble of MAPs / this estimate / BM3D: 16x16 photo patches at
+sigma = 0.1, 26.37 / 27.54 / 28.40 / 28.54 dB, at sigma = 0.2, 24.85 / 25.11 / 25.84 / 26.42 dB;
+24x24 faces at sigma = 0.2, 20.12 / 20.66 / 20.88 / 20.36 dB.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..draws import check_seed
 from ..flows.base import FlowModel
 from ..flows.mirror import Mirrored
 from .langevin import latent_langevin
-from .latent_map import _positive_float, _positive_int
+from .latent_map import _nonneg_float, _positive_float, _positive_int
 
 
 @dataclass
@@ -72,14 +73,18 @@ def posterior_mean(model: FlowModel, operator: Any, y: Any, *, n_samples: int = 
             ``min(n_samples, 16)``. On the shipped patches flow at sigma = 0.1, 64 samples per flow
             instead of 32 moved the mean's PSNR by 0.04 dB.
         **options: passed to every :func:`latent_langevin` call (``method``, ``step_size``,
-            ``precondition``, ``init``, ``progress``, ...).
+            ``precondition``, ``init``, ``progress``, ...). A latent ``init`` (an array) is taken
+            only with ``mirror=False``: it is a point of ``model``'s latent space, and the mirror's
+            chains would start at its mirror image (and build their preconditioner there).
 
     Returns:
         :class:`PosteriorMeanResult`.
 
     Raises:
-        ValueError: a bad ``noise_scale``, ``n_samples`` or ``seed``, or what
-            :func:`latent_langevin` raises (no noise, a non-differentiable operator, bad ``y``).
+        TypeError: ``mirror`` is not a bool.
+        ValueError: a bad ``noise_scale``, ``noise_sigma``, ``n_samples``, ``chains``, ``seed``
+            (an int only: per-measurement seeds are not taken here) or latent ``init`` with the
+            mirror, or what :func:`latent_langevin` raises (a non-differentiable operator, bad ``y``).
 
     Example:
         >>> from pyinverse.flows import load_pretrained
@@ -94,17 +99,21 @@ def posterior_mean(model: FlowModel, operator: Any, y: Any, *, n_samples: int = 
     where = "posterior_mean"
     if not isinstance(mirror, (bool, np.bool_)):
         raise TypeError(f"{where}: 'mirror' must be True or False, got {mirror!r}")
+    mirror = bool(mirror)  # a numpy bool would make seed + mirror an int64, which wraps
     n_samples = _positive_int(n_samples, where, "n_samples")
-    chains = min(n_samples, 16) if chains is None else chains
+    chains = min(n_samples, 16) if chains is None else _positive_int(chains, where, "chains")
     noise_scale = _positive_float(noise_scale, where, "noise_scale")
     seed = check_seed(seed, where)
-    if seed + mirror >= 2**63:
+    if mirror and seed == 2**63 - 1:
         raise ValueError(f"{where}: 'seed' must stay below 2**63 - 1 with mirror=True (the mirror takes seed + 1)")
-    sigma = getattr(operator, "noise_sigma", 0.0) if noise_sigma is None else noise_sigma
+    if mirror and not isinstance(options.get("init", "map"), str):
+        raise ValueError(f"{where}: a latent 'init' is a point of the model's latent space, not of its mirror's; "
+                         "pass mirror=False, or init='map' (each flow starts at its own MAP)")
+    sigma = _nonneg_float(getattr(operator, "noise_sigma", 0.0) if noise_sigma is None else noise_sigma, where,
+                          "noise_sigma")
     if sigma == 0:
         raise ValueError(f"{where}: 'noise_sigma' must be > 0 (the operator has no noise; give the noise level "
                          "the measurements were taken with)")
-    sigma = _positive_float(sigma, where, "noise_sigma")
     flows = [model] + ([Mirrored(model)] if mirror else [])
     runs = [latent_langevin(flow, operator, y, n_samples, noise_sigma=noise_scale * sigma, seed=seed + k,
                             chains=chains, burn_in=burn_in, thin=thin, **options) for k, flow in enumerate(flows)]
