@@ -389,6 +389,7 @@ def test_posterior_mean_pools_the_langevin_runs():
     (dict(noise_scale=True), ValueError, "'noise_scale' must be a finite number > 0"),
     (dict(noise_sigma=-0.1), ValueError, "posterior_mean: 'noise_sigma' must be a finite number >= 0"),
     (dict(noise_sigma=np.array([0.1, 0.2])), ValueError, "posterior_mean: 'noise_sigma' must be a finite number"),
+    (dict(noise_sigma=0.0), ValueError, "posterior_mean: 'noise_sigma' must be > 0$"),
     (dict(chains=0), ValueError, "posterior_mean: 'chains' must be an int >= 1"),
     (dict(mirror=np.True_, seed=2**63 - 1), ValueError, r"'seed' must stay below 2\*\*63 - 1 with mirror=True"),
     (dict(init=torch.zeros(1, 16, dtype=torch.float64)), ValueError, "posterior_mean: a latent 'init' is a point"),

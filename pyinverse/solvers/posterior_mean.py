@@ -112,15 +112,16 @@ def posterior_mean(model: FlowModel, operator: Any, y: Any, *, n_samples: int = 
     sigma = _nonneg_float(getattr(operator, "noise_sigma", 0.0) if noise_sigma is None else noise_sigma, where,
                           "noise_sigma")
     if sigma == 0:
-        raise ValueError(f"{where}: 'noise_sigma' must be > 0 (the operator has no noise; give the noise level "
-                         "the measurements were taken with)")
+        raise ValueError(f"{where}: 'noise_sigma' must be > 0" + (" (the operator has no noise; give the noise level "
+                         "the measurements were taken with)" if noise_sigma is None else ""))
     flows = [model] + ([Mirrored(model)] if mirror else [])
     runs = [latent_langevin(flow, operator, y, n_samples, noise_sigma=noise_scale * sigma, seed=seed + k,
                             chains=chains, burn_in=burn_in, thin=thin, **options) for k, flow in enumerate(flows)]
     if isinstance(runs[0].samples, np.ndarray):
         samples = np.concatenate([r.samples for r in runs])
-        return PosteriorMeanResult(x=samples.mean(0), std=samples.std(0), samples=samples,
-                                   acceptance=np.stack([r.acceptance for r in runs]))
-    samples = torch.cat([r.samples for r in runs])
-    return PosteriorMeanResult(x=samples.mean(0), std=samples.std(0, correction=0), samples=samples,
+        std = samples.std(0)
+    else:
+        samples = torch.cat([r.samples for r in runs])
+        std = samples.std(0, correction=0)
+    return PosteriorMeanResult(x=samples.mean(0), std=std, samples=samples,
                                acceptance=np.stack([r.acceptance for r in runs]))
