@@ -14,7 +14,7 @@ Methods:
   ones, and ``pyinverse train flow --flip``).
 * ``flow-posterior-mean``: the posterior-mean (MMSE) estimate, the mean of 32 latent MALA samples
   under the flow and 32 under its mirror image (:func:`pyinverse.solvers.posterior_mean`), the
-  likelihood's noise scaled by :data:`POSTERIOR_SCALES`; one "sample", for flows trained on flipped
+  likelihood's noise scaled by :data:`POSTERIOR_SCALE`; one "sample", for flows trained on flipped
   images, and operators with measurement noise.
 * ``cimle``: samples of a cIMLE generator (:mod:`pyinverse.imle`) for one of its tasks; the
   task fixes the forward process.
@@ -45,12 +45,10 @@ MIRRORED = ("flow-ensemble", "flow-posterior-mean")  # average the flow with its
 # 4-8 sigma^2). Other flows: DEFAULT_MAP_SETTING.
 MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
 DEFAULT_MAP_SETTING = ("latent", 4.0)
-# flow-posterior-mean's noise scale k per shipped flow: what the same study's validation picks among
-# {1.5, 2, 2.5} at sigma = 0.1 (1.5 for both flows; 2 for patches at sigma = 0.2); other flows:
-# DEFAULT_POSTERIOR_SCALE. The chains: posterior_mean's defaults, as in the study.
-POSTERIOR_SCALES = {"faces": 1.5, "patches": 1.5}
-DEFAULT_POSTERIOR_SCALE = 1.5
-POSTERIOR_SAMPLES = 32  # per flow
+# flow-posterior-mean's noise scale k: what the same study's validation picks among {1.5, 2, 2.5} at
+# sigma = 0.1 for both shipped flows (and 2 for patches at sigma = 0.2). The samples and chains:
+# posterior_mean's defaults, as in the study.
+POSTERIOR_SCALE = 1.5
 
 
 def _flow(model: str):
@@ -158,8 +156,7 @@ def restore(method: str, inputs: Any, *, model: str, operator: Any = None, num_s
                          f"(e.g. '{operator.spec}:noise_sigma=0.02'); the posterior of noiseless "
                          "measurements is degenerate")
     if method == "flow-posterior-mean":
-        result = posterior_mean(flow, operator, y, n_samples=POSTERIOR_SAMPLES, seed=seed, progress=progress,
-                                noise_scale=POSTERIOR_SCALES.get(model, DEFAULT_POSTERIOR_SCALE))
+        result = posterior_mean(flow, operator, y, noise_scale=POSTERIOR_SCALE, seed=seed, progress=progress)
         return result.x.detach().clamp(0, 1).numpy()[None]
     draw = latent_langevin(flow, operator, y, n_samples=num_samples, seed=seed, progress=progress)
     return draw.samples.detach().clamp(0, 1).numpy()

@@ -75,7 +75,7 @@ def test_flow_posterior_mean_is_the_solvers_estimate(faces):
     estimate = restore("flow-posterior-mean", noisy, model="patches", operator="denoising:0.1", seed=3)
     assert estimate.shape == (1, *crops.shape) and estimate.dtype == np.float32
     direct = posterior_mean(load_flow_model("patches"), Denoising(0.1), torch.from_numpy(noisy), n_samples=32,
-                            noise_scale=restore_module.POSTERIOR_SCALES["patches"], seed=3)
+                            noise_scale=restore_module.POSTERIOR_SCALE, seed=3)
     np.testing.assert_array_equal(estimate[0], direct.x.detach().clamp(0, 1).numpy())
     assert np.mean((estimate[0] - crops) ** 2) < 0.6 * np.mean((noisy - crops) ** 2)  # 0.41 when written
 
