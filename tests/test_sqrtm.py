@@ -114,6 +114,23 @@ def test_sqrtm_ill_conditioned(rng, n, kernel_algorithm):
     assert relative_error(s @ s, a) < 1e-13 * n
 
 
+@pytest.mark.parametrize("n", [4, 12, 32, 48])
+def test_float32_roots_of_hard_spectra_stay_near_float32_rounding(rng, n, kernel_algorithm):
+    """float32 input: the CPU's QL also deflates at float32 precision (LAPACK ssteqr's relative
+    test), with float64 arithmetic throughout. The roots must stay near float32 rounding of the
+    float64 roots of the same input (~6e-8) at condition 1e12 and for tight clusters; deflating
+    at u (|d_k| + |d_k+1|) instead gave errors near 1e-4 on both."""
+    a = random_spd(rng, 24, n, cond=1e12).astype(np.float32)
+    assert relative_error(sqrtm_spd(a), spectral_function_reference(a)) < 1e-5
+    q, _ = np.linalg.qr(rng.standard_normal((24, n, n)))
+    half = n // 2
+    values = np.concatenate([1 + 1e-6 * rng.random((24, half)), 1e-3 * (1 + 1e-6 * rng.random((24, n - half)))], 1)
+    clustered = ((q * values[:, None, :]) @ q.transpose(0, 2, 1)).astype(np.float32)
+    expected = spectral_function_reference(clustered, "inv_sqrt", 1e-6)
+    assert relative_error(inv_sqrtm_spd(clustered, eps=1e-6), expected) < 2e-5
+    assert relative_error(sqrtm_spd(clustered), spectral_function_reference(clustered)) < 1e-5
+
+
 def test_jacobi_whitens_graded_matrices_to_high_relative_accuracy(rng):
     """D H D with H well conditioned and D graded over 6 decades (permuted): its eigenvalues and
     its inverse square root are determined to high relative accuracy, which Jacobi with the

@@ -122,7 +122,7 @@ PYINV_ALWAYS_INLINE void process_blocks(const SqrtmProblem& problem, const T* a,
       if (problem.check) note_loaded(report, problem, index, stats);
     }
     double scale[W];
-    symmetric_eigh<W>(scratch.a.data(), scratch.lambda.data(), scratch.zt.data(), scratch.work.data(), n, W, scale);
+    symmetric_eigh<W, T>(scratch.a.data(), scratch.lambda.data(), scratch.zt.data(), scratch.work.data(), n, W, scale);
     void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
     for (int which = 0; which < 2; ++which) {
       if (!targets[which]) continue;

@@ -75,7 +75,7 @@ __global__ void sqrtm_kernel(const T* a, DeviceLayout layout, int n, int64_t row
       sqrtm::load_symmetrised(a + strided_offset(layout.shape, layout.strides, layout.ndim, index), row_stride, col_stride, n, m, ls);
   if (check) note_loaded(status, index, stats, symmetry_rtol);
   double scale;
-  sqrtm::symmetric_eigh<1>(m, lambda, zt, work, n, ls, &scale);
+  sqrtm::symmetric_eigh<1, T>(m, lambda, zt, work, n, ls, &scale);
   // `m` and `work` are free again: spectral values go to work, the composed matrix to m.
   void* targets[2] = {out.sqrt_out, out.inv_sqrt_out};
   for (int which = 0; which < 2; ++which) {
