@@ -8,7 +8,8 @@ result is real and symmetric, also for singular (rank-deficient) matrices, where
 * ``n <= 64`` (per-patch covariances, batches of 1e5 and more): our kernel (``csrc/sqrtm/``). On
   the CPU, Householder tridiagonalisation + implicit QL run on 4-8 matrices at once in the SIMD
   lanes; for float32 input QL also deflates at float32 precision (LAPACK ssteqr's test, float64
-  arithmetic kept), a fifth fewer rotations for roots within ~1e-7 of the float64 ones. On CUDA, round-robin Jacobi with one matrix per team of min(n, 32) threads of a warp, in
+  arithmetic kept): a fifth fewer rotations, roots within a few float32 roundings of the float64
+  ones. On CUDA, round-robin Jacobi with one matrix per team of min(n, 32) threads of a warp, in
   shared memory.
 * larger: LAPACK (``numpy.linalg.eigh``) on the CPU, ``torch.linalg.eigh`` / ``cupy.linalg.eigh``
   (cuSOLVER) on CUDA, in float64.

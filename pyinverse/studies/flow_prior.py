@@ -39,7 +39,8 @@ scored. Each flow row comes twice: ``flow``, one MAP, and ``flow ensemble``, the
 under the flow and under its mirror image (:func:`pyinverse.solvers.ensemble_map`; both shipped
 flows were trained on flipped images too), each with its own validated hyper-parameters. Denoising
 has a third flow row, ``flow posterior mean`` (:func:`pyinverse.solvers.posterior_mean`): the mean
-of 32 latent MALA samples under the flow and 32 under its mirror image, the likelihood's noise
+of 32 latent MALA samples under the flow and 32 under its mirror image (16 chains each, 600
+burn-in steps), the likelihood's noise
 taken as ``k sigma`` with ``k`` in {1.5, 2, 2.5} chosen on validation as above (the MAP's validated
 ``gamma`` is likewise several ``sigma^2``: the prior needs more weight than Bayes gives it).
 
