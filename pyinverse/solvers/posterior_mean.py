@@ -12,7 +12,7 @@ model is unsure, and pooling them is a two-component mixture prior.
 ``exp(-||A G(z) - y||^2 / (2 (k sigma)^2) - ||z||^2 / 2)``. ``k = 1`` is the model's own posterior;
 ``k > 1`` leans on the prior, as the MAP's ``gamma`` above ``sigma^2`` does (validation picks
 ``gamma`` = 4-8 ``sigma^2`` for the shipped patches flow, whose prior is weak). Choose ``k`` on
-validation images, as :mod:`pyinverse.studies.flow_prior` does (it picked 1.5 or 2 of {1.5, 2, 2.5}).
+validation images, as :mod:`pyinverse.studies.flow_prior` does (it picks 1.5 of {1.5, 2, 2.5}).
 
 Measured there (``docs/flow_prior_results.md``, 8 held-out images per cell, S = 32 per flow, 600
 burn-in steps), mean PSNR of one MAP / the flip self-ensemble of MAPs / this estimate / BM3D:
