@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a TOML or JSON file setting any of quick, seed, stages, out (the flags "
                                       "below win over it)")
     run.add_argument("--quick", action="store_true", default=None,
-                     help="a small configuration (about three minutes on 2 cores)")
+                     help="a small configuration (three to five minutes on 2 cores)")
     run.add_argument("--out", help="output folder (default: a new runs/run-<time> folder)")
     run.add_argument("--seed", type=int, help="seed of every random choice, >= 0 (default 0)")
     run.add_argument("--stages", help="comma-separated names of the stages to run (default: all; a wrong name "

@@ -8,8 +8,9 @@ Methods:
   from z = 0; the prior and ``gamma`` of :data:`MAP_SETTINGS` for the shipped flows, else the
   latent prior at ``gamma = 4 sigma^2``), one "sample".
 * ``flow-ensemble``: the mean of the MAPs under the flow and its mirror image
-  (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; 0.1-1.8 dB
-  above ``flow-map`` in every cell of docs/flow_prior_results.md, at twice the time. Only for
+  (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; -0.3 to +3.7
+  dB against ``flow-map`` in docs/flow_prior_results.md (below it in 2 of 32 cells), at twice the
+  time. Only for
   flows whose training record says they saw flipped images (``train_settings.flip``: the shipped
   ones, and ``pyinverse train flow --flip``).
 * ``flow-posterior-mean``: the posterior-mean (MMSE) estimate, the mean of 32 latent MALA samples
@@ -45,8 +46,8 @@ MIRRORED = ("flow-ensemble", "flow-posterior-mean")  # average the flow with its
 # 4-8 sigma^2). Other flows: DEFAULT_MAP_SETTING.
 MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
 DEFAULT_MAP_SETTING = ("latent", 4.0)
-# flow-posterior-mean's noise scale k: what the same study's validation picks among {1.5, 2, 2.5} at
-# sigma = 0.1 for both shipped flows (and 2 for patches at sigma = 0.2). The samples and chains:
+# flow-posterior-mean's noise scale k: what the same study's validation picks among {1.5, 2, 2.5}
+# for both shipped flows at every sigma. The samples, chains and burn-in:
 # posterior_mean's defaults, as in the study.
 POSTERIOR_SCALE = 1.5
 

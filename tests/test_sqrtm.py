@@ -121,14 +121,14 @@ def test_float32_roots_of_hard_spectra_stay_near_float32_rounding(rng, n, kernel
     float64 roots of the same input (~6e-8) at condition 1e12 and for tight clusters; deflating
     at u (|d_k| + |d_k+1|) instead gave errors near 1e-4 on both."""
     a = random_spd(rng, 24, n, cond=1e12).astype(np.float32)
-    assert relative_error(sqrtm_spd(a), spectral_function_reference(a)) < 1e-5
+    assert relative_error(sqrtm_spd(a), spectral_function_reference(a)) < 3e-6
     q, _ = np.linalg.qr(rng.standard_normal((24, n, n)))
     half = n // 2
     values = np.concatenate([1 + 1e-6 * rng.random((24, half)), 1e-3 * (1 + 1e-6 * rng.random((24, n - half)))], 1)
     clustered = ((q * values[:, None, :]) @ q.transpose(0, 2, 1)).astype(np.float32)
     expected = spectral_function_reference(clustered, "inv_sqrt", 1e-6)
     assert relative_error(inv_sqrtm_spd(clustered, eps=1e-6), expected) < 2e-5
-    assert relative_error(sqrtm_spd(clustered), spectral_function_reference(clustered)) < 1e-5
+    assert relative_error(sqrtm_spd(clustered), spectral_function_reference(clustered)) < 3e-6
 
 
 def test_jacobi_whitens_graded_matrices_to_high_relative_accuracy(rng):
