@@ -8,11 +8,10 @@ Methods:
   from z = 0; the prior and ``gamma`` of :data:`MAP_SETTINGS` for the shipped flows, else the
   latent prior at ``gamma = 4 sigma^2``), one "sample".
 * ``flow-ensemble``: the mean of the MAPs under the flow and its mirror image
-  (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; -0.3 to +3.7
-  dB against ``flow-map`` in docs/flow_prior_results.md (below it in 2 of 32 cells), at twice the
-  time. Only for
-  flows whose training record says they saw flipped images (``train_settings.flip``: the shipped
-  ones, and ``pyinverse train flow --flip``).
+  (:func:`pyinverse.solvers.ensemble_map`, otherwise as ``flow-map``), one "sample"; -0.8 to +1.6
+  dB against ``flow-map`` in docs/flow_prior_results.md (below it in 1 of 32 cells), at twice the
+  time. Only for flows whose training record says they saw flipped images
+  (``train_settings.flip``: the shipped ones, and ``pyinverse train flow --flip``).
 * ``flow-posterior-mean``: the posterior-mean (MMSE) estimate, the mean of 32 latent MALA samples
   under the flow and 32 under its mirror image (:func:`pyinverse.solvers.posterior_mean`), the
   likelihood's noise scaled by :data:`POSTERIOR_SCALE`; one "sample", for flows trained on flipped
@@ -43,7 +42,7 @@ MIRRORED = ("flow-ensemble", "flow-posterior-mean")  # average the flow with its
 # flow-map's latent_map prior and gamma / noise_sigma^2 per shipped flow: what validation in
 # pyinverse/studies/flow_prior.py picks for its denoising (docs/flow_prior_results.md: the faces flow
 # with the paper's x-space likelihood at 0.5-1 sigma^2, the patches flow with the latent prior at
-# 4-8 sigma^2). Other flows: DEFAULT_MAP_SETTING.
+# 4 sigma^2, but for one cell: the likelihood at 0.25 sigma^2). Other flows: DEFAULT_MAP_SETTING.
 MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
 DEFAULT_MAP_SETTING = ("latent", 4.0)
 # flow-posterior-mean's noise scale k: what the same study's validation picks among {1.5, 2, 2.5}

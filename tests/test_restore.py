@@ -77,7 +77,7 @@ def test_flow_posterior_mean_is_the_solvers_estimate(faces):
     direct = posterior_mean(load_flow_model("patches"), Denoising(0.1), torch.from_numpy(noisy), n_samples=32,
                             noise_scale=restore_module.POSTERIOR_SCALE, seed=3)
     np.testing.assert_array_equal(estimate[0], direct.x.detach().clamp(0, 1).numpy())
-    assert np.mean((estimate[0] - crops) ** 2) < 0.6 * np.mean((noisy - crops) ** 2)  # 0.41 when written
+    assert np.mean((estimate[0] - crops) ** 2) < 0.6 * np.mean((noisy - crops) ** 2)  # 0.39 when written
 
 
 def test_flow_ensemble_refuses_a_flow_file_without_a_training_record(tmp_path, faces):

@@ -217,7 +217,8 @@ def load_pretrained(name: str) -> FlowModel:
     * ``"faces"``: Glow on scikit-image's LFW faces (gray, 25x25 cropped to the top-left 24x24),
       trained on the first 80 faces; faces 80-99 are held out.
     * ``"patches"``: Glow on 16x16 gray patches of the ``"train"`` photos of
-      :data:`pyinverse.data.PHOTO_SPLITS`; ``"held_out"`` and ``"ood"`` photos are never seen.
+      :data:`pyinverse.data.PHOTO_SPLITS` and four gray scikit-image photos (camera, grass,
+      gravel, brick); ``"held_out"`` and ``"ood"`` photos are never seen.
 
     The file is validated like any flow file (:func:`load_flow`); its ``training`` metadata
     (held-out bits/dim, data, command) is on ``model.training_info``. Eval mode, float32, CPU.

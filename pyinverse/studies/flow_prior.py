@@ -5,7 +5,7 @@ Lasso-wavelet (compressed sensing) and vs BM3D (denoising).
 
 writes ``table.md`` (markdown), ``results.json`` (every number, per image), ``figure.png`` and
 ``perception_distortion.png`` to ``--out`` (atomically; existing files are kept unless
-``--overwrite``): the full grid below, 8 test images per data set, 69 minutes on two cores with
+``--overwrite``): the full grid below, 8 test images per data set, 75 minutes on two cores with
 ``--threads 2`` (measured; the table is committed as ``docs/flow_prior_results.md``).
 ``pyinverse run`` includes the full grid as its ``flow_prior`` stage; with ``--quick`` the
 in-distribution data sets only, m/n in {0.1, 0.3}, sigma = 0.1, 2 test and 2 validation images.
@@ -122,7 +122,7 @@ class Grid:
 
 FULL = Grid()
 # Quick: gamma = 4 sigma^2 and noise scale 1.5, `pyinverse restore`'s defaults (validation on the full
-# grid picks 2 to 8 sigma^2, and 1.5), and a single value needs no validation solves.
+# grid picks 4 sigma^2 for the patches flow's latent prior, and 1.5), and a single value needs no validation solves.
 QUICK = Grid(datasets=("faces", "patches"), ratios=(0.1, 0.3), sigmas=(0.1,), images=2, validation=2,
              gamma_factors=(4.0,), likelihood_factors=(), cs_likelihood_factors=(), posterior_scales=(1.5,),
              posterior_samples=16)
