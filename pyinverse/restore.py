@@ -42,7 +42,8 @@ MIRRORED = ("flow-ensemble", "flow-posterior-mean")  # average the flow with its
 # flow-map's latent_map prior and gamma / noise_sigma^2 per shipped flow: what validation in
 # pyinverse/studies/flow_prior.py picks for its denoising (docs/flow_prior_results.md: the faces flow
 # with the paper's x-space likelihood at 0.5-1 sigma^2, the patches flow with the latent prior at
-# 4 sigma^2, but for one cell: the likelihood at 0.25 sigma^2). Other flows: DEFAULT_MAP_SETTING.
+# 4 sigma^2, but for the single MAP at sigma = 0.1: the likelihood at 0.25 sigma^2). Other flows:
+# DEFAULT_MAP_SETTING.
 MAP_SETTINGS = {"faces": ("likelihood", 0.5), "patches": ("latent", 4.0)}
 DEFAULT_MAP_SETTING = ("latent", 4.0)
 # flow-posterior-mean's noise scale k: what the same study's validation picks among {1.5, 2, 2.5}

@@ -8,7 +8,7 @@ importable: ``pip install -e .`` or ``PYTHONPATH=.``), one core each, run one af
 
 CPU only, seeded: re-running both commands on the development machine gave bit-identical
 weights (one torch version and thread count). Time on one core: faces about 1 minute,
-patches about 14 minutes (``seconds`` in its record). Each writes ``pyinverse/models/flow_<name>.safetensors``
+patches about 16 minutes (``seconds`` in its record: 946). Each writes ``pyinverse/models/flow_<name>.safetensors``
 (weights, the architecture in the metadata, and a ``training`` record: data, held-out bits/dim,
 the command) and ``flow_<name>.json`` (the same record, human-readable). Epoch checkpoints go
 to ``--checkpoint-dir`` (default ``runs/flow_<name>``, resumable with ``--resume``); the
@@ -24,8 +24,9 @@ Data (all bundled, nothing downloaded):
   ``"train"`` photos and four gray scikit-image photos (:data:`PATCHES_TRAIN_PHOTOS`: 29.5k
   patches, plus flips); held out: the ``"held_out"`` photos (stride 16); the ``"ood"`` photos are
   never seen. The gray photos and 30 epochs instead of 12 took the held-out bits/dim from 4.142
-  to 4.026, and the posterior-mean denoising of the held-out test patches at sigma = 0.2 from
-  25.9 to 26.7 dB (BM3D: 26.4).
+  to 4.026 (30 epochs on the three photos alone: 4.067), and the posterior-mean denoising of the
+  held-out test patches at sigma = 0.2 from 25.9 to 26.7 dB (BM3D: 26.4; one MCMC seed, whose
+  spread is about 0.3 dB), at a cost in compressed sensing (docs/flow_prior_results.md).
 
 Models: Glow (affine preprocessing, tanh-clamped coupling, learned split priors), 3 levels of 4
 steps; 32 hidden channels for faces (100 faces overfit a bigger model within minutes; the
@@ -50,7 +51,7 @@ from pyinverse.flows import Glow, evaluate_bpd, save_flow, train_flow
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "pyinverse" / "models"
 # The patches flow's photos: the "train" split and gray textures and a gray scene from scikit-image
-# (none of them "held_out" or "ood"); the split's three photos alone left the held-out bits/dim at 4.142.
+# (none of them "held_out" or "ood"); the split's three photos alone, 12 epochs, gave 4.142 bits/dim held out.
 PATCHES_TRAIN_PHOTOS = PHOTO_SPLITS["train"] + ("camera", "grass", "gravel", "brick")
 
 # name -> (architecture, training settings)

@@ -11,14 +11,17 @@ model is unsure, and pooling them is a two-component mixture prior.
 ``noise_scale`` ``k`` tempers the likelihood: the chains sample
 ``exp(-||A G(z) - y||^2 / (2 (k sigma)^2) - ||z||^2 / 2)``. ``k = 1`` is the model's own posterior;
 ``k > 1`` leans on the prior, as the MAP's ``gamma`` above ``sigma^2`` does (validation picks
-``gamma`` = 4 ``sigma^2`` with the latent prior for the shipped patches flow's flip ensemble). Choose ``k`` on
-validation images, as :mod:`pyinverse.studies.flow_prior` does (it picks 1.5 of {1.5, 2, 2.5}).
+``gamma`` = 4 ``sigma^2`` with the latent prior for the shipped patches flow's flip ensemble).
+Choose ``k`` on validation images, as :mod:`pyinverse.studies.flow_prior` does (it picks 1.5 of
+{1.5, 2, 2.5}).
 
 Measured there (``docs/flow_prior_results.md``, 8 held-out images per cell, S = 32 per flow, 600
 burn-in steps), mean PSNR of one MAP / the flip self-ensemble of MAPs / this estimate / BM3D:
 16x16 photo patches at sigma = 0.1, 27.55 / 28.13 / 29.42 / 28.54 dB, at sigma = 0.2, 24.39 /
 25.14 / 26.74 / 26.42 dB; 24x24 faces at sigma = 0.2, 20.13 / 20.66 / 20.85 / 20.36 dB. Runs that
-differ only in their random draws spread over about 0.3 dB (8 validation patches, sigma = 0.2).
+differ only in their random draws and batching spread over about 0.3 dB (8 validation patches,
+sigma = 0.2: 24.37 and 24.67 dB, the previous patches flow), as wide as the lead over BM3D at
+sigma = 0.2.
 """
 from __future__ import annotations
 
@@ -72,11 +75,11 @@ def posterior_mean(model: FlowModel, operator: Any, y: Any, *, n_samples: int = 
         seed: an int in [0, 2**63); the mirror's chains take ``seed + 1``.
         chains, burn_in, thin: per flow, as for :func:`latent_langevin`; ``chains`` defaults to
             ``min(n_samples, 16)``. The chains start at the (tempered) MAP, far from where the
-            posterior's mass is, so the burn-in matters more than the sample count: on the shipped
-            patches flow (8 validation patches, sigma = 0.2, k = 1.5) the mean's PSNR was 24.61 /
-            24.96 / 24.82 dB after 200 / 600 / 1500 burn-in steps (BM3D: 23.99; the previous,
-            weaker patches flow: 23.78 / 24.67 / 24.90), while 64 samples per flow instead of 32
-            moved it by 0.04 dB (sigma = 0.1, the previous flow).
+            posterior's mass is, and need the burn-in: with the previous, weaker patches flow (8
+            validation patches, sigma = 0.2, k = 1.5) the mean's PSNR was 23.78 / 24.67 / 24.90 dB
+            after 200 / 600 / 1500 burn-in steps (BM3D: 23.99), while 64 samples per flow instead
+            of 32 moved it by 0.04 dB (sigma = 0.1). The shipped flow mixes faster: 24.61 / 24.96 /
+            24.82 dB, the last two within the runs' seed spread (about 0.3 dB).
         **options: passed to every :func:`latent_langevin` call (``method``, ``step_size``,
             ``precondition``, ``init``, ``progress``, ...). A latent ``init`` (an array) is taken
             only with ``mirror=False``: it is a point of ``model``'s latent space, and the mirror's

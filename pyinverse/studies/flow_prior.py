@@ -42,7 +42,8 @@ has a third flow row, ``flow posterior mean`` (:func:`pyinverse.solvers.posterio
 of 32 latent MALA samples under the flow and 32 under its mirror image (16 chains each, 600
 burn-in steps), the likelihood's noise
 taken as ``k sigma`` with ``k`` in {1.5, 2, 2.5} chosen on validation as above (the MAP's validated
-``gamma`` is likewise several ``sigma^2``: the prior needs more weight than Bayes gives it).
+``gamma`` with the latent prior is likewise several ``sigma^2``: the prior needs more weight than
+Bayes gives it).
 
 Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
 * validity, as in the evaluation paper's Table 1: the PSNR (data range 1) of its noiseless
@@ -109,8 +110,9 @@ class Grid:
     images: int = 8  # test images per data set
     validation: int = 8  # validation images of the in-distribution sets
     # The flow's denoising gamma = factor * sigma^2 with the latent prior (gamma_factors) or the
-    # x-space likelihood (likelihood_factors), all chosen among on validation. Four validation images
-    # and {2, 4, 8} picked 2 sigma^2 for patches at sigma = 0.1, 4 dB below 8 sigma^2 on the test set.
+    # x-space likelihood (likelihood_factors), all chosen among on validation. With the first patches
+    # flow, four validation images and {2, 4, 8} picked 2 sigma^2 for patches at sigma = 0.1, 4 dB
+    # below 8 sigma^2 on the test set.
     gamma_factors: tuple = (1.0, 2.0, 4.0, 8.0, 16.0)
     likelihood_factors: tuple = (0.25, 0.5, 1.0, 2.0)
     # Compressed sensing: gamma = 0 (the paper's setting) or the likelihood at factor * CS_NOISE^2.
