@@ -40,10 +40,9 @@ under the flow and under its mirror image (:func:`pyinverse.solvers.ensemble_map
 flows were trained on flipped images too), each with its own validated hyper-parameters. Denoising
 has a third flow row, ``flow posterior mean`` (:func:`pyinverse.solvers.posterior_mean`): the mean
 of 32 latent MALA samples under the flow and 32 under its mirror image (16 chains each, 600
-burn-in steps), the likelihood's noise
-taken as ``k sigma`` with ``k`` in {1.5, 2, 2.5} chosen on validation as above (the MAP's validated
-``gamma`` with the latent prior is likewise several ``sigma^2``: the prior needs more weight than
-Bayes gives it).
+burn-in steps), the likelihood's noise taken as ``k sigma`` with ``k`` in {1.5, 2, 2.5} chosen on
+validation as above (the MAP's validated ``gamma`` with the latent prior is likewise several
+``sigma^2``: the prior needs more weight than Bayes gives it).
 
 Besides distortion (PSNR / SSIM against the truth) every estimate is scored for
 * validity, as in the evaluation paper's Table 1: the PSNR (data range 1) of its noiseless
